@@ -1,0 +1,186 @@
+"""The root command, the global options, and main(): the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from asset_generator import __version__
+from asset_generator.cli.app import App, CommandError, Stopped
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Record a global option given on the command line, wherever it stood."""
+    source = ctx.get_parameter_source(param.name or "")
+    if source is not click.core.ParameterSource.COMMANDLINE or param.name is None:
+        return value
+    app = ctx.find_object(App)
+    if app is not None:
+        app.flags[param.name] = value
+    return value
+
+
+def _global(*decls: str, **attrs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(*decls, expose_value=False, callback=_remember, **attrs)
+
+
+GLOBAL_OPTIONS = (
+    _global("--api-url", metavar="URL", help="SwarmUI server [env ASSET_GENERATOR_API_URL]."),
+    _global(
+        "--api-key",
+        metavar="TOKEN",
+        help="Login token, sent as the swarm_token cookie; never printed "
+        "[env ASSET_GENERATOR_API_KEY].",
+    ),
+    _global(
+        "--auth-header",
+        metavar="VALUE",
+        help="Raw Authorization header for a server or proxy that requires one "
+        "[env ASSET_GENERATOR_AUTH_HEADER].",
+    ),
+    _global(
+        "--config",
+        metavar="PATH",
+        help="Config file [env ASSET_GENERATOR_CONFIG; default <config dir>/config.toml].",
+    ),
+    _global(
+        "--profile",
+        metavar="NAME",
+        help="Use the [profiles.NAME] table of the config file [env ASSET_GENERATOR_PROFILE].",
+    ),
+    _global(
+        "-f",
+        "--format",
+        type=click.Choice(["table", "json"], case_sensitive=False),
+        help="Output format [env ASSET_GENERATOR_FORMAT; default table].",
+    ),
+    _global(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help="Seconds to wait for each request [env ASSET_GENERATOR_TIMEOUT; default 30].",
+    ),
+    _global("-q", "--quiet", is_flag=True, default=None, help="Errors only, on stderr."),
+    _global(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        default=None,
+        help="Show each HTTP exchange on stderr (secrets redacted).",
+    ),
+)
+
+
+def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept the global options on a leaf command too: ``cancel -q`` = ``-q cancel``."""
+    for option in reversed(GLOBAL_OPTIONS):
+        command = option(command)
+    return command
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@global_options
+@click.version_option(__version__, "--version", prog_name="asset-generator")
+def cli() -> None:
+    """Drive a self-hosted SwarmUI server from the terminal, scripts and cron.
+
+    Start generations, see what is running, and cancel the current generation or
+    everything queued, with exit codes scripts can trust: 0 success, 1 error,
+    2 usage error, 130/143 interrupted.
+
+    Global options work before or after the command: `asset-generator -q cancel`
+    and `asset-generator cancel -q` are the same.
+    """
+
+
+def _register() -> None:
+    from asset_generator.cli import cancel, generate
+
+    for module in (cancel, generate):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def _fail(
+    app: App, message: str, code: str, details: dict[str, Any] | None = None, exit_code: int = 1
+) -> int:
+    app.output.error(message)
+    if app.output.is_json:
+        extra = {k: v for k, v in (details or {}).items() if k not in ("ok", "error")}
+        app.output.json({"ok": False, "error": {"code": code, "message": message}, **extra})
+    return exit_code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the program and return its exit code (cli-contract §3)."""
+    from asset_generator.registry import RegistryError
+    from asset_generator.settings import SettingsError
+
+    app = App()
+    try:
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="asset-generator",
+            standalone_mode=False,
+            obj=app,
+        )
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return 130
+    except Stopped as exc:
+        return exc.exit_code
+    except CommandError as exc:
+        return _fail(app, exc.message, exc.code, exc.details, exc.exit_code)
+    except SettingsError as exc:
+        click.echo(str(exc), err=True)
+        return exc.exit_code
+    except RegistryError as exc:
+        return _fail(app, str(exc), "file_error")
+    except Exception as exc:
+        handled = _protocol_failure(app, exc)
+        if handled is None:
+            raise
+        return handled
+    finally:
+        app.close()
+
+
+def _protocol_failure(app: App, exc: Exception) -> int | None:
+    """Map protocol errors to the contract's phrases; None for anything else (a real bug)."""
+    if "asset_generator.swarm.errors" not in sys.modules:
+        return None
+    from asset_generator.swarm.errors import SessionFailed, SwarmError
+
+    if isinstance(exc, SessionFailed):
+        return _fail(app, f"failed to get session: {exc.message}", exc.code)
+    if isinstance(exc, SwarmError):
+        return _fail(app, f"request failed: {exc.message}", exc.code)
+    return None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`); exit quietly as other Unix tools do.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,164 @@
+"""App: resolved settings, output, session cache and client factory, shared by every command.
+
+Everything is built lazily: global options may still arrive after the leaf command's name,
+and ``cancel`` with nothing to do must not import httpx or touch the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from asset_generator import settings
+from asset_generator.cli.output import Output
+from asset_generator.registry import CachedSession, Registry, server_key
+
+if TYPE_CHECKING:
+    from asset_generator.swarm.client import SessionInfo, SwarmClient
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """An expected failure of a command: one line on stderr, exit 1 (or ``exit_code``)."""
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "error",
+        exit_code: int = 1,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.exit_code = exit_code
+        # Extra keys for the JSON failure document (e.g. the images that did arrive).
+        self.details = details
+
+
+class Stopped(Exception):
+    """The user stopped us with a signal, after our own server-side work was cancelled."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+class App:
+    """Per-invocation state; the root group puts it in ``ctx.obj``."""
+
+    def __init__(self) -> None:
+        # Global options as given on the command line, before or after the command name.
+        self.flags: dict[str, Any] = {}
+        self._client: SwarmClient | None = None
+
+    # -- settings and output ------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> settings.Resolved:
+        from pathlib import Path
+
+        values = {key: self.flags.get(key) for key in ("api_url", "api_key", "auth_header")}
+        values["format"] = self.flags.get("format")
+        values["timeout"] = self.flags.get("timeout")
+        config = self.flags.get("config")
+        return settings.resolve(
+            values,
+            config_path=Path(config).expanduser() if config else None,
+            profile=self.flags.get("profile"),
+        )
+
+    @cached_property
+    def output(self) -> Output:
+        fmt = self.flags.get("format")
+        if fmt is None:
+            # The format is needed even to report a broken config file, so fall back quietly.
+            try:
+                fmt = self.settings["format"]
+            except settings.SettingsError:
+                fmt = "table"
+        return Output(
+            quiet=bool(self.flags.get("quiet")),
+            verbose=bool(self.flags.get("verbose")),
+            fmt=fmt,
+        )
+
+    @property
+    def api_url(self) -> str:
+        return self.settings["api_url"]
+
+    @cached_property
+    def server_key(self) -> str:
+        credential = f"{self.settings['api_key'] or ''}\0{self.settings['auth_header'] or ''}"
+        return server_key(self.api_url, credential)
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(settings.state_dir(), warn=self.output.warn)
+
+    # -- the server -----------------------------------------------------------------------------
+
+    def client(self) -> SwarmClient:
+        """The client for the configured server, created on first use."""
+        if self._client is None:
+            from asset_generator.swarm.client import SwarmClient
+            from asset_generator.swarm.http import Credentials, Transport
+
+            transport = Transport(
+                self.api_url,
+                Credentials(self.settings["api_key"], self.settings["auth_header"]),
+                timeout=self.settings["timeout"],
+                log=self.output.exchange,
+            )
+            self._client = SwarmClient(transport)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def new_session(self) -> SessionInfo:
+        """Create a server session and remember it for reuse."""
+        info = self.client().new_session()
+        with self.registry.transaction() as state:
+            state.server(self.server_key).sessions.append(
+                CachedSession(info.session_id, info.user_id, info.version, info.server_id)
+            )
+        return info
+
+    def forget_session(self, session_id: str) -> None:
+        with self.registry.transaction() as state:
+            server = state.server(self.server_key)
+            server.sessions = [s for s in server.sessions if s.id != session_id]
+
+    def cached_session(self) -> CachedSession | None:
+        sessions = self.registry.read().server(self.server_key).sessions
+        return sessions[-1] if sessions else None
+
+    def control_session(self) -> CachedSession:
+        """A session for status, cancel and models: a cached one, else a new one."""
+        cached = self.cached_session()
+        if cached is not None:
+            return cached
+        info = self.new_session()
+        return CachedSession(info.session_id, info.user_id, info.version, info.server_id)
+
+    def with_session(self, call: Callable[[str], T]) -> T:
+        """Run ``call(session_id)`` on the control session.
+
+        On 401 ``invalid_session_id`` (server restarted without persistence, or the session was
+        purged) get a new session and retry once, as protocol §3.3 prescribes.
+        """
+        from asset_generator.swarm.errors import InvalidSession
+
+        session = self.control_session()
+        try:
+            return call(session.id)
+        except InvalidSession:
+            self.output.debug("the cached session is no longer valid; getting a new one")
+            self.forget_session(session.id)
+            info = self.new_session()
+            return call(info.session_id)

@@ -1,0 +1,289 @@
+"""``generate image``: start a generation in a session of its own and save what it makes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from asset_generator.cli import global_options
+from asset_generator.cli.app import App, CommandError, Stopped
+
+if TYPE_CHECKING:
+    from asset_generator.generation import GenerationRun, Outcome
+
+# Options whose values are SwarmUI parameters, by the id SwarmUI reads.
+PARAMETER_OPTIONS = {
+    "negative_prompt": "negativeprompt",
+    "model": "model",
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "cfg_scale": "cfgscale",
+    "seed": "seed",
+    "sampler": "sampler",
+    "scheduler": "scheduler",
+    "images": "images",
+}
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+INTERRUPT_BOUND_SECONDS = 3.0
+
+
+class _Signalled(BaseException):
+    """Raised in the main thread by our SIGINT/SIGTERM handler."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@click.group("generate")
+def command() -> None:
+    """Start generations on the server."""
+
+
+@command.command("image")
+@click.option("--prompt", "-p", required=True, help="What to generate (printed literally).")
+@click.option("--negative-prompt", metavar="TEXT", help="What to avoid.")
+@click.option("--model", "-m", metavar="NAME", help="Model name as `models list` shows it.")
+@click.option("--width", type=click.IntRange(64, 16384), help="Width in pixels.")
+@click.option("--height", type=click.IntRange(64, 16384), help="Height in pixels.")
+@click.option("--steps", type=click.IntRange(0, 500), help="Sampling steps.")
+@click.option("--cfg-scale", type=click.FloatRange(0, 100), help="CFG scale.")
+@click.option("--seed", type=click.IntRange(-1, 2**63 - 1), help="Seed; -1 is random.")
+@click.option("--sampler", metavar="NAME", help="Sampler, e.g. euler, dpmpp_2m.")
+@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. normal, karras.")
+@click.option("--images", "-n", type=click.IntRange(1, 10000), help="How many images.")
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="NAME[:WEIGHT]",
+    help="Apply a LoRA (repeatable); weight defaults to 1.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other SwarmUI parameter (repeatable); numbers and true/false are typed.",
+)
+@click.option("--output-dir", "-o", metavar="DIR", help="Where to save images [default: .].")
+@click.option(
+    "--filename-template",
+    metavar="TEMPLATE",
+    help="File name without extension, from {index} {seed} {prompt} {model} {date} {time} "
+    "{id} [default: {prompt}-{seed}].",
+)
+@click.option("--overwrite", is_flag=True, default=None, help="Replace existing files.")
+@click.option("--no-download", is_flag=True, help="Print the server's image paths instead.")
+@click.option(
+    "--no-save", is_flag=True, help="Ask the server to keep nothing; images arrive inline."
+)
+@click.option("--no-progress", is_flag=True, default=None, help="No live progress on stderr.")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Interrupt the generation on the server and exit 1 after this long.",
+)
+@global_options
+@click.pass_obj
+def image(
+    app: App, prompt: str, loras: tuple[str, ...], params: tuple[str, ...], **options: Any
+) -> int:
+    """Generate images from a prompt and save them.
+
+    Only the parameters you set (here or in the config's [generate] table) are sent,
+    so the model's own defaults apply to the rest. Saved file paths are printed on
+    stdout, one per line; progress goes to stderr. Ctrl-C interrupts the generation
+    on the server before exiting (130; SIGTERM 143); a second Ctrl-C exits at once.
+    """
+    from asset_generator.downloads import check_template
+    from asset_generator.swarm.params import build_request, parse_param
+
+    config = {s: app.settings[f"generate.{s}"] for s in _config_names()}
+    chosen = {name: options.get(name) for name in PARAMETER_OPTIONS}
+    try:
+        extra = [parse_param(item) for item in params]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from None
+    template = options["filename_template"] or config["filename_template"]
+    try:
+        check_template(template)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--filename-template") from None
+    if options["no_download"] and options["no_save"]:
+        raise click.UsageError("--no-download with --no-save would keep no image at all")
+    body = build_request(
+        prompt=prompt,
+        options={PARAMETER_OPTIONS[k]: v for k, v in chosen.items()},
+        defaults={PARAMETER_OPTIONS[k]: config.get(k) for k in PARAMETER_OPTIONS if k in config},
+        extra=extra,
+        loras=loras,
+        no_save=options["no_save"],
+    )
+    deadline = options["deadline"] or config["deadline"]
+    output_dir = Path(options["output_dir"] or config["output_dir"]).expanduser()
+    overwrite = options["overwrite"] if options["overwrite"] is not None else config["overwrite"]
+    show_progress = not (options["no_progress"] or config["no_progress"])
+    return _run(
+        app,
+        body,
+        prompt,
+        output_dir=output_dir,
+        template=template,
+        overwrite=bool(overwrite),
+        download=not options["no_download"],
+        deadline=deadline,
+        show_progress=show_progress,
+    )
+
+
+def _config_names() -> list[str]:
+    from asset_generator.settings import SETTINGS
+
+    return [s.name for s in SETTINGS if s.section == "generate"]
+
+
+def _run(
+    app: App,
+    body: dict[str, Any],
+    prompt: str,
+    *,
+    output_dir: Path,
+    template: str,
+    overwrite: bool,
+    download: bool,
+    deadline: float | None,
+    show_progress: bool,
+) -> int:
+    from asset_generator.cli.progress import SilentView, make_view
+    from asset_generator.generation import DeadlinePassed, GenerationRun, SaveOptions
+    from asset_generator.swarm.params import expected_outputs
+
+    def printed(saved: Any) -> None:
+        if not app.output.is_json:
+            app.output.data(str(saved.path) if saved.path else saved.server_path or "")
+
+    run = GenerationRun(
+        app.client(),
+        app.registry,
+        app.server_key,
+        view=SilentView(),
+        save=SaveOptions(output_dir, template, overwrite, download),
+        on_saved=printed,
+        debug=app.output.debug,
+    )
+    previous = _install_signal_handlers()
+    try:
+        try:
+            record = run.register(body, prompt)
+            run.view = make_view(
+                app.output, record.id, expected_outputs(body), enabled=show_progress
+            )
+            deadline_at = time.monotonic() + deadline if deadline else None
+            try:
+                outcome = run.follow(deadline_at)
+            finally:
+                run.view.close()
+        except _Signalled as stop:
+            _stop_on_signal(app, run, stop.signum)
+        except DeadlinePassed:
+            passed = f"deadline of {deadline:g} s passed"
+            run.interrupt(INTERRUPT_BOUND_SECONDS)
+            run.mark("cancelled", passed)
+            name = run.record.id if run.record else "the generation"
+            _fail_with(
+                app, run.outcome(passed), f"{passed}; interrupted {name} on the server", "timeout"
+            )
+        except BaseException as exc:
+            # Anything else (server gone, disk full): the record must not stay "running".
+            if run.record is not None and not run.record.is_final:
+                run.mark("failed", str(getattr(exc, "message", exc)) or type(exc).__name__)
+            raise
+    finally:
+        _restore_signal_handlers(previous)
+    return _report(app, outcome)
+
+
+def _report(app: App, outcome: Outcome) -> int:
+    record = outcome.record
+    if app.output.is_json:
+        document = _document(outcome)
+        if outcome.status == "succeeded":
+            app.output.json(document)
+            return 0
+        raise CommandError(_failure_text(app, outcome), _failure_code(outcome), details=document)
+    if outcome.status == "succeeded":
+        return 0
+    if outcome.images:
+        app.output.info(f"{record.id}: kept {len(outcome.images)} image(s) that arrived")
+    raise CommandError(_failure_text(app, outcome), _failure_code(outcome))
+
+
+def _failure_text(app: App, outcome: Outcome) -> str:
+    text = outcome.error or outcome.status
+    return f"request failed: {app.client().server} ({outcome.record.id} {outcome.status}): {text}"
+
+
+def _failure_code(outcome: Outcome) -> str:
+    return "cancelled" if outcome.status == "cancelled" else "server_error"
+
+
+def _fail_with(app: App, outcome: Outcome, message: str, code: str) -> None:
+    details = _document(outcome) if app.output.is_json else None
+    raise CommandError(message, code, details=details)
+
+
+def _document(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "ok": outcome.status == "succeeded",
+        "id": outcome.record.id,
+        "status": outcome.status,
+        "error": outcome.error,
+        "images": [image.public() for image in outcome.images],
+        "parameters": outcome.params,
+        "timings": outcome.timings,
+    }
+
+
+def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
+    """First SIGINT/SIGTERM: interrupt our session (bounded), record it, exit 130/143."""
+    code = SIGNAL_EXIT.get(signal.Signals(signum), 130)
+    if run.record is not None:
+        app.output.error(f"interrupted: stopping {run.record.id} on the server")
+        run.interrupt(INTERRUPT_BOUND_SECONDS)
+        run.mark("cancelled", f"stopped by {signal.Signals(signum).name}")
+    else:
+        app.output.error("interrupted")
+    raise Stopped(code)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    def first(signum: int, frame: Any) -> None:
+        # A second signal while we are cleaning up exits at once.
+        for sig in SIGNAL_EXIT:
+            signal.signal(sig, second)
+        raise _Signalled(signum)
+
+    def second(signum: int, frame: Any) -> None:
+        sys.stderr.write("interrupted again: exiting without waiting\n")
+        sys.stderr.flush()
+        import os
+
+        os._exit(SIGNAL_EXIT.get(signal.Signals(signum), 130))
+
+    previous = {}
+    for sig in SIGNAL_EXIT:
+        previous[sig] = signal.signal(sig, first)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

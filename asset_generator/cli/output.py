@@ -1,0 +1,93 @@
+"""Two streams: data on stdout, messages, progress and errors on stderr (cli-contract §3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+import click
+
+
+class Output:
+    """Where everything the program says goes, honouring ``-q``, ``-v`` and ``--format``."""
+
+    def __init__(self, *, quiet: bool = False, verbose: bool = False, fmt: str = "table") -> None:
+        self.quiet = quiet
+        self.verbose = verbose and not quiet
+        self.format = fmt
+
+    @property
+    def is_json(self) -> bool:
+        return self.format == "json"
+
+    # -- stdout: data -------------------------------------------------------------------------
+
+    def data(self, text: str) -> None:
+        click.echo(text)
+
+    def json(self, document: Any) -> None:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+    # -- stderr: messages ---------------------------------------------------------------------
+
+    def info(self, message: str) -> None:
+        """A message for a person; hidden by ``-q``."""
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def error(self, message: str) -> None:
+        """Always shown: ``-q`` means errors only."""
+        click.echo(message, err=True)
+
+    def exchange(self, method: str, path: str, status: int | None, millis: float) -> None:
+        """One HTTP exchange under ``-v``: method, route, status, time. Never headers or bodies."""
+        if self.verbose:
+            shown = status if status is not None else "failed"
+            click.echo(f"> {method} {path} {shown} ({millis:.0f} ms)", err=True)
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            click.echo(message, err=True)
+
+    # -- terminal capabilities ----------------------------------------------------------------
+
+    @staticmethod
+    def interactive(stream: TextIO | None = None) -> bool:
+        """True when ``stream`` (stderr by default) is a terminal and colour is allowed."""
+        stream = stream or sys.stderr
+        if os.environ.get("NO_COLOR"):
+            return False
+        try:
+            return stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def stderr_console(self) -> Any:
+        """A rich console on stderr with markup, emoji and highlighting off."""
+        from rich.console import Console
+
+        return Console(
+            file=sys.stderr,
+            markup=False,
+            emoji=False,
+            highlight=False,
+            no_color=bool(os.environ.get("NO_COLOR")),
+        )
+
+    def stdout_console(self) -> Any:
+        from rich.console import Console
+
+        return Console(
+            file=sys.stdout,
+            markup=False,
+            emoji=False,
+            highlight=False,
+            no_color=bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty(),
+            soft_wrap=False,
+        )

@@ -1,0 +1,229 @@
+"""Saving generated images: file names from a template, never outside the output directory.
+
+A server-supplied path only ever contributes a sanitised file *name* (and its extension);
+the directory is always ``--output-dir``. Bytes are streamed to a hidden temp file beside the
+target and renamed at the end, so an interrupted download never leaves a file under its final
+name.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import json
+import os
+import re
+import string
+import struct
+import tempfile
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+TEMPLATE_FIELDS = ("index", "seed", "prompt", "model", "date", "time", "id")
+KNOWN_EXTENSIONS = {"png", "jpg", "jpeg", "webp", "gif", "mp4", "webm", "mov"}
+MAX_NAME_BYTES = 180
+PROMPT_CHARS = 40
+# Characters SwarmUI itself strips from output names, plus path separators and controls.
+_UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]+')
+
+
+class DownloadError(Exception):
+    """An image could not be saved; the message says where and why."""
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError for a template that names a field we do not have."""
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            raise ValueError(f"unknown field {{{name}}} in the file name template (use {known})")
+
+
+def sanitize_component(text: str, limit: int = MAX_NAME_BYTES) -> str:
+    """Make ``text`` safe as one file-name component on any common filesystem."""
+    text = unicodedata.normalize("NFC", text)
+    text = _UNSAFE.sub("_", text)
+    text = re.sub(r"\s+", " ", text).strip(" .")
+    text = text.lstrip(".-")
+    encoded = text.encode("utf-8")[:limit]
+    text = encoded.decode("utf-8", errors="ignore").strip(" .")
+    return text or "image"
+
+
+def extension_of(server_path: str, default: str = "png") -> str:
+    """The extension of a server path or data URL, if it is one we recognise."""
+    if server_path.startswith("data:"):
+        mime = server_path[5:].split(";", 1)[0].split(",", 1)[0]
+        ext = mime.rsplit("/", 1)[-1].lower()
+    else:
+        ext = PurePosixPath(server_path.split("?", 1)[0]).suffix.lstrip(".").lower()
+    ext = "jpg" if ext == "jpeg" else ext
+    return ext if ext in KNOWN_EXTENSIONS else default
+
+
+@dataclass(frozen=True)
+class NameFields:
+    """What a file name template can use."""
+
+    index: int
+    seed: int | None
+    prompt: str
+    model: str | None
+    generation_id: str
+    when: float
+
+    def render(self, template: str) -> str:
+        model = PurePosixPath((self.model or "default").replace("\\", "/")).name
+        for suffix in (".safetensors", ".ckpt", ".gguf", ".sft"):
+            model = model.removesuffix(suffix)
+        values = {
+            "index": str(self.index),
+            "seed": str(self.seed) if self.seed is not None else "unknown-seed",
+            "prompt": sanitize_component(self.prompt, PROMPT_CHARS) if self.prompt else "image",
+            "model": sanitize_component(model, 60),
+            "date": time.strftime("%Y-%m-%d", time.localtime(self.when)),
+            "time": time.strftime("%H%M%S", time.localtime(self.when)),
+            "id": self.generation_id,
+        }
+        return template.format_map(values)
+
+
+def target_name(template: str, fields: NameFields, server_path: str) -> str:
+    """The sanitised file name (one component, with extension) for an image."""
+    stem = sanitize_component(fields.render(template), MAX_NAME_BYTES - 8)
+    return f"{stem}.{extension_of(server_path)}"
+
+
+def inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refusing anything that would resolve outside ``directory``."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise DownloadError(f"refusing unsafe file name {name!r}")
+    root = directory.resolve()
+    candidate = (root / name).resolve()
+    if candidate.parent != root:
+        raise DownloadError(f"refusing to write {name!r} outside {directory}")
+    return candidate
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a ``data:<mime>;base64,...`` URL."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.startswith("data:") or ";base64" not in header:
+        raise DownloadError("the server sent an inline image that is not a base64 data: URL")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError):
+        raise DownloadError("the server sent an inline image with invalid base64") from None
+
+
+def save_stream(
+    directory: Path,
+    name: str | Callable[[Path], str],
+    chunks: Iterable[bytes],
+    *,
+    overwrite: bool,
+) -> Path:
+    """Write ``chunks`` to a file in ``directory`` atomically and return its final path.
+
+    ``name`` may be a function of the finished temp file, for names that depend on the image's
+    own metadata. Without ``overwrite`` an existing file is kept and a ``-1``, ``-2`` ...
+    suffix is added.
+    """
+    handle, temp_name = _temp_beside(inside(directory, "download"))
+    final = directory
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            for chunk in chunks:
+                temp.write(chunk)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.chmod(temp_name, 0o644 & ~_umask())
+        final = inside(directory, name(Path(temp_name)) if callable(name) else name)
+        return _publish(temp_name, final, overwrite)
+    except OSError as exc:
+        raise DownloadError(_describe(exc, final)) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+
+
+def _temp_beside(final: Path) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(prefix=".asset-generator-", suffix=".part", dir=final.parent)
+    except OSError as exc:
+        raise DownloadError(_describe(exc, final)) from None
+
+
+def _publish(temp_name: str, final: Path, overwrite: bool) -> Path:
+    if overwrite:
+        os.replace(temp_name, final)
+        return final
+    stem, suffix = final.stem, final.suffix
+    for attempt in range(10000):
+        candidate = final if attempt == 0 else final.with_name(f"{stem}-{attempt}{suffix}")
+        try:
+            # link() fails if the name exists, so a file that appeared meanwhile is never lost.
+            os.link(temp_name, candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise DownloadError(f"too many files named like {final} already exist")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _describe(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"cannot save {path}: the disk is full"
+    return f"cannot save {path}: {exc.strerror or exc}"
+
+
+def png_text_metadata(path: Path, limit: int = 4 * 1024 * 1024) -> dict[str, Any] | None:
+    """SwarmUI's ``parameters`` tEXt/iTXt chunk of a PNG, parsed as JSON, if present."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                header = handle.read(8)
+                if len(header) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", header)
+                if kind == b"IDAT" or kind == b"IEND" or length > limit:
+                    return None
+                data = handle.read(length)
+                handle.read(4)
+                if kind in (b"tEXt", b"iTXt"):
+                    key, _, value = data.partition(b"\x00")
+                    if key == b"parameters":
+                        if kind == b"iTXt":
+                            # compression flag, method, language tag, translated keyword
+                            value = value[2:].split(b"\x00", 2)[-1]
+                        parsed = json.loads(value.decode("utf-8", errors="replace"))
+                        return parsed if isinstance(parsed, dict) else None
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def seed_from_metadata(metadata: Mapping[str, Any] | None) -> int | None:
+    """The real seed recorded in SwarmUI image metadata (``sui_image_params.seed``)."""
+    params = (metadata or {}).get("sui_image_params")
+    if isinstance(params, Mapping):
+        seed = params.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+        if isinstance(seed, str) and seed.lstrip("-").isdigit():
+            return int(seed)
+    return None

@@ -1,0 +1,323 @@
+"""One registry of settings: each key declares its type, default, env var and help once.
+
+Precedence, highest first: command-line flag > environment variable > ``[profiles.NAME]``
+table > top level of the config file > default (cli-contract §2). ``config view``, ``config
+set`` validation and the resolution used by every command all read the same table below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+APP_NAME = "asset-generator"
+ENV_PREFIX = "ASSET_GENERATOR_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+PROFILE_ENV = ENV_PREFIX + "PROFILE"
+
+
+class SettingsError(Exception):
+    """A setting has a bad value (exit 2), or the config file cannot be read (exit 1)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _parse_url(value: Any) -> str:
+    text = str(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL, e.g. http://localhost:7801")
+    return text.rstrip("/")
+
+
+def _parse_str(value: Any) -> str:
+    if isinstance(value, bool | int | float):
+        raise ValueError(f"{value!r} is not text")
+    return str(value)
+
+
+def _parse_positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise ValueError(f"{value!r} must be greater than 0")
+    return number
+
+
+def _parse_int(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a whole number")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a whole number") from None
+        if not minimum <= number <= maximum:
+            raise ValueError(f"{number} is outside {minimum}..{maximum}")
+        return number
+
+    return parse
+
+
+def _parse_float(minimum: float, maximum: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+        if not minimum <= number <= maximum:
+            raise ValueError(f"{number:g} is outside {minimum:g}..{maximum:g}")
+        return number
+
+    return parse
+
+
+def _parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable key."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    description: str
+    type_name: str = "text"
+    env: str | None = None
+    secret: bool = False
+
+    @property
+    def section(self) -> str | None:
+        return self.key.split(".", 1)[0] if "." in self.key else None
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit(".", 1)[-1]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "api_url",
+        _parse_url,
+        "http://localhost:7801",
+        "Base URL of the SwarmUI server.",
+        "url",
+        ENV_PREFIX + "API_URL",
+    ),
+    Setting(
+        "api_key",
+        _parse_str,
+        None,
+        "SwarmUI login token, sent as the swarm_token cookie.",
+        "secret",
+        ENV_PREFIX + "API_KEY",
+        secret=True,
+    ),
+    Setting(
+        "auth_header",
+        _parse_str,
+        None,
+        "Raw Authorization header for a server or proxy that requires one.",
+        "secret",
+        ENV_PREFIX + "AUTH_HEADER",
+        secret=True,
+    ),
+    Setting(
+        "format",
+        _parse_choice("table", "json"),
+        "table",
+        "Output format: table or json.",
+        "table|json",
+        ENV_PREFIX + "FORMAT",
+    ),
+    Setting(
+        "timeout",
+        _parse_positive_float,
+        30.0,
+        "Seconds to wait for each request (generation has its own deadline).",
+        "seconds",
+        ENV_PREFIX + "TIMEOUT",
+    ),
+    Setting("generate.model", _parse_str, None, "Model name, as `models list` shows it."),
+    Setting("generate.width", _parse_int(64, 16384), None, "Image width in pixels.", "int"),
+    Setting("generate.height", _parse_int(64, 16384), None, "Image height in pixels.", "int"),
+    Setting("generate.steps", _parse_int(0, 500), None, "Sampling steps.", "int"),
+    Setting("generate.cfg_scale", _parse_float(0, 100), None, "CFG scale.", "number"),
+    Setting("generate.seed", _parse_int(-1, 2**63 - 1), None, "Seed; -1 is random.", "int"),
+    Setting("generate.sampler", _parse_str, None, "Sampler name."),
+    Setting("generate.scheduler", _parse_str, None, "Scheduler name."),
+    Setting("generate.negative_prompt", _parse_str, None, "Negative prompt."),
+    Setting("generate.images", _parse_int(1, 10000), None, "Images per run.", "int"),
+    Setting("generate.output_dir", _parse_str, ".", "Directory for saved images.", "path"),
+    Setting(
+        "generate.filename_template",
+        _parse_str,
+        "{prompt}-{seed}",
+        "File name template: {index} {seed} {prompt} {model} {date} {time} {id}.",
+    ),
+    Setting(
+        "generate.overwrite",
+        _parse_bool,
+        False,
+        "Overwrite existing files instead of adding a suffix.",
+        "bool",
+    ),
+    Setting("generate.no_progress", _parse_bool, False, "Never show live progress.", "bool"),
+    Setting(
+        "generate.deadline",
+        _parse_positive_float,
+        None,
+        "Interrupt a generation that runs longer than this many seconds.",
+        "seconds",
+    ),
+)
+
+BY_KEY: dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
+
+
+def lookup(key: str) -> Setting:
+    """Return the setting for ``key`` or raise SettingsError naming the known keys."""
+    try:
+        return BY_KEY[key]
+    except KeyError:
+        known = ", ".join(BY_KEY)
+        raise SettingsError(f"unknown config key {key!r} (known keys: {known})") from None
+
+
+def validate(key: str, value: Any) -> Any:
+    """Parse ``value`` for ``key``; a bad value raises SettingsError naming the key."""
+    setting = lookup(key)
+    try:
+        return setting.parse(value)
+    except ValueError as exc:
+        raise SettingsError(f"invalid value for {key}: {exc}") from None
+
+
+def config_dir() -> Path:
+    from platformdirs import user_config_path
+
+    return user_config_path(APP_NAME, appauthor=False)
+
+
+def state_dir() -> Path:
+    from platformdirs import user_state_path
+
+    return user_state_path(APP_NAME, appauthor=False)
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    explicit = environ.get(CONFIG_ENV)
+    return Path(explicit).expanduser() if explicit else config_dir() / "config.toml"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read the TOML config; a missing file is empty, an unreadable one is an error."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}", 1) from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}", 1) from None
+
+
+def _dig(table: Mapping[str, Any], key: str) -> Any:
+    node: Any = table
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+@dataclass
+class Resolved:
+    """Every setting's value and where it came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    config_path: Path
+    profile: str | None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    *,
+    config_path: Path | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Resolved:
+    """Resolve all settings: flag > env var > profile > config top level > default."""
+    environ = os.environ if environ is None else environ
+    path = config_path or default_config_path(environ)
+    profile = profile or environ.get(PROFILE_ENV) or None
+    document = read_config_file(path)
+    profile_table: Mapping[str, Any] = {}
+    if profile:
+        profiles = document.get("profiles", {})
+        if not isinstance(profiles, Mapping) or profile not in profiles:
+            raise SettingsError(f"profile {profile!r} is not defined in {path}")
+        profile_table = profiles[profile]
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        candidates = (
+            ("flag", flags.get(setting.key)),
+            ("env", environ.get(setting.env) if setting.env else None),
+            (f"profile {profile}", _dig(profile_table, setting.key)),
+            ("config", _dig(document, setting.key)),
+        )
+        for source, raw in candidates:
+            if raw is None or (raw == "" and source == "env"):
+                continue
+            try:
+                values[setting.key] = setting.parse(raw)
+            except ValueError as exc:
+                where = {"flag": "option", "env": f"environment variable {setting.env}"}.get(
+                    source, f"{path} ({source})"
+                )
+                raise SettingsError(f"invalid value for {setting.key} in {where}: {exc}") from None
+            sources[setting.key] = source
+            break
+        else:
+            values[setting.key] = setting.default
+            sources[setting.key] = "default"
+    return Resolved(values, sources, path, profile)

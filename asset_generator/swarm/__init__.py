@@ -1,0 +1,1 @@
+"""The SwarmUI protocol: routes, JSON shapes and transport. No click, no rich."""

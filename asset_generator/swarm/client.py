@@ -1,0 +1,315 @@
+"""Typed SwarmUI calls: the only code that knows route names and JSON shapes.
+
+Every answer is checked for an ``error`` key whatever its HTTP status, because SwarmUI
+reports handler failures as HTTP 200 (swarmui-protocol.md §1.5).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from asset_generator.swarm.errors import (
+    APIError,
+    AuthFailed,
+    BadResponse,
+    InvalidSession,
+    PermissionDenied,
+    SessionFailed,
+    SwarmError,
+    UnknownRoute,
+)
+from asset_generator.swarm.http import Transport, WebSocket
+
+INTERRUPTED_TEXT = "Generation session interrupted."
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What ``GetNewSession`` tells us (protocol §3.1)."""
+
+    session_id: str
+    user_id: str | None
+    version: str | None
+    server_id: str | None
+    permissions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A session's four generation counters (protocol §6.1)."""
+
+    waiting_gens: int = 0
+    loading_models: int = 0
+    waiting_backends: int = 0
+    live_gens: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return any((self.waiting_gens, self.loading_models, self.waiting_backends, self.live_gens))
+
+    @property
+    def live(self) -> bool:
+        return self.live_gens > 0
+
+    @classmethod
+    def from_json(cls, data: Any) -> Counters:
+        if not isinstance(data, dict):
+            return cls()
+        return cls(*(_int(data.get(name)) for name in cls.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class CurrentStatus:
+    """``GetCurrentStatus`` for one session, or a WebSocket ``status`` message."""
+
+    counters: Counters
+    backend_status: dict[str, Any] = field(default_factory=dict)
+    supported_features: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CurrentStatus:
+        backend = data.get("backend_status")
+        features = data.get("supported_features")
+        return cls(
+            Counters.from_json(data.get("status")),
+            backend if isinstance(backend, dict) else {},
+            tuple(str(f) for f in features) if isinstance(features, list) else (),
+        )
+
+
+# -- generation events (protocol §4.5) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    status: CurrentStatus
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    batch_index: int
+    request_id: str
+    overall: float
+    current: float
+
+
+@dataclass(frozen=True)
+class ImageEvent:
+    image: str
+    batch_index: int
+    request_id: str
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    text: str
+    error_id: str | None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.text.strip() == INTERRUPTED_TEXT
+
+
+@dataclass(frozen=True)
+class DiscardEvent:
+    indices: tuple[int, ...]
+
+
+GenerationEvent = StatusEvent | ProgressEvent | ImageEvent | ErrorEvent | DiscardEvent
+
+
+def parse_event(message: dict[str, Any]) -> GenerationEvent | None:
+    """Classify one WebSocket message by its keys; unknown kinds (extensions) are None."""
+    if "error" in message:
+        return ErrorEvent(str(message.get("error")), _str_or_none(message.get("error_id")))
+    if "image" in message and isinstance(message["image"], str):
+        return ImageEvent(
+            message["image"],
+            _int(message.get("batch_index")),
+            str(message.get("request_id", "")),
+            _metadata(message.get("metadata")),
+        )
+    if "gen_progress" in message and isinstance(message["gen_progress"], dict):
+        progress = message["gen_progress"]
+        return ProgressEvent(
+            _int(progress.get("batch_index")),
+            str(progress.get("request_id", "")),
+            _float(progress.get("overall_percent")),
+            _float(progress.get("current_percent")),
+        )
+    if "status" in message and isinstance(message["status"], dict):
+        return StatusEvent(CurrentStatus.from_json(message))
+    if "discard_indices" in message and isinstance(message["discard_indices"], list):
+        return DiscardEvent(tuple(_int(i) for i in message["discard_indices"]))
+    return None
+
+
+def _metadata(raw: Any) -> dict[str, Any] | None:
+    # The metadata is a JSON *string*, and the docs say it is "not guaranteed" to be JSON.
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str) and raw:
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+def _int(value: Any) -> int:
+    # batch_index is usually a string but preview frames may carry an int (protocol §4.5).
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class SwarmClient:
+    """Calls to one SwarmUI server over a Transport."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    @property
+    def server(self) -> str:
+        return self.transport.server
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def call(
+        self,
+        route: str,
+        session_id: str | None,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """POST a route and return its JSON, raising a typed error for any ``error`` answer."""
+        payload = dict(body or {})
+        if session_id is not None:
+            payload["session_id"] = session_id
+        status, document = self.transport.post_json(route, payload, timeout=timeout)
+        check_answer(document, status, route, self.server)
+        if status != 200:
+            raise BadResponse(f"{self.server} answered {route} with HTTP {status}")
+        return document
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def new_session(self) -> SessionInfo:
+        """``GetNewSession``; any failure is wrapped in SessionFailed."""
+        try:
+            document = self.call("GetNewSession", None, {})
+        except APIError as exc:
+            if exc.message.strip().rstrip(".").lower() == "invalid or unauthorized":
+                cause: SwarmError = AuthFailed(
+                    f"{self.server} did not accept our credentials ({exc.message.strip()}); "
+                    "set --api-key to a valid swarm_token"
+                )
+                raise SessionFailed(cause) from None
+            raise SessionFailed(exc) from None
+        except SwarmError as exc:
+            raise SessionFailed(exc) from None
+        session_id = document.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            raise SessionFailed(
+                BadResponse(f"{self.server} answered GetNewSession without a session id")
+            )
+        permissions = document.get("permissions")
+        return SessionInfo(
+            session_id=session_id,
+            user_id=_str_or_none(document.get("user_id")),
+            version=_str_or_none(document.get("version")),
+            server_id=_str_or_none(document.get("server_id")),
+            permissions=tuple(permissions) if isinstance(permissions, list) else (),
+        )
+
+    # -- status and control -------------------------------------------------------------------
+
+    def current_status(self, session_id: str) -> CurrentStatus:
+        return CurrentStatus.from_json(self.call("GetCurrentStatus", session_id))
+
+    def interrupt_all(
+        self, session_id: str, *, other_sessions: bool, timeout: float | None = None
+    ) -> None:
+        """``InterruptAll``: this session, or every session of the same user (protocol §5.1).
+
+        It always answers success, whether or not anything was running.
+        """
+        body = {"other_sessions": other_sessions}
+        self.call("InterruptAll", session_id, body, timeout=timeout)
+
+    def interrupt_generation(self, session_id: str) -> None:
+        """``InterruptGeneration``, which real SwarmUI lacks (raises UnknownRoute there)."""
+        self.call("InterruptGeneration", session_id)
+
+    def list_backends(self, session_id: str) -> dict[str, Any]:
+        return self.call("ListBackends", session_id, {"nonreal": False, "full_data": True})
+
+    def list_models(
+        self, session_id: str, *, subtype: str, path: str = "", depth: int = 20
+    ) -> dict[str, Any]:
+        body = {"path": path, "depth": depth, "subtype": subtype, "dataImages": False}
+        return self.call("ListModels", session_id, body)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    @contextmanager
+    def generation_socket(self, session_id: str, params: dict[str, Any]) -> Iterator[WebSocket]:
+        """Open ``GenerateText2ImageWS`` and send the request; yields the open socket."""
+        with self.transport.websocket("GenerateText2ImageWS") as socket:
+            socket.send({**params, "session_id": session_id})
+            yield socket
+
+    @contextmanager
+    def open_image(self, server_path: str) -> Iterator[Iterator[bytes]]:
+        """Stream an output by the path the server gave (``View/...``), correctly encoded."""
+        with self.transport.stream_get(server_path) as chunks:
+            yield chunks
+
+    def generate_http(
+        self, session_id: str, params: dict[str, Any], *, timeout: float | None
+    ) -> list[str]:
+        """``GenerateText2Image``: one answer at the very end (protocol §4.4)."""
+        document = self.call("GenerateText2Image", session_id, params, timeout=timeout)
+        images = document.get("images")
+        if not isinstance(images, list):
+            raise BadResponse(f"{self.server} answered GenerateText2Image without an image list")
+        return [str(image) for image in images]
+
+
+def check_answer(document: dict[str, Any], status: int, route: str, server: str) -> None:
+    """Raise the typed error a JSON answer carries, if any (HTTP 200 included)."""
+    error = document.get("error")
+    if error is None:
+        return
+    error_id = _str_or_none(document.get("error_id"))
+    text = str(error)
+    message = f"{route} on {server}: {text}"
+    if error_id == "invalid_session_id":
+        raise InvalidSession(message, error_id, status, text)
+    if error_id == "bad_route":
+        raise UnknownRoute(message, error_id, status, text)
+    if error_id == "bad_permissions":
+        raise PermissionDenied(message, error_id, status, text)
+    raise APIError(message, error_id, status, text)

@@ -1,0 +1,346 @@
+"""HTTP and WebSocket transport: the only module that imports httpx.
+
+It knows how to talk to *a* SwarmUI server (JSON POSTs, streamed GETs, one WebSocket route),
+not what the routes mean. Credentials are attached per request rather than kept in a cookie jar,
+and redirects are never followed, so neither the ``swarm_token`` cookie nor the
+``Authorization`` header can be carried to another host.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from asset_generator import __version__
+from asset_generator.swarm.errors import (
+    AuthFailed,
+    BadResponse,
+    ConnectionFailed,
+    RequestTimeout,
+    SwarmError,
+)
+
+CONNECT_TIMEOUT = 5.0
+# The largest real JSON answer is a ListModels page with previews; 32 MiB is far above it and
+# keeps a hostile or broken server from filling memory.
+MAX_JSON_BYTES = 32 * 1024 * 1024
+# httpx-ws reads the socket in chunks of this size and reassembles whole messages, so image
+# messages with multi-MB data: URLs (donotsave) arrive intact.
+WS_READ_CHUNK_BYTES = 1024 * 1024
+CONNECT_RETRIES = 2
+
+ExchangeLogger = Callable[[str, str, int | None, float], None]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What identifies us to the server; never printed."""
+
+    api_key: str | None = None
+    auth_header: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.api_key:
+            headers["Cookie"] = f"swarm_token={self.api_key}"
+        if self.auth_header:
+            headers["Authorization"] = self.auth_header
+        return headers
+
+
+def describe_server(base_url: str) -> str:
+    """The server as it may be shown to the user: scheme, host and port, no userinfo."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+
+class Transport:
+    """A connection pool to one server with the client's credentials and timeouts."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        log: ExchangeLogger | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.server = describe_server(self.base_url)
+        self.credentials = credentials or Credentials()
+        self.timeout = timeout
+        self._log = log
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+            transport=transport or httpx.HTTPTransport(retries=CONNECT_RETRIES),
+            follow_redirects=False,
+            headers={"User-Agent": f"asset-generator/{__version__}"},
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- JSON API -----------------------------------------------------------------------------
+
+    def post_json(
+        self, route: str, body: dict[str, Any], *, timeout: float | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """POST ``body`` to ``/API/<route>``; return the HTTP status and the JSON object.
+
+        Raises ConnectionFailed, RequestTimeout, AuthFailed (plain 401) or BadResponse.
+        """
+        path = f"/API/{route}"
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **self.credentials.headers()}
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            with self._client.stream(
+                "POST",
+                path,
+                content=content,
+                headers=headers,
+                timeout=self._timeout(timeout),
+            ) as response:
+                status = response.status_code
+                raw = self._read_capped(response, MAX_JSON_BYTES, path)
+                content_type = response.headers.get("content-type", "")
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, path) from None
+        finally:
+            self._note("POST", path, status, started)
+        return status, self._parse_json(status, raw, content_type, path)
+
+    def _parse_json(self, status: int, raw: bytes, content_type: str, path: str) -> dict[str, Any]:
+        if status == 401 and not raw.lstrip().startswith(b"{"):
+            # The server-wide shared-secret gate answers a bare text 401 (protocol §2.3).
+            raise AuthFailed(
+                f"{self.server} refused the Authorization header (HTTP 401 Unauthorized); "
+                "check --auth-header"
+            )
+        if 300 <= status < 400:
+            raise BadResponse(
+                f"{self.server} answered {path} with a redirect (HTTP {status}); "
+                "is --api-url the SwarmUI address?"
+            )
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            kind = "HTML" if b"<html" in raw[:512].lower() else "a non-JSON answer"
+            hint = f" ({content_type.split(';')[0]})" if content_type else ""
+            raise BadResponse(
+                f"{self.server} answered {path} with {kind}{hint}, HTTP {status}; "
+                "is a proxy in the way, or is this not a SwarmUI server?"
+            ) from None
+        if not isinstance(document, dict):
+            raise BadResponse(f"{self.server} answered {path} with JSON that is not an object")
+        return document
+
+    # -- downloads ----------------------------------------------------------------------------
+
+    @contextmanager
+    def stream_get(self, server_path: str) -> Iterator[Iterator[bytes]]:
+        """GET a server-relative output path (``View/...``), yielding its body in chunks."""
+        path = "/" + quote(server_path.lstrip("/"), safe="/")
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            with self._client.stream("GET", path, headers=self.credentials.headers()) as response:
+                status = response.status_code
+                if status != 200:
+                    detail = self._error_detail(response)
+                    raise BadResponse(
+                        f"{self.server} could not serve {server_path} (HTTP {status}{detail})"
+                    )
+                yield self._iter_body(response, path)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, path) from None
+        finally:
+            self._note("GET", path, status, started)
+
+    def _iter_body(self, response: httpx.Response, path: str) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes(chunk_size=64 * 1024)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, path) from None
+
+    def _error_detail(self, response: httpx.Response) -> str:
+        try:
+            raw = self._read_capped(response, 64 * 1024, "")
+            error = json.loads(raw).get("error")
+        except (SwarmError, ValueError, AttributeError, httpx.HTTPError):
+            return ""
+        return f": {error}" if isinstance(error, str) else ""
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    @contextmanager
+    def websocket(self, route: str) -> Iterator[WebSocket]:
+        """Open ``/API/<route>`` as a WebSocket.
+
+        Raises WebSocketRefused when the upgrade is answered with plain HTTP (a proxy without
+        WebSocket support), so the caller can fall back to the HTTP route.
+        """
+        from httpx_ws import WebSocketUpgradeError, connect_ws
+
+        path = f"/API/{route}"
+        started = time.monotonic()
+        try:
+            with connect_ws(
+                path,
+                self._client,
+                headers=self.credentials.headers(),
+                max_message_size_bytes=WS_READ_CHUNK_BYTES,
+                keepalive_ping_interval_seconds=None,
+            ) as session:
+                self._note("WS", path, 101, started)
+                yield WebSocket(session, self.server)
+        except WebSocketUpgradeError as exc:
+            status = exc.response.status_code
+            self._note("WS", path, status, started)
+            if status == 401:
+                raise AuthFailed(
+                    f"{self.server} refused the Authorization header (HTTP 401 Unauthorized)"
+                ) from None
+            raise WebSocketRefused(
+                f"{self.server} refused the WebSocket upgrade (HTTP {status})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._translate(exc, path) from None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> httpx.Timeout:
+        value = self.timeout if timeout is None else timeout
+        connect = min(CONNECT_TIMEOUT, value)
+        if math.isinf(value):
+            # An HTTP generation answers only at the very end (protocol §4.4): no read limit.
+            return httpx.Timeout(None, connect=connect)
+        return httpx.Timeout(value, connect=connect)
+
+    def _read_capped(self, response: httpx.Response, limit: int, path: str) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BadResponse(
+                f"{self.server} answered {path} with {int(declared)} bytes, more than the "
+                f"{limit // (1024 * 1024)} MiB any real answer needs"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise BadResponse(
+                    f"{self.server} answered {path} with more than the "
+                    f"{limit // (1024 * 1024)} MiB any real answer needs"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _translate(self, exc: httpx.HTTPError, path: str) -> SwarmError:
+        if isinstance(exc, httpx.TimeoutException):
+            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else f"waiting for {path}"
+            return RequestTimeout(f"{self.server} timed out ({what})")
+        if isinstance(exc, httpx.ConnectError):
+            reason = _short_reason(exc)
+            return ConnectionFailed(f"cannot connect to {self.server} ({reason})")
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+            return ConnectionFailed(
+                f"{self.server} closed the connection during {path} ({_short_reason(exc)})"
+            )
+        if isinstance(exc, httpx.DecodingError):
+            return BadResponse(f"{self.server} sent a body that cannot be decoded for {path}")
+        return ConnectionFailed(f"{self.server}: {_short_reason(exc)} during {path}")
+
+    def _note(self, method: str, path: str, status: int | None, started: float) -> None:
+        if self._log is not None:
+            self._log(method, path, status, (time.monotonic() - started) * 1000)
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if "name or service not known" in lowered or "nodename nor servname" in lowered:
+        return "unknown host"
+    if "temporary failure in name resolution" in lowered:
+        return "unknown host"
+    if "reset" in lowered:
+        return "connection reset"
+    text = text.splitlines()[0] if text else text
+    return text[:200]
+
+
+class WebSocketRefused(SwarmError):
+    """The WebSocket upgrade was answered with plain HTTP."""
+
+    code = "connection_failed"
+
+
+class WebSocket:
+    """A thin, typed view of an open WebSocket: JSON objects in and out."""
+
+    def __init__(self, session: Any, server: str) -> None:
+        self._session = session
+        self._server = server
+
+    def send(self, document: dict[str, Any]) -> None:
+        from httpx_ws import HTTPXWSException
+
+        try:
+            self._session.send_text(json.dumps(document, separators=(",", ":")))
+        except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
+            raise ConnectionFailed(f"{self._server} closed the WebSocket ({exc})") from None
+
+    def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Next JSON message, or None once the server has closed the socket.
+
+        Raises RequestTimeout when nothing arrives within ``timeout`` seconds.
+        """
+        import queue
+
+        from httpx_ws import HTTPXWSException, WebSocketDisconnect, WebSocketInvalidTypeReceived
+
+        try:
+            text = self._session.receive_text(timeout=timeout)
+        except WebSocketDisconnect:
+            return None
+        except WebSocketInvalidTypeReceived:
+            raise BadResponse(f"{self._server} sent a binary WebSocket message") from None
+        except queue.Empty:
+            raise RequestTimeout(
+                f"{self._server} sent nothing on the WebSocket for {timeout:g} s"
+            ) from None
+        except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
+            raise ConnectionFailed(
+                f"{self._server} dropped the WebSocket mid-stream ({exc or type(exc).__name__})"
+            ) from None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            raise BadResponse(f"{self._server} sent a WebSocket message that is not JSON") from None
+        if not isinstance(document, dict):
+            raise BadResponse(f"{self._server} sent a WebSocket message that is not an object")
+        return document

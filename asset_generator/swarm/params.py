@@ -1,0 +1,106 @@
+"""Generation request bodies: only what the user set, in the shape SwarmUI reads.
+
+SwarmUI normalises parameter names by lower-casing and dropping every non-letter
+(``T2IParamTypes.CleanTypeName``), so ``cfg_scale``, ``CFGScale`` and ``cfgscale`` are one
+parameter; we compare names the same way when deciding which source wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_NOT_LETTERS = re.compile(r"[^a-z]")
+
+
+def clean_name(name: str) -> str:
+    """SwarmUI's parameter-name normalisation: lower-case letters only."""
+    return _NOT_LETTERS.sub("", name.lower())
+
+
+def parse_param_value(text: str) -> Any:
+    """Type a ``--param KEY=VALUE`` value: booleans, integers and decimals become JSON ones."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if re.fullmatch(r"[+-]?\d+", text.strip()):
+        return int(text)
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", text.strip()):
+        return float(text)
+    return text
+
+
+def parse_param(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → (key, typed value); raises ValueError on a malformed item."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip() or not clean_name(key):
+        raise ValueError(f"{item!r} is not KEY=VALUE")
+    return key.strip(), parse_param_value(value)
+
+
+def parse_lora(item: str) -> tuple[str, str]:
+    """``NAME[:WEIGHT]`` → (name, weight text). A colon not followed by a number is a name."""
+    name, sep, weight = item.rpartition(":")
+    if sep and name:
+        try:
+            float(weight)
+        except ValueError:
+            pass
+        else:
+            return name, weight.strip()
+    return item, "1"
+
+
+def build_request(
+    *,
+    prompt: str,
+    options: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    extra: Iterable[tuple[str, Any]] = (),
+    loras: Iterable[str] = (),
+    no_save: bool = False,
+) -> dict[str, Any]:
+    """Merge config defaults < ``--param`` < explicit options into one request body.
+
+    Keys in ``options``/``defaults`` are SwarmUI ids (``cfgscale``...); None means unset and
+    is not sent, so the model's own defaults apply. ``images`` is a required route
+    argument (protocol §4.2), so it is always present.
+    """
+    body: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        cleaned = clean_name(key)
+        for existing in [k for k in body if clean_name(k) == cleaned]:
+            del body[existing]
+        body[key] = value
+
+    for key, value in defaults.items():
+        if value is not None:
+            put(key, value)
+    for key, value in extra:
+        put(key, value)
+    for key, value in options.items():
+        if value is not None:
+            put(key, value)
+    put("prompt", prompt)
+    lora_items = [parse_lora(item) for item in loras]
+    if lora_items:
+        # JSON arrays are joined with "\n|||\n" server-side, so names containing commas survive.
+        put("loras", [name for name, _ in lora_items])
+        put("loraweights", [weight for _, weight in lora_items])
+    if no_save:
+        put("donotsave", True)
+    # ``images`` is read as a route argument by its exact, case-sensitive key (protocol §1.6).
+    counts = [k for k in body if clean_name(k) == "images"]
+    body["images"] = body.pop(counts[-1]) if counts else 1
+    return body
+
+
+def expected_outputs(body: Mapping[str, Any]) -> int:
+    """Images the request should produce: images × batchsize (protocol §4.3)."""
+    values = {clean_name(k): v for k, v in body.items()}
+    try:
+        return max(1, int(values.get("images", 1))) * max(1, int(values.get("batchsize", 1)))
+    except (TypeError, ValueError):
+        return 1
