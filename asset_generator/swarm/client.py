@@ -221,9 +221,9 @@ class SwarmClient:
         try:
             document = self.call("GetNewSession", None, {})
         except APIError as exc:
-            if exc.message.strip().rstrip(".").lower() == "invalid or unauthorized":
+            if exc.text.strip().rstrip(".").lower() == "invalid or unauthorized":
                 cause: SwarmError = AuthFailed(
-                    f"{self.server} did not accept our credentials ({exc.message.strip()}); "
+                    f"{self.server} did not accept our credentials ({exc.text.strip()}); "
                     "set --api-key to a valid swarm_token"
                 )
                 raise SessionFailed(cause) from None

@@ -1,0 +1,271 @@
+"""Local building blocks: settings precedence, the registry file, request bodies, file names."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asset_generator import settings as config
+from asset_generator.downloads import (
+    DownloadError,
+    NameFields,
+    check_template,
+    inside,
+    sanitize_component,
+    save_stream,
+    target_name,
+)
+from asset_generator.registry import (
+    CANCELLED,
+    GenerationRecord,
+    Registry,
+    State,
+    server_key,
+)
+from asset_generator.swarm.params import build_request, expected_outputs, parse_lora, parse_param
+
+# -- settings -------------------------------------------------------------------------------
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_precedence_flag_env_profile_file_default(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "c.toml",
+        'api_url = "http://file:1"\ntimeout = 5\n[profiles.lab]\napi_url = "http://profile:2"\n',
+    )
+    env = {"ASSET_GENERATOR_API_URL": "http://env:3"}
+    flags = {"api_url": "http://flag:4"}
+    assert config.resolve(flags, config_path=path, environ=env)["api_url"] == "http://flag:4"
+    assert config.resolve({}, config_path=path, environ=env)["api_url"] == "http://env:3"
+    resolved = config.resolve({}, config_path=path, profile="lab", environ={})
+    assert resolved["api_url"] == "http://profile:2"
+    assert resolved.sources["api_url"] == "profile lab"
+    assert config.resolve({}, config_path=path, environ={})["api_url"] == "http://file:1"
+    resolved = config.resolve({}, config_path=tmp_path / "none.toml", environ={})
+    assert resolved["api_url"] == "http://localhost:7801"
+    assert resolved["timeout"] == 30.0
+
+
+def test_profile_from_environment_and_unknown_profile(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", '[profiles.lab]\nformat = "json"\n')
+    env = {"ASSET_GENERATOR_PROFILE": "lab"}
+    assert config.resolve({}, config_path=path, environ=env)["format"] == "json"
+    with pytest.raises(config.SettingsError, match="profile 'nope'"):
+        config.resolve({}, config_path=path, profile="nope", environ={})
+
+
+def test_bad_values_name_the_key_and_where_they_came_from(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", "timeout = -3\n")
+    with pytest.raises(config.SettingsError, match="timeout") as caught:
+        config.resolve({}, config_path=path, environ={})
+    assert str(path) in str(caught.value)
+    with pytest.raises(config.SettingsError, match="ASSET_GENERATOR_API_URL"):
+        config.resolve({}, config_path=path, environ={"ASSET_GENERATOR_API_URL": "ftp://x"})
+
+
+def test_broken_toml_is_a_clear_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml", "api_url = \n")
+    with pytest.raises(config.SettingsError, match="not valid TOML") as caught:
+        config.resolve({}, config_path=path, environ={})
+    assert caught.value.exit_code == 1
+
+
+# -- the registry ---------------------------------------------------------------------------
+
+
+def record(record_id: str, **changes: object) -> GenerationRecord:
+    base = dict(
+        id=record_id,
+        server="http://h:1",
+        server_key="k",
+        session_id="s" * 40,
+        pid=os.getpid(),
+        host=os.uname().nodename,
+        prompt="p",
+        created=1000.0,
+    )
+    base.update(changes)
+    return GenerationRecord(**base)  # type: ignore[arg-type]
+
+
+def test_registry_round_trip_is_0600_and_atomic(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "state")
+    with registry.transaction() as state:
+        state.generations["gen_1"] = record("gen_1")
+    mode = stat.S_IMODE(registry.path.stat().st_mode)
+    assert mode == 0o600
+    assert registry.read().generations["gen_1"].prompt == "p"
+    leftovers = [p.name for p in registry.directory.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_corrupt_registry_is_set_aside_with_a_warning(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    registry = Registry(tmp_path, warn=warnings.append)
+    registry.path.write_text("{ not json")
+    with registry.transaction() as state:
+        assert state.generations == {}
+        state.generations["gen_2"] = record("gen_2")
+    assert warnings and "corrupt" in warnings[0]
+    assert any(p.name.startswith("generations.json.corrupt-") for p in tmp_path.iterdir())
+    assert "gen_2" in registry.read().generations
+
+
+def test_full_disk_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    from asset_generator import registry as registry_module
+    from asset_generator.registry import RegistryError
+
+    registry = Registry(tmp_path / "state")
+    with registry.transaction() as state:
+        state.generations["gen_1"] = record("gen_1")
+    before = registry.path.read_bytes()
+
+    def full(handle: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry_module.os, "write", full)
+    with pytest.raises(RegistryError, match="disk is full"), registry.transaction() as state:
+        state.generations["gen_9"] = record("gen_9")
+    monkeypatch.undo()
+    assert registry.path.read_bytes() == before
+    assert [p.name for p in registry.directory.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_pruning_drops_old_finished_records_only() -> None:
+    state = State()
+    old = record("gen_old", status=CANCELLED, finished=1.0)
+    live = record("gen_live", created=1.0)
+    state.generations = {"gen_old": old, "gen_live": live}
+    state.prune(now=30 * 24 * 3600.0)
+    assert set(state.generations) == {"gen_live"}
+
+
+def test_public_record_never_shows_the_session() -> None:
+    shown = json.dumps(record("gen_1").public())
+    assert "s" * 40 not in shown
+
+
+def test_server_key_hides_the_credential() -> None:
+    key = server_key("http://h:1", "secret-token")
+    assert "secret" not in key and key != server_key("http://h:1", "other")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_in_the_cache_file_never_crash(tmp_path_factory, data: bytes) -> None:
+    directory = tmp_path_factory.mktemp("fuzz")
+    registry = Registry(directory, warn=lambda message: None)
+    registry.path.write_bytes(data)
+    registry.read()
+    with registry.transaction() as state:
+        state.generations["gen_x"] = record("gen_x")
+    assert "gen_x" in registry.read().generations
+
+
+# -- request bodies -------------------------------------------------------------------------
+
+
+def test_only_what_was_set_is_sent_and_images_is_always_present() -> None:
+    body = build_request(prompt="a cat", options={"steps": None, "width": None}, defaults={})
+    assert body == {"prompt": "a cat", "images": 1}
+
+
+def test_explicit_beats_param_beats_config_after_name_normalisation() -> None:
+    body = build_request(
+        prompt="x",
+        options={"cfgscale": 9.0},
+        defaults={"cfgscale": 5.0, "steps": 30},
+        extra=[("CFG_Scale", 7), ("steps", 12)],
+    )
+    assert body["cfgscale"] == 9.0 and "CFG_Scale" not in body
+    assert body["steps"] == 12
+
+
+def test_loras_arrive_as_parallel_lists() -> None:
+    body = build_request(
+        prompt="x", options={}, defaults={}, loras=["style/pixel-art:0.8", "detail, v2"]
+    )
+    assert body["loras"] == ["style/pixel-art", "detail, v2"]
+    assert body["loraweights"] == ["0.8", "1"]
+    assert parse_lora("C:weird") == ("C:weird", "1")
+
+
+def test_param_values_are_typed() -> None:
+    assert parse_param("batchsize=2") == ("batchsize", 2)
+    assert parse_param("initimagecreativity=0.5") == ("initimagecreativity", 0.5)
+    assert parse_param("donotsave=true") == ("donotsave", True)
+    assert parse_param("aspectratio=16:9") == ("aspectratio", "16:9")
+    with pytest.raises(ValueError):
+        parse_param("novalue")
+    assert expected_outputs({"images": 3, "batchsize": 2}) == 6
+
+
+def test_images_key_is_exact_even_from_param() -> None:
+    body = build_request(prompt="x", options={}, defaults={}, extra=[("Images", 3)])
+    assert body["images"] == 3 and "Images" not in body
+
+
+# -- file names -----------------------------------------------------------------------------
+
+
+def fields(**changes: object) -> NameFields:
+    base = dict(
+        index=0, seed=42, prompt="a cat", model="sd/x.safetensors", generation_id="g", when=0
+    )
+    base.update(changes)
+    return NameFields(**base)  # type: ignore[arg-type]
+
+
+def test_template_uses_real_seed_and_server_extension() -> None:
+    assert target_name("{prompt}-{seed}", fields(), "View/local/raw/a.png") == "a cat-42.png"
+    assert target_name("{model}_{index}", fields(), "data:image/webp;base64,AA") == "x_0.webp"
+    with pytest.raises(ValueError, match="unknown field"):
+        check_template("{nope}")
+
+
+@pytest.mark.parametrize("hostile", ["../../x", "/etc/passwd", "a\x00b", "..", "a/../../b", "\\x"])
+def test_hostile_names_stay_inside(tmp_path: Path, hostile: str) -> None:
+    name = target_name(hostile, fields(), "View/x.png")
+    path = inside(tmp_path, name)
+    assert path.parent == tmp_path.resolve()
+
+
+def test_inside_refuses_separators(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError):
+        inside(tmp_path, "../escape.png")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_sanitised_names_are_single_safe_components(text: str) -> None:
+    name = sanitize_component(text)
+    assert name and "/" not in name and "\\" not in name and "\x00" not in name
+    assert name not in (".", "..") and not name.startswith(".")
+    assert len(name.encode()) <= 180
+
+
+def test_save_never_overwrites_and_leaves_no_partial_files(tmp_path: Path) -> None:
+    first = save_stream(tmp_path, "a.png", [b"one"], overwrite=False)
+    second = save_stream(tmp_path, "a.png", [b"two"], overwrite=False)
+    assert (first.name, second.name) == ("a.png", "a-1.png")
+    assert first.read_bytes() == b"one"
+
+    def broken():
+        yield b"partial"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(DownloadError, match="disk is full"):
+        save_stream(tmp_path, "b.png", broken(), overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a.png"]
+    replaced = save_stream(tmp_path, "a.png", [b"three"], overwrite=True)
+    assert replaced.read_bytes() == b"three"

@@ -1,0 +1,186 @@
+"""The protocol layer against scripted answers (httpx.MockTransport): what each reply becomes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from asset_generator.swarm.client import (
+    ErrorEvent,
+    ImageEvent,
+    ProgressEvent,
+    StatusEvent,
+    SwarmClient,
+    parse_event,
+)
+from asset_generator.swarm.errors import (
+    APIError,
+    AuthFailed,
+    BadResponse,
+    ConnectionFailed,
+    InvalidSession,
+    PermissionDenied,
+    RequestTimeout,
+    SessionFailed,
+    UnknownRoute,
+)
+from asset_generator.swarm.http import Credentials, Transport
+
+URL = "http://swarm.test:7801"
+
+
+def client_for(handler, credentials: Credentials | None = None) -> SwarmClient:
+    transport = Transport(URL, credentials, transport=httpx.MockTransport(handler), timeout=5)
+    return SwarmClient(transport)
+
+
+def json_reply(status: int, body: object) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+def test_error_key_in_http_200_is_an_error() -> None:
+    client = client_for(lambda request: json_reply(200, {"error": "Model not found."}))
+    with pytest.raises(APIError) as caught:
+        client.call("ListModels", "s1", {})
+    assert caught.value.text == "Model not found."
+    assert "ListModels" in caught.value.message and "swarm.test" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (401, {"error": "Invalid session ID.", "error_id": "invalid_session_id"}, InvalidSession),
+        (400, {"error_id": "bad_route", "error": "Unknown API route"}, UnknownRoute),
+        (400, {"error_id": "bad_permissions", "error": "You lack permissions."}, PermissionDenied),
+    ],
+)
+def test_error_ids_become_typed_errors(status: int, body: dict, expected: type) -> None:
+    client = client_for(lambda request: json_reply(status, body))
+    with pytest.raises(expected):
+        client.call("InterruptGeneration", "s1")
+
+
+def test_html_from_a_proxy_is_a_bad_response() -> None:
+    page = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+    client = client_for(
+        lambda request: httpx.Response(502, text=page, headers={"content-type": "text/html"})
+    )
+    with pytest.raises(BadResponse) as caught:
+        client.current_status("s1")
+    assert "HTML" in caught.value.message and "502" in caught.value.message
+
+
+def test_garbage_json_is_a_bad_response() -> None:
+    client = client_for(lambda request: httpx.Response(200, content=b'{"status": {"waiting'))
+    with pytest.raises(BadResponse):
+        client.current_status("s1")
+
+
+def test_plain_text_401_is_the_shared_secret_gate() -> None:
+    client = client_for(lambda request: httpx.Response(401, text="Unauthorized"))
+    with pytest.raises(SessionFailed) as caught:
+        client.new_session()
+    assert isinstance(caught.value.cause, AuthFailed)
+    assert caught.value.code == "auth_failed"
+
+
+def test_get_new_session_without_valid_cookie() -> None:
+    client = client_for(lambda request: json_reply(200, {"error": "Invalid or unauthorized."}))
+    with pytest.raises(SessionFailed) as caught:
+        client.new_session()
+    assert caught.value.code == "auth_failed"
+    assert "--api-key" in caught.value.message
+
+
+def test_redirect_is_never_followed_and_never_carries_credentials() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(302, headers={"location": "http://evil.test/steal"})
+
+    client = client_for(handler, Credentials(api_key="tok.en.secret", auth_header="Bearer x"))
+    with pytest.raises(BadResponse):
+        client.current_status("s1")
+    assert [r.url.host for r in seen] == ["swarm.test"]
+
+
+def test_requests_carry_cookie_and_header_and_json_content_type() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return json_reply(200, {"success": True})
+
+    client = client_for(handler, Credentials(api_key="abc.def.ghi", auth_header="Bearer zz"))
+    client.interrupt_all("s1", other_sessions=True)
+    request = seen[0]
+    assert request.method == "POST"
+    assert request.url.path == "/API/InterruptAll"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["cookie"] == "swarm_token=abc.def.ghi"
+    assert request.headers["authorization"] == "Bearer zz"
+    assert json.loads(request.content) == {"other_sessions": True, "session_id": "s1"}
+
+
+def test_connection_refused_and_timeouts_are_typed() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    with pytest.raises(ConnectionFailed) as caught:
+        client_for(refuse).current_status("s1")
+    assert "connection refused" in caught.value.message
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out")
+
+    with pytest.raises(RequestTimeout):
+        client_for(slow).current_status("s1")
+
+
+def test_oversized_answer_is_refused() -> None:
+    huge = b'{"x":"' + b"a" * (33 * 1024 * 1024) + b'"}'
+    client = client_for(lambda request: httpx.Response(200, content=huge))
+    with pytest.raises(BadResponse) as caught:
+        client.current_status("s1")
+    assert "MiB" in caught.value.message
+
+
+def test_download_path_is_percent_encoded_per_segment() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(200, content=b"png")
+
+    client = client_for(handler)
+    with client.open_image("View/local/raw/2026-01-01/1200-a cat, 100% été.png") as chunks:
+        assert b"".join(chunks) == b"png"
+    assert seen == ["/View/local/raw/2026-01-01/1200-a%20cat%2C%20100%25%20%C3%A9t%C3%A9.png"]
+
+
+def test_websocket_messages_are_classified_by_key() -> None:
+    status = parse_event(
+        {"status": {"waiting_gens": 1, "live_gens": 1}, "backend_status": {"status": "running"}}
+    )
+    assert isinstance(status, StatusEvent) and status.status.counters.live
+    progress = parse_event(
+        {"gen_progress": {"batch_index": 1, "overall_percent": 0.5, "current_percent": 0.25}}
+    )
+    assert isinstance(progress, ProgressEvent) and progress.batch_index == 1
+    image = parse_event(
+        {
+            "image": "View/local/raw/x.png",
+            "batch_index": "2",
+            "request_id": "1001",
+            "metadata": json.dumps({"sui_image_params": {"seed": 42}}),
+        }
+    )
+    assert isinstance(image, ImageEvent) and image.batch_index == 2
+    assert image.metadata == {"sui_image_params": {"seed": 42}}
+    error = parse_event({"error": "Generation session interrupted."})
+    assert isinstance(error, ErrorEvent) and error.interrupted
+    assert parse_event({"keep_alive": True}) is None
+    assert parse_event({"raw_swarm_data": {}}) is None
