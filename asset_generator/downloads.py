@@ -107,10 +107,10 @@ def inside(directory: Path, name: str) -> Path:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise DownloadError(f"refusing unsafe file name {name!r}")
     root = directory.resolve()
-    candidate = (root / name).resolve()
-    if candidate.parent != root:
+    if (root / name).resolve().parent != root:
         raise DownloadError(f"refusing to write {name!r} outside {directory}")
-    return candidate
+    # Shown to the user as they named the directory, not as an absolute path.
+    return directory / name
 
 
 def decode_data_url(url: str) -> bytes:

@@ -237,7 +237,7 @@ def test_template_uses_real_seed_and_server_extension() -> None:
 def test_hostile_names_stay_inside(tmp_path: Path, hostile: str) -> None:
     name = target_name(hostile, fields(), "View/x.png")
     path = inside(tmp_path, name)
-    assert path.parent == tmp_path.resolve()
+    assert path.resolve().parent == tmp_path.resolve()
 
 
 def test_inside_refuses_separators(tmp_path: Path) -> None:
