@@ -255,8 +255,10 @@ def test_sanitised_names_are_single_safe_components(text: str) -> None:
 
 
 def test_save_never_overwrites_and_leaves_no_partial_files(tmp_path: Path) -> None:
-    first = save_stream(tmp_path, "a.png", [b"one"], overwrite=False)
-    second = save_stream(tmp_path, "a.png", [b"two"], overwrite=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    first = save_stream(out, "a.png", [b"one"], overwrite=False)
+    second = save_stream(out, "a.png", [b"two"], overwrite=False)
     assert (first.name, second.name) == ("a.png", "a-1.png")
     assert first.read_bytes() == b"one"
 
@@ -265,7 +267,7 @@ def test_save_never_overwrites_and_leaves_no_partial_files(tmp_path: Path) -> No
         raise OSError(28, "No space left on device")
 
     with pytest.raises(DownloadError, match="disk is full"):
-        save_stream(tmp_path, "b.png", broken(), overwrite=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a.png"]
-    replaced = save_stream(tmp_path, "a.png", [b"three"], overwrite=True)
+        save_stream(out, "b.png", broken(), overwrite=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a-1.png", "a.png"]
+    replaced = save_stream(out, "a.png", [b"three"], overwrite=True)
     assert replaced.read_bytes() == b"three"

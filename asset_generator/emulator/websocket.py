@@ -1,0 +1,201 @@
+"""One server-side WebSocket over an asyncio stream, framed by wsproto.
+
+Outgoing JSON goes through a single FIFO so messages from concurrent generation tasks keep
+their order; a peer that vanished turns sends into no-ops (SwarmUI only logs the failure and
+keeps generating, ``API.cs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.utilities import LocalProtocolError
+
+from asset_generator.emulator.config import Fault, FaultPoint
+
+# API.WebsocketTimeout: each send may take at most 2 minutes.
+SEND_TIMEOUT_SECONDS = 120.0
+# How long to wait for the peer's Close after ours (SwarmUI allows a minute; tests need less).
+CLOSE_WAIT_SECONDS = 5.0
+READ_CHUNK = 65536
+
+
+def json_text(document: dict[str, Any]) -> str:
+    """Compact JSON, non-ASCII kept, as ``Utilities.SendJson`` writes it."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+class WebSocketChannel:
+    """A server WebSocket: receive whole messages, queue JSON to send, close politely."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        trailing: bytes,
+        *,
+        max_message_bytes: int,
+        keepalive_seconds: float,
+        fault_point: Callable[[dict[str, Any], int], FaultPoint] | None = None,
+        fault_hook: Callable[[FaultPoint], Fault | None] | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ws = Connection(ConnectionType.SERVER)
+        self._pending_bytes = trailing
+        self._max_message = max_message_bytes
+        self._keepalive = keepalive_seconds
+        self._fault_point = fault_point
+        self._fault_hook = fault_hook
+        self._incoming: asyncio.Queue[str | None] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._write_lock = asyncio.Lock()
+        self._peer_closed = asyncio.Event()
+        self._dead = False
+        self._sent = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def alive(self) -> bool:
+        """False once the peer closed or vanished (sends are then dropped)."""
+        return not self._dead and not self._peer_closed.is_set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._read_loop()))
+        self._tasks.append(loop.create_task(self._write_loop()))
+        if self._keepalive > 0:
+            self._tasks.append(loop.create_task(self._keepalive_loop()))
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def receive(self, timeout: float | None = None) -> str | None:
+        """The next complete message as text; None once the peer closed. Raises TimeoutError."""
+        return await asyncio.wait_for(self._incoming.get(), timeout)
+
+    async def _read_loop(self) -> None:
+        parts: list[str] = []
+        size = 0
+        try:
+            data = self._pending_bytes
+            while True:
+                if data:
+                    self._ws.receive_data(data)
+                for event in self._ws.events():
+                    if isinstance(event, TextMessage | BytesMessage):
+                        chunk = event.data
+                        if not isinstance(chunk, str):
+                            chunk = bytes(chunk).decode("utf-8", "replace")
+                        parts.append(chunk)
+                        size += len(chunk)
+                        if size > self._max_message:
+                            # Utilities.ReceiveData refuses oversize input; 1009 = message too big.
+                            await self._write_event(CloseConnection(code=1009))
+                            return
+                        if event.message_finished:
+                            self._incoming.put_nowait("".join(parts))
+                            parts, size = [], 0
+                    elif isinstance(event, Ping):
+                        await self._write_event(event.response())
+                    elif isinstance(event, CloseConnection):
+                        if self._ws.state is not ConnectionState.CLOSED:
+                            # A reply to the peer's Close, or ours after a framing error.
+                            reply = CloseConnection(code=event.code)
+                            if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                                reply = event.response()
+                            await self._write_event(reply)
+                        return
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    return
+        except (ConnectionError, OSError, LocalProtocolError):
+            return
+        finally:
+            self._peer_closed.set()
+            self._incoming.put_nowait(None)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, document: dict[str, Any]) -> None:
+        """Queue one JSON message; never blocks, never fails."""
+        self._outgoing.put_nowait(document)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far was written (or dropped)."""
+        await self._outgoing.join()
+
+    async def _write_loop(self) -> None:
+        while True:
+            document = await self._outgoing.get()
+            try:
+                if document is not None and self.alive:
+                    await self._send_one(document)
+            finally:
+                self._outgoing.task_done()
+
+    async def _send_one(self, document: dict[str, Any]) -> None:
+        text = json_text(document)
+        fault = None
+        if self._fault_hook is not None and self._fault_point is not None:
+            fault = self._fault_hook(self._fault_point(document, self._sent))
+        self._sent += 1
+        if fault is not None:
+            if fault.delay_seconds > 0:
+                await asyncio.sleep(fault.delay_seconds)
+            if fault.reset:
+                self.abort()
+                return
+            if fault.replace_message is not None:
+                replaced = fault.replace_message
+                text = replaced if isinstance(replaced, str) else json_text(replaced)
+        await self._write_event(TextMessage(data=text))
+
+    async def _write_event(self, event: Any) -> None:
+        async with self._write_lock:
+            if self._dead:
+                return
+            try:
+                data = self._ws.send(event)
+                self._writer.write(data)
+                await asyncio.wait_for(self._writer.drain(), SEND_TIMEOUT_SECONDS)
+            except (LocalProtocolError, ConnectionError, OSError, TimeoutError):
+                self._dead = True
+
+    async def _keepalive_loop(self) -> None:
+        # Kestrel's KeepAliveInterval sends unsolicited Pong frames (WebServer.cs).
+        while self.alive:
+            await asyncio.sleep(self._keepalive)
+            if self._ws.state is ConnectionState.OPEN:
+                await self._write_event(Pong(payload=b""))
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a Close frame (a crash, or a fault)."""
+        self._dead = True
+        with contextlib.suppress(Exception):
+            self._writer.transport.abort()
+
+    async def close(self, code: int = 1000) -> None:
+        """Send everything queued, then Close ``code``, wait for the peer's Close, hang up."""
+        await self.flush()
+        if self._ws.state is ConnectionState.OPEN and not self._dead:
+            await self._write_event(CloseConnection(code=code))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._peer_closed.wait(), CLOSE_WAIT_SECONDS)
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop the helper tasks and close the transport."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            self._writer.close()

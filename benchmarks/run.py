@@ -1,0 +1,331 @@
+"""Start-up, round-trip and memory figures for asset-generator, each next to its floor.
+
+Plain Python, no pytest: ``python benchmarks/run.py`` starts the emulator on loopback and
+prints a table of medians over several runs. Each figure is compared with a floor measured in
+the same run on the same interpreter: ``python -c "import click"`` for help and completion,
+``python -c "import click, platformdirs"`` for a cancel with nothing to do, and a stdlib
+``http.client`` script making the same number of requests for the network commands. It also
+prints how many HTTP requests each command made (the emulator counts them), the peak memory of
+a 50-image download, and whether each budget of PERFORMANCE.md holds. Tests never time
+anything; this script is where time is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from asset_generator.emulator import Emulator, EmulatorConfig  # noqa: E402
+
+PROGRAM = [str(Path(sys.executable).with_name("asset-generator"))]
+if not Path(PROGRAM[0]).exists():
+    PROGRAM = [sys.executable, "-m", "asset_generator"]
+
+HTTP_FLOOR = """
+import http.client, json, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+conn = http.client.HTTPConnection(host, port, timeout=10)
+body = json.dumps({}).encode()
+for _ in range(count):
+    conn.request("POST", "/API/GetNewSession", body, {"Content-Type": "application/json"})
+    conn.getresponse().read()
+"""
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float
+    floor_name: str
+    floor: float
+    requests: int | None = None
+    budget: str = ""
+    holds: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.seconds / self.floor if self.floor else float("nan")
+
+
+def median_time(
+    run: Callable[[], None], repeat: int, setup: Callable[[], None] | None = None
+) -> float:
+    samples = []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def run_quiet(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+
+
+class Bench:
+    def __init__(self, repeat: int) -> None:
+        self.repeat = repeat
+        self.temp = Path(tempfile.mkdtemp(prefix="ag-bench-"))
+        self.env = {
+            **os.environ,
+            "XDG_STATE_HOME": str(self.temp / "state"),
+            "XDG_CONFIG_HOME": str(self.temp / "config"),
+            "NO_COLOR": "1",
+        }
+        self.rows: list[Row] = []
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_quiet([*PROGRAM, *args], {**self.env, **(env or {})})
+
+    def python(self, code: str, *args: str) -> None:
+        run_quiet([sys.executable, "-c", code, *args], self.env)
+
+    def floor_http(self, emu: Emulator, count: int) -> float:
+        host, port = "127.0.0.1", str(emu.port)
+        return median_time(lambda: self.python(HTTP_FLOOR, host, port, str(count)), self.repeat)
+
+    # -- local commands -------------------------------------------------------------------------
+
+    def local(self) -> None:
+        click_floor = median_time(lambda: self.python("import click"), self.repeat)
+        pd_floor = median_time(lambda: self.python("import click, platformdirs"), self.repeat)
+        help_time = median_time(lambda: self.cli("--help"), self.repeat)
+        self.rows.append(
+            Row(
+                "--help",
+                help_time,
+                "import click",
+                click_floor,
+                0,
+                "<= 1.5x",
+                help_time <= 1.5 * click_floor,
+            )
+        )
+        completion_env = {
+            "_ASSET_GENERATOR_COMPLETE": "bash_complete",
+            "COMP_WORDS": "asset-generator ca",
+            "COMP_CWORD": "1",
+        }
+        tab = median_time(lambda: self.cli(env=completion_env), self.repeat)
+        self.rows.append(
+            Row(
+                "Tab completion",
+                tab,
+                "import click",
+                click_floor,
+                0,
+                "<= 1.5x",
+                tab <= 1.5 * click_floor,
+            )
+        )
+        with Emulator(EmulatorConfig()) as emu:
+            env = {"ASSET_GENERATOR_API_URL": emu.url}
+            idle = median_time(lambda: self.cli("cancel", "-q", env=env), self.repeat)
+            requests = len(emu.requests)
+        self.rows.append(
+            Row(
+                "cancel -q (nothing active)",
+                idle,
+                "import click, platformdirs",
+                pd_floor,
+                requests,
+                "0 requests, <= 1.5x",
+                requests == 0 and idle <= 1.5 * pd_floor,
+            )
+        )
+
+    # -- network commands -----------------------------------------------------------------------
+
+    def network(self, latency: float = 0.0) -> dict[str, tuple[float, int]]:
+        """Median time and request count of each network command at a given added latency."""
+        figures: dict[str, tuple[float, int]] = {}
+        with Emulator(EmulatorConfig(step_seconds=0.01, latency_seconds=latency)) as emu:
+            env = {"ASSET_GENERATOR_API_URL": emu.url}
+            # Warm the cache: a session exists and the InterruptGeneration probe is done.
+            self.cli("cancel", "--all", "-q", env=env)
+            self._cancel_running(emu, env)
+
+            runs = [self._cancel_running(emu, env) for _ in range(self.repeat)]
+            figures["cancel -q (1 running)"] = (
+                statistics.median(seconds for seconds, _ in runs),
+                round(statistics.median(count for _, count in runs)),
+            )
+
+            emu.reset_log()
+            status = median_time(lambda: self.cli("status", "-f", "json", env=env), self.repeat)
+            figures["status -f json"] = (status, self._per_run(emu))
+
+            emu.reset_log()
+            out = self.temp / "out"
+            generate = median_time(
+                lambda: self.cli(
+                    "generate",
+                    "image",
+                    "-p",
+                    "bench",
+                    "--steps",
+                    "1",
+                    "-q",
+                    "-o",
+                    str(out),
+                    "--overwrite",
+                    env=env,
+                ),
+                self.repeat,
+            )
+            figures["generate image (1 step)"] = (generate, self._per_run(emu))
+        return figures
+
+    def _per_run(self, emu: Emulator) -> int:
+        return round(len(emu.requests) / self.repeat)
+
+    def _cancel_running(self, emu: Emulator, env: dict[str, str]) -> tuple[float, int]:
+        """Start a long generation, wait until it runs, time `cancel -q`, reap it."""
+        process = subprocess.Popen(
+            [*PROGRAM, "generate", "image", "-p", "victim", "--steps", "100000", "-q"],
+            env={**self.env, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        state = Path(self.env["XDG_STATE_HOME"]) / "asset-generator" / "generations.json"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                records = json.loads(state.read_text())["generations"].values()
+            except (OSError, ValueError, KeyError):
+                records = []
+            if any(r["pid"] == process.pid and r["status"] == "running" for r in records):
+                break
+            time.sleep(0.01)
+        window_start = time.monotonic()
+        started = time.perf_counter()
+        self.cli("cancel", "-q", env=env)
+        elapsed = time.perf_counter() - started
+        window_end = time.monotonic()
+        process.wait(timeout=30)
+        # The generation is only reading its socket meanwhile: these are the cancel's requests.
+        count = sum(1 for r in emu.requests if window_start <= r.time <= window_end)
+        return elapsed, count
+
+    def network_rows(self) -> None:
+        plain = self.network()
+        slow = self.network(latency=0.05)
+        with Emulator(EmulatorConfig()) as emu:
+            for name, (seconds, count) in plain.items():
+                floor = self.floor_http(emu, max(count, 1))
+                budget, holds = self._budget(name, seconds, floor, count, slow[name][0])
+                self.rows.append(
+                    Row(name, seconds, f"http.client x{max(count, 1)}", floor, count, budget, holds)
+                )
+
+    @staticmethod
+    def _budget(
+        name: str, seconds: float, floor: float, count: int, slow: float
+    ) -> tuple[str, bool]:
+        serial_ok = slow <= count * 0.05 + seconds + 0.06
+        if name.startswith("cancel"):
+            return (
+                "2 requests, <= 2x, +50ms/request",
+                count <= 2 and seconds <= 2 * floor and serial_ok,
+            )
+        if name.startswith("status"):
+            return "<= 3 requests, +50ms/request", count <= 3 and serial_ok
+        return "+50ms/request", serial_ok
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def memory(self) -> tuple[int, int]:
+        """Peak RSS (KiB) of a 1-image and a 50-image download of multi-MB images."""
+        peaks = []
+        for images in (1, 50):
+            with Emulator(
+                EmulatorConfig(step_seconds=0.0, default_steps=1, image_megabytes=4, backends=4)
+            ) as emu:
+                code = (
+                    "import resource, subprocess, sys\n"
+                    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)\n"
+                    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+                )
+                out = self.temp / f"mem{images}"
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        code,
+                        *PROGRAM,
+                        "generate",
+                        "image",
+                        "-p",
+                        "mem",
+                        "--images",
+                        str(images),
+                        "-q",
+                        "-o",
+                        str(out),
+                    ],
+                    env={**self.env, "ASSET_GENERATOR_API_URL": emu.url},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                peaks.append(int(done.stdout.strip()))
+        return peaks[0], peaks[1]
+
+    # -- report ---------------------------------------------------------------------------------
+
+    def report(self, memory: tuple[int, int] | None) -> str:
+        lines = [
+            f"asset-generator benchmarks — Python {sys.version.split()[0]}, "
+            f"median of {self.repeat} runs, {os.cpu_count()} cores",
+            "",
+            "| command | median | floor | floor median | ratio | requests | budget | holds |",
+            "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |",
+        ]
+        for row in self.rows:
+            lines.append(
+                f"| {row.name} | {row.seconds * 1000:.0f} ms | {row.floor_name} | "
+                f"{row.floor * 1000:.0f} ms | {row.ratio:.2f}x | "
+                f"{'' if row.requests is None else row.requests} | {row.budget} | "
+                f"{'yes' if row.holds else 'NO'} |"
+            )
+        if memory:
+            lines += [
+                "",
+                f"Peak RSS of `generate image` (4 MB images): 1 image {memory[0] / 1024:.1f} MiB, "
+                f"50 images {memory[1] / 1024:.1f} MiB "
+                f"({'flat' if memory[1] <= memory[0] * 1.25 else 'GROWS'})",
+            ]
+        return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="runs per figure (median)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the 50-image download")
+    args = parser.parse_args()
+    bench = Bench(args.repeat)
+    bench.local()
+    bench.network_rows()
+    memory = None if args.no_memory else bench.memory()
+    print(bench.report(memory))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

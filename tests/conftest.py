@@ -1,0 +1,160 @@
+"""Shared fixtures: isolated XDG dirs for every test, the emulator, and the real program."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asset_generator.emulator import Emulator, EmulatorConfig
+
+
+def _program() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m``."""
+    script = Path(sys.executable).with_name("asset-generator")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("asset-generator")
+    return [found] if found else [sys.executable, "-m", "asset_generator"]
+
+
+PROGRAM = _program()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own config/state dirs and a plain, colourless terminal."""
+    home = tmp_path / "home"
+    for name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        path = home / name.lower()
+        path.mkdir(parents=True)
+        monkeypatch.setenv(name, str(path))
+    for name in list(os.environ):
+        if name.startswith("ASSET_GENERATOR_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "80")
+    return home
+
+
+@pytest.fixture
+def state_dir(isolated: Path) -> Path:
+    return isolated / "xdg_state_home" / "asset-generator"
+
+
+@pytest.fixture
+def config_dir(isolated: Path) -> Path:
+    return isolated / "xdg_config_home" / "asset-generator"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@dataclass
+class Result:
+    """What a run of the program did, as a user would see it."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class Runner:
+    """Runs ``asset-generator`` as a subprocess against a given server URL."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.url: str | None = None
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.url:
+            env.setdefault("ASSET_GENERATOR_API_URL", self.url)
+        env.update(extra or {})
+        return env
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> Result:
+        done = subprocess.run(
+            [*PROGRAM, *args],
+            cwd=self.cwd,
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start the program in the background (e.g. a generation to cancel)."""
+        return subprocess.Popen(
+            [*PROGRAM, *args],
+            cwd=self.cwd,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+
+@pytest.fixture
+def cli(workdir: Path) -> Runner:
+    return Runner(workdir)
+
+
+@pytest.fixture
+def emulator_factory() -> Iterator[Callable[..., Emulator]]:
+    started: list[Emulator] = []
+
+    def start(**overrides: Any) -> Emulator:
+        overrides.setdefault("step_seconds", 0.02)
+        overrides.setdefault("ws_close_grace_seconds", 0.05)
+        emulator = Emulator(EmulatorConfig(**overrides)).start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator(emulator_factory: Callable[..., Emulator], cli: Runner) -> Emulator:
+    """A default emulator; the ``cli`` fixture points at it."""
+    emu = emulator_factory()
+    cli.url = emu.url
+    return emu
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
+    """Poll until ``predicate()`` is true; False on timeout (tests then assert on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def read_registry(state_dir: Path) -> dict[str, Any]:
+    return json.loads((state_dir / "generations.json").read_text())
