@@ -243,6 +243,10 @@ class GenerationRun:
             if message is None:
                 return False
             last_message = time.monotonic()
+            if message.get("socket_intention") == "close":
+                # Every request on this socket is done; the server would only idle for its
+                # ~2 s grace, then send a status snapshot. Closing now cancels nothing.
+                return False
             event = parse_event(message)
             if (
                 isinstance(event, ErrorEvent)

@@ -182,3 +182,27 @@ def test_bad_options_are_usage_errors(cli: Runner) -> None:
     bad = cli("generate", "image", "--prompt", "x", "--filename-template", "{oops}")
     assert bad.code == 2 and "oops" in bad.stderr
     assert cli("generate", "image", "--prompt", "x", "--param", "novalue").code == 2
+
+
+def test_keepalive_pongs_from_the_server_do_not_stall_the_socket(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    # Kestrel sends unsolicited empty Pong frames; a client that chokes on them hangs on
+    # every generation longer than the keep-alive interval.
+    emu = emulator_factory(step_seconds=0.03, ws_keepalive_seconds=0.02)
+    cli.url = emu.url
+    result = cli("generate", "image", "--prompt", "long", "--steps", "20", timeout=30)
+    assert result.code == 0, result.stderr
+    assert len(list(workdir.iterdir())) == 1
+
+
+def test_finishes_at_socket_intention_close_without_waiting_for_the_server_grace(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    # The server keeps the socket open for a grace period after `socket_intention: close`
+    # (2 s on SwarmUI, an hour here); nothing more is needed from it by then.
+    emu = emulator_factory(ws_close_grace_seconds=3600)
+    cli.url = emu.url
+    result = cli("generate", "image", "--prompt", "quick", "--steps", "2", timeout=30)
+    assert result.code == 0, result.stderr
+    assert len(list(workdir.iterdir())) == 1

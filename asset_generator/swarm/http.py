@@ -214,6 +214,7 @@ class Transport:
                 max_message_size_bytes=WS_READ_CHUNK_BYTES,
                 keepalive_ping_interval_seconds=None,
             ) as session:
+                _tolerate_unsolicited_pongs(session)
                 self._note("WS", path, 101, started)
                 yield WebSocket(session, self.server)
         except WebSocketUpgradeError as exc:
@@ -291,6 +292,28 @@ def _short_reason(exc: BaseException) -> str:
         return "connection reset"
     text = text.splitlines()[0] if text else text
     return text[:200]
+
+
+def _tolerate_unsolicited_pongs(session: Any) -> None:
+    """Ignore Pong frames that answer no ping of ours.
+
+    SwarmUI's web server (Kestrel, KeepAliveInterval) sends unsolicited, empty Pong frames
+    every few seconds, which RFC 6455 §5.5.3 allows. httpx-ws looks every Pong up among its
+    own pings and dies on the unknown one inside its reader thread, after which the socket
+    never yields another message: any generation longer than the keep-alive interval would
+    hang. We send no pings, so a tolerant lookup loses nothing.
+    """
+    manager = getattr(session, "_ping_manager", None)
+    pings = getattr(manager, "_pings", None)
+    if manager is None or not isinstance(pings, dict):
+        return
+
+    def ack(ping_id: bytes | bytearray) -> None:
+        event = pings.pop(bytes(ping_id), None)
+        if event is not None:
+            event.set()
+
+    manager.ack = ack
 
 
 class WebSocketRefused(SwarmError):
