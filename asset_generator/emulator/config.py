@@ -23,7 +23,9 @@ class FaultPoint:
     """What the server is about to answer; handed to ``EmulatorConfig.faults``.
 
     ``transport`` is ``"http"`` for an HTTP answer (``status``/``body`` are the answer about
-    to be sent) or ``"ws"`` for one outgoing WebSocket message (``message`` is the JSON object,
+    to be sent), ``"upgrade"`` for a WebSocket handshake about to be accepted (``status`` 101;
+    a fault with a status or body answers that instead, as a proxy without WebSocket support
+    does), or ``"ws"`` for one outgoing WebSocket message (``message`` is the JSON object,
     ``index`` counts messages already sent on that socket).
     """
 
@@ -50,6 +52,8 @@ class Fault:
     body: bytes | None = None
     # HTTP: announce the full Content-Length but send only this many body bytes, then close.
     truncate_to: int | None = None
+    # HTTP: send the status line and headers, then nothing for this many seconds.
+    stall_after_headers_seconds: float = 0.0
     # HTTP and WS: drop the TCP connection at this point without answering (no Close frame).
     reset: bool = False
     # WS: send this text instead of the message (a dict is sent as JSON).

@@ -160,14 +160,43 @@ class HttpServer:
             # WebServer.cs middleware: plain text, before any routing, on every path.
             answer = Answer(401, b"Unauthorized")
         elif is_api and upgrade:
-            await self._upgrade(conn, reader, writer, request, record)
-            return False
+            refused = await self._upgrade_fault(request, record)
+            if refused is None:
+                await self._upgrade(conn, reader, writer, request, record)
+                return False
+            answer = refused
         elif is_api:
             request.read_body = lambda limit: _read_body(conn, reader, writer, limit)
             answer = await self.dispatcher.handle_http(request, record)
         else:
             answer = self._page(request)
         return await self._send(conn, writer, request, record, answer)
+
+    async def _upgrade_fault(self, request: HttpRequest, record: RecordedRequest) -> Answer | None:
+        """The answer a faulty proxy gives instead of the 101, if a fault says so."""
+        if self.config.faults is None:
+            return None
+        point = FaultPoint(
+            transport="upgrade",
+            method=request.method,
+            path=request.raw_path,
+            route=record.route,
+            headers=record.headers,
+            request_body=None,
+            status=101,
+            body=b"",
+        )
+        fault = self.config.faults(point)
+        if fault is None or (fault.status is None and fault.body is None):
+            return None
+        if fault.delay_seconds > 0:
+            await asyncio.sleep(fault.delay_seconds)
+        return Answer(
+            fault.status if fault.status is not None else 502,
+            fault.body or b"",
+            fault.headers or [],
+            close=True,
+        )
 
     async def _send(
         self,
@@ -180,6 +209,7 @@ class HttpServer:
         if self.config.latency_seconds > 0:
             await asyncio.sleep(self.config.latency_seconds)
         truncate_to: int | None = None
+        stall = 0.0
         replaced = False
         if self.config.faults is not None:
             point = FaultPoint(
@@ -208,11 +238,13 @@ class HttpServer:
                         answer.close,
                     )
                 truncate_to = fault.truncate_to
+                stall = fault.stall_after_headers_seconds
                 replaced = fault.status is not None or fault.body is not None
         if self.config.compression and not replaced:
             answer = _compressed(answer, request.header("accept-encoding"))
-        await self._write(conn, writer, answer, request.method, truncate_to)
+        # Recorded before the bytes go out, so a client that has its answer sees it logged.
         self.recorder.finish(record, answer.status)
+        await self._write(conn, writer, answer, request.method, truncate_to, stall)
         return not answer.close and truncate_to is None
 
     async def _write(
@@ -222,6 +254,7 @@ class HttpServer:
         answer: Answer,
         method: str,
         truncate_to: int | None = None,
+        stall_seconds: float = 0.0,
     ) -> None:
         headers = [("Date", formatdate(usegmt=True)), ("Server", "Kestrel"), *answer.headers]
         if not answer.chunked:
@@ -231,6 +264,11 @@ class HttpServer:
         reason = _reason(answer.status)
         data = conn.send(h11.Response(status_code=answer.status, headers=headers, reason=reason))
         body = answer.body if method != "HEAD" else b""
+        if stall_seconds > 0:
+            writer.write(data)
+            await writer.drain()
+            data = b""
+            await asyncio.sleep(stall_seconds)
         if truncate_to is not None:
             writer.write(data + conn.send(h11.Data(data=body[:truncate_to])))
             await writer.drain()
@@ -277,10 +315,10 @@ class HttpServer:
             ],
             reason=b"Switching Protocols",
         )
+        record.status = 101
         writer.write(conn.send(response))
         await writer.drain()
         trailing, _closed = conn.trailing_data
-        record.status = 101
 
         def fault_point(message: dict[str, Any], index: int) -> FaultPoint:
             return FaultPoint(

@@ -271,6 +271,30 @@ def test_fault_hook_can_replace_truncate_and_reset(emulator_factory) -> None:
         assert transcript.of("image")[0]["image"] == "View/local/../../etc/passwd"
 
 
+def test_fault_hook_can_stall_after_headers_and_refuse_the_upgrade(emulator_factory) -> None:
+    def faults(point: FaultPoint) -> Fault | None:
+        if point.route == "getcurrentstatus":
+            return Fault(stall_after_headers_seconds=5)
+        if point.transport == "upgrade":
+            return Fault(status=502, body=b"<html>no websockets here</html>")
+        return None
+
+    emu = emulator_factory(faults=faults)
+    with httpx.Client(base_url=emu.url) as client:
+        sid = new_session(client)
+        with client.stream(
+            "POST", "/API/GetCurrentStatus", json={"session_id": sid}, timeout=0.5
+        ) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.ReadTimeout):
+                response.read()
+        with pytest.raises(WebSocketUpgradeError) as refused:  # noqa: SIM117
+            with connect_ws("/API/GenerateText2ImageWS", client):
+                pass
+        assert refused.value.response.status_code == 502
+    assert emu.wait_until(lambda: emu.calls("GenerateText2ImageWS")[0].status == 502)
+
+
 def test_requests_are_recorded_and_logged(emulator_factory, tmp_path) -> None:
     log = tmp_path / "requests.jsonl"
     emu = emulator_factory(request_log=str(log))
