@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any, TextIO
 
 import click
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: server error texts may span lines or carry escapes.
+
+    Scripts match the first line of stderr, and a hostile server must not be able to move
+    the cursor or recolour the user's terminal.
+    """
+    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text.strip()))
 
 
 class Output:
@@ -39,11 +52,11 @@ class Output:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            click.echo(message, err=True)
+            click.echo(one_line(message), err=True)
 
     def error(self, message: str) -> None:
-        """Always shown: ``-q`` means errors only."""
-        click.echo(message, err=True)
+        """Always shown: ``-q`` means errors only. Always exactly one line."""
+        click.echo(one_line(message), err=True)
 
     def exchange(self, method: str, path: str, status: int | None, millis: float) -> None:
         """One HTTP exchange under ``-v``: method, route, status, time. Never headers or bodies."""

@@ -164,6 +164,10 @@ class HttpServer:
             if refused is None:
                 await self._upgrade(conn, reader, writer, request, record)
                 return False
+            if refused.status == 0:  # dropped without an answer
+                self.recorder.finish(record, None)
+                writer.transport.abort()
+                return False
             answer = refused
         elif is_api:
             request.read_body = lambda limit: _read_body(conn, reader, writer, limit)
@@ -187,10 +191,15 @@ class HttpServer:
             body=b"",
         )
         fault = self.config.faults(point)
-        if fault is None or (fault.status is None and fault.body is None):
+        if fault is None:
             return None
-        if fault.delay_seconds > 0:
-            await asyncio.sleep(fault.delay_seconds)
+        pause = fault.delay_seconds + fault.stall_after_headers_seconds
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if fault.reset or fault.truncate_to is not None:
+            return Answer(0, close=True)
+        if fault.status is None and fault.body is None:
+            return None
         return Answer(
             fault.status if fault.status is not None else 502,
             fault.body or b"",

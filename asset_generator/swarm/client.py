@@ -22,7 +22,7 @@ from asset_generator.swarm.errors import (
     SwarmError,
     UnknownRoute,
 )
-from asset_generator.swarm.http import Transport, WebSocket
+from asset_generator.swarm.http import Transport, WebSocket, shown_path
 
 INTERRUPTED_TEXT = "Generation session interrupted."
 
@@ -81,6 +81,63 @@ class CurrentStatus:
         )
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One entry of ``ListBackends`` (protocol §6.3); settings are left out on purpose."""
+
+    id: str
+    type: str
+    title: str
+    status: str
+    enabled: bool
+    current_model: str | None = None
+    time_since_used: str | None = None
+
+    @classmethod
+    def from_json(cls, key: str, data: Any) -> Backend:
+        data = data if isinstance(data, dict) else {}
+        return cls(
+            id=str(data.get("id", key)),
+            type=str(data.get("type") or ""),
+            title=str(data.get("title") or ""),
+            status=str(data.get("status") or "unknown"),
+            enabled=data.get("enabled") is not False,
+            current_model=_str_or_none(data.get("current_model")),
+            time_since_used=_str_or_none(data.get("time_since_used")),
+        )
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model object of ``ListModels`` (protocol §7.1); ``raw`` is the server's object."""
+
+    name: str
+    title: str | None
+    architecture: str | None
+    resolution: str | None
+    loaded: bool
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Model:
+        return cls(
+            name=str(data.get("name") or ""),
+            title=_str_or_none(data.get("title")),
+            architecture=_str_or_none(data.get("architecture")),
+            resolution=_str_or_none(data.get("resolution")),
+            loaded=data.get("loaded") is True,
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """A ``ListModels`` answer: sub-folders and model files."""
+
+    folders: tuple[str, ...]
+    models: tuple[Model, ...]
+
+
 # -- generation events (protocol §4.5) ----------------------------------------------------------
 
 
@@ -126,7 +183,7 @@ GenerationEvent = StatusEvent | ProgressEvent | ImageEvent | ErrorEvent | Discar
 def parse_event(message: dict[str, Any]) -> GenerationEvent | None:
     """Classify one WebSocket message by its keys; unknown kinds (extensions) are None."""
     if "error" in message:
-        return ErrorEvent(str(message.get("error")), _str_or_none(message.get("error_id")))
+        return ErrorEvent(error_text(message.get("error")), _str_or_none(message.get("error_id")))
     if "image" in message and isinstance(message["image"], str):
         return ImageEvent(
             message["image"],
@@ -147,6 +204,13 @@ def parse_event(message: dict[str, Any]) -> GenerationEvent | None:
     if "discard_indices" in message and isinstance(message["discard_indices"], list):
         return DiscardEvent(tuple(_int(i) for i in message["discard_indices"]))
     return None
+
+
+def error_text(value: Any) -> str:
+    """The server's ``error`` value as text; it is a string on every real server."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _metadata(raw: Any) -> dict[str, Any] | None:
@@ -272,6 +336,26 @@ class SwarmClient:
         body = {"path": path, "depth": depth, "subtype": subtype, "dataImages": False}
         return self.call("ListModels", session_id, body)
 
+    def backends(self, session_id: str) -> list[Backend]:
+        """``ListBackends`` as typed entries, ordered by id (power users; else PermissionDenied)."""
+        document = self.list_backends(session_id)
+        entries = [Backend.from_json(key, value) for key, value in document.items()]
+        return sorted(entries, key=lambda b: (len(b.id), b.id))
+
+    def models(
+        self, session_id: str, *, subtype: str, path: str = "", depth: int = 20
+    ) -> ModelListing:
+        """``ListModels`` as a typed listing; model names keep their extension (protocol §7)."""
+        document = self.list_models(session_id, subtype=subtype, path=path, depth=depth)
+        folders = document.get("folders")
+        files = document.get("files")
+        if not isinstance(files, list):
+            raise BadResponse(f"{self.server} answered ListModels without a file list")
+        return ModelListing(
+            tuple(str(f) for f in folders) if isinstance(folders, list) else (),
+            tuple(Model.from_json(f) for f in files if isinstance(f, dict)),
+        )
+
     # -- generation ---------------------------------------------------------------------------
 
     @contextmanager
@@ -283,7 +367,17 @@ class SwarmClient:
 
     @contextmanager
     def open_image(self, server_path: str) -> Iterator[Iterator[bytes]]:
-        """Stream an output by the path the server gave (``View/...``), correctly encoded."""
+        """Stream an output by the path the server gave (``View/...``), correctly encoded.
+
+        A path that climbs with ``..`` or carries control characters is refused before any
+        request: no real server sends one, and it must not steer the request elsewhere.
+        """
+        segments = server_path.replace("\\", "/").split("/")
+        if ".." in segments or any(ord(c) < 32 or ord(c) == 127 for c in server_path):
+            raise BadResponse(
+                f"{self.server} sent an unsafe image path ({shown_path(server_path)!r}); "
+                "refusing to fetch it"
+            )
         with self.transport.stream_get(server_path) as chunks:
             yield chunks
 
@@ -304,7 +398,7 @@ def check_answer(document: dict[str, Any], status: int, route: str, server: str)
     if error is None:
         return
     error_id = _str_or_none(document.get("error_id"))
-    text = str(error)
+    text = error_text(error)
     message = f"{route} on {server}: {text}"
     if error_id == "invalid_session_id":
         raise InvalidSession(message, error_id, status, text)

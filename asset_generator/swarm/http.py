@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -147,11 +148,9 @@ class Transport:
         try:
             document = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            kind = "HTML" if b"<html" in raw[:512].lower() else "a non-JSON answer"
-            hint = f" ({content_type.split(';')[0]})" if content_type else ""
             raise BadResponse(
-                f"{self.server} answered {path} with {kind}{hint}, HTTP {status}; "
-                "is a proxy in the way, or is this not a SwarmUI server?"
+                f"{self.server} answered {path} with {describe_body(raw, content_type)}, "
+                f"HTTP {status}; is a proxy in the way, or is this not a SwarmUI server?"
             ) from None
         if not isinstance(document, dict):
             raise BadResponse(f"{self.server} answered {path} with JSON that is not an object")
@@ -171,7 +170,8 @@ class Transport:
                 if status != 200:
                     detail = self._error_detail(response)
                     raise BadResponse(
-                        f"{self.server} could not serve {server_path} (HTTP {status}{detail})"
+                        f"{self.server} could not serve {shown_path(server_path)} "
+                        f"(HTTP {status}{detail})"
                     )
                 yield self._iter_body(response, path)
         except httpx.HTTPError as exc:
@@ -279,6 +279,37 @@ class Transport:
             self._log(method, path, status, (time.monotonic() - started) * 1000)
 
 
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+
+
+def describe_body(raw: bytes, content_type: str = "") -> str:
+    """What a body that is not protocol JSON looks like, for the one-line error message."""
+    head = raw[:4096]
+    if not raw.strip():
+        return "an empty body"
+    if b"<html" in head.lower() or b"<!doctype html" in head.lower():
+        title = _TITLE.search(head)
+        text = title.group(1).decode("utf-8", "replace").strip() if title else ""
+        return f"an HTML page ({_excerpt(text)})" if text else "an HTML page"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes that are not text"
+    if text.lstrip().startswith(("{", "[")) or "json" in content_type.lower():
+        return "broken JSON (cut off or malformed)"
+    return f"plain text ({_excerpt(text)})"
+
+
+def shown_path(path: str, limit: int = 120) -> str:
+    """A server path short enough for a one-line message."""
+    return path if len(path) <= limit else path[: limit - 1] + "…"
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
 def _short_reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
@@ -358,7 +389,8 @@ class WebSocket:
             ) from None
         except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
             raise ConnectionFailed(
-                f"{self._server} dropped the WebSocket mid-stream ({exc or type(exc).__name__})"
+                f"{self._server} dropped the WebSocket mid-generation "
+                f"({str(exc) or type(exc).__name__})"
             ) from None
         try:
             document = json.loads(text)
