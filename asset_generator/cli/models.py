@@ -1,0 +1,132 @@
+"""``models list``: what the server can load, and the names cached for shell completion."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from asset_generator.cli import global_options
+from asset_generator.cli.app import App
+from asset_generator.cli.output import one_line as printable
+from asset_generator.cli.status import print_rich
+from asset_generator.registry import remember_model_names
+
+if TYPE_CHECKING:
+    from asset_generator.swarm.client import ModelListing
+
+# SwarmUI's model sub-types (swarmui-protocol.md §7); the server matches them case-sensitively,
+# so a known one typed in another case is corrected. Extensions may add others: those pass as-is.
+SUBTYPES = ("Stable-Diffusion", "VAE", "LoRA", "Embedding", "ControlNet", "Clip", "ClipVision")
+MAX_DEPTH = 20
+
+
+@click.group("models")
+def command() -> None:
+    """List the models the server offers."""
+
+
+@command.command("list")
+@click.option(
+    "--subtype",
+    default="Stable-Diffusion",
+    show_default=True,
+    metavar="TYPE",
+    help=f"Model type: {', '.join(SUBTYPES)}.",
+)
+@click.option(
+    "--path",
+    "folder",
+    default="",
+    metavar="FOLDER",
+    help="List only this folder of the model tree (default: the root).",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(1, MAX_DEPTH),
+    default=MAX_DEPTH,
+    show_default=True,
+    help="How many folder levels below --path to include.",
+)
+@global_options
+@click.pass_obj
+def list_command(app: App, subtype: str, folder: str, depth: int) -> int:
+    """List models: name, title, architecture, resolution, loaded.
+
+    Names are shown exactly as the server knows them (with the file extension); pass
+    them to `generate image --model` or `--lora` as they are. The names are also
+    cached locally, so shell completion of --model works without the network.
+    """
+    subtype = next((s for s in SUBTYPES if s.lower() == subtype.lower()), subtype)
+    listing = app.with_session(
+        lambda session: app.client().models(session, subtype=subtype, path=folder, depth=depth)
+    )
+    complete = folder.strip("/\\") == "" and depth == MAX_DEPTH
+    with app.registry.transaction() as state:
+        remember_model_names(
+            state, app.server_key, subtype, [m.name for m in listing.models], complete=complete
+        )
+    if app.output.is_json:
+        app.output.json(_document(app, listing, subtype, folder, depth))
+    elif not app.output.quiet:
+        _print_table(app, listing, subtype)
+    return 0
+
+
+def _document(
+    app: App, listing: ModelListing, subtype: str, folder: str, depth: int
+) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "server": app.client().server,
+        "subtype": subtype,
+        "path": folder,
+        "depth": depth,
+        "folders": list(listing.folders),
+        "models": [m.raw for m in listing.models],
+    }
+
+
+def _print_table(app: App, listing: ModelListing, subtype: str) -> None:
+    if not listing.models:
+        app.output.info(f"no {subtype} models on {app.client().server}")
+        return
+    from rich.table import Table
+
+    console = app.output.stdout_console()
+    name, title, architecture = (
+        _fit(listing, console.width) if console.is_terminal else (None, None, None)
+    )
+    table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
+    table.add_column("NAME", overflow="fold", width=name)
+    table.add_column("TITLE", no_wrap=True, overflow="ellipsis", width=title)
+    table.add_column("ARCHITECTURE", no_wrap=True, overflow="ellipsis", width=architecture)
+    table.add_column("RESOLUTION", no_wrap=True)
+    table.add_column("LOADED", no_wrap=True)
+    for model in listing.models:
+        cells = (model.name, model.title, model.architecture, model.resolution)
+        table.add_row(*(printable(cell or "") for cell in cells), "yes" if model.loaded else "")
+    print_rich(app, table, console)
+
+
+# RESOLUTION and LOADED columns plus the gaps between the five columns.
+FIXED_WIDTH = 10 + 6 + 4 * 2
+NARROWEST = 10
+
+
+def _fit(listing: ModelListing, width: int) -> tuple[int, int, int]:
+    """NAME, TITLE, ARCHITECTURE widths for a terminal.
+
+    Names are what users copy: titles and architectures give way first (cut with "…"),
+    and only then do names fold onto a second line.
+    """
+    name = max([4, *(len(m.name) for m in listing.models)])
+    title = max([5, *(len(m.title or "") for m in listing.models)])
+    architecture = max([12, *(len(m.architecture or "") for m in listing.models)])
+    room = width - FIXED_WIDTH
+    while name + title + architecture > room and max(title, architecture) > NARROWEST:
+        if title >= architecture:
+            title -= 1
+        else:
+            architecture -= 1
+    return max(min(name, room - title - architecture), NARROWEST), title, architecture
