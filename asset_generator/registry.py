@@ -16,6 +16,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 import socket
@@ -38,10 +39,16 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+STATES = FINAL_STATES | {QUEUED, RUNNING}
 PROMPT_CHARS = 80
 KEEP_FINISHED_SECONDS = 7 * 24 * 3600
 KEEP_FINISHED_COUNT = 200
 KEEP_SESSIONS = 16
+# A cache written by another program (or damaged) must not smuggle in values that break us
+# later: a pid of 0 or -1 makes os.kill() probe whole process groups, a time beyond year
+# 9999 makes strftime fail, a NaN progress makes --format json emit invalid JSON.
+LAST_TIMESTAMP = 253402300799.0
+MAX_PID = 2**31 - 1
 
 
 class RegistryError(Exception):
@@ -115,9 +122,53 @@ class GenerationRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationRecord:
+    def from_dict(cls, data: Any) -> GenerationRecord:
+        """A record as stored in the cache; ValueError/TypeError when it has the wrong shape."""
+        _expect(isinstance(data, dict), "a generation record is not an object")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        record = cls(**{k: v for k, v in data.items() if k in names})
+        for name in ("id", "server", "server_key", "session_id", "host", "prompt"):
+            _expect(isinstance(getattr(record, name), str), f"a generation's {name} is not text")
+        _expect(
+            isinstance(record.status, str) and record.status in STATES,
+            "a generation has an unknown status",
+        )
+        _expect(
+            isinstance(record.pid, int)
+            and not isinstance(record.pid, bool)
+            and 0 < record.pid <= MAX_PID,
+            "a generation has an impossible pid",
+        )
+        _expect(_is_time(record.created), "a generation has an impossible creation time")
+        _expect(
+            record.finished is None or _is_time(record.finished),
+            "a generation has an impossible finishing time",
+        )
+        _expect(
+            _is_number(record.progress) and 0 <= record.progress <= 100,
+            "a generation's progress is not a percentage",
+        )
+        _expect(
+            isinstance(record.images, list) and all(isinstance(i, str) for i in record.images),
+            "a generation's images are not a list of paths",
+        )
+        _expect(record.error is None or isinstance(record.error, str), "an error is not text")
+        return record
+
+
+def _expect(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _is_time(value: Any) -> bool:
+    return _is_number(value) and 0 <= value <= LAST_TIMESTAMP
 
 
 def _iso(stamp: float) -> str:
@@ -133,6 +184,19 @@ class CachedSession:
     version: str | None = None
     server_id: str | None = None
     created: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CachedSession:
+        """A cached session as stored; ValueError/TypeError when it has the wrong shape."""
+        _expect(isinstance(data, dict), "a cached session is not an object")
+        names = {f.name for f in fields(cls)}
+        session = cls(**{k: v for k, v in data.items() if k in names})
+        _expect(isinstance(session.id, str) and bool(session.id), "a cached session has no id")
+        for name in ("user_id", "version", "server_id"):
+            value = getattr(session, name)
+            _expect(value is None or isinstance(value, str), f"a session's {name} is not text")
+        _expect(_is_time(session.created), "a cached session has an impossible creation time")
+        return session
 
 
 @dataclass
@@ -176,17 +240,35 @@ class State:
     def from_json(cls, data: Any) -> State:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ValueError("not a registry document of this version")
-        generations = {
-            key: GenerationRecord.from_dict(value)
-            for key, value in data.get("generations", {}).items()
-        }
+        stored_generations = data.get("generations", {})
+        stored_servers = data.get("servers", {})
+        _expect(isinstance(stored_generations, dict), "generations is not an object")
+        _expect(isinstance(stored_servers, dict), "servers is not an object")
+        generations = {}
+        for key, value in stored_generations.items():
+            record = GenerationRecord.from_dict(value)
+            _expect(key == record.id, "a generation is filed under another id")
+            generations[key] = record
         servers = {}
-        for key, value in data.get("servers", {}).items():
-            sessions = [CachedSession(**s) for s in value.get("sessions", [])]
+        for key, value in stored_servers.items():
+            _expect(isinstance(value, dict), "a server entry is not an object")
+            sessions = value.get("sessions", [])
+            _expect(isinstance(sessions, list), "a server's sessions are not a list")
+            interrupt = value.get("interrupt_generation")
+            _expect(interrupt is None or isinstance(interrupt, bool), "a route flag is not a bool")
+            models = value.get("models", {})
+            _expect(
+                isinstance(models, dict)
+                and all(
+                    isinstance(names, list) and all(isinstance(n, str) for n in names)
+                    for names in models.values()
+                ),
+                "a server's model names are not lists of text",
+            )
             servers[key] = ServerState(
-                sessions=sessions,
-                interrupt_generation=value.get("interrupt_generation"),
-                models={k: list(v) for k, v in value.get("models", {}).items()},
+                sessions=[CachedSession.from_dict(s) for s in sessions],
+                interrupt_generation=interrupt,
+                models={k: list(v) for k, v in models.items()},
             )
         return cls(generations, servers)
 
@@ -208,6 +290,24 @@ class State:
                 keep = [s for s in server.sessions if s.id in held]
                 keep += [s for s in reversed(server.sessions) if s.id not in held]
                 server.sessions = keep[: max(KEEP_SESSIONS, len(held))]
+
+
+def cached_model_names(state: State, key: str, subtype: str = "Stable-Diffusion") -> list[str]:
+    """Model names ``models list`` last saw on this server, for completion (no network).
+
+    ``key`` is the server key (``App.server_key``); ``subtype`` as in ListModels (``LoRA``...).
+    """
+    server = state.servers.get(key)
+    return list(server.models.get(subtype, ())) if server is not None else []
+
+
+def remember_model_names(
+    state: State, key: str, subtype: str, names: list[str], *, complete: bool
+) -> None:
+    """Cache names seen by ``models list``: a complete listing replaces, a partial one adds."""
+    models = state.server(key).models
+    known = [] if complete else models.get(subtype, [])
+    models[subtype] = sorted(set(known) | set(names))
 
 
 class Registry:
@@ -264,7 +364,8 @@ class Registry:
             ) from None
         try:
             return State.from_json(json.loads(raw))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # RecursionError: json.loads of a deeply nested document (e.g. "[[[[...").
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             if not set_aside:
                 self._warn(
@@ -307,10 +408,13 @@ def write_atomic(path: Path, payload: bytes, *, what: str, mode: int = 0o600) ->
         finally:
             os.close(handle)
         os.replace(temp_name, path)
-    except OSError as exc:
+    except BaseException as exc:
+        # Ctrl-C lands here too (generate turns signals into exceptions): no temp file stays.
         if temp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp_name)
+        if not isinstance(exc, OSError):
+            raise
         reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
         raise RegistryError(f"cannot write {what} {path}: {reason}") from None
     with contextlib.suppress(OSError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -273,6 +273,8 @@ class Resolved:
     sources: dict[str, str]
     config_path: Path
     profile: str | None
+    # Warnings about the config file (e.g. a token readable by other users), for the caller.
+    warnings: list[str] = field(default_factory=list)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -320,4 +322,167 @@ def resolve(
         else:
             values[setting.key] = setting.default
             sources[setting.key] = "default"
-    return Resolved(values, sources, path, profile)
+    warning = permission_warning(path, document)
+    return Resolved(values, sources, path, profile, [warning] if warning else [])
+
+
+# -- the config file as a document: what `config` shows and edits ------------------------------
+
+MASK = "********"
+PROFILES = "profiles"
+CONFIG_HEADER = (
+    "# asset-generator configuration (TOML).\n"
+    "# `asset-generator config view` lists every key; `config set KEY VALUE` changes one.\n"
+    "# Precedence: flag > environment variable > [profiles.NAME] > top level > default.\n"
+    "# `config set` and `config unset` rewrite this file and keep only these comment lines.\n"
+    "\n"
+)
+
+
+def selected_profile(flag: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The profile in effect: ``--profile``, else ``ASSET_GENERATOR_PROFILE``, else none."""
+    environ = os.environ if environ is None else environ
+    return flag or environ.get(PROFILE_ENV) or None
+
+
+def display(value: Any) -> str:
+    """A value as text for people and shell scripts: TOML spelling, text without quotes."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def shown(setting: Setting, value: Any, show_secrets: bool = False) -> Any:
+    """``value`` as it may be shown: a secret that is set is masked unless asked for."""
+    if setting.secret and value not in (None, "") and not show_secrets:
+        return MASK
+    return value
+
+
+def _tables(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The top level and every profile table."""
+    profiles = document.get(PROFILES)
+    tables = [document]
+    if isinstance(profiles, Mapping):
+        tables += [table for table in profiles.values() if isinstance(table, Mapping)]
+    return tables
+
+
+def secrets_in(document: Mapping[str, Any]) -> list[str]:
+    """The secret keys that the config file sets, at the top level or in a profile."""
+    held = {
+        setting.key
+        for table in _tables(document)
+        for setting in SETTINGS
+        if setting.secret and _dig(table, setting.key) not in (None, "")
+    }
+    return [setting.key for setting in SETTINGS if setting.key in held]
+
+
+def permission_warning(path: Path, document: Mapping[str, Any]) -> str | None:
+    """A warning when the config file holds a secret and other users can read it."""
+    held = secrets_in(document)
+    if not held or os.name != "posix":
+        return None
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o044:
+        return None
+    return (
+        f"warning: {path} holds {held[0]} and other users can read it (mode {mode:04o}); "
+        f"run: chmod 600 {path}"
+    )
+
+
+def unknown_keys(document: Mapping[str, Any]) -> list[str]:
+    """Keys in the config file that no setting declares: a typo there is otherwise ignored."""
+    sections = {setting.section for setting in SETTINGS if setting.section}
+    found: list[str] = []
+
+    def walk(table: Mapping[str, Any], prefix: str) -> None:
+        for name, value in table.items():
+            if name in sections and isinstance(value, Mapping):
+                found.extend(
+                    f"{prefix}{name}.{sub}" for sub in value if f"{name}.{sub}" not in BY_KEY
+                )
+            elif name not in BY_KEY:
+                found.append(f"{prefix}{name}")
+
+    for name, value in document.items():
+        if name == PROFILES and isinstance(value, Mapping):
+            for profile, table in value.items():
+                if isinstance(table, Mapping):
+                    walk(table, f"{PROFILES}.{profile}.")
+                else:
+                    found.append(f"{PROFILES}.{profile}")
+        else:
+            walk({name: value}, "")
+    return found
+
+
+def _table(
+    document: dict[str, Any], parts: list[str], path: Path, *, create: bool
+) -> dict[str, Any] | None:
+    node = document
+    for index, part in enumerate(parts):
+        child = node.get(part)
+        if child is None:
+            if not create:
+                return None
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: index + 1])
+            raise SettingsError(f"{where} in {path} is a value, not a table; fix it by hand", 1)
+        node = child
+    return node
+
+
+def _parents(key: str, profile: str | None) -> list[str]:
+    return ([PROFILES, profile] if profile else []) + key.split(".")[:-1]
+
+
+def set_value(
+    document: dict[str, Any], key: str, value: Any, path: Path, profile: str | None = None
+) -> None:
+    """Put an already validated ``value`` under ``key`` (in ``[profiles.NAME]`` if given)."""
+    table = _table(document, _parents(key, profile), path, create=True)
+    assert table is not None
+    table[lookup(key).name] = value
+
+
+def unset_value(document: dict[str, Any], key: str, path: Path, profile: str | None = None) -> bool:
+    """Remove ``key``; False when it was not set there. A section left empty goes too."""
+    setting = lookup(key)
+    table = _table(document, _parents(key, profile), path, create=False)
+    if table is None or setting.name not in table:
+        return False
+    del table[setting.name]
+    if setting.section and not table:
+        # Drop an empty [generate]; an empty profile stays, it may still be selected.
+        owner = _table(document, _parents(setting.section, profile), path, create=False)
+        if owner is not None:
+            del owner[setting.section]
+    return True
+
+
+def write_config_file(path: Path, document: Mapping[str, Any]) -> None:
+    """Write the config file atomically with mode 0600, through a symlink if it is one."""
+    import tomli_w
+
+    from asset_generator.registry import write_atomic
+
+    target = Path(os.path.realpath(path))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise SettingsError(
+            f"cannot create the directory {target.parent}: {exc.strerror}", 1
+        ) from None
+    payload = CONFIG_HEADER + tomli_w.dumps(dict(document))
+    write_atomic(target, payload.encode(), what="the config file")

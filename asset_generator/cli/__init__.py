@@ -99,9 +99,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from asset_generator.cli import cancel, generate
+    from asset_generator.cli import cancel, completion, config, generate, models, status
 
-    for module in (cancel, generate):
+    for module in (cancel, completion, config, generate, models, status):
         cli.add_command(module.command)
 
 
@@ -111,6 +111,9 @@ _register()
 def _fail(
     app: App, message: str, code: str, details: dict[str, Any] | None = None, exit_code: int = 1
 ) -> int:
+    from asset_generator.cli.output import one_line
+
+    message = one_line(message)
     app.output.error(message)
     if app.output.is_json:
         extra = {k: v for k, v in (details or {}).items() if k not in ("ok", "error")}
@@ -145,8 +148,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         return _fail(app, exc.message, exc.code, exc.details, exc.exit_code)
     except SettingsError as exc:
-        click.echo(str(exc), err=True)
-        return exc.exit_code
+        code = "invalid_value" if exc.exit_code == 2 else "config_error"
+        return _fail(app, str(exc), code, exit_code=exc.exit_code)
     except RegistryError as exc:
         return _fail(app, str(exc), "file_error")
     except Exception as exc:

@@ -64,11 +64,15 @@ class App:
         values["format"] = self.flags.get("format")
         values["timeout"] = self.flags.get("timeout")
         config = self.flags.get("config")
-        return settings.resolve(
+        resolved = settings.resolve(
             values,
             config_path=Path(config).expanduser() if config else None,
             profile=self.flags.get("profile"),
         )
+        # Not self.output: building it may need these very settings (the format).
+        for warning in resolved.warnings:
+            Output(quiet=bool(self.flags.get("quiet"))).warn(warning)
+        return resolved
 
     @cached_property
     def output(self) -> Output:

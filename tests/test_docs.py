@@ -1,0 +1,90 @@
+"""Docs that cannot drift: README reference sections and completions/ match the program."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from asset_generator import settings
+from asset_generator.cli import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+STALE = f"is out of date with the program: run `{reference.REGENERATE}` and commit the result"
+
+
+def test_readme_and_completions_match_the_program() -> None:
+    for path, content in reference.rendered(ROOT).items():
+        assert path.exists(), f"{path.relative_to(ROOT)} is missing: run `{reference.REGENERATE}`"
+        assert path.read_text(encoding="utf-8") == content, f"{path.relative_to(ROOT)} {STALE}"
+
+
+def test_the_generator_checks_from_the_command_line(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "asset_generator.cli.reference", "--check", "--root", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (ok.returncode, ok.stderr) == (0, ""), ok.stderr
+    # A copy with stale sections: --check fails and names the fix, --write repairs it.
+    (tmp_path / "README.md").write_text(
+        "# x\n<!-- BEGIN COMMAND REFERENCE -->\nSTALE TEXT\n<!-- END COMMAND REFERENCE -->\n"
+        "<!-- BEGIN CONFIGURATION -->\n<!-- END CONFIGURATION -->\ntail\n"
+    )
+    assert reference.main(["--check", "--root", str(tmp_path)]) == 1
+    assert reference.main(["--write", "--root", str(tmp_path)]) == 0
+    assert reference.stale(tmp_path) == []
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("# x\n<!-- BEGIN COMMAND REFERENCE -->\n<!-- Generated")
+    assert text.endswith("<!-- END CONFIGURATION -->\ntail\n")
+    assert "STALE TEXT" not in text
+
+
+def test_help_does_not_depend_on_the_terminal_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = reference.command_reference()
+    monkeypatch.setenv("COLUMNS", "40")
+    monkeypatch.setenv("ASSET_GENERATOR_API_URL", "http://elsewhere:1")
+    monkeypatch.setenv("ASSET_GENERATOR_FORMAT", "json")
+    monkeypatch.setenv("ASSET_GENERATOR_PROFILE", "nope")
+    assert reference.command_reference() == expected
+    monkeypatch.setenv("COLUMNS", "300")
+    assert reference.command_reference() == expected
+    assert max(len(line) for line in expected.splitlines()) <= reference.WIDTH
+
+
+def test_reference_covers_every_command() -> None:
+    text = reference.command_reference()
+    for command in (
+        "asset-generator",
+        "asset-generator cancel",
+        "asset-generator completion",
+        "asset-generator config",
+        "asset-generator config set",
+        "asset-generator generate image",
+        "asset-generator models list",
+        "asset-generator status",
+    ):
+        assert f"### `{command}`\n" in text
+        assert f"Usage: {command} " in text
+
+
+def test_configuration_section_lists_every_key_and_its_example_is_valid(tmp_path: Path) -> None:
+    text = reference.configuration_section()
+    for setting in settings.SETTINGS:
+        assert f"| `{setting.key}` |" in text
+        if setting.env:
+            assert f"`{setting.env}`" in text
+    assert reference.EXAMPLE_CONFIG in text
+    path = tmp_path / "example.toml"
+    path.write_text(reference.EXAMPLE_CONFIG)
+    assert settings.unknown_keys(tomllib.loads(reference.EXAMPLE_CONFIG)) == []
+    top = settings.resolve({}, config_path=path, environ={})
+    laptop = settings.resolve({}, config_path=path, profile="laptop", environ={})
+    assert (top["generate.steps"], laptop["generate.steps"]) == (30, 12)
+    assert laptop["api_url"] == "http://localhost:7801"
