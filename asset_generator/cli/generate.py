@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -12,9 +13,11 @@ import click
 
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
+from asset_generator.cli.completion import complete_model
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
+    from asset_generator.swarm.errors import SwarmError
 
 # Options whose values are SwarmUI parameters, by the id SwarmUI reads.
 PARAMETER_OPTIONS = {
@@ -49,7 +52,13 @@ def command() -> None:
 @command.command("image")
 @click.option("--prompt", "-p", required=True, help="What to generate (printed literally).")
 @click.option("--negative-prompt", metavar="TEXT", help="What to avoid.")
-@click.option("--model", "-m", metavar="NAME", help="Model name as `models list` shows it.")
+@click.option(
+    "--model",
+    "-m",
+    metavar="NAME",
+    help="Model name as `models list` shows it.",
+    shell_complete=complete_model,
+)
 @click.option("--width", type=click.IntRange(64, 16384), help="Width in pixels.")
 @click.option("--height", type=click.IntRange(64, 16384), help="Height in pixels.")
 @click.option("--steps", type=click.IntRange(0, 500), help="Sampling steps.")
@@ -163,7 +172,10 @@ def _run(
     show_progress: bool,
 ) -> int:
     from asset_generator.cli.progress import SilentView, make_view
+    from asset_generator.downloads import DownloadError
     from asset_generator.generation import DeadlinePassed, GenerationRun, SaveOptions
+    from asset_generator.registry import RegistryError
+    from asset_generator.swarm.errors import SwarmError
     from asset_generator.swarm.params import expected_outputs
 
     def printed(saved: Any) -> None:
@@ -180,9 +192,11 @@ def _run(
         debug=app.output.debug,
     )
     previous = _install_signal_handlers()
+    sent = False
     try:
         try:
             record = run.register(body, prompt)
+            sent = True
             run.view = make_view(
                 app.output, record.id, expected_outputs(body), enabled=show_progress
             )
@@ -201,10 +215,18 @@ def _run(
             _fail_with(
                 app, run.outcome(passed), f"{passed}; interrupted {name} on the server", "timeout"
             )
+        except (DownloadError, RegistryError) as exc:
+            _stop_after_local_failure(app, run, str(exc), sent=sent)
+        except SwarmError as exc:
+            if not sent:
+                raise
+            _stop_after_server_failure(app, run, exc)
         except BaseException as exc:
-            # Anything else (server gone, disk full): the record must not stay "running".
+            # Anything else (server gone): the record must not stay "running", and a cache we
+            # cannot write must not hide the original error.
             if run.record is not None and not run.record.is_final:
-                run.mark("failed", str(getattr(exc, "message", exc)) or type(exc).__name__)
+                with contextlib.suppress(RegistryError):
+                    run.mark("failed", str(getattr(exc, "message", exc)) or type(exc).__name__)
             raise
     finally:
         _restore_signal_handlers(previous)
@@ -252,13 +274,50 @@ def _document(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _stop_after_local_failure(app: App, run: GenerationRun, problem: str, *, sent: bool) -> None:
+    """Disk full, output directory or cache unwritable: stop our session, then exit 1.
+
+    The server would otherwise go on generating images nobody will save.
+    """
+    from asset_generator.registry import RegistryError
+
+    if run.record is None:
+        raise CommandError(problem, "file_error")
+    if sent and run.interrupt(INTERRUPT_BOUND_SECONDS):
+        problem = f"{problem}; stopped {run.record.id} on the server"
+    with contextlib.suppress(RegistryError):
+        run.mark("failed", problem)
+    _fail_with(app, run.outcome(problem), problem, "file_error")
+
+
+def _stop_after_server_failure(app: App, run: GenerationRun, exc: SwarmError) -> None:
+    """The stream broke (socket dropped, garbage, timeout): stop our session, then exit 1.
+
+    Closing a connection cancels nothing on SwarmUI (protocol §4.5), so without this the
+    server would go on generating images nobody will download.
+    """
+    from asset_generator.registry import RegistryError
+
+    assert run.record is not None
+    problem = exc.message
+    if run.interrupt(INTERRUPT_BOUND_SECONDS):
+        problem = f"{problem}; stopped {run.record.id} on the server"
+    with contextlib.suppress(RegistryError):
+        run.mark("failed", problem)
+    _fail_with(app, run.outcome(problem), f"request failed: {problem}", exc.code)
+
+
 def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
     """First SIGINT/SIGTERM: interrupt our session (bounded), record it, exit 130/143."""
     code = SIGNAL_EXIT.get(signal.Signals(signum), 130)
     if run.record is not None:
         app.output.error(f"interrupted: stopping {run.record.id} on the server")
         run.interrupt(INTERRUPT_BOUND_SECONDS)
-        run.mark("cancelled", f"stopped by {signal.Signals(signum).name}")
+        from asset_generator.registry import RegistryError
+
+        # The exit status must still say "stopped by a signal" when the cache is unwritable.
+        with contextlib.suppress(RegistryError):
+            run.mark("cancelled", f"stopped by {signal.Signals(signum).name}")
     else:
         app.output.error("interrupted")
     raise Stopped(code)
