@@ -150,8 +150,9 @@ def leaf_commands() -> list[list[str]]:
     def walk(command: click.Command, path: list[str]) -> None:
         found.append(path)
         if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
-                walk(sub, [*path, name])
+            context = click.Context(command)
+            for name in command.list_commands(context):
+                walk(command.get_command(context, name), [*path, name])
 
     walk(cli, [])
     return found

@@ -83,7 +83,77 @@ def global_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+# Each command's module and the first sentence of its help. Commands are imported only when
+# run, so `cancel -q` does not pay for `generate`'s imports and `--help` and Tab completion
+# import none of them (issue 6); tests/test_cli_lazy.py keeps these texts equal to the real ones.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cancel": (
+        "asset_generator.cli.cancel",
+        "Cancel the current generation, generation ID, or (--all) everything.",
+    ),
+    "completion": (
+        "asset_generator.cli.completion",
+        "Print the shell completion script for bash, zsh or fish.",
+    ),
+    "config": (
+        "asset_generator.cli.config",
+        "Show and change settings in the config file (TOML).",
+    ),
+    "generate": ("asset_generator.cli.generate", "Start generations on the server."),
+    "models": ("asset_generator.cli.models", "List the models the server offers."),
+    "status": (
+        "asset_generator.cli.status",
+        "Show the server, its backends and this client's generations.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands live in COMMANDS and are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            module = importlib.import_module(COMMANDS[cmd_name][0])
+            self.add_command(module.command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMANDS, truncated exactly as click truncates short help."""
+        from click.utils import make_default_short_help
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [
+            (name, make_default_short_help(self._short_help(ctx, name), limit)) for name in names
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        """Complete command names from COMMANDS without importing the commands."""
+        from click.shell_completion import CompletionItem
+
+        items = [
+            CompletionItem(name, help=self._short_help(ctx, name))
+            for name in self.list_commands(ctx)
+            if name.startswith(incomplete)
+        ]
+        # Options of the group itself (--api-url, ...), as click would offer them.
+        return items + click.Command.shell_complete(self, ctx, incomplete)
+
+    def _short_help(self, ctx: click.Context, name: str) -> str:
+        if name in COMMANDS:
+            return COMMANDS[name][1]
+        command = self.commands[name]
+        return command.get_short_help_str(limit=10**6)
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @global_options
 @click.version_option(__version__, "--version", prog_name="asset-generator")
 def cli() -> None:
@@ -96,16 +166,6 @@ def cli() -> None:
     Global options work before or after the command: `asset-generator -q cancel`
     and `asset-generator cancel -q` are the same.
     """
-
-
-def _register() -> None:
-    from asset_generator.cli import cancel, completion, config, generate, models, status
-
-    for module in (cancel, completion, config, generate, models, status):
-        cli.add_command(module.command)
-
-
-_register()
 
 
 def _fail(
