@@ -31,6 +31,7 @@ MAX_NAME_BYTES = 180
 PROMPT_CHARS = 40
 # Characters SwarmUI itself strips from output names, plus path separators and controls.
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]+')
+_SEED_TEXT = re.compile(r"-?[0-9]{1,20}")
 
 
 class DownloadError(Exception):
@@ -137,8 +138,8 @@ def save_stream(
     own metadata. Without ``overwrite`` an existing file is kept and a ``-1``, ``-2`` ...
     suffix is added.
     """
-    handle, temp_name = _temp_beside(inside(directory, "download"))
-    final = directory
+    handle, temp_name = _temp_beside(directory)
+    final: Path | None = None
     try:
         with os.fdopen(handle, "wb") as temp:
             for chunk in chunks:
@@ -149,17 +150,17 @@ def save_stream(
         final = inside(directory, name(Path(temp_name)) if callable(name) else name)
         return _publish(temp_name, final, overwrite)
     except OSError as exc:
-        raise DownloadError(_describe(exc, final)) from None
+        raise DownloadError(_describe(exc, directory, final)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
 
 
-def _temp_beside(final: Path) -> tuple[int, str]:
+def _temp_beside(directory: Path) -> tuple[int, str]:
     try:
-        return tempfile.mkstemp(prefix=".asset-generator-", suffix=".part", dir=final.parent)
+        return tempfile.mkstemp(prefix=".asset-generator-", suffix=".part", dir=directory)
     except OSError as exc:
-        raise DownloadError(_describe(exc, final)) from None
+        raise DownloadError(_describe(exc, directory, None)) from None
 
 
 def _publish(temp_name: str, final: Path, overwrite: bool) -> Path:
@@ -184,10 +185,31 @@ def _umask() -> int:
     return mask
 
 
-def _describe(exc: OSError, path: Path) -> str:
+def _describe(exc: OSError, directory: Path, final: Path | None) -> str:
+    where = final if final is not None else f"an image in {directory}"
+    return f"cannot save {where}: {_reason(exc)}"
+
+
+def _reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
-        return f"cannot save {path}: the disk is full"
-    return f"cannot save {path}: {exc.strerror or exc}"
+        return "the disk is full"
+    if exc.errno == errno.EFBIG:
+        return "the file is larger than this process may write (ulimit -f)"
+    return exc.strerror or str(exc)
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create the output directory if needed; DownloadError when it cannot be used."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if directory.exists() and not directory.is_dir():
+            raise DownloadError(
+                f"cannot save images in {directory}: it is not a directory"
+            ) from None
+        raise DownloadError(
+            f"cannot create the output directory {directory}: {_reason(exc)}"
+        ) from None
 
 
 def png_text_metadata(path: Path, limit: int = 4 * 1024 * 1024) -> dict[str, Any] | None:
@@ -213,7 +235,8 @@ def png_text_metadata(path: Path, limit: int = 4 * 1024 * 1024) -> dict[str, Any
                             value = value[2:].split(b"\x00", 2)[-1]
                         parsed = json.loads(value.decode("utf-8", errors="replace"))
                         return parsed if isinstance(parsed, dict) else None
-    except (OSError, ValueError, struct.error):
+    # RecursionError: a hostile image whose metadata is deeply nested JSON ("[[[[...").
+    except (OSError, ValueError, struct.error, RecursionError):
         return None
 
 
@@ -224,6 +247,7 @@ def seed_from_metadata(metadata: Mapping[str, Any] | None) -> int | None:
         seed = params.get("seed")
         if isinstance(seed, int) and not isinstance(seed, bool):
             return seed
-        if isinstance(seed, str) and seed.lstrip("-").isdigit():
+        # ASCII digits only: "²".isdigit() is true, yet int("²") fails.
+        if isinstance(seed, str) and _SEED_TEXT.fullmatch(seed.strip()):
             return int(seed)
     return None

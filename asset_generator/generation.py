@@ -19,6 +19,7 @@ from asset_generator.downloads import (
     NameFields,
     decode_data_url,
     png_text_metadata,
+    prepare_directory,
     save_stream,
     seed_from_metadata,
     target_name,
@@ -54,6 +55,9 @@ from asset_generator.swarm.params import expected_outputs
 SILENCE_LIMIT = 120.0
 POLL_SECONDS = 0.25
 RECORD_WRITE_INTERVAL = 1.0
+# A cancel aimed at a generation that has just ended may still be on its way to the server;
+# its session is not given to a new generation until that cancel has surely landed.
+SESSION_REST_SECONDS = 10.0
 
 
 class DeadlinePassed(Exception):
@@ -157,7 +161,12 @@ class GenerationRun:
         record_id = new_generation_id()
         with self.registry.transaction() as state:
             server = state.server(self.key)
-            held = {r.session_id for r in state.generations.values() if not r.is_final}
+            now = time.time()
+            held = {
+                r.session_id
+                for r in state.generations.values()
+                if not r.is_final or now - (r.finished or now) < SESSION_REST_SECONDS
+            }
             idle = next((s for s in reversed(server.sessions) if s.id not in held), None)
             if idle is not None:
                 self.record = self._new_record(record_id, idle.id, prompt)
@@ -355,7 +364,7 @@ class GenerationRun:
             )
             return target_name(self.save.template, fields, image)
 
-        self.save.output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_directory(self.save.output_dir)
         if server_path is None:
             path = save_stream(
                 self.save.output_dir, name, [decode_data_url(image)], overwrite=self.save.overwrite
@@ -415,12 +424,16 @@ class GenerationRun:
             status = CANCELLED if interrupted or cancelled_elsewhere else FAILED
             error: str | None = self.errors[0]
         elif len(self.images) < self._expected:
-            status = CANCELLED if cancelled_elsewhere else FAILED
+            # Ending short without a word is how SwarmUI answers an interrupt that caught the
+            # work still waiting for a backend (protocol §5.2): someone cancelled it, maybe a
+            # `cancel --all` whose mark is not in the cache yet, or the web UI.
+            status = CANCELLED
             error = (
                 f"the generation was cancelled after {len(self.images)} of {self._expected} images"
                 if cancelled_elsewhere
-                else f"the server ended the generation after {len(self.images)} of "
-                f"{self._expected} images without an error (check the server log)"
+                else f"the server stopped the generation after {len(self.images)} of "
+                f"{self._expected} images without an error, as SwarmUI does when work waiting "
+                "for a backend is interrupted (cancel --all, the web UI, another client)"
             )
         else:
             status, error = SUCCEEDED, None

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 ORPHANED = "the generating process ended without recording a result"
 SESSION_GONE = "the server no longer knows this generation's session"
+CANCEL_REQUESTED = "cancelled by request"
 
 
 class Generations:
@@ -131,12 +132,36 @@ class Generations:
             state.server(self.key).interrupt_generation = supported
 
     def mark_cancelled(self, record_ids: Iterable[str]) -> list[GenerationRecord]:
-        """Mark records cancelled (those not already finished); return them as saved."""
+        """Mark records cancelled (those not already finished); return them as saved.
+
+        Call it *before* interrupting: a generation interrupted while it waits for a backend
+        ends without any message (protocol §5.2), so its own process can tell "cancelled"
+        from "failed" only by this mark, which must be there when its socket ends.
+        """
         changed = []
         with self.registry.transaction() as state:
             for record_id in record_ids:
                 record = state.generations.get(record_id)
                 if record is not None and not record.is_final:
-                    record.finish(CANCELLED, "cancelled by request")
+                    record.finish(CANCELLED, CANCEL_REQUESTED)
                     changed.append(record)
         return changed
+
+    def unmark_cancelled(
+        self, marked: list[GenerationRecord], before: Iterable[GenerationRecord], *, gone: bool
+    ) -> None:
+        """Take back marks whose interrupt never landed: the previous state, or failed if gone.
+
+        ``gone``: the server no longer knows the session. A record that its own process has
+        finished since the mark (a new ``finished`` time) is left as that process saw it.
+        """
+        previous = {record.id: record.status for record in before}
+        with self.registry.transaction() as state:
+            for mark in marked:
+                record = state.generations.get(mark.id)
+                if record is None or record.status != CANCELLED or record.finished != mark.finished:
+                    continue
+                if gone:
+                    record.finish(FAILED, SESSION_GONE)
+                else:
+                    record.status, record.error, record.finished = previous[mark.id], None, None

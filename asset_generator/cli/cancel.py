@@ -104,11 +104,23 @@ def _interrupt(
     app: App, generations: Generations, target: GenerationRecord, wait: bool, wait_timeout: float
 ) -> int:
     was_status, was_progress = target.status, target.progress
-    if not generations.interrupt(target):
+    cancelled = generations.mark_cancelled([target.id])
+    if not cancelled:
+        # It ended meanwhile, and its session may already serve a new generation.
+        record = generations.find(target.id) or target
+        app.output.info(f"{record.id} already {record.status}; nothing to cancel")
+        _report(app, "generation", [], was_active=False, extra={"generation": record.public()})
+        return 0
+    try:
+        delivered = generations.interrupt(target)
+    except BaseException:
+        generations.unmark_cancelled(cancelled, [target], gone=False)
+        raise
+    if not delivered:
+        generations.unmark_cancelled(cancelled, [target], gone=True)
         app.output.info(f"{target.id} is no longer known to the server; nothing to cancel")
         _report(app, "generation", [], was_active=False)
         return 0
-    cancelled = generations.mark_cancelled([target.id])
     if wait:
         _wait_stopped(app, [target.session_id], wait_timeout)
     if not app.output.quiet and not app.output.is_json:
@@ -122,8 +134,13 @@ def _interrupt(
 
 def _cancel_all(app: App, generations: Generations, wait: bool, wait_timeout: float) -> int:
     ours = [r for r in app.registry.read().records_for(app.server_key) if not r.is_final]
-    app.with_session(lambda session: app.client().interrupt_all(session, other_sessions=True))
+    # Marked first, as in _interrupt: queued generations end without a word when interrupted.
     cancelled = generations.mark_cancelled(r.id for r in ours)
+    try:
+        app.with_session(lambda session: app.client().interrupt_all(session, other_sessions=True))
+    except BaseException:
+        generations.unmark_cancelled(cancelled, ours, gone=False)
+        raise
     if wait:
         _wait_stopped(app, sorted({r.session_id for r in ours}), wait_timeout)
     if not app.output.quiet and not app.output.is_json:

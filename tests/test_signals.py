@@ -1,0 +1,180 @@
+"""Ctrl-C and SIGTERM at every stage of `generate image`.
+
+Whatever the stage (no session yet, queued behind another job, running, downloading), the
+program must stop our own work on the server, record the generation as cancelled, exit
+130 / 143 and leave no file, partial or whole, in the output directory. A second Ctrl-C while
+it is cleaning up exits at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Runner, read_registry, wait_for
+
+from asset_generator.emulator import Emulator, Fault, FaultPoint
+
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+# Long enough that the stage cannot end by itself during a test; the emulator cuts it at stop.
+HELD_SECONDS = 30.0
+
+
+def hold(route: str | None = None, path_prefix: str | None = None) -> Callable:
+    """A faults hook that holds back one kind of HTTP answer."""
+
+    def hook(point: FaultPoint) -> Fault | None:
+        if point.transport != "http":
+            return None
+        if route is not None and (point.route or "").lower() == route.lower():
+            return Fault(delay_seconds=HELD_SECONDS)
+        if path_prefix is not None and point.path.lower().startswith(path_prefix):
+            return Fault(delay_seconds=HELD_SECONDS)
+        return None
+
+    return hook
+
+
+def generations(state_dir: Path) -> dict[str, dict]:
+    if not (state_dir / "generations.json").exists():
+        return {}
+    return read_registry(state_dir)["generations"]
+
+
+def record_of(state_dir: Path, prompt: str) -> dict | None:
+    return next((r for r in generations(state_dir).values() if r["prompt"] == prompt), None)
+
+
+def wait_record(state_dir: Path, prompt: str, status: str) -> dict:
+    assert wait_for(lambda: (record_of(state_dir, prompt) or {}).get("status") == status), (
+        f"{prompt!r} never became {status}: {record_of(state_dir, prompt)}"
+    )
+    found = record_of(state_dir, prompt)
+    assert found is not None
+    return found
+
+
+def start(cli: Runner, prompt: str, *extra: str) -> subprocess.Popen[str]:
+    return cli.start("generate", "image", "--prompt", prompt, "-o", "out", *extra)
+
+
+def stopped(process: subprocess.Popen[str], sig: signal.Signals) -> str:
+    """Signal the process, wait for it, check how it ended; return its stderr."""
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == EXIT[sig], err
+    assert "Traceback" not in err
+    assert out == ""
+    return err
+
+
+def no_files(workdir: Path) -> list[str]:
+    out = workdir / "out"
+    return sorted(p.name for p in out.iterdir()) if out.exists() else []
+
+
+def assert_interrupted(emu: Emulator, record: dict, state_dir: Path) -> None:
+    session = record["session_id"]
+    assert wait_for(lambda: session in emu.interrupted_sessions(), timeout=10)
+    assert wait_for(lambda: emu.session_status(session)["live_gens"] == 0, timeout=10)
+    final = generations(state_dir)[record["id"]]
+    assert final["status"] == "cancelled", final
+    assert final["error"].startswith("stopped by SIG")
+
+
+@SIGNALS
+def test_before_the_session_exists(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path, sig: signal.Signals
+) -> None:
+    emu = emulator_factory(backends=1, faults=hold(route="GetNewSession"))
+    cli.url = emu.url
+    process = start(cli, "too early", "--steps", "2")
+    assert wait_for(lambda: emu.calls("GetNewSession") != [])
+
+    err = stopped(process, sig)
+    assert err.strip().splitlines()[-1] == "interrupted"
+    # Nothing was asked of the server, so nothing runs there and nothing is recorded as ours.
+    assert emu.calls("GenerateText2ImageWS") == [] and emu.calls("GenerateText2Image") == []
+    assert emu.active_sessions() == []
+    assert generations(state_dir) == {}
+    assert no_files(workdir) == []
+
+
+@SIGNALS
+def test_while_queued_behind_another_generation(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path, sig: signal.Signals
+) -> None:
+    emu = emulator_factory(backends=1, step_seconds=0.05)
+    cli.url = emu.url
+    blocker = start(cli, "blocker", "--steps", "400")
+    other = wait_record(state_dir, "blocker", "running")
+    process = start(cli, "waiting", "--steps", "2")
+    ours = wait_record(state_dir, "waiting", "queued")
+    assert wait_for(lambda: emu.session_status(ours["session_id"])["waiting_backends"] == 1)
+
+    err = stopped(process, sig)
+    assert f"interrupted: stopping {ours['id']} on the server" in err
+    assert_interrupted(emu, ours, state_dir)
+    # Only our own session: the other generation keeps running.
+    assert other["session_id"] not in emu.interrupted_sessions()
+    assert emu.session_status(other["session_id"])["live_gens"] == 1
+    assert no_files(workdir) == []
+    stopped(blocker, signal.SIGTERM)
+
+
+@SIGNALS
+def test_while_running(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path, sig: signal.Signals
+) -> None:
+    emu = emulator_factory(backends=1, step_seconds=0.05)
+    cli.url = emu.url
+    process = start(cli, "slow steps", "--steps", "400")
+    ours = wait_record(state_dir, "slow steps", "running")
+
+    err = stopped(process, sig)
+    assert f"interrupted: stopping {ours['id']} on the server" in err
+    assert_interrupted(emu, ours, state_dir)
+    assert emu.saved_outputs() == []
+    assert no_files(workdir) == []
+
+
+@SIGNALS
+def test_while_downloading(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path, sig: signal.Signals
+) -> None:
+    emu = emulator_factory(backends=1, faults=hold(path_prefix="/view/"))
+    cli.url = emu.url
+    process = start(cli, "slow download", "--steps", "2")
+    assert wait_for(lambda: any(r.path.lower().startswith("/view/") for r in emu.requests))
+    ours = record_of(state_dir, "slow download")
+    assert ours is not None
+
+    stopped(process, sig)
+    assert_interrupted(emu, ours, state_dir)
+    assert len(emu.saved_outputs()) == 1
+    assert no_files(workdir) == []
+
+
+def test_second_ctrl_c_exits_at_once(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    # The server is slow to answer the interrupt, so the first Ctrl-C's clean-up waits.
+    emu = emulator_factory(backends=1, step_seconds=0.05, faults=hold(route="InterruptAll"))
+    cli.url = emu.url
+    process = start(cli, "impatient", "--steps", "400")
+    ours = wait_record(state_dir, "impatient", "running")
+    process.send_signal(signal.SIGINT)
+    assert wait_for(lambda: emu.calls("InterruptAll") != [])
+
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted again: exiting without waiting"
+    assert "Traceback" not in err and out == ""
+    # The interrupt had reached the server; only its answer was not waited for.
+    assert ours["session_id"] in emu.interrupted_sessions()
+    assert no_files(workdir) == []
