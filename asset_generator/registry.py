@@ -14,13 +14,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import math
 import os
-import secrets
-import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -44,6 +40,7 @@ PROMPT_CHARS = 80
 KEEP_FINISHED_SECONDS = 7 * 24 * 3600
 KEEP_FINISHED_COUNT = 200
 KEEP_SESSIONS = 16
+LOCK_WAIT_SECONDS = 10.0
 # A cache written by another program (or damaged) must not smuggle in values that break us
 # later: a pid of 0 or -1 makes os.kill() probe whole process groups, a time beyond year
 # 9999 makes strftime fail, a NaN progress makes --format json emit invalid JSON.
@@ -57,12 +54,19 @@ class RegistryError(Exception):
 
 def server_key(api_url: str, credential: str | None) -> str:
     """Key records by server and credential without storing the credential itself."""
+    import hashlib
+
     digest = hashlib.sha256(f"{api_url}\0{credential or ''}".encode())
     return digest.hexdigest()[:16]
 
 
+def this_host() -> str:
+    """This machine's name as records store it (``uname -n``, what gethostname() returns)."""
+    return os.uname().nodename
+
+
 def new_generation_id() -> str:
-    return "gen_" + secrets.token_hex(4)
+    return "gen_" + os.urandom(4).hex()
 
 
 @dataclass
@@ -89,7 +93,7 @@ class GenerationRecord:
 
     def process_alive(self) -> bool | None:
         """True/False for a process on this host; None when it ran on another host."""
-        if self.host != socket.gethostname():
+        if self.host != this_host():
             return None
         try:
             os.kill(self.pid, 0)
@@ -334,13 +338,35 @@ class Registry:
                 f"cannot open the session cache lock {self._lock_path}: {exc.strerror}"
             ) from None
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock(lock)
             state = self._load(set_aside=True)
             yield state
             state.prune()
             self._write(state)
         finally:
             os.close(lock)
+
+    def _lock(self, lock: int) -> None:
+        """Take the lock, waiting at most LOCK_WAIT_SECONDS.
+
+        Every holder only reads, changes and writes a small file, so a longer wait means
+        something is wrong (a stopped process, a hung network file system); saying so beats
+        a cron job that never ends.
+        """
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(
+                        f"the session cache {self.path} has been locked by another process "
+                        f"for {LOCK_WAIT_SECONDS:g} s (a stopped asset-generator?)"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
 
     def _ensure_directory(self) -> None:
         try:
@@ -395,9 +421,11 @@ def write_atomic(path: Path, payload: bytes, *, what: str, mode: int = 0o600) ->
     """
     temp_name: str | None = None
     try:
-        handle, temp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-        )
+        # Same directory, so the rename is atomic; O_EXCL and a random name, as mkstemp does
+        # (tempfile itself costs a noticeable share of the start-up of every command).
+        candidate = str(path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+        handle = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        temp_name = candidate  # ours from here on: only now may cleanup remove it
         try:
             os.fchmod(handle, mode)
             view = memoryview(payload)

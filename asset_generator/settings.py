@@ -8,7 +8,6 @@ set`` validation and the resolution used by every command all read the same tabl
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,9 +246,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Read the TOML config; a missing file is empty, an unreadable one is an error."""
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            raw = handle.read()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}", 1) from None
+    import tomllib  # only when there is a file: most cron runs have none
+
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {path} is not UTF-8 text", 1) from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {path} is not valid TOML: {exc}", 1) from None
     except OSError as exc:

@@ -25,6 +25,7 @@ from asset_generator.registry import (
     CANCELLED,
     GenerationRecord,
     Registry,
+    RegistryError,
     State,
     server_key,
 )
@@ -271,3 +272,26 @@ def test_save_never_overwrites_and_leaves_no_partial_files(tmp_path: Path) -> No
     assert sorted(p.name for p in out.iterdir()) == ["a-1.png", "a.png"]
     replaced = save_stream(out, "a.png", [b"three"], overwrite=True)
     assert replaced.read_bytes() == b"three"
+
+
+def test_a_lock_held_too_long_is_a_clear_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    import asset_generator.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "LOCK_WAIT_SECONDS", 0.2)
+    registry = Registry(tmp_path / "state", warn=lambda message: None)
+    with registry.transaction() as state:
+        state.generations.clear()
+    holder = os.open(tmp_path / "state" / "generations.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RegistryError, match="locked by another process"):  # noqa: SIM117
+            with registry.transaction():
+                pass
+    finally:
+        os.close(holder)
+    with registry.transaction():
+        pass  # free again once the holder lets go

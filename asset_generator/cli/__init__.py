@@ -124,12 +124,12 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list from COMMANDS, truncated exactly as click truncates short help."""
-        from click.utils import make_default_short_help
-
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(len(name) for name in names)
+        # A stand-in command carrying the summary, so click's own truncation applies.
         rows = [
-            (name, make_default_short_help(self._short_help(ctx, name), limit)) for name in names
+            (name, click.Command(name, help=self._short_help(ctx, name)).get_short_help_str(limit))
+            for name in names
         ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)

@@ -220,7 +220,7 @@ def _metadata(raw: Any) -> dict[str, Any] | None:
     if isinstance(raw, str) and raw:
         try:
             parsed = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
         return parsed if isinstance(parsed, dict) else None
     return None

@@ -147,7 +147,9 @@ class Transport:
             )
         try:
             document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        # ValueError covers JSONDecodeError and numbers too long to convert; RecursionError a
+        # hostile, deeply nested document.
+        except (ValueError, RecursionError):
             raise BadResponse(
                 f"{self.server} answered {path} with {describe_body(raw, content_type)}, "
                 f"HTTP {status}; is a proxy in the way, or is this not a SwarmUI server?"
@@ -189,7 +191,7 @@ class Transport:
         try:
             raw = self._read_capped(response, 64 * 1024, "")
             error = json.loads(raw).get("error")
-        except (SwarmError, ValueError, AttributeError, httpx.HTTPError):
+        except (SwarmError, ValueError, RecursionError, AttributeError, httpx.HTTPError):
             return ""
         return f": {error}" if isinstance(error, str) else ""
 
@@ -394,7 +396,7 @@ class WebSocket:
             ) from None
         try:
             document = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise BadResponse(f"{self._server} sent a WebSocket message that is not JSON") from None
         if not isinstance(document, dict):
             raise BadResponse(f"{self._server} sent a WebSocket message that is not an object")
