@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -25,26 +26,44 @@ PROBE = """
 import sys
 from asset_generator.cli import run
 code = run(sys.argv[1:])
-loaded = sorted(m for m in sys.modules if m.startswith("asset_generator.cli."))
+loaded = sorted(sys.modules)
 print("LOADED", ",".join(loaded), file=sys.stderr)
 """
 
 
-def loaded_modules(*args: str) -> list[str]:
+def loaded_modules(*args: str, env: dict[str, str] | None = None) -> list[str]:
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
     line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
     return [m for m in line.removeprefix("LOADED ").split(",") if m]
 
 
+def commands_loaded(*args: str) -> set[str]:
+    return {m for m in loaded_modules(*args) if m.startswith("asset_generator.cli.")}
+
+
 def test_help_imports_no_command_module() -> None:
     allowed = {"asset_generator.cli.app", "asset_generator.cli.output"}
-    assert set(loaded_modules("--help")) <= allowed
+    assert commands_loaded("--help") <= allowed
 
 
 def test_a_command_imports_only_itself() -> None:
-    loaded = loaded_modules("cancel", "-q")
+    loaded = commands_loaded("cancel", "-q")
     assert "asset_generator.cli.cancel" in loaded
     for other in ("generate", "status", "models", "config", "completion"):
         assert f"asset_generator.cli.{other}" not in loaded
+
+
+def test_a_network_command_skips_httpx_cli_and_websockets(emulator) -> None:
+    # httpx's own CLI would pull in rich.progress, rich.syntax and pygments; only generate
+    # needs the WebSocket stack.
+    loaded = set(
+        loaded_modules("cancel", "--all", "-q", env={"ASSET_GENERATOR_API_URL": emulator.url})
+    )
+    assert "httpx" in loaded
+    assert not loaded & {"pygments", "rich.progress", "rich.syntax", "httpx_ws"}

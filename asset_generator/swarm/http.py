@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
-
-import httpx
 
 from asset_generator import __version__
 from asset_generator.swarm.errors import (
@@ -28,6 +28,31 @@ from asset_generator.swarm.errors import (
     RequestTimeout,
     SwarmError,
 )
+
+
+def _without_httpx_cli() -> None:
+    """Keep ``import httpx`` from importing httpx's own command-line tool.
+
+    httpx/__init__ imports ``httpx._main`` (the ``httpx`` console command), which imports
+    click, rich.progress, rich.syntax and pygments whenever they are installed, as they are
+    alongside us: about 45 ms of every networked command's start-up, for code we never run.
+    A stand-in module answers that import; the real tool is a separate program anyway.
+    """
+    if "httpx._main" in sys.modules:
+        return
+    stand_in = types.ModuleType("httpx._main")
+
+    def main() -> None:
+        raise SystemExit("the httpx command-line tool is not available inside asset-generator")
+
+    stand_in.main = main  # type: ignore[attr-defined]
+    sys.modules["httpx._main"] = stand_in
+
+
+_without_httpx_cli()
+
+
+import httpx  # noqa: E402
 
 CONNECT_TIMEOUT = 5.0
 # The largest real JSON answer is a ListModels page with previews; 32 MiB is far above it and
