@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import h11
 
 from asset_generator.emulator.api import ApiDispatcher
-from asset_generator.emulator.config import FaultPoint, RecordedRequest
+from asset_generator.emulator.config import Fault, FaultPoint, RecordedRequest
 from asset_generator.emulator.core import EmulatedServer
 from asset_generator.emulator.httpmsg import Answer, HttpRequest, error_obj, json_answer, redirect
 from asset_generator.emulator.recorder import Recorder
@@ -178,19 +178,7 @@ class HttpServer:
 
     async def _upgrade_fault(self, request: HttpRequest, record: RecordedRequest) -> Answer | None:
         """The answer a faulty proxy gives instead of the 101, if a fault says so."""
-        if self.config.faults is None:
-            return None
-        point = FaultPoint(
-            transport="upgrade",
-            method=request.method,
-            path=request.raw_path,
-            route=record.route,
-            headers=record.headers,
-            request_body=None,
-            status=101,
-            body=b"",
-        )
-        fault = self.config.faults(point)
+        fault = self._fault_at("upgrade", request, record, status=101, body=b"")
         if fault is None:
             return None
         pause = fault.delay_seconds + fault.stall_after_headers_seconds
@@ -207,6 +195,31 @@ class HttpServer:
             close=True,
         )
 
+    def _fault_at(
+        self,
+        transport: str,
+        request: HttpRequest,
+        record: RecordedRequest,
+        *,
+        status: int,
+        body: bytes,
+    ) -> Fault | None:
+        """The fault the test's hook injects at this answer, if any."""
+        if self.config.faults is None:
+            return None
+        return self.config.faults(
+            FaultPoint(
+                transport=transport,
+                method=request.method,
+                path=request.raw_path,
+                route=record.route,
+                headers=record.headers,
+                request_body=record.body if transport == "http" else None,
+                status=status,
+                body=body,
+            )
+        )
+
     async def _send(
         self,
         conn: h11.Connection,
@@ -220,35 +233,24 @@ class HttpServer:
         truncate_to: int | None = None
         stall = 0.0
         replaced = False
-        if self.config.faults is not None:
-            point = FaultPoint(
-                transport="http",
-                method=request.method,
-                path=request.raw_path,
-                route=record.route,
-                headers=record.headers,
-                request_body=record.body,
-                status=answer.status,
-                body=answer.body,
-            )
-            fault = self.config.faults(point)
-            if fault is not None:
-                if fault.delay_seconds > 0:
-                    await asyncio.sleep(fault.delay_seconds)
-                if fault.reset:
-                    self.recorder.finish(record, None)
-                    writer.transport.abort()
-                    return False
-                if fault.status is not None or fault.body is not None or fault.headers is not None:
-                    answer = Answer(
-                        fault.status if fault.status is not None else answer.status,
-                        fault.body if fault.body is not None else answer.body,
-                        fault.headers if fault.headers is not None else answer.headers,
-                        answer.close,
-                    )
-                truncate_to = fault.truncate_to
-                stall = fault.stall_after_headers_seconds
-                replaced = fault.status is not None or fault.body is not None
+        fault = self._fault_at("http", request, record, status=answer.status, body=answer.body)
+        if fault is not None:
+            if fault.delay_seconds > 0:
+                await asyncio.sleep(fault.delay_seconds)
+            if fault.reset:
+                self.recorder.finish(record, None)
+                writer.transport.abort()
+                return False
+            if fault.status is not None or fault.body is not None or fault.headers is not None:
+                answer = Answer(
+                    fault.status if fault.status is not None else answer.status,
+                    fault.body if fault.body is not None else answer.body,
+                    fault.headers if fault.headers is not None else answer.headers,
+                    answer.close,
+                )
+            truncate_to = fault.truncate_to
+            stall = fault.stall_after_headers_seconds
+            replaced = fault.status is not None or fault.body is not None
         if self.config.compression and not replaced:
             answer = _compressed(answer, request.header("accept-encoding"))
         # Recorded before the bytes go out, so a client that has its answer sees it logged.
