@@ -110,6 +110,19 @@ def test_model_names_come_from_models_list_and_never_the_network(
     assert complete(cli, "asset-generator generate image --api-key other --model ") == []
 
 
+def test_lora_names_come_from_the_cached_lora_listing(cli: Runner, emulator: Emulator) -> None:
+    assert complete(cli, "asset-generator generate image --lora ") == []
+    assert cli("models", "list", "--subtype", "LoRA").code == 0
+    emulator.reset_log()
+    names = complete(cli, "asset-generator generate image --lora ")
+    assert names == ["detail-tweaker", "style/pixel-art"]
+    assert complete(cli, "asset-generator generate image --lora pix") == ["style/pixel-art"]
+    assert complete(cli, "asset-generator generate image --lora style/pixel-art:") == []
+    # Stable-Diffusion models are not LoRAs.
+    assert "flux/flux1-dev" not in names
+    assert emulator.requests == []
+
+
 def test_completion_stays_silent_with_a_broken_config(cli: Runner, config_dir: Path) -> None:
     config_dir.mkdir(parents=True)
     (config_dir / "config.toml").write_text("api_url = [unclosed\n")

@@ -13,7 +13,7 @@ import click
 
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
-from asset_generator.cli.completion import complete_model
+from asset_generator.cli.completion import complete_lora, complete_model
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
@@ -73,6 +73,7 @@ def command() -> None:
     multiple=True,
     metavar="NAME[:WEIGHT]",
     help="Apply a LoRA (repeatable); weight defaults to 1.",
+    shell_complete=complete_lora,
 )
 @click.option(
     "--param",
