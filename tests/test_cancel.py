@@ -281,3 +281,28 @@ def test_verbose_shows_exchanges_without_secrets(
     session = emu.calls("InterruptAll")[0].session_id
     for secret in (token, session):
         assert secret not in result.stderr and secret not in result.stdout
+
+
+def test_images_that_arrived_before_the_cancel_are_kept(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    # One backend runs the three images one after another: cancel after the first lands.
+    emu = emulator_factory(backends=1, step_seconds=0.02)
+    cli.url = emu.url
+    process = cli.start(
+        "generate", "image", "--prompt", "three", "--images", "3", "--steps", "60", "-o", "out"
+    )
+    assert wait_for(
+        lambda: len((record_with_prompt(state_dir, "three") or {}).get("images", [])) == 1
+    )
+    result = cli("cancel")
+    assert result.code == 0, result.stderr
+
+    code, out, err = finish(process)
+    assert code == 1
+    assert "Generation session interrupted." in err and "kept 1 image(s)" in err
+    kept = [Path(workdir, line) for line in out.splitlines()]
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == [kept[0].name]
+    record = record_with_prompt(state_dir, "three")
+    assert record["status"] == "cancelled" and len(record["images"]) == 1
