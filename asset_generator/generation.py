@@ -46,12 +46,13 @@ from asset_generator.swarm.client import (
     SwarmClient,
     parse_event,
 )
-from asset_generator.swarm.errors import APIError, RequestTimeout, SwarmError
+from asset_generator.swarm.errors import APIError, InvalidSession, RequestTimeout, SwarmError
 from asset_generator.swarm.http import WebSocket, WebSocketRefused
 from asset_generator.swarm.params import expected_outputs
 
-# The server sends keep_alive at least every 30 s while work is pending (protocol §4.3), so a
-# socket silent for much longer than that is dead even if TCP has not noticed.
+# While work is pending the server sends keep_alive messages or, at the least, Kestrel's
+# keep-alive Pongs every 30 s, so a socket silent for much longer than that is dead even if
+# TCP has not noticed.
 SILENCE_LIMIT = 120.0
 POLL_SECONDS = 0.25
 RECORD_WRITE_INTERVAL = 1.0
@@ -151,6 +152,11 @@ class GenerationRun:
         self._started = time.monotonic()
         self._first_image: float | None = None
         self._last_write = 0.0
+        # The server has answered (and so claimed the request): a cancel can reach it now.
+        self._claimed = False
+        self._self_interrupted = False
+        # The server showed the request waiting (for a backend or a model load).
+        self._seen_waiting = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -243,7 +249,9 @@ class GenerationRun:
             try:
                 message = ws.receive(timeout=max(wait, 0.01))
             except RequestTimeout:
-                if time.monotonic() - last_message > SILENCE_LIMIT:
+                # Kestrel's keep-alive Pongs count: while SwarmUI is still launching a large
+                # batch it sends no keep_alive message for minutes (T2IAPI.cs), only those.
+                if time.monotonic() - max(last_message, ws.last_heard) > SILENCE_LIMIT:
                     raise RequestTimeout(
                         f"{self.client.server} sent nothing for {SILENCE_LIMIT:.0f} s "
                         "during the generation"
@@ -252,10 +260,9 @@ class GenerationRun:
             if message is None:
                 return False
             last_message = time.monotonic()
-            if message.get("socket_intention") == "close":
-                # Every request on this socket is done; the server would only idle for its
-                # ~2 s grace, then send a status snapshot. Closing now cancels nothing.
-                return False
+            # After socket_intention:close the server idles ~2 s, sends a last status and
+            # closes. We read on to its Close: hanging up first makes SwarmUI log an error
+            # for every generation (its final send fails; protocol §9 pitfall 18).
             event = parse_event(message)
             if (
                 isinstance(event, ErrorEvent)
@@ -281,12 +288,19 @@ class GenerationRun:
 
     def _on_status(self, counters: Counters) -> None:
         assert self.record is not None
+        if not self._claimed:
+            self._claimed = True
+            self._honour_cancel_mark(self.registry.read().generations.get(self.record.id))
         if counters.live:
             state = RUNNING
         elif counters.busy:
             state = "loading model" if counters.loading_models else QUEUED
         else:
             return
+        if counters.waiting_backends or counters.loading_models:
+            # Past the parameter checks and waiting for a backend: a silent end from here on
+            # is an interrupt (SwarmUI's first status, sent on claiming, shows only queued).
+            self._seen_waiting = True
         self.view.state(state, counters)
         stored = RUNNING if state == RUNNING else QUEUED
         if stored == RUNNING and self.record.status != RUNNING:
@@ -326,7 +340,16 @@ class GenerationRun:
         self.view.state(QUEUED, Counters(waiting_gens=1))
         timeout = math.inf if deadline_at is None else max(deadline_at - time.monotonic(), 0.1)
         try:
-            paths = self.client.generate_http(self.record.session_id, self._body, timeout=timeout)
+            try:
+                paths = self.client.generate_http(
+                    self.record.session_id, self._body, timeout=timeout
+                )
+            except InvalidSession:
+                self.debug("the cached session is no longer valid; getting a new one")
+                self._renew_session()
+                paths = self.client.generate_http(
+                    self.record.session_id, self._body, timeout=timeout
+                )
         except RequestTimeout:
             if deadline_at is not None and time.monotonic() >= deadline_at - 0.5:
                 raise DeadlinePassed from None
@@ -423,7 +446,7 @@ class GenerationRun:
         if self.errors:
             status = CANCELLED if interrupted or cancelled_elsewhere else FAILED
             error: str | None = self.errors[0]
-        elif len(self.images) < self._expected:
+        elif len(self.images) < self._expected and (cancelled_elsewhere or self._seen_waiting):
             # Ending short without a word is how SwarmUI answers an interrupt that caught the
             # work still waiting for a backend (protocol §5.2): someone cancelled it, maybe a
             # `cancel --all` whose mark is not in the cache yet, or the web UI.
@@ -434,6 +457,14 @@ class GenerationRun:
                 else f"the server stopped the generation after {len(self.images)} of "
                 f"{self._expected} images without an error, as SwarmUI does when work waiting "
                 "for a backend is interrupted (cancel --all, the web UI, another client)"
+            )
+        elif len(self.images) < self._expected:
+            # Never queued, never cancelled: SwarmUI drops some failures (an exception while
+            # reading the parameters) without telling the client (protocol §9 pitfall 19).
+            status = FAILED
+            error = (
+                f"the server ended the request after {len(self.images)} of {self._expected} "
+                "images without an error message; its log says why"
             )
         else:
             status, error = SUCCEEDED, None
@@ -459,6 +490,23 @@ class GenerationRun:
         with self.registry.transaction() as state:
             saved = state.generations.get(self.record.id)
             if saved is None or saved.is_final:
-                return
-            for name, value in changes.items():
-                setattr(saved, name, value)
+                final = saved
+            else:
+                final = None
+                for name, value in changes.items():
+                    setattr(saved, name, value)
+        self._honour_cancel_mark(final)
+
+    def _honour_cancel_mark(self, saved: GenerationRecord | None) -> None:
+        """Interrupt our own session once if another process marked us cancelled.
+
+        SwarmUI binds a request to its session's interrupt token when it claims the request,
+        so an InterruptAll that lands before the claim (``cancel`` right after ``generate``
+        started) stops nothing. ``cancel`` marks the record first; seeing that mark once the
+        server has answered, we interrupt ourselves so the cancel is never lost.
+        """
+        if self._self_interrupted or saved is None or saved.status != CANCELLED:
+            return
+        self._self_interrupted = True
+        self.debug("this generation was cancelled from another process; interrupting it")
+        self.interrupt()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Runner, read_registry, wait_for
 
-from asset_generator.emulator import Emulator
+from asset_generator.emulator import Emulator, Fault, FaultPoint
 
 
 def records(state_dir: Path) -> dict[str, dict]:
@@ -306,3 +306,26 @@ def test_images_that_arrived_before_the_cancel_are_kept(
     assert sorted(p.name for p in (workdir / "out").iterdir()) == [kept[0].name]
     record = record_with_prompt(state_dir, "three")
     assert record["status"] == "cancelled" and len(record["images"]) == 1
+
+
+def test_a_cancel_that_lands_before_the_server_claims_the_request_is_not_lost(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    # SwarmUI binds a request to its session's interrupt token only when it claims it, so
+    # an InterruptAll sent between `generate` registering and the server reading the request
+    # stops nothing by itself. The handshake is held back to open that window wide.
+    def slow_handshake(point: FaultPoint) -> Fault | None:
+        return Fault(delay_seconds=1.0) if point.transport == "upgrade" else None
+
+    emu = emulator_factory(backends=1, step_seconds=0.05, faults=slow_handshake)
+    cli.url = emu.url
+    process = cli.start("generate", "image", "--prompt", "early", "--steps", "400")
+    record = wait_status(state_dir, "early", "queued")
+    result = cli("cancel")
+    assert result.code == 0 and result.stdout.startswith(f"cancelled {record['id']}")
+
+    code, out, err = finish(process)
+    assert code == 1, err
+    assert out == "" and list(workdir.iterdir()) == []
+    assert record_with_prompt(state_dir, "early")["status"] == "cancelled"
+    assert emu.session_status(record["session_id"])["live_gens"] == 0

@@ -196,13 +196,45 @@ def test_keepalive_pongs_from_the_server_do_not_stall_the_socket(
     assert len(list(workdir.iterdir())) == 1
 
 
-def test_finishes_at_socket_intention_close_without_waiting_for_the_server_grace(
-    cli: Runner, emulator_factory, workdir: Path
+def test_a_percent_sign_in_the_prompt_still_downloads(
+    cli: Runner, emulator: Emulator, workdir: Path
 ) -> None:
-    # The server keeps the socket open for a grace period after `socket_intention: close`
-    # (2 s on SwarmUI, an hour here); nothing more is needed from it by then.
-    emu = emulator_factory(ws_close_grace_seconds=3600)
-    cli.url = emu.url
-    result = cli("generate", "image", "--prompt", "quick", "--steps", "2", timeout=30)
+    # Prompts end up in SwarmUI's file names, and its /View decodes the path twice.
+    result = cli("generate", "image", "--prompt", "50%ab cat, 100% sure", "--steps", "1")
     assert result.code == 0, result.stderr
-    assert len(list(workdir.iterdir())) == 1
+    saved = workdir / result.stdout.strip()
+    served = [c.path for c in emulator.requests if c.path.lower().startswith("/view/")]
+    assert saved.read_bytes() == httpx.get(emulator.url + served[-1]).content
+
+
+def test_a_request_the_server_drops_silently_is_failed_not_cancelled(
+    cli: Runner, emulator: Emulator
+) -> None:
+    # An unreadable parameter makes SwarmUI end the request with no image and no error
+    # (protocol §9 pitfall 19); nobody cancelled it.
+    result = cli("generate", "image", "--prompt", "x", "--param", "rawresolution=12x")
+    assert result.code == 1
+    assert "without an error message" in result.stderr
+    record = next(iter(read_registry(Path(_state(cli)))["generations"].values()))
+    assert record["status"] == "failed"
+
+
+def test_keepalive_pongs_count_as_signs_of_life(emulator_factory) -> None:
+    # SwarmUI sends no keep_alive message while it is still launching a large batch, only
+    # Kestrel's Pongs; a client that ignored them would give up on a healthy generation.
+    import contextlib
+    import time
+
+    from asset_generator.swarm.errors import RequestTimeout
+    from asset_generator.swarm.http import Transport
+
+    emu = emulator_factory(step_seconds=0.05, ws_keepalive_seconds=0.05)
+    session = httpx.post(f"{emu.url}/API/GetNewSession", json={}).json()["session_id"]
+    with Transport(emu.url) as transport, transport.websocket("GenerateText2ImageWS") as ws:
+        ws.send({"session_id": session, "prompt": "x", "images": 1, "steps": 10})
+        assert ws.last_heard == 0.0
+        deadline = time.monotonic() + 10
+        while ws.last_heard == 0.0 and time.monotonic() < deadline:
+            with contextlib.suppress(RequestTimeout):
+                ws.receive(timeout=0.1)
+        assert 0.0 < ws.last_heard <= time.monotonic()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from asset_generator.swarm.errors import (
     AuthFailed,
     BadResponse,
     InvalidSession,
+    NotFound,
     PermissionDenied,
     SessionFailed,
     SwarmError,
@@ -378,7 +379,19 @@ class SwarmClient:
                 f"{self.server} sent an unsafe image path ({shown_path(server_path)!r}); "
                 "refusing to fetch it"
             )
-        with self.transport.stream_get(server_path) as chunks:
+        with ExitStack() as stack:
+            try:
+                chunks = stack.enter_context(self.transport.stream_get(server_path))
+            except NotFound:
+                # SwarmUI's /View decodes the (already decoded) path once more
+                # (Uri.UnescapeDataString in WebServer.cs), so a file whose name holds a `%`
+                # (prompts end up in names) is found only when encoded twice. Servers that
+                # decode once are served by the first try.
+                if "%" not in server_path:
+                    raise
+                chunks = stack.enter_context(
+                    self.transport.stream_get(server_path, quoted_twice=True)
+                )
             yield chunks
 
     def generate_http(

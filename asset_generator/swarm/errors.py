@@ -34,6 +34,10 @@ class BadResponse(SwarmError):
     code = "bad_response"
 
 
+class NotFound(BadResponse):
+    """A GET answered 404: the output is not (or not under that spelling) on the server."""
+
+
 class AuthFailed(SwarmError):
     """The server refused our credentials (shared-secret gate or swarm_token)."""
 

@@ -25,6 +25,7 @@ from asset_generator.swarm.errors import (
     AuthFailed,
     BadResponse,
     ConnectionFailed,
+    NotFound,
     RequestTimeout,
     SwarmError,
 )
@@ -198,9 +199,17 @@ class Transport:
     # -- downloads ----------------------------------------------------------------------------
 
     @contextmanager
-    def stream_get(self, server_path: str) -> Iterator[Iterator[bytes]]:
-        """GET a server-relative output path (``View/...``), yielding its body in chunks."""
+    def stream_get(
+        self, server_path: str, *, quoted_twice: bool = False
+    ) -> Iterator[Iterator[bytes]]:
+        """GET a server-relative output path (``View/...``), yielding its body in chunks.
+
+        ``quoted_twice``: percent-encode the encoded path again, for a server that decodes
+        the path a second time (see SwarmClient.open_image).
+        """
         path = "/" + quote(server_path.lstrip("/"), safe="/")
+        if quoted_twice:
+            path = quote(path, safe="/")
         started = time.monotonic()
         status: int | None = None
         try:
@@ -208,7 +217,8 @@ class Transport:
                 status = response.status_code
                 if status != 200:
                     detail = self._error_detail(response)
-                    raise BadResponse(
+                    failure = NotFound if status == 404 else BadResponse
+                    raise failure(
                         f"{self.server} could not serve {shown_path(server_path)} "
                         f"(HTTP {status}{detail})"
                     )
@@ -253,7 +263,6 @@ class Transport:
                 max_message_size_bytes=WS_READ_CHUNK_BYTES,
                 keepalive_ping_interval_seconds=None,
             ) as session:
-                _tolerate_unsolicited_pongs(session)
                 self._note("WS", path, 101, started)
                 yield WebSocket(session, self.server)
         except WebSocketUpgradeError as exc:
@@ -364,7 +373,7 @@ def _short_reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def _tolerate_unsolicited_pongs(session: Any) -> None:
+def _tolerate_unsolicited_pongs(session: Any, heard: Callable[[], None]) -> None:
     """Ignore Pong frames that answer no ping of ours.
 
     SwarmUI's web server (Kestrel, KeepAliveInterval) sends unsolicited, empty Pong frames
@@ -379,6 +388,7 @@ def _tolerate_unsolicited_pongs(session: Any) -> None:
         return
 
     def ack(ping_id: bytes | bytearray) -> None:
+        heard()
         event = pings.pop(bytes(ping_id), None)
         if event is not None:
             event.set()
@@ -398,6 +408,12 @@ class WebSocket:
     def __init__(self, session: Any, server: str) -> None:
         self._session = session
         self._server = server
+        # When the server last showed life without a message (a keep-alive Pong).
+        self.last_heard = 0.0
+        _tolerate_unsolicited_pongs(session, self._heard)
+
+    def _heard(self) -> None:
+        self.last_heard = time.monotonic()
 
     def send(self, document: dict[str, Any]) -> None:
         from httpx_ws import HTTPXWSException
