@@ -40,12 +40,25 @@ class DownloadError(Exception):
 
 def check_template(template: str) -> None:
     """Raise ValueError for a template that names a field we do not have."""
+    if not template.strip():
+        raise ValueError("the file name template is empty")
+    known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
     for _, name, spec, conversion in string.Formatter().parse(template):
         if name is None:
             continue
-        if name not in TEMPLATE_FIELDS or spec or conversion:
-            known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+        if name not in TEMPLATE_FIELDS:
             raise ValueError(f"unknown field {{{name}}} in the file name template (use {known})")
+        if spec or conversion:
+            shown = (
+                "{"
+                + name
+                + ("!" + conversion if conversion else "")
+                + (":" + spec if spec else "")
+                + "}"
+            )
+            raise ValueError(
+                f"{shown} in the file name template: fields take no format, write {{{name}}}"
+            )
 
 
 def sanitize_component(text: str, limit: int = MAX_NAME_BYTES) -> str:

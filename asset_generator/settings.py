@@ -42,6 +42,28 @@ def _parse_str(value: Any) -> str:
     return str(value)
 
 
+def _parse_credential(value: Any) -> str:
+    """A token or header value: printable ASCII, as HTTP headers need.
+
+    Surrounding white space (the newline of a token file) is dropped. The messages never
+    repeat the value: it is a secret.
+    """
+    if isinstance(value, bool | int | float):
+        raise ValueError("is not text")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("is empty (to remove it, use `config unset` or leave it unset)")
+    if any(not (" " <= c <= "~") for c in text):
+        raise ValueError(
+            "holds a control or non-ASCII character, which an HTTP header cannot carry"
+        )
+    return text
+
+
+# A day: far above any sensible wait, and far below what datetime and sockets accept.
+MAX_SECONDS = 86_400.0
+
+
 def _parse_positive_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a number")
@@ -49,8 +71,8 @@ def _parse_positive_float(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{value!r} is not a number") from None
-    if not number > 0:
-        raise ValueError(f"{value!r} must be greater than 0")
+    if not 0 < number <= MAX_SECONDS:  # also refuses nan and inf
+        raise ValueError(f"{value!r} must be greater than 0 and at most {MAX_SECONDS:g}")
     return number
 
 
@@ -77,7 +99,7 @@ def _parse_float(minimum: float, maximum: float) -> Callable[[Any], float]:
             number = float(str(value).strip())
         except ValueError:
             raise ValueError(f"{value!r} is not a number") from None
-        if not minimum <= number <= maximum:
+        if not minimum <= number <= maximum:  # also refuses nan
             raise ValueError(f"{number:g} is outside {minimum:g}..{maximum:g}")
         return number
 
@@ -137,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "api_key",
-        _parse_str,
+        _parse_credential,
         None,
         "SwarmUI login token, sent as the swarm_token cookie.",
         "secret",
@@ -146,7 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "auth_header",
-        _parse_str,
+        _parse_credential,
         None,
         "Raw Authorization header for a server or proxy that requires one.",
         "secret",
@@ -298,6 +320,10 @@ def resolve(
     environ = os.environ if environ is None else environ
     path = config_path or default_config_path(environ)
     profile = profile or environ.get(PROFILE_ENV) or None
+    named = "--config" if config_path is not None else CONFIG_ENV if environ.get(CONFIG_ENV) else ""
+    if named and not path.exists():
+        # A file the user named is expected to exist; a typo must not mean "no settings".
+        raise SettingsError(f"config file {path} (from {named}) does not exist", 1)
     document = read_config_file(path)
     profile_table: Mapping[str, Any] = {}
     if profile:
@@ -329,8 +355,13 @@ def resolve(
         else:
             values[setting.key] = setting.default
             sources[setting.key] = "default"
-    warning = permission_warning(path, document)
-    return Resolved(values, sources, path, profile, [warning] if warning else [])
+    warnings = [permission_warning(path, document)]
+    warnings += [
+        f"warning: {path} has an unknown key {key!r}, which is ignored "
+        "(`asset-generator config view` lists the keys)"
+        for key in unknown_keys(document)
+    ]
+    return Resolved(values, sources, path, profile, [w for w in warnings if w])
 
 
 # -- the config file as a document: what `config` shows and edits ------------------------------

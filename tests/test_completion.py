@@ -115,11 +115,13 @@ def test_lora_names_come_from_the_cached_lora_listing(cli: Runner, emulator: Emu
     assert cli("models", "list", "--subtype", "LoRA").code == 0
     emulator.reset_log()
     names = complete(cli, "asset-generator generate image --lora ")
-    assert names == ["detail-tweaker", "style/pixel-art"]
-    assert complete(cli, "asset-generator generate image --lora pix") == ["style/pixel-art"]
+    assert sorted(names) == ["detail-tweaker.safetensors", "style/pixel-art.safetensors"]
+    assert complete(cli, "asset-generator generate image --lora pix") == [
+        "style/pixel-art.safetensors"
+    ]
     assert complete(cli, "asset-generator generate image --lora style/pixel-art:") == []
     # Stable-Diffusion models are not LoRAs.
-    assert "flux/flux1-dev" not in names
+    assert "flux/flux1-dev.safetensors" not in names
     assert emulator.requests == []
 
 

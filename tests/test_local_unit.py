@@ -52,9 +52,12 @@ def test_precedence_flag_env_profile_file_default(tmp_path: Path) -> None:
     assert resolved["api_url"] == "http://profile:2"
     assert resolved.sources["api_url"] == "profile lab"
     assert config.resolve({}, config_path=path, environ={})["api_url"] == "http://file:1"
-    resolved = config.resolve({}, config_path=tmp_path / "none.toml", environ={})
+    # No file at the default place: the defaults. A file the user named must exist.
+    resolved = config.resolve({}, environ={})
     assert resolved["api_url"] == "http://localhost:7801"
     assert resolved["timeout"] == 30.0
+    with pytest.raises(config.SettingsError, match="does not exist"):
+        config.resolve({}, config_path=tmp_path / "none.toml", environ={})
 
 
 def test_profile_from_environment_and_unknown_profile(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Result, Runner, read_registry, wait_for
 
-from asset_generator.emulator import Emulator, FaultPoint
+from asset_generator.emulator import Emulator, Fault, FaultPoint
 
 AUTH_HEADER = "Bearer hdr-" + secrets.token_hex(12)
 WRONG_TOKEN = "wrong-" + secrets.token_hex(12)
@@ -180,3 +180,44 @@ def test_world_readable_config_holding_a_token_warns(
     env = {"ASSET_GENERATOR_API_KEY": token, "ASSET_GENERATOR_AUTH_HEADER": AUTH_HEADER}
     plain = cli("status", env=env)
     assert plain.code == 0 and "warning" not in plain.stderr
+
+
+def test_a_server_that_echoes_the_credentials_cannot_make_us_print_them(
+    cli: Runner, emulator_factory
+) -> None:
+    token = "tok-" + secrets.token_hex(12)
+    header = "Bearer hdr-" + secrets.token_hex(12)
+
+    def echo(point: FaultPoint) -> Fault | None:
+        if point.route != "getnewsession":
+            return None
+        said = json.dumps({"error": f"who are you? {point.headers}"}).encode()
+        return Fault(status=200, headers=[("Content-Type", "application/json")], body=said)
+
+    emu = emulator_factory(faults=echo)
+    cli.url = emu.url
+    for fmt in ("table", "json"):
+        result = cli(
+            "-v",
+            "-f",
+            fmt,
+            "status",
+            env={"ASSET_GENERATOR_API_KEY": token, "ASSET_GENERATOR_AUTH_HEADER": header},
+        )
+        assert result.code == 1
+        assert "who are you?" in result.stderr and "***" in result.stderr
+        shown = result.stdout + result.stderr
+        assert token not in shown and header not in shown and header.split()[-1] not in shown
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ASSET_GENERATOR_API_KEY", "tok\tinner"), ("ASSET_GENERATOR_AUTH_HEADER", "Bearer ü-x")],
+)
+def test_credentials_a_header_cannot_carry_are_refused_without_echoing_them(
+    cli: Runner, emulator: Emulator, name: str, value: str
+) -> None:
+    result = cli("status", env={name: value})
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "cannot carry" in result.stderr and value not in result.stderr
+    assert emulator.requests == []

@@ -8,6 +8,7 @@ it is cleaning up exits at once.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from collections.abc import Callable
@@ -178,3 +179,41 @@ def test_second_ctrl_c_exits_at_once(
     # The interrupt had reached the server; only its answer was not waited for.
     assert ours["session_id"] in emu.interrupted_sessions()
     assert no_files(workdir) == []
+
+
+@SIGNALS
+def test_json_is_still_one_document_when_stopped(
+    cli: Runner, emulator_factory, state_dir: Path, sig: signal.Signals
+) -> None:
+    emu = emulator_factory(backends=1, step_seconds=0.05)
+    cli.url = emu.url
+    process = start(cli, "json run", "--steps", "400", "-f", "json")
+    ours = wait_record(state_dir, "json run", "running")
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == EXIT[sig], err
+    document = json.loads(out)
+    assert document["ok"] is False and document["error"]["code"] == "interrupted"
+    assert document["id"] == ours["id"] and document["status"] == "cancelled"
+    assert_interrupted(emu, ours, state_dir)
+
+
+@SIGNALS
+def test_other_commands_stop_cleanly_too(
+    cli: Runner, emulator_factory, state_dir: Path, sig: signal.Signals
+) -> None:
+    # `cancel --wait` polling a server whose status answers are held back.
+    emu = emulator_factory(backends=1, step_seconds=0.05, faults=hold(route="getcurrentstatus"))
+    cli.url = emu.url
+    generating = start(cli, "waited on", "--steps", "400")
+    wait_record(state_dir, "waited on", "running")
+    waiting = cli.start("cancel", "--all", "--wait", "-f", "json")
+    assert wait_for(lambda: emu.calls("GetCurrentStatus") != [])
+    waiting.send_signal(sig)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == EXIT[sig], err
+    # (click ends the terminal's "^C" line with a newline first)
+    said = [line for line in err.splitlines() if line.strip()]
+    assert said == ["interrupted" if sig == signal.SIGINT else "terminated"]
+    assert json.loads(out)["error"]["code"] == "interrupted"
+    generating.communicate(timeout=30)

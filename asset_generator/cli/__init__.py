@@ -9,9 +9,21 @@ from typing import Any
 import click
 
 from asset_generator import __version__
-from asset_generator.cli.app import App, CommandError, Stopped
+from asset_generator.cli.app import App, CommandError, Stopped, Terminated
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses nan and inf, which compare false with any bound."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -61,11 +73,18 @@ GLOBAL_OPTIONS = (
     ),
     _global(
         "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloatRange(min=0, min_open=True, max=86_400),
         metavar="SECONDS",
         help="Seconds to wait for each request [env ASSET_GENERATOR_TIMEOUT; default 30].",
     ),
-    _global("-q", "--quiet", is_flag=True, default=None, help="Errors only, on stderr."),
+    _global(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        default=None,
+        help="Print errors only. Results a script consumes still go to stdout: "
+        "generate's file paths, config get's value, --format json documents.",
+    ),
     _global(
         "-v",
         "--verbose",
@@ -171,14 +190,28 @@ def cli() -> None:
 def _fail(
     app: App, message: str, code: str, details: dict[str, Any] | None = None, exit_code: int = 1
 ) -> int:
+    """One line on stderr, and the JSON failure document when JSON was asked for."""
     from asset_generator.cli.output import one_line
 
     message = one_line(message)
     app.output.error(message)
-    if app.output.is_json:
-        extra = {k: v for k, v in (details or {}).items() if k not in ("ok", "error")}
-        app.output.json({"ok": False, "error": {"code": code, "message": message}, **extra})
+    _json_failure(app, code, message, details)
     return exit_code
+
+
+def _json_failure(app: App, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+    """The one JSON document of a run that failed after printing its own message."""
+    from asset_generator.cli.output import one_line
+
+    try:
+        wanted = app.output.is_json
+    except Exception:  # the settings themselves are broken: no document can be promised
+        return
+    if wanted:
+        extra = {k: v for k, v in (details or {}).items() if k not in ("ok", "error")}
+        app.output.json(
+            {"ok": False, "error": {"code": code, "message": one_line(message)}, **extra}
+        )
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -199,11 +232,18 @@ def run(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
+        _json_failure(app, "usage_error", exc.format_message())
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
+        _json_failure(app, "interrupted", "stopped by SIGINT")
         return 130
+    except Terminated:
+        click.echo("terminated", err=True)
+        _json_failure(app, "interrupted", "stopped by SIGTERM")
+        return 143
     except Stopped as exc:
+        _json_failure(app, "interrupted", exc.message, exc.details)
         return exc.exit_code
     except CommandError as exc:
         return _fail(app, exc.message, exc.code, exc.details, exc.exit_code)
@@ -234,8 +274,17 @@ def _protocol_failure(app: App, exc: Exception) -> int | None:
     return None
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C (cleanup runs, one message, exit 143); generate installs
+    # its own handlers on top, to interrupt its server-side work first.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = run()
         sys.stdout.flush()

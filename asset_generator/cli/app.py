@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asset_generator import settings
-from asset_generator.cli.output import Output
+from asset_generator.cli.output import Output, register_secret
 from asset_generator.registry import CachedSession, Registry, server_key
 
 if TYPE_CHECKING:
@@ -39,11 +39,22 @@ class CommandError(Exception):
 
 
 class Stopped(Exception):
-    """The user stopped us with a signal, after our own server-side work was cancelled."""
+    """The user stopped us with a signal, after our own server-side work was cancelled.
 
-    def __init__(self, exit_code: int) -> None:
+    ``details``: extra keys for the JSON document (what the generation had done).
+    """
+
+    def __init__(
+        self, exit_code: int, message: str = "interrupted", details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(exit_code)
         self.exit_code = exit_code
+        self.message = message
+        self.details = details
+
+
+class Terminated(BaseException):
+    """SIGTERM outside generate (which handles it itself): unwind like Ctrl-C, exit 143."""
 
 
 class App:
@@ -69,6 +80,8 @@ class App:
             config_path=Path(config).expanduser() if config else None,
             profile=self.flags.get("profile"),
         )
+        register_secret(resolved["api_key"])
+        register_secret(resolved["auth_header"])
         # Not self.output: building it may need these very settings (the format).
         for warning in resolved.warnings:
             Output(quiet=bool(self.flags.get("quiet"))).warn(warning)

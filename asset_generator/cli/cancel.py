@@ -6,7 +6,7 @@ import time
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError
 from asset_generator.jobs import Generations
 from asset_generator.registry import GenerationRecord
@@ -35,11 +35,11 @@ POLL_SECONDS = 0.25
 )
 @click.option(
     "--wait-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True, max=86_400),
     default=60.0,
     show_default=True,
     metavar="S",
-    help="With --wait: give up (exit 1) after this many seconds.",
+    help="With --wait: give up (exit 1) after this many seconds (needs --wait).",
 )
 @global_options
 @click.pass_obj
@@ -58,6 +58,10 @@ def command(
     """
     if cancel_all and generation_id:
         raise click.UsageError("give either an ID or --all, not both")
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("wait_timeout") is click.core.ParameterSource.COMMANDLINE
+    if given and not wait:
+        raise click.UsageError("--wait-timeout only applies with --wait")
     generations = Generations(app.registry, app.server_key, app.client, app.output.debug)
     if cancel_all:
         return _cancel_all(app, generations, wait, wait_timeout)
@@ -86,9 +90,14 @@ def _cancel_one(
             "not_found",
         )
     if record.server_key != app.server_key:
+        other = (
+            f"on {record.server}"
+            if record.server != app.client().server
+            else f"on {record.server} with other credentials"
+        )
         raise CommandError(
-            f"generation {generation_id} was started on {record.server} with other "
-            "credentials; pass the same --api-url and --api-key",
+            f"generation {generation_id} was started {other}; "
+            "pass the same --api-url and --api-key to cancel it",
             "not_found",
         )
     active = generations.refresh([record]) if not record.is_final else []

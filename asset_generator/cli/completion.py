@@ -25,7 +25,6 @@ COMPLETE_VAR = "_ASSET_GENERATOR_COMPLETE"
 # The ListModels subtype whose names `--model` takes.
 MODEL_SUBTYPE = "Stable-Diffusion"
 LORA_SUBTYPE = "LoRA"
-MODEL_EXTENSIONS = frozenset({"safetensors", "ckpt", "pt", "pth", "sft", "gguf", "bin"})
 
 
 def script(shell: str) -> str:
@@ -86,20 +85,13 @@ def complete_model(
 def complete_lora(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    """Complete ``--lora NAME`` from the LoRA names `models list --subtype LoRA` cached.
+    """Complete ``--lora NAME`` from the names `models list --subtype LoRA` cached.
 
-    Offered without the file extension, as LoRAs are usually written; nothing once the user
-    has reached the ``:WEIGHT`` part.
+    Nothing once the user has reached the ``:WEIGHT`` part.
     """
     if ":" in incomplete:
         return []
-    names = [_without_extension(n) for n in _cached_names(ctx, LORA_SUBTYPE)]
-    return _items(sorted(set(names)), incomplete)
-
-
-def _without_extension(name: str) -> str:
-    stem, dot, extension = name.rpartition(".")
-    return stem if dot and extension.lower() in MODEL_EXTENSIONS else name
+    return _items(_cached_names(ctx, LORA_SUBTYPE), incomplete)
 
 
 def _cached_names(ctx: click.Context, subtype: str) -> list[str]:

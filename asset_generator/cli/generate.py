@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
 
@@ -50,7 +50,7 @@ def command() -> None:
 
 
 @command.command("image")
-@click.option("--prompt", "-p", required=True, help="What to generate (printed literally).")
+@click.option("--prompt", "-p", required=True, help="What to generate.")
 @click.option("--negative-prompt", metavar="TEXT", help="What to avoid.")
 @click.option(
     "--model",
@@ -62,7 +62,7 @@ def command() -> None:
 @click.option("--width", type=click.IntRange(64, 16384), help="Width in pixels.")
 @click.option("--height", type=click.IntRange(64, 16384), help="Height in pixels.")
 @click.option("--steps", type=click.IntRange(0, 500), help="Sampling steps.")
-@click.option("--cfg-scale", type=click.FloatRange(0, 100), help="CFG scale.")
+@click.option("--cfg-scale", type=FiniteFloatRange(0, 100), help="CFG scale.")
 @click.option("--seed", type=click.IntRange(-1, 2**63 - 1), help="Seed; -1 is random.")
 @click.option("--sampler", metavar="NAME", help="Sampler, e.g. euler, dpmpp_2m.")
 @click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. normal, karras.")
@@ -89,15 +89,24 @@ def command() -> None:
     help="File name without extension, from {index} {seed} {prompt} {model} {date} {time} "
     "{id} [default: {prompt}-{seed}].",
 )
-@click.option("--overwrite", is_flag=True, default=None, help="Replace existing files.")
+@click.option(
+    "--overwrite/--no-overwrite",
+    default=None,
+    help="Replace an existing file of the same name (default: save as NAME-1, NAME-2, ...).",
+)
 @click.option("--no-download", is_flag=True, help="Print the server's image paths instead.")
 @click.option(
     "--no-save", is_flag=True, help="Ask the server to keep nothing; images arrive inline."
 )
-@click.option("--no-progress", is_flag=True, default=None, help="No live progress on stderr.")
+@click.option(
+    "--no-progress/--progress",
+    "no_progress",
+    default=None,
+    help="No live progress on stderr (--progress: show it despite the config).",
+)
 @click.option(
     "--deadline",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True, max=86_400),
     metavar="SECONDS",
     help="Interrupt the generation on the server and exit 1 after this long.",
 )
@@ -122,7 +131,9 @@ def image(
         extra = [parse_param(item) for item in params]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--param") from None
-    template = options["filename_template"] or config["filename_template"]
+    template = options["filename_template"]
+    if template is None:
+        template = config["filename_template"]
     try:
         check_template(template)
     except ValueError as exc:
@@ -140,7 +151,8 @@ def image(
     deadline = options["deadline"] or config["deadline"]
     output_dir = Path(options["output_dir"] or config["output_dir"]).expanduser()
     overwrite = options["overwrite"] if options["overwrite"] is not None else config["overwrite"]
-    show_progress = not (options["no_progress"] or config["no_progress"])
+    no_progress = options["no_progress"]
+    show_progress = not (config["no_progress"] if no_progress is None else no_progress)
     return _run(
         app,
         body,
@@ -192,6 +204,14 @@ def _run(
         on_saved=printed,
         debug=app.output.debug,
     )
+    if download:
+        # Before anything reaches the server: a bad output directory must not cost a run.
+        from asset_generator.downloads import prepare_directory
+
+        try:
+            prepare_directory(output_dir)
+        except DownloadError as exc:
+            raise CommandError(str(exc), "file_error") from None
     previous = _install_signal_handlers()
     sent = False
     try:
@@ -311,6 +331,7 @@ def _stop_after_server_failure(app: App, run: GenerationRun, exc: SwarmError) ->
 def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
     """First SIGINT/SIGTERM: interrupt our session (bounded), record it, exit 130/143."""
     code = SIGNAL_EXIT.get(signal.Signals(signum), 130)
+    name = signal.Signals(signum).name
     if run.record is not None:
         app.output.error(f"interrupted: stopping {run.record.id} on the server")
         run.interrupt(INTERRUPT_BOUND_SECONDS)
@@ -318,10 +339,13 @@ def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
 
         # The exit status must still say "stopped by a signal" when the cache is unwritable.
         with contextlib.suppress(RegistryError):
-            run.mark("cancelled", f"stopped by {signal.Signals(signum).name}")
-    else:
-        app.output.error("interrupted")
-    raise Stopped(code)
+            run.mark("cancelled", f"stopped by {name}")
+        details = _document(run.outcome(f"stopped by {name}")) if app.output.is_json else None
+        raise Stopped(
+            code, f"stopped by {name}; {run.record.id} interrupted on the server", details
+        )
+    app.output.error("interrupted")
+    raise Stopped(code, f"stopped by {name} before anything was sent")
 
 
 def _install_signal_handlers() -> dict[int, Any]:

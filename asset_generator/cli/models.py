@@ -98,7 +98,9 @@ def _print_table(app: App, listing: ModelListing, subtype: str) -> None:
         _fit(listing, console.width) if console.is_terminal else (None, None, None)
     )
     table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
-    table.add_column("NAME", overflow="fold", width=name)
+    # Names are what users copy into --model: never folded, even past the terminal's edge.
+    longest = max(len(printable(m.name or "")) for m in listing.models)
+    table.add_column("NAME", no_wrap=True, overflow="ignore", min_width=max(name or 0, longest))
     table.add_column("TITLE", no_wrap=True, overflow="ellipsis", width=title)
     table.add_column("ARCHITECTURE", no_wrap=True, overflow="ellipsis", width=architecture)
     table.add_column("RESOLUTION", no_wrap=True)

@@ -14,13 +14,33 @@ _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# Credentials of this run: never shown, even if a server or library echoes them back.
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` (and, for ``Bearer xyz``-style headers, ``xyz``) from messages."""
+    if not value:
+        return
+    _SECRETS.add(value)
+    last = value.split()[-1]
+    if len(last) >= 8:
+        _SECRETS.add(last)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def one_line(text: str) -> str:
     """``text`` as one printable line: server error texts may span lines or carry escapes.
 
     Scripts match the first line of stderr, and a hostile server must not be able to move
     the cursor or recolour the user's terminal.
     """
-    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text.strip()))
+    return redact(_CONTROLS.sub("", _LINE_BREAKS.sub(" ", text.strip())))
 
 
 class Output:
@@ -48,7 +68,7 @@ class Output:
     def info(self, message: str) -> None:
         """A message for a person; hidden by ``-q``."""
         if not self.quiet:
-            click.echo(message, err=True)
+            click.echo(redact(message), err=True)
 
     def warn(self, message: str) -> None:
         if not self.quiet:
@@ -66,7 +86,7 @@ class Output:
 
     def debug(self, message: str) -> None:
         if self.verbose:
-            click.echo(message, err=True)
+            click.echo(redact(message), err=True)
 
     # -- terminal capabilities ----------------------------------------------------------------
 
@@ -91,6 +111,8 @@ class Output:
             emoji=False,
             highlight=False,
             no_color=bool(os.environ.get("NO_COLOR")),
+            # NO_COLOR: no styling at all (bold included), only what a redraw needs.
+            **({"color_system": None} if os.environ.get("NO_COLOR") else {}),
         )
 
     def stdout_console(self) -> Any:
@@ -103,4 +125,5 @@ class Output:
             highlight=False,
             no_color=bool(os.environ.get("NO_COLOR")) or not sys.stdout.isatty(),
             soft_wrap=False,
+            **({"color_system": None} if os.environ.get("NO_COLOR") else {}),
         )

@@ -48,11 +48,15 @@ class PlainView(SilentView):
 
     def state(self, state: str, counters: Counters) -> None:
         text = _describe(state, counters)
-        if text != self._last:
-            self._last = text
-            self._output.info(f"{self._id}: {text}")
+        # Between "waiting for a backend" and "running" the server briefly reports plain
+        # "queued" again; a log should read as progress, not flip-flop.
+        if text == self._last or (text == "queued" and self._last not in ("", "running")):
+            return
+        self._last = text
+        self._output.info(f"{self._id}: {text}")
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
+        self._last = ""
         self._output.info(f"{self._id}: image {done}/{expected} received")
 
 

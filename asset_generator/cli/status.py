@@ -14,7 +14,13 @@ from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.output import one_line as printable
 from asset_generator.jobs import Generations
 from asset_generator.registry import GenerationRecord
-from asset_generator.swarm.errors import APIError, SessionFailed, SwarmError
+from asset_generator.swarm.errors import (
+    APIError,
+    ConnectionFailed,
+    RequestTimeout,
+    SessionFailed,
+    SwarmError,
+)
 
 if TYPE_CHECKING:
     from asset_generator.swarm.client import Backend, CurrentStatus
@@ -168,10 +174,14 @@ def _ours(app: App, generations: Generations) -> list[GenerationRecord]:
 def _unreachable(app: App, exc: SwarmError) -> CommandError:
     """The contract's phrases (§3), with the server and ``reachable: false`` for JSON."""
     phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
+    cause = exc.cause if isinstance(exc, SessionFailed) else exc
+    # The server answered (refused us, or said something odd) but could not be used: it is
+    # reachable, and the exit code is still 1.
+    reachable = not isinstance(cause, ConnectionFailed | RequestTimeout)
     return CommandError(
         f"{phrase}: {exc.message}",
         exc.code,
-        details={"server": app.client().server, "reachable": False},
+        details={"server": app.client().server, "reachable": reachable},
     )
 
 
