@@ -61,18 +61,23 @@ class Row:
         return self.seconds / self.floor if self.floor else float("nan")
 
 
-def median_time(
-    run: Callable[[], None], repeat: int, setup: Callable[[], None] | None = None
-) -> float:
-    run()  # warm-up: byte-code compiled, page cache filled
-    samples = []
+def paired_medians(
+    run: Callable[[], None], floor: Callable[[], None], repeat: int
+) -> tuple[float, float]:
+    """Medians of ``run`` and ``floor`` timed alternately, so both meet the same noise.
+
+    On a shared machine (a VM with busy neighbours) timings drift over seconds; measuring
+    a command and its floor in separate blocks would turn that drift into a false ratio.
+    """
+    run()
+    floor()
+    runs, floors = [], []
     for _ in range(repeat):
-        if setup:
-            setup()
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for target, samples in ((floor, floors), (run, runs)):
+            started = time.perf_counter()
+            target()
+            samples.append(time.perf_counter() - started)
+    return statistics.median(runs), statistics.median(floors)
 
 
 def run_quiet(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -102,66 +107,51 @@ class Bench:
     def python(self, code: str, *args: str) -> None:
         run_quiet([sys.executable, "-c", code, *args], self.env)
 
-    def floor_http(self, emu: Emulator, count: int) -> float:
-        host, port = "127.0.0.1", str(emu.port)
-        return median_time(lambda: self.python(HTTP_FLOOR, host, port, str(count)), self.repeat)
-
     # -- local commands -------------------------------------------------------------------------
 
     def local(self) -> None:
-        click_floor = median_time(lambda: self.python("import click"), self.repeat)
-        pd_floor = median_time(lambda: self.python("import click, platformdirs"), self.repeat)
-        help_time = median_time(lambda: self.cli("--help"), self.repeat)
+        def click_floor() -> None:
+            self.python("import click")
+
+        help_time, floor = paired_medians(lambda: self.cli("--help"), click_floor, self.repeat)
         self.rows.append(
-            Row(
-                "--help",
-                help_time,
-                "import click",
-                click_floor,
-                0,
-                "<= 1.5x",
-                help_time <= 1.5 * click_floor,
-            )
+            Row("--help", help_time, "import click", floor, 0, "<= 1.5x", help_time <= 1.5 * floor)
         )
         completion_env = {
             "_ASSET_GENERATOR_COMPLETE": "bash_complete",
             "COMP_WORDS": "asset-generator ca",
             "COMP_CWORD": "1",
         }
-        tab = median_time(lambda: self.cli(env=completion_env), self.repeat)
+        tab, floor = paired_medians(lambda: self.cli(env=completion_env), click_floor, self.repeat)
         self.rows.append(
-            Row(
-                "Tab completion",
-                tab,
-                "import click",
-                click_floor,
-                0,
-                "<= 1.5x",
-                tab <= 1.5 * click_floor,
-            )
+            Row("Tab completion", tab, "import click", floor, 0, "<= 1.5x", tab <= 1.5 * floor)
         )
         with Emulator(EmulatorConfig()) as emu:
             env = {"ASSET_GENERATOR_API_URL": emu.url}
-            idle = median_time(lambda: self.cli("cancel", "-q", env=env), self.repeat)
+            idle, floor = paired_medians(
+                lambda: self.cli("cancel", "-q", env=env),
+                lambda: self.python("import click, platformdirs"),
+                self.repeat,
+            )
             requests = len(emu.requests)
         self.rows.append(
             Row(
                 "cancel -q (nothing active)",
                 idle,
                 "import click, platformdirs",
-                pd_floor,
+                floor,
                 requests,
                 "0 requests, <= 1.5x",
-                requests == 0 and idle <= 1.5 * pd_floor,
+                requests == 0 and idle <= 1.5 * floor,
             )
         )
 
     # -- network commands -----------------------------------------------------------------------
 
-    def network(self, latency: float = 0.0) -> dict[str, tuple[float, int, float | None]]:
+    def network(self, latency: float = 0.0) -> dict[str, tuple[float, int, float]]:
         """Median time, request count and (if measured alongside) floor of each network
         command at a given added latency."""
-        figures: dict[str, tuple[float, int, float | None]] = {}
+        figures: dict[str, tuple[float, int, float]] = {}
         # The generation to cancel ticks twice a second, so that it and the emulator do not
         # compete with the measured `cancel` for the CPU.
         with Emulator(EmulatorConfig(step_seconds=0.5, latency_seconds=latency)) as emu:
@@ -179,33 +169,27 @@ class Bench:
         with Emulator(EmulatorConfig(step_seconds=0.01, latency_seconds=latency)) as emu:
             env = {"ASSET_GENERATOR_API_URL": emu.url}
             self.cli("status", "-q", env=env)  # a cached session, as in a status loop
-            emu.reset_log()
-            status = median_time(lambda: self.cli("status", "-f", "json", env=env), self.repeat)
-            figures["status -f json"] = (status, self._per_run(emu), None)
-
-            emu.reset_log()
-            out = self.temp / "out"
-            generate = median_time(
-                lambda: self.cli(
-                    "generate",
-                    "image",
-                    "-p",
-                    "bench",
-                    "--steps",
-                    "1",
-                    "-q",
-                    "-o",
-                    str(out),
-                    "--overwrite",
-                    env=env,
-                ),
-                self.repeat,
-            )
-            figures["generate image (1 step)"] = (generate, self._per_run(emu), None)
+            out = str(self.temp / "out")
+            commands = {
+                "status -f json": ["status", "-f", "json"],
+                "generate image (1 step)": [
+                    *("generate", "image", "-p", "bench", "--steps", "1"),
+                    *("-q", "-o", out, "--overwrite"),
+                ],
+            }
+            for name, args in commands.items():
+                emu.reset_log()
+                self.cli(*args, env=env)
+                count = len(emu.requests)
+                seconds, floor = paired_medians(
+                    lambda args=args: self.cli(*args, env=env),
+                    lambda count=count: self.python(
+                        HTTP_FLOOR, "127.0.0.1", str(emu.port), str(max(count, 1))
+                    ),
+                    self.repeat,
+                )
+                figures[name] = (seconds, count, floor)
         return figures
-
-    def _per_run(self, emu: Emulator) -> int:
-        return round(len(emu.requests) / self.repeat)
 
     def _cancel_running(
         self, emu: Emulator, env: dict[str, str], floor_requests: int = 1
@@ -247,22 +231,20 @@ class Bench:
     def network_rows(self) -> None:
         plain = self.network()
         slow = self.network(latency=0.05)
-        with Emulator(EmulatorConfig()) as emu:
-            for name, (seconds, count, alongside) in plain.items():
-                floor = alongside if alongside is not None else self.floor_http(emu, max(count, 1))
-                budget, holds = self._budget(name, seconds, floor, count, slow[name][0])
-                self.rows.append(
-                    Row(
-                        name,
-                        seconds,
-                        f"http.client x{max(count, 1)}",
-                        floor,
-                        count,
-                        budget,
-                        holds,
-                        slow[name][0],
-                    )
+        for name, (seconds, count, floor) in plain.items():
+            budget, holds = self._budget(name, seconds, floor, count, slow[name][0])
+            self.rows.append(
+                Row(
+                    name,
+                    seconds,
+                    f"http.client x{max(count, 1)}",
+                    floor,
+                    count,
+                    budget,
+                    holds,
+                    slow[name][0],
                 )
+            )
 
     @staticmethod
     def _budget(
