@@ -184,12 +184,38 @@ def _publish(temp_name: str, final: Path, overwrite: bool) -> Path:
     for attempt in range(10000):
         candidate = final if attempt == 0 else final.with_name(f"{stem}-{attempt}{suffix}")
         try:
-            # link() fails if the name exists, so a file that appeared meanwhile is never lost.
-            os.link(temp_name, candidate)
+            _claim(temp_name, candidate)
         except FileExistsError:
             continue
         return candidate
     raise DownloadError(f"too many files named like {final} already exist")
+
+
+# Filesystems without hard links (FAT, exFAT, some SMB mounts) answer link() with these.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+
+
+def _claim(temp_name: str, candidate: Path) -> None:
+    """Give the finished temp file the name ``candidate``, never replacing an existing file.
+
+    link() fails if the name exists, so a file that appeared meanwhile is never lost. Where
+    hard links do not exist, an O_EXCL placeholder reserves the name first and the rename
+    then replaces only that placeholder.
+    """
+    try:
+        os.link(temp_name, candidate)
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+    placeholder = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(placeholder)
+    try:
+        os.replace(temp_name, candidate)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(candidate)
+        raise
 
 
 def _umask() -> int:

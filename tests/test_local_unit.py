@@ -298,3 +298,22 @@ def test_a_lock_held_too_long_is_a_clear_error_not_a_hang(
         os.close(holder)
     with registry.transaction():
         pass  # free again once the holder lets go
+
+
+def test_saving_works_where_hard_links_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FAT, exFAT and some SMB mounts refuse link(); names must still never be overwritten.
+    import errno
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "usb"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"mine")
+    saved = save_stream(out, "a.png", [b"new"], overwrite=False)
+    assert saved.name == "a-1.png" and saved.read_bytes() == b"new"
+    assert (out / "a.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in out.iterdir()) == ["a-1.png", "a.png"]
