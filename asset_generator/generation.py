@@ -35,8 +35,10 @@ from asset_generator.registry import (
     GenerationRecord,
     Registry,
     new_generation_id,
+    this_host,
 )
 from asset_generator.swarm.client import (
+    INTERRUPTED_TEXT,
     Counters,
     DiscardEvent,
     ErrorEvent,
@@ -189,7 +191,6 @@ class GenerationRun:
 
     def _new_record(self, record_id: str, session_id: str, prompt: str) -> GenerationRecord:
         import os
-        import socket
 
         return GenerationRecord(
             id=record_id,
@@ -197,7 +198,7 @@ class GenerationRun:
             server_key=self.key,
             session_id=session_id,
             pid=os.getpid(),
-            host=socket.gethostname(),
+            host=this_host(),
             prompt=prompt[:PROMPT_CHARS],
             created=time.time(),
         )
@@ -302,8 +303,7 @@ class GenerationRun:
             # is an interrupt (SwarmUI's first status, sent on claiming, shows only queued).
             self._seen_waiting = True
         self.view.state(state, counters)
-        stored = RUNNING if state == RUNNING else QUEUED
-        if stored == RUNNING and self.record.status != RUNNING:
+        if state == RUNNING and self.record.status != RUNNING:
             self._update_record(status=RUNNING)
 
     def _on_progress(self, current: float) -> None:
@@ -442,7 +442,7 @@ class GenerationRun:
         assert self.record is not None
         latest = self.registry.read().generations.get(self.record.id)
         cancelled_elsewhere = latest is not None and latest.status == CANCELLED
-        interrupted = any(text.strip() == "Generation session interrupted." for text in self.errors)
+        interrupted = any(text.strip() == INTERRUPTED_TEXT for text in self.errors)
         if self.errors:
             status = CANCELLED if interrupted or cancelled_elsewhere else FAILED
             error: str | None = self.errors[0]
@@ -489,13 +489,10 @@ class GenerationRun:
         self._last_write = time.monotonic()
         with self.registry.transaction() as state:
             saved = state.generations.get(self.record.id)
-            if saved is None or saved.is_final:
-                final = saved
-            else:
-                final = None
+            if saved is not None and not saved.is_final:
                 for name, value in changes.items():
                     setattr(saved, name, value)
-        self._honour_cancel_mark(final)
+        self._honour_cancel_mark(saved)
 
     def _honour_cancel_mark(self, saved: GenerationRecord | None) -> None:
         """Interrupt our own session once if another process marked us cancelled.

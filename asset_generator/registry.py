@@ -421,11 +421,12 @@ def write_atomic(path: Path, payload: bytes, *, what: str, mode: int = 0o600) ->
     """
     temp_name: str | None = None
     try:
-        # Same directory, so the rename is atomic; O_EXCL and a random name, as mkstemp does
-        # (tempfile itself costs a noticeable share of the start-up of every command).
-        candidate = str(path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-        handle = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        temp_name = candidate  # ours from here on: only now may cleanup remove it
+        import tempfile
+
+        # Same directory, so the rename is atomic.
+        handle, temp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+        )
         try:
             os.fchmod(handle, mode)
             view = memoryview(payload)

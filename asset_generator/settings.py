@@ -36,6 +36,16 @@ def _parse_url(value: Any) -> str:
     return text.rstrip("/")
 
 
+def describe_server(base_url: str) -> str:
+    """The server as it may be shown to the user: scheme, host and port, no userinfo."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
+
+
 def _parse_str(value: Any) -> str:
     if isinstance(value, bool | int | float):
         raise ValueError(f"{value!r} is not text")
@@ -61,7 +71,7 @@ def _parse_credential(value: Any) -> str:
 
 
 # A day: far above any sensible wait, and far below what datetime and sockets accept.
-MAX_SECONDS = 86_400.0
+MAX_SECONDS = 86_400
 
 
 def _parse_positive_float(value: Any) -> float:
@@ -357,7 +367,7 @@ def resolve(
             sources[setting.key] = "default"
     warnings = [permission_warning(path, document)]
     warnings += [
-        f"warning: {path} has an unknown key {key!r}, which is ignored "
+        f"warning: unknown key {key} in {path} is ignored "
         "(`asset-generator config view` lists the keys)"
         for key in unknown_keys(document)
     ]

@@ -10,6 +10,7 @@ import click
 
 from asset_generator import __version__
 from asset_generator.cli.app import App, CommandError, Stopped, Terminated
+from asset_generator.settings import MAX_SECONDS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -73,7 +74,7 @@ GLOBAL_OPTIONS = (
     ),
     _global(
         "--timeout",
-        type=FiniteFloatRange(min=0, min_open=True, max=86_400),
+        type=FiniteFloatRange(min=0, min_open=True, max=MAX_SECONDS),
         metavar="SECONDS",
         help="Seconds to wait for each request [env ASSET_GENERATOR_TIMEOUT; default 30].",
     ),
@@ -265,13 +266,25 @@ def _protocol_failure(app: App, exc: Exception) -> int | None:
     """Map protocol errors to the contract's phrases; None for anything else (a real bug)."""
     if "asset_generator.swarm.errors" not in sys.modules:
         return None
-    from asset_generator.swarm.errors import SessionFailed, SwarmError
+    from asset_generator.settings import describe_server
+    from asset_generator.swarm.errors import (
+        ConnectionFailed,
+        RequestTimeout,
+        SessionFailed,
+        SwarmError,
+    )
 
-    if isinstance(exc, SessionFailed):
-        return _fail(app, f"failed to get session: {exc.message}", exc.code)
-    if isinstance(exc, SwarmError):
-        return _fail(app, f"request failed: {exc.message}", exc.code)
-    return None
+    if not isinstance(exc, SwarmError):
+        return None
+    cause = exc.cause if isinstance(exc, SessionFailed) else exc
+    details = {
+        "server": describe_server(app.api_url),
+        # A server that answered but could not be used (refused us, said something odd) is
+        # reachable; the exit code is 1 all the same.
+        "reachable": not isinstance(cause, ConnectionFailed | RequestTimeout),
+    }
+    phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
+    return _fail(app, f"{phrase}: {exc.message}", exc.code, details)
 
 
 def _terminate(signum: int, frame: Any) -> None:

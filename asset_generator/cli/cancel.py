@@ -10,6 +10,7 @@ from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError
 from asset_generator.jobs import Generations
 from asset_generator.registry import GenerationRecord
+from asset_generator.settings import MAX_SECONDS, describe_server
 
 NOTHING_ACTIVE = (
     "no active generation: only generations started by this client were checked; "
@@ -35,7 +36,7 @@ POLL_SECONDS = 0.25
 )
 @click.option(
     "--wait-timeout",
-    type=FiniteFloatRange(min=0, min_open=True, max=86_400),
+    type=FiniteFloatRange(min=0, min_open=True, max=MAX_SECONDS),
     default=60.0,
     show_default=True,
     metavar="S",
@@ -92,7 +93,7 @@ def _cancel_one(
     if record.server_key != app.server_key:
         other = (
             f"on {record.server}"
-            if record.server != app.client().server
+            if record.server != describe_server(app.api_url)
             else f"on {record.server} with other credentials"
         )
         raise CommandError(

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,7 +21,6 @@ from asset_generator.cli.app import App, CommandError
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
-T = TypeVar("T")
 INIT_KEYS = ("api_url", "api_key", "auth_header")
 SHOW_SECRETS = click.option(
     "--show-secrets", is_flag=True, help="Print api_key and auth_header instead of ********."
@@ -99,10 +97,10 @@ def init(app: App, force: bool) -> int:
             value = (setting.env and os.environ.get(setting.env)) or setting.default
         if value is None:
             continue
-        typed = _checked(settings.validate, setting.key, value)
-        _checked(settings.set_value, document, setting.key, typed, path, profile)
+        typed = settings.validate(setting.key, value)
+        settings.set_value(document, setting.key, typed, path, profile)
         written[setting.key] = settings.shown(setting, typed)
-    _checked(settings.write_config_file, path, document)
+    settings.write_config_file(path, document)
     app.output.info(f"wrote {_where(path, profile)}")
     if app.output.is_json:
         app.output.json({"ok": True, "path": str(path), "profile": profile, "values": written})
@@ -121,8 +119,8 @@ def get(app: App, key: str, show_secrets: bool) -> int:
     the default, in that order. Prints nothing when KEY has no value; `--format json` also
     says where the value came from.
     """
-    setting = _checked(settings.lookup, key)
-    resolved = _checked(lambda: app.settings)
+    setting = settings.lookup(key)
+    resolved = app.settings
     value = settings.shown(setting, resolved[key], show_secrets)
     masked = value is settings.MASK
     if app.output.is_json:
@@ -160,15 +158,15 @@ def set_command(app: App, key: str, value: str) -> int:
     and bad values are refused (exit 2). Warns when an environment variable overrides
     KEY.
     """
-    setting = _checked(settings.lookup, key)
+    setting = settings.lookup(key)
     if value == "-":
         value = sys.stdin.read().rstrip("\r\n")
-    typed = _checked(settings.validate, key, value)
+    typed = settings.validate(key, value)
     path = _config_path(app)
     profile = settings.selected_profile(app.flags.get("profile"))
-    document = _checked(settings.read_config_file, path)
-    _checked(settings.set_value, document, key, typed, path, profile)
-    _checked(settings.write_config_file, path, document)
+    document = settings.read_config_file(path)
+    settings.set_value(document, key, typed, path, profile)
+    settings.write_config_file(path, document)
     shown = settings.shown(setting, typed)
     app.output.info(f"set {key} = {settings.display(shown)} in {_where(path, profile)}")
     if setting.env and os.environ.get(setting.env):
@@ -193,13 +191,13 @@ def unset(app: App, key: str) -> int:
     Then the default applies again (or, for a key removed from a profile, the top level).
     Removing a key that is not set is not an error.
     """
-    _checked(settings.lookup, key)
+    settings.lookup(key)
     path = _config_path(app)
     profile = settings.selected_profile(app.flags.get("profile"))
-    document = _checked(settings.read_config_file, path)
-    removed = _checked(settings.unset_value, document, key, path, profile)
+    document = settings.read_config_file(path)
+    removed = settings.unset_value(document, key, path, profile)
     if removed:
-        _checked(settings.write_config_file, path, document)
+        settings.write_config_file(path, document)
         app.output.info(f"removed {key} from {_where(path, profile)}")
     else:
         app.output.info(f"{key} is not set in {_where(path, profile)}; nothing to remove")
@@ -220,11 +218,8 @@ def view(app: App, show_secrets: bool) -> int:
     Sources, highest first: flag, env, profile NAME, config (the file's top level),
     default. Keys in the file that no setting declares are reported as warnings.
     """
-    resolved = _checked(lambda: app.settings)
+    resolved = app.settings  # warns about keys in the file that no setting declares
     path = resolved.config_path
-    document = _checked(settings.read_config_file, path)
-    for unknown in settings.unknown_keys(document):
-        app.output.warn(f"warning: unknown key {unknown} in {path} is ignored")
     rows = {
         setting.key: {
             "value": settings.shown(setting, resolved[setting.key], show_secrets),
@@ -270,12 +265,3 @@ def _cell(value: Any) -> str:
     if isinstance(value, str) and value != settings.MASK:
         return json.dumps(value, ensure_ascii=False)
     return settings.display(value)
-
-
-def _checked(call: Callable[..., T], *args: Any) -> T:
-    """Run a settings operation; its SettingsError becomes this command's failure."""
-    try:
-        return call(*args)
-    except settings.SettingsError as exc:
-        code = "invalid_value" if exc.exit_code == 2 else "config_error"
-        raise CommandError(str(exc), code, exit_code=exc.exit_code) from None

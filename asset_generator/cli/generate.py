@@ -7,17 +7,17 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
-    from asset_generator.swarm.errors import SwarmError
 
 # Options whose values are SwarmUI parameters, by the id SwarmUI reads.
 PARAMETER_OPTIONS = {
@@ -106,7 +106,7 @@ def command() -> None:
 )
 @click.option(
     "--deadline",
-    type=FiniteFloatRange(min=0, min_open=True, max=86_400),
+    type=FiniteFloatRange(min=0, min_open=True, max=MAX_SECONDS),
     metavar="SECONDS",
     help="Interrupt the generation on the server and exit 1 after this long.",
 )
@@ -237,11 +237,13 @@ def _run(
                 app, run.outcome(passed), f"{passed}; interrupted {name} on the server", "timeout"
             )
         except (DownloadError, RegistryError) as exc:
-            _stop_after_local_failure(app, run, str(exc), sent=sent)
+            _stop_after_failure(app, run, str(exc), "file_error", sent=sent)
         except SwarmError as exc:
             if not sent:
                 raise
-            _stop_after_server_failure(app, run, exc)
+            _stop_after_failure(
+                app, run, exc.message, exc.code, sent=True, prefix="request failed: "
+            )
         except BaseException as exc:
             # Anything else (server gone): the record must not stay "running", and a cache we
             # cannot write must not hide the original error.
@@ -255,18 +257,13 @@ def _run(
 
 
 def _report(app: App, outcome: Outcome) -> int:
-    record = outcome.record
-    if app.output.is_json:
-        document = _document(outcome)
-        if outcome.status == "succeeded":
-            app.output.json(document)
-            return 0
-        raise CommandError(_failure_text(app, outcome), _failure_code(outcome), details=document)
     if outcome.status == "succeeded":
+        if app.output.is_json:
+            app.output.json(_document(outcome))
         return 0
     if outcome.images:
-        app.output.info(f"{record.id}: kept {len(outcome.images)} image(s) that arrived")
-    raise CommandError(_failure_text(app, outcome), _failure_code(outcome))
+        app.output.info(f"{outcome.record.id}: kept {len(outcome.images)} image(s) that arrived")
+    _fail_with(app, outcome, _failure_text(app, outcome), _failure_code(outcome))
 
 
 def _failure_text(app: App, outcome: Outcome) -> str:
@@ -278,9 +275,9 @@ def _failure_code(outcome: Outcome) -> str:
     return "cancelled" if outcome.status == "cancelled" else "server_error"
 
 
-def _fail_with(app: App, outcome: Outcome, message: str, code: str) -> None:
-    details = _document(outcome) if app.output.is_json else None
-    raise CommandError(message, code, details=details)
+def _fail_with(app: App, outcome: Outcome, message: str, code: str) -> NoReturn:
+    # The document is only printed under --format json (cli._json_failure).
+    raise CommandError(message, code, details=_document(outcome))
 
 
 def _document(outcome: Outcome) -> dict[str, Any]:
@@ -295,37 +292,24 @@ def _document(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _stop_after_local_failure(app: App, run: GenerationRun, problem: str, *, sent: bool) -> None:
-    """Disk full, output directory or cache unwritable: stop our session, then exit 1.
+def _stop_after_failure(
+    app: App, run: GenerationRun, problem: str, code: str, *, sent: bool, prefix: str = ""
+) -> None:
+    """Something broke after registering: stop our session on the server, then exit 1.
 
-    The server would otherwise go on generating images nobody will save.
+    A full disk or unwritable cache, or a stream that broke (socket dropped, garbage, a
+    timeout): closing a connection cancels nothing on SwarmUI (protocol §4.5), so without
+    the interrupt the server would go on generating images nobody will save.
     """
     from asset_generator.registry import RegistryError
 
     if run.record is None:
-        raise CommandError(problem, "file_error")
+        raise CommandError(problem, code)
     if sent and run.interrupt(INTERRUPT_BOUND_SECONDS):
         problem = f"{problem}; stopped {run.record.id} on the server"
     with contextlib.suppress(RegistryError):
         run.mark("failed", problem)
-    _fail_with(app, run.outcome(problem), problem, "file_error")
-
-
-def _stop_after_server_failure(app: App, run: GenerationRun, exc: SwarmError) -> None:
-    """The stream broke (socket dropped, garbage, timeout): stop our session, then exit 1.
-
-    Closing a connection cancels nothing on SwarmUI (protocol §4.5), so without this the
-    server would go on generating images nobody will download.
-    """
-    from asset_generator.registry import RegistryError
-
-    assert run.record is not None
-    problem = exc.message
-    if run.interrupt(INTERRUPT_BOUND_SECONDS):
-        problem = f"{problem}; stopped {run.record.id} on the server"
-    with contextlib.suppress(RegistryError):
-        run.mark("failed", problem)
-    _fail_with(app, run.outcome(problem), f"request failed: {problem}", exc.code)
+    _fail_with(app, run.outcome(problem), prefix + problem, code)
 
 
 def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:

@@ -9,7 +9,6 @@ import click
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App
 from asset_generator.cli.output import one_line as printable
-from asset_generator.cli.status import print_rich
 from asset_generator.registry import remember_model_names
 
 if TYPE_CHECKING:
@@ -108,7 +107,7 @@ def _print_table(app: App, listing: ModelListing, subtype: str) -> None:
     for model in listing.models:
         cells = (model.name, model.title, model.architecture, model.resolution)
         table.add_row(*(printable(cell or "") for cell in cells), "yes" if model.loaded else "")
-    print_rich(app, table, console)
+    app.output.rich(table, console)
 
 
 # RESOLUTION and LOADED columns plus the gaps between the five columns.

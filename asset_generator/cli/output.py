@@ -14,6 +14,9 @@ _LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# Lines piped elsewhere are not wrapped at any terminal width.
+UNWRAPPED_WIDTH = 4096
+
 # Credentials of this run: never shown, even if a server or library echoes them back.
 _SECRETS: set[str] = set()
 
@@ -59,6 +62,18 @@ class Output:
 
     def data(self, text: str) -> None:
         click.echo(text)
+
+    def rich(self, renderable: Any, console: Any = None) -> None:
+        """Print rich output to stdout: terminal-wide on a terminal, unwrapped into a pipe.
+
+        A pipe gets whole lines (``| grep`` sees full model names) and no trailing padding.
+        """
+        console = console or self.stdout_console()
+        if not console.is_terminal:
+            console.width = UNWRAPPED_WIDTH
+        with console.capture() as captured:
+            console.print(renderable)
+        self.data("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
     def json(self, document: Any) -> None:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))

@@ -16,9 +16,6 @@ from asset_generator.jobs import Generations
 from asset_generator.registry import GenerationRecord
 from asset_generator.swarm.errors import (
     APIError,
-    ConnectionFailed,
-    RequestTimeout,
-    SessionFailed,
     SwarmError,
 )
 
@@ -28,8 +25,6 @@ if TYPE_CHECKING:
 WATCH_SECONDS = 1.0
 # Finished generations shown below the active ones, newest first.
 RECENT_FINISHED = 5
-# Output into a pipe or file is not wrapped to a terminal width.
-UNWRAPPED_WIDTH = 4096
 
 
 @dataclass
@@ -107,14 +102,12 @@ def command(app: App, watch: bool) -> int:
     if watch:
         _refuse_watch(app)
         _watch(app, generations)
-    try:
-        report = gather(app, generations)
-    except SwarmError as exc:
-        raise _unreachable(app, exc) from None
+    # A server that does not answer ends here with the contract's phrases (cli/__init__.py).
+    report = gather(app, generations)
     if app.output.is_json:
         app.output.json(report.to_json())
     elif not app.output.quiet:
-        print_rich(app, render(report))
+        app.output.rich(render(report))
     return 0
 
 
@@ -169,20 +162,6 @@ def _ours(app: App, generations: Generations) -> list[GenerationRecord]:
     active = [r for r in records if not r.is_final]
     finished = [r for r in records if r.is_final][:RECENT_FINISHED]
     return active + finished
-
-
-def _unreachable(app: App, exc: SwarmError) -> CommandError:
-    """The contract's phrases (§3), with the server and ``reachable: false`` for JSON."""
-    phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
-    cause = exc.cause if isinstance(exc, SessionFailed) else exc
-    # The server answered (refused us, or said something odd) but could not be used: it is
-    # reachable, and the exit code is still 1.
-    reachable = not isinstance(cause, ConnectionFailed | RequestTimeout)
-    return CommandError(
-        f"{phrase}: {exc.message}",
-        exc.code,
-        details={"server": app.client().server, "reachable": reachable},
-    )
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -246,19 +225,6 @@ def render(report: Report) -> Any:
     else:
         parts.append("no generations started by this client on this server")
     return Group(*parts)
-
-
-def print_rich(app: App, renderable: Any, console: Any = None) -> None:
-    """Print rich output to stdout: terminal-wide on a terminal, unwrapped into a pipe.
-
-    A pipe gets whole lines (``| grep`` sees full model names) and no trailing padding.
-    """
-    console = console or app.output.stdout_console()
-    if not console.is_terminal:
-        console.width = UNWRAPPED_WIDTH
-    with console.capture() as captured:
-        console.print(renderable)
-    app.output.data("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
 def _age(seconds: float) -> str:

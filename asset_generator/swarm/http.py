@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from asset_generator import __version__
+from asset_generator.settings import describe_server
 from asset_generator.swarm.errors import (
     AuthFailed,
     BadResponse,
@@ -81,16 +82,6 @@ class Credentials:
         if self.auth_header:
             headers["Authorization"] = self.auth_header
         return headers
-
-
-def describe_server(base_url: str) -> str:
-    """The server as it may be shown to the user: scheme, host and port, no userinfo."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
 
 class Transport:
