@@ -182,9 +182,7 @@ class GenerationRun:
                 return self.record
         info = self.client.new_session()
         with self.registry.transaction() as state:
-            state.server(self.key).sessions.append(
-                CachedSession(info.session_id, info.user_id, info.version, info.server_id)
-            )
+            state.server(self.key).sessions.append(CachedSession.from_info(info))
             self.record = self._new_record(record_id, info.session_id, prompt)
             state.generations[record_id] = self.record
         return self.record
@@ -211,9 +209,7 @@ class GenerationRun:
         with self.registry.transaction() as state:
             server = state.server(self.key)
             server.sessions = [s for s in server.sessions if s.id != stale]
-            server.sessions.append(
-                CachedSession(info.session_id, info.user_id, info.version, info.server_id)
-            )
+            server.sessions.append(CachedSession.from_info(info))
             saved = state.generations.get(self.record.id)
             if saved is not None:
                 saved.session_id = info.session_id

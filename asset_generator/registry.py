@@ -190,6 +190,11 @@ class CachedSession:
     created: float = field(default_factory=time.time)
 
     @classmethod
+    def from_info(cls, info: Any) -> CachedSession:
+        """From what GetNewSession answered (a swarm.client.SessionInfo)."""
+        return cls(info.session_id, info.user_id, info.version, info.server_id)
+
+    @classmethod
     def from_dict(cls, data: Any) -> CachedSession:
         """A cached session as stored; ValueError/TypeError when it has the wrong shape."""
         _expect(isinstance(data, dict), "a cached session is not an object")

@@ -15,7 +15,7 @@ from asset_generator.cli.output import Output, register_secret
 from asset_generator.registry import CachedSession, Registry, server_key
 
 if TYPE_CHECKING:
-    from asset_generator.swarm.client import SessionInfo, SwarmClient
+    from asset_generator.swarm.client import SwarmClient
 
 T = TypeVar("T")
 
@@ -137,14 +137,12 @@ class App:
             self._client.close()
             self._client = None
 
-    def new_session(self) -> SessionInfo:
+    def new_session(self) -> CachedSession:
         """Create a server session and remember it for reuse."""
-        info = self.client().new_session()
+        session = CachedSession.from_info(self.client().new_session())
         with self.registry.transaction() as state:
-            state.server(self.server_key).sessions.append(
-                CachedSession(info.session_id, info.user_id, info.version, info.server_id)
-            )
-        return info
+            state.server(self.server_key).sessions.append(session)
+        return session
 
     def forget_session(self, session_id: str) -> None:
         with self.registry.transaction() as state:
@@ -157,11 +155,7 @@ class App:
 
     def control_session(self) -> CachedSession:
         """A session for status, cancel and models: a cached one, else a new one."""
-        cached = self.cached_session()
-        if cached is not None:
-            return cached
-        info = self.new_session()
-        return CachedSession(info.session_id, info.user_id, info.version, info.server_id)
+        return self.cached_session() or self.new_session()
 
     def with_session(self, call: Callable[[str], T]) -> T:
         """Run ``call(session_id)`` on the control session.
@@ -177,5 +171,4 @@ class App:
         except InvalidSession:
             self.output.debug("the cached session is no longer valid; getting a new one")
             self.forget_session(session.id)
-            info = self.new_session()
-            return call(info.session_id)
+            return call(self.new_session().id)
