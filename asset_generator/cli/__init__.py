@@ -132,7 +132,7 @@ class LazyGroup(click.Group):
     """A group whose subcommands live in COMMANDS and are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *COMMANDS})
+        return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
@@ -167,10 +167,7 @@ class LazyGroup(click.Group):
         return items + click.Command.shell_complete(self, ctx, incomplete)
 
     def _short_help(self, ctx: click.Context, name: str) -> str:
-        if name in COMMANDS:
-            return COMMANDS[name][1]
-        command = self.commands[name]
-        return command.get_short_help_str(limit=10**6)
+        return COMMANDS[name][1]
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)

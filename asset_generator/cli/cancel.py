@@ -138,7 +138,7 @@ def _interrupt(
             f"cancelled {target.id} (was {was_status}, {was_progress:.0f}%): "
             f"{_short(target.prompt)}"
         )
-    _report(app, "generation", cancelled or [target], was_active=True)
+    _report(app, "generation", cancelled, was_active=True)
     return 0
 
 

@@ -84,5 +84,3 @@ class SessionFailed(SwarmError):
         super().__init__(cause.message)
         self.cause = cause
         self.code = cause.code if not isinstance(cause, APIError) else "session_failed"
-        if isinstance(cause, AuthFailed):
-            self.code = "auth_failed"
