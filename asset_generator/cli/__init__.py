@@ -119,11 +119,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "asset_generator.cli.config",
         "Show and change settings in the config file (TOML).",
     ),
+    "convert": ("asset_generator.cli.convert", "Convert images to other formats (SVG)."),
+    "crop": (
+        "asset_generator.cli.crop",
+        "Trim near-white or transparent borders off images.",
+    ),
+    "downscale": (
+        "asset_generator.cli.downscale",
+        "Shrink images to a width, a height, both, or a percentage.",
+    ),
     "generate": ("asset_generator.cli.generate", "Start generations on the server."),
     "models": ("asset_generator.cli.models", "List the models the server offers."),
     "status": (
         "asset_generator.cli.status",
         "Show the server, its backends and this client's generations.",
+    ),
+    "strip-metadata": (
+        "asset_generator.cli.strip_metadata",
+        "Remove embedded metadata from PNG and JPEG images, in place.",
     ),
 }
 

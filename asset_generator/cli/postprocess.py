@@ -1,0 +1,197 @@
+"""Post-processing options shared by ``generate image`` (and ``pipeline``), and the loop the
+offline image commands share: every input tried, one stderr line per failure, exit 1 if any.
+
+Nothing here imports Pillow: a ``generate`` without post-processing must not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from asset_generator.cli.app import App
+
+if TYPE_CHECKING:
+    from asset_generator.images import PostProcess, Result
+
+EMPTY_RESULT: dict[str, Any] = {
+    "input": None,
+    "output": None,
+    "box": None,
+    "size_before": None,
+    "size_after": None,
+    "removed": [],
+    "error": None,
+}
+FILTER_NAMES = ("lanczos", "bicubic", "bilinear", "nearest")
+CHANNEL = click.IntRange(0, 255)
+QUALITY = click.IntRange(1, 100)
+SIDE = click.IntRange(1, 65535)
+PERCENT = click.FloatRange(0, 100, min_open=True, max_open=True)
+FILTER = click.Choice(FILTER_NAMES, case_sensitive=False)
+
+# The post-processing flags of `generate image`, by the Go tool's names.
+POSTPROCESS_OPTIONS = (
+    click.option(
+        "--auto-crop/--no-auto-crop",
+        default=None,
+        help="Trim near-white or transparent borders off each saved image.",
+    ),
+    click.option(
+        "--auto-crop-threshold",
+        type=CHANNEL,
+        help="Auto-crop: R, G, B at least this minus the tolerance is background [default 250].",
+    ),
+    click.option(
+        "--auto-crop-tolerance", type=CHANNEL, help="Auto-crop: tolerance, 0-255 [default 10]."
+    ),
+    click.option(
+        "--auto-crop-preserve-aspect/--no-auto-crop-preserve-aspect",
+        default=None,
+        help="Auto-crop: grow the box back, centred, to the image's aspect ratio.",
+    ),
+    click.option("--downscale-width", type=SIDE, help="Downscale each image to this width."),
+    click.option("--downscale-height", type=SIDE, help="Downscale each image to this height."),
+    click.option(
+        "--downscale-percentage",
+        type=PERCENT,
+        help="Downscale both sides to this percentage (0 < p < 100).",
+    ),
+    click.option(
+        "--downscale-filter", type=FILTER, help="lanczos, bicubic, bilinear, nearest [lanczos]."
+    ),
+    click.option(
+        "--strip-metadata/--keep-metadata",
+        default=None,
+        help="Remove the prompt and parameters embedded in each saved image "
+        "(after the seed is read); colour profiles stay.",
+    ),
+    click.option("--jpeg-quality", type=QUALITY, help="Quality of JPEG outputs [default 90]."),
+)
+POSTPROCESS_NAMES = (
+    "auto_crop",
+    "auto_crop_threshold",
+    "auto_crop_tolerance",
+    "auto_crop_preserve_aspect",
+    "downscale_width",
+    "downscale_height",
+    "downscale_percentage",
+    "downscale_filter",
+    "strip_metadata",
+    "jpeg_quality",
+)
+
+
+def postprocess_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the post-processing flags; read them back with ``postprocess_from``."""
+    for option in reversed(POSTPROCESS_OPTIONS):
+        command = option(command)
+    return command
+
+
+def postprocess_from(app: App, options: dict[str, Any]) -> PostProcess | None:
+    """The steps the flags (else the config's ``[generate]`` keys) ask for; None for none.
+
+    Removes the post-processing keys from ``options``.
+    """
+    flags = {name: options.pop(name, None) for name in POSTPROCESS_NAMES}
+
+    def value(name: str) -> Any:
+        given = flags[name]
+        return given if given is not None else app.settings[f"generate.{name}"]
+
+    # A size on the command line replaces the config's size as a whole: a configured
+    # percentage must not collide with a --downscale-width typed today.
+    size_names = ("downscale_width", "downscale_height", "downscale_percentage")
+    if any(flags[name] is not None for name in size_names):
+        width, height, percentage = (flags[name] for name in size_names)
+    else:
+        width, height, percentage = (app.settings[f"generate.{name}"] for name in size_names)
+    if percentage is not None and (width or height):
+        raise click.UsageError(
+            "--downscale-percentage cannot be combined with --downscale-width/--downscale-height"
+        )
+    crop = bool(value("auto_crop"))
+    strip = bool(value("strip_metadata"))
+    if not (crop or strip or width or height or percentage):
+        return None
+    from asset_generator.images import CropOptions, DownscaleOptions, PostProcess
+
+    return PostProcess(
+        crop=CropOptions(
+            threshold=value("auto_crop_threshold"),
+            tolerance=value("auto_crop_tolerance"),
+            preserve_aspect=bool(value("auto_crop_preserve_aspect")),
+        )
+        if crop
+        else None,
+        downscale=DownscaleOptions(width, height, percentage, value("downscale_filter").lower())
+        if width or height or percentage
+        else None,
+        strip_metadata=strip,
+        jpeg_quality=value("jpeg_quality"),
+    )
+
+
+# -- the offline commands' shared shape -------------------------------------------------------
+
+
+def check_outputs(inputs: tuple[str, ...], output: str | None, in_place: bool) -> None:
+    """``-o`` names one file, so it takes one input; ``-o`` and ``-i`` exclude each other."""
+    if output is not None and in_place:
+        raise click.UsageError("-o and -i exclude each other: write a new file or replace")
+    if output is not None and len(inputs) > 1:
+        raise click.UsageError(f"-o names one output file, but {len(inputs)} inputs were given")
+
+
+def output_for(source: Path, output: str | None, in_place: bool, suffix: str) -> Path:
+    """``-o``, the input itself (``-i``), else ``NAME<suffix>.EXT`` beside the input."""
+    if output is not None:
+        return Path(output)
+    if in_place:
+        return source
+    return source.with_name(f"{source.stem}{suffix}{source.suffix}")
+
+
+def run_each(
+    app: App,
+    inputs: tuple[str, ...],
+    work: Callable[[Path], Result],
+    describe: Callable[[Result], str],
+) -> int:
+    """Run ``work`` on every input: paths on stdout, a line per file on stderr, exit 0/1."""
+    from asset_generator.images import ImageError
+
+    documents: list[dict[str, Any]] = []
+    failed = 0
+    for raw in inputs:
+        source = Path(raw)
+        try:
+            result = work(source)
+        except ImageError as exc:
+            failed += 1
+            app.output.error(str(exc))
+            documents.append({**EMPTY_RESULT, "input": raw, "error": str(exc)})
+            continue
+        documents.append({**result.public(), "error": None})
+        if not app.output.is_json:
+            app.output.data(str(result.output))
+            app.output.info(describe(result))
+    if not failed:
+        if app.output.is_json:
+            app.output.json({"ok": True, "files": documents})
+        return 0
+    if app.output.is_json:
+        code = "partial" if failed < len(inputs) else "file_error"
+        message = f"{failed} of {len(inputs)} file(s) failed"
+        app.output.json(
+            {"ok": False, "error": {"code": code, "message": message}, "files": documents}
+        )
+    return 1
+
+
+def size_text(size: tuple[int, int] | None) -> str:
+    return f"{size[0]}x{size[1]}" if size else "?"
