@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asset_generator.downloads import (
     NameFields,
@@ -52,6 +52,9 @@ from asset_generator.swarm.errors import APIError, InvalidSession, RequestTimeou
 from asset_generator.swarm.http import WebSocket, WebSocketRefused
 from asset_generator.swarm.params import expected_outputs
 
+if TYPE_CHECKING:
+    from asset_generator.images import PostProcess
+
 # While work is pending the server sends keep_alive messages or, at the least, Kestrel's
 # keep-alive Pongs every 30 s, so a socket silent for much longer than that is dead even if
 # TCP has not noticed.
@@ -87,6 +90,8 @@ class SaveOptions:
     template: str
     overwrite: bool = False
     download: bool = True
+    # Crop / downscale / strip each saved file after its seed and parameters were read.
+    postprocess: PostProcess | None = None
 
 
 @dataclass
@@ -98,15 +103,20 @@ class SavedImage:
     path: Path | None
     seed: int | None
     metadata: dict[str, Any] | None
+    # What post-processing did (box, sizes, removed metadata) or its error.
+    postprocess: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
-        return {
+        shown = {
             "path": str(self.path) if self.path else None,
             "server_path": self.server_path,
             "batch_index": self.batch_index,
             "seed": self.seed,
             "metadata": self.metadata,
         }
+        if self.postprocess is not None:
+            shown["postprocess"] = self.postprocess
+        return shown
 
 
 @dataclass
@@ -118,6 +128,8 @@ class Outcome:
     error: str | None
     params: dict[str, Any]
     timings: dict[str, float | None] = field(default_factory=dict)
+    # Images saved full size because post-processing them failed (the run is then failed).
+    postprocess_errors: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -148,6 +160,7 @@ class GenerationRun:
         self.record: GenerationRecord | None = None
         self.images: list[SavedImage] = []
         self.errors: list[str] = []
+        self.postprocess_errors: list[str] = []
         self._fractions: dict[int, float] = {}
         self._body: dict[str, Any] = {}
         self._expected = 1
@@ -393,7 +406,26 @@ class GenerationRun:
                 path = save_stream(
                     self.save.output_dir, name, chunks, overwrite=self.save.overwrite
                 )
-        return SavedImage(batch_index, server_path, path, found["seed"], found["metadata"])
+        saved = SavedImage(batch_index, server_path, path, found["seed"], found["metadata"])
+        if self.save.postprocess is not None and self.save.postprocess.active:
+            self._postprocess(saved, self.save.postprocess)
+        return saved
+
+    def _postprocess(self, saved: SavedImage, steps: PostProcess) -> None:
+        """Crop, downscale, strip a saved file in place; on failure it stays full size."""
+        from asset_generator.images import ImageError, postprocess_in_place
+
+        assert saved.path is not None
+        try:
+            result = postprocess_in_place(saved.path, steps)
+        except ImageError as exc:
+            # The message names the file; the original stays because every write is atomic.
+            problem = f"post-processing failed: {exc}; the full-size file is kept"
+            self.postprocess_errors.append(problem)
+            saved.postprocess = {"error": problem}
+            return
+        shown = result.public()
+        saved.postprocess = {k: shown[k] for k in ("box", "size_before", "size_after", "removed")}
 
     def _model(self) -> str | None:
         from asset_generator.swarm.params import clean_name
@@ -462,6 +494,10 @@ class GenerationRun:
                 f"the server ended the request after {len(self.images)} of {self._expected} "
                 "images without an error message; its log says why"
             )
+        elif self.postprocess_errors:
+            status, error = FAILED, self.postprocess_errors[0]
+            if len(self.postprocess_errors) > 1:
+                error += f" (and {len(self.postprocess_errors) - 1} more image(s))"
         else:
             status, error = SUCCEEDED, None
         self.mark(status, error)
@@ -476,7 +512,14 @@ class GenerationRun:
                 round(self._first_image - self._started, 3) if self._first_image else None
             ),
         }
-        return Outcome(self.record, list(self.images), error, dict(self._body), timings)
+        return Outcome(
+            self.record,
+            list(self.images),
+            error,
+            dict(self._body),
+            timings,
+            list(self.postprocess_errors),
+        )
 
     def _update_record(self, **changes: Any) -> None:
         assert self.record is not None

@@ -116,6 +116,13 @@ def _parse_float(minimum: float, maximum: float) -> Callable[[Any], float]:
     return parse
 
 
+def _parse_percentage(value: Any) -> float:
+    number = _parse_float(0, 100)(value)
+    if not 0 < number < 100:
+        raise ValueError(f"{number:g} is not between 0 and 100 (both excluded)")
+    return number
+
+
 def _parse_choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
@@ -233,6 +240,56 @@ SETTINGS: tuple[Setting, ...] = (
         "Interrupt a generation that runs longer than this many seconds.",
         "seconds",
     ),
+    # Post-processing of each saved image (cli-contract §5, generate image).
+    Setting("generate.auto_crop", _parse_bool, False, "Trim near-white borders.", "bool"),
+    Setting(
+        "generate.auto_crop_threshold",
+        _parse_int(0, 255),
+        250,
+        "Auto-crop: a channel this bright (minus the tolerance) is background.",
+        "int",
+    ),
+    Setting(
+        "generate.auto_crop_tolerance",
+        _parse_int(0, 255),
+        10,
+        "Auto-crop: how far below the threshold still counts as background.",
+        "int",
+    ),
+    Setting(
+        "generate.auto_crop_preserve_aspect",
+        _parse_bool,
+        False,
+        "Auto-crop: grow the box back to the image's aspect ratio.",
+        "bool",
+    ),
+    Setting(
+        "generate.downscale_width", _parse_int(1, 65535), None, "Downscale to this width.", "int"
+    ),
+    Setting(
+        "generate.downscale_height", _parse_int(1, 65535), None, "Downscale to this height.", "int"
+    ),
+    Setting(
+        "generate.downscale_percentage",
+        _parse_percentage,
+        None,
+        "Downscale both sides to this percentage (0 < p < 100).",
+        "number",
+    ),
+    Setting(
+        "generate.downscale_filter",
+        _parse_choice("lanczos", "bicubic", "bilinear", "nearest"),
+        "lanczos",
+        "Downscale filter: lanczos, bicubic, bilinear or nearest.",
+    ),
+    Setting(
+        "generate.strip_metadata",
+        _parse_bool,
+        False,
+        "Remove text, time and EXIF metadata from saved images.",
+        "bool",
+    ),
+    Setting("generate.jpeg_quality", _parse_int(1, 100), 90, "Quality of JPEG outputs.", "int"),
 )
 
 BY_KEY: dict[str, Setting] = {setting.key: setting for setting in SETTINGS}

@@ -67,3 +67,50 @@ def test_a_network_command_skips_httpx_cli_and_websockets(emulator) -> None:
     )
     assert "httpx" in loaded
     assert not loaded & {"pygments", "rich.progress", "rich.syntax", "httpx_ws"}
+
+
+# -- the image libraries (issue 12) -----------------------------------------------------------
+
+IMAGE_LIBRARIES = {"PIL", "vtracer"}
+
+# Completion exits through SystemExit, so the probe reports the modules on the way out.
+EXIT_PROBE = """
+import sys
+from asset_generator.cli import main
+try:
+    main()
+finally:
+    print("LOADED", ",".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def test_help_completion_and_cancel_never_import_the_image_libraries() -> None:
+    for args in (["--help"], ["crop", "--help"], ["convert", "svg", "--help"], ["cancel", "-q"]):
+        assert not set(loaded_modules(*args)) & IMAGE_LIBRARIES, args
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "_ASSET_GENERATOR_COMPLETE": "bash_complete",
+            "COMP_WORDS": "asset-generator cr",
+            "COMP_CWORD": "1",
+        },
+    )
+    assert "crop" in done.stdout
+    line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
+    assert not set(line.removeprefix("LOADED ").split(",")) & IMAGE_LIBRARIES
+
+
+def test_generate_imports_pillow_only_to_post_process(emulator, tmp_path) -> None:
+    env = {"ASSET_GENERATOR_API_URL": emulator.url}
+    plain = loaded_modules("generate", "image", "-p", "x", "-o", str(tmp_path), env=env)
+    assert "asset_generator.generation" in plain
+    assert not set(plain) & IMAGE_LIBRARIES
+    cropped = loaded_modules(
+        "generate", "image", "-p", "x", "-o", str(tmp_path), "--auto-crop", env=env
+    )
+    assert "PIL" in cropped
+    assert "vtracer" not in cropped

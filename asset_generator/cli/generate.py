@@ -14,10 +14,12 @@ import click
 from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.cli.postprocess import postprocess_from, postprocess_options
 from asset_generator.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
+    from asset_generator.images import PostProcess
 
 # Options whose values are SwarmUI parameters, by the id SwarmUI reads.
 PARAMETER_OPTIONS = {
@@ -110,6 +112,7 @@ def command() -> None:
     metavar="SECONDS",
     help="Interrupt the generation on the server and exit 1 after this long.",
 )
+@postprocess_options
 @global_options
 @click.pass_obj
 def image(
@@ -125,6 +128,7 @@ def image(
     from asset_generator.downloads import check_template
     from asset_generator.swarm.params import build_request, parse_param
 
+    postprocess = postprocess_from(app, options)
     config = {s: app.settings[f"generate.{s}"] for s in _config_names()}
     chosen = {name: options.get(name) for name in PARAMETER_OPTIONS}
     try:
@@ -163,6 +167,7 @@ def image(
         download=not options["no_download"],
         deadline=deadline,
         show_progress=show_progress,
+        postprocess=postprocess,
     )
 
 
@@ -183,6 +188,7 @@ def _run(
     download: bool,
     deadline: float | None,
     show_progress: bool,
+    postprocess: PostProcess | None = None,
 ) -> int:
     from asset_generator.cli.progress import SilentView, make_view
     from asset_generator.downloads import DownloadError
@@ -200,7 +206,7 @@ def _run(
         app.registry,
         app.server_key,
         view=SilentView(),
-        save=SaveOptions(output_dir, template, overwrite, download),
+        save=SaveOptions(output_dir, template, overwrite, download, postprocess),
         on_saved=printed,
         debug=app.output.debug,
     )
@@ -261,6 +267,9 @@ def _report(app: App, outcome: Outcome) -> int:
         if app.output.is_json:
             app.output.json(_document(outcome))
         return 0
+    if outcome.status == "failed" and (outcome.error or "").startswith("post-processing failed"):
+        # Every image arrived and was saved full size; only our own processing of it failed.
+        _fail_with(app, outcome, outcome.error or "post-processing failed", "file_error")
     if outcome.images:
         app.output.info(f"{outcome.record.id}: kept {len(outcome.images)} image(s) that arrived")
     _fail_with(app, outcome, _failure_text(app, outcome), _failure_code(outcome))
