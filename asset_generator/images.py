@@ -243,7 +243,8 @@ def write_atomic(target: Path, data: bytes, *, replace: bool, mode: int | None =
             prefix=f".{target.name}.", suffix=".tmp", dir=directory
         )
     except OSError as exc:
-        raise ImageError(f"cannot write {target}: {_describe(exc)}") from None
+        reason = "no such directory" if exc.errno == errno.ENOENT else _describe(exc)
+        raise ImageError(f"cannot write {target}: {reason}") from None
     try:
         with os.fdopen(handle, "wb") as temp:
             temp.write(data)
