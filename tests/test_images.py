@@ -12,6 +12,8 @@ from xml.etree import ElementTree
 
 import pytest
 from conftest import Runner
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image, ImageCms, PngImagePlugin
 
 from asset_generator import images
@@ -455,3 +457,62 @@ def test_png_chunk_parser_rejects_bad_checksums() -> None:
     data[20] ^= 0xFF  # inside IHDR
     with pytest.raises(ValueError, match="bad checksum"):
         images.png_chunks(bytes(data))
+
+
+@given(
+    size=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    data=st.data(),
+)
+def test_grown_box_holds_the_content_stays_inside_and_takes_the_aspect(
+    size: tuple[int, int], data: st.DataObject
+) -> None:
+    width, height = size
+    left = data.draw(st.integers(0, width - 1))
+    top = data.draw(st.integers(0, height - 1))
+    right = data.draw(st.integers(left + 1, width))
+    bottom = data.draw(st.integers(top + 1, height))
+    grown = images.grow_to_aspect((left, top, right, bottom), size)
+    g_left, g_top, g_right, g_bottom = grown
+    assert 0 <= g_left <= left and 0 <= g_top <= top
+    assert right <= g_right <= width and bottom <= g_bottom <= height
+    g_width, g_height = g_right - g_left, g_bottom - g_top
+    # Only one side grows, and to the source's ratio within a pixel of rounding (or the edge).
+    assert g_width == right - left or g_height == bottom - top
+    assert abs(g_width * height - g_height * width) <= max(width, height) or (
+        g_width == width or g_height == height
+    )
+
+
+@given(
+    size=st.tuples(st.integers(1, 5000), st.integers(1, 5000)),
+    width=st.integers(1, 5000),
+    percentage=st.floats(0.01, 99.99),
+)
+def test_target_size_never_enlarges(size: tuple[int, int], width: int, percentage: float) -> None:
+    for options in (
+        images.DownscaleOptions(width=width),
+        images.DownscaleOptions(percentage=percentage),
+    ):
+        try:
+            new = images.target_size(size, options)
+        except images.ImageError:
+            continue
+        assert 1 <= new[0] <= size[0] and 1 <= new[1] <= size[1]
+
+
+def test_quiet_svg_overwrite_and_config_validation(cli: Runner, workdir: Path) -> None:
+    bordered(workdir / "a.png")
+    quiet = cli("crop", "a.png", "-q")
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "a-cropped.png\n", "")
+    assert cli("convert", "svg", "a.png").code == 0
+    again = cli("convert", "svg", "a.png")
+    assert (again.code, again.stderr.strip()) == (
+        1,
+        "a.svg already exists (use --overwrite to replace it)",
+    )
+    assert cli("convert", "svg", "a.png", "--overwrite").code == 0
+    bad = cli("config", "set", "generate.auto_crop_threshold", "300")
+    assert bad.code == 2
+    assert "generate.auto_crop_threshold" in bad.stderr
+    assert cli("config", "set", "generate.downscale_percentage", "100").code == 2
+    assert cli("config", "set", "generate.downscale_filter", "lanczos").code == 0
