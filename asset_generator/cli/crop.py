@@ -27,16 +27,29 @@ if TYPE_CHECKING:
 @click.option(
     "--threshold",
     type=CHANNEL,
+    metavar="0-255",
     default=250,
     show_default=True,
     help="A pixel whose R, G and B are all at least threshold − tolerance is background.",
 )
-@click.option("--tolerance", type=CHANNEL, default=10, show_default=True, help="0-255.")
+@click.option(
+    "--tolerance",
+    type=CHANNEL,
+    metavar="0-255",
+    default=10,
+    show_default=True,
+    help="How far below the threshold still counts as background.",
+)
 @click.option(
     "--preserve-aspect", is_flag=True, help="Grow the box back, centred, to the image's aspect."
 )
 @click.option(
-    "--quality", type=QUALITY, default=90, show_default=True, help="Quality of JPEG outputs."
+    "--quality",
+    type=QUALITY,
+    metavar="1-100",
+    default=90,
+    show_default=True,
+    help="Quality of JPEG outputs.",
 )
 @click.option("--strip-metadata", is_flag=True, help="Drop text/EXIF metadata (default: kept).")
 @click.option("-o", "--output", metavar="OUT", help="Output file (one input only).")

@@ -26,9 +26,15 @@ if TYPE_CHECKING:
 
 @click.command("downscale")
 @click.argument("files", nargs=-1, required=True, metavar="FILE...")
-@click.option("-w", "--width", type=SIDE, help="Target width (alone: aspect ratio kept).")
-@click.option("-l", "--height", type=SIDE, help="Target height (alone: aspect ratio kept).")
-@click.option("-p", "--percentage", type=PERCENT, help="Scale both sides (0 < p < 100).")
+@click.option(
+    "-w", "--width", type=SIDE, metavar="W", help="Target width (alone: aspect ratio kept)."
+)
+@click.option(
+    "-l", "--height", type=SIDE, metavar="H", help="Target height (alone: aspect ratio kept)."
+)
+@click.option(
+    "-p", "--percentage", type=PERCENT, metavar="PERCENT", help="Scale both sides (0 < p < 100)."
+)
 @click.option(
     "--filter",
     "filter_name",
@@ -38,7 +44,12 @@ if TYPE_CHECKING:
     help="Resampling filter; lanczos is a true Lanczos.",
 )
 @click.option(
-    "--quality", type=QUALITY, default=90, show_default=True, help="Quality of JPEG outputs."
+    "--quality",
+    type=QUALITY,
+    metavar="1-100",
+    default=90,
+    show_default=True,
+    help="Quality of JPEG outputs.",
 )
 @click.option("--strip-metadata", is_flag=True, help="Drop text/EXIF metadata (default: kept).")
 @click.option("-o", "--output-file", "output", metavar="OUT", help="Output file (one input only).")

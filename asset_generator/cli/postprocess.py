@@ -43,21 +43,30 @@ POSTPROCESS_OPTIONS = (
     click.option(
         "--auto-crop-threshold",
         type=CHANNEL,
+        metavar="0-255",
         help="Auto-crop: R, G, B at least this minus the tolerance is background [default 250].",
     ),
     click.option(
-        "--auto-crop-tolerance", type=CHANNEL, help="Auto-crop: tolerance, 0-255 [default 10]."
+        "--auto-crop-tolerance",
+        type=CHANNEL,
+        metavar="0-255",
+        help="Auto-crop: tolerance, 0-255 [default 10].",
     ),
     click.option(
         "--auto-crop-preserve-aspect/--no-auto-crop-preserve-aspect",
         default=None,
         help="Auto-crop: grow the box back, centred, to the image's aspect ratio.",
     ),
-    click.option("--downscale-width", type=SIDE, help="Downscale each image to this width."),
-    click.option("--downscale-height", type=SIDE, help="Downscale each image to this height."),
+    click.option(
+        "--downscale-width", type=SIDE, metavar="PX", help="Downscale each image to this width."
+    ),
+    click.option(
+        "--downscale-height", type=SIDE, metavar="PX", help="Downscale each image to this height."
+    ),
     click.option(
         "--downscale-percentage",
         type=PERCENT,
+        metavar="P",
         help="Downscale both sides to this percentage (0 < p < 100).",
     ),
     click.option(
@@ -69,7 +78,12 @@ POSTPROCESS_OPTIONS = (
         help="Remove the prompt and parameters embedded in each saved image "
         "(after the seed is read); colour profiles stay.",
     ),
-    click.option("--jpeg-quality", type=QUALITY, help="Quality of JPEG outputs [default 90]."),
+    click.option(
+        "--jpeg-quality",
+        type=QUALITY,
+        metavar="1-100",
+        help="Quality of JPEG outputs [default 90].",
+    ),
 )
 POSTPROCESS_NAMES = (
     "auto_crop",
