@@ -531,10 +531,17 @@ def process_file(
     changed = fmt != image.format
     if steps.crop is not None:
         box = content_box(image, steps.crop)
-        if box is not None and steps.crop.preserve_aspect:
+        if box is None:
+            # Cropping to nothing is no image; a blank generation is worth an error.
+            cut = max(0, steps.crop.threshold - steps.crop.tolerance)
+            raise ImageError(
+                f"{source}: the whole image is background (alpha < {ALPHA_CUTOFF} or R, G, B "
+                f">= {cut} everywhere); nothing to crop"
+            )
+        if steps.crop.preserve_aspect:
             box = grow_to_aspect(box, image.size)
-        result.box = box or (0, 0, *image.size)
-        if box is not None and box != (0, 0, *image.size):
+        result.box = box
+        if box != (0, 0, *image.size):
             image, changed = image.crop(box), True
     if steps.downscale is not None:
         try:

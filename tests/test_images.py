@@ -102,15 +102,29 @@ def test_preserve_aspect_grows_the_box_centred_and_inside(cli: Runner, workdir: 
     assert boxes == [[30, 15, 70, 35], [0, 10, 60, 40]]
 
 
-def test_threshold_minus_tolerance_is_clamped_not_wrapped(cli: Runner, workdir: Path) -> None:
-    # Go casts 5 − 10 to uint8 (251) and would trim this 252-grey border; we clamp to 0.
+def test_thresholds_are_validated_and_an_all_background_image_is_refused(
+    cli: Runner, workdir: Path
+) -> None:
     bordered(workdir / "grey.png", background=(252, 252, 252))
-    result = cli("-f", "json", "crop", "grey.png", "--threshold", "5", "--tolerance", "10")
-    assert result.code == 0, result.stderr
-    assert result.json()["files"][0]["size_after"] == [40, 30]
-    bad = cli("crop", "grey.png", "--threshold", "256")
-    assert bad.code == 2
-    assert "0<=x<=255" in bad.stderr
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(workdir / "blank.png")
+    # threshold − tolerance below 0 is 0: every pixel is background (not a wrapped 251).
+    result = cli("crop", "grey.png", "blank.png", "--threshold", "5", "--tolerance", "10")
+    assert result.code == 1
+    assert result.stderr.strip().splitlines() == [
+        "grey.png: the whole image is background (alpha < 10 or R, G, B >= 0 everywhere); "
+        "nothing to crop",
+        "blank.png: the whole image is background (alpha < 10 or R, G, B >= 0 everywhere); "
+        "nothing to crop",
+    ]
+    assert sorted(p.name for p in workdir.iterdir()) == ["blank.png", "grey.png"]
+    # 0 is a threshold like any other (the Go tool reads 0 as "use the default").
+    zero = cli("-f", "json", "crop", "grey.png", "--threshold", "0", "--tolerance", "0")
+    assert zero.json()["error"]["code"] == "file_error"
+    assert cli("-f", "json", "crop", "grey.png").json()["files"][0]["box"] == [3, 5, 33, 28]
+    for flag, value in (("--threshold", "256"), ("--tolerance", "-1")):
+        bad = cli("crop", "grey.png", flag, value)
+        assert bad.code == 2
+        assert "0<=x<=255" in bad.stderr
 
 
 def test_crop_handles_16_bit_palette_and_grey_inputs(cli: Runner, workdir: Path) -> None:
@@ -413,6 +427,9 @@ def test_convert_svg_refuses_primitive_and_missing_tracer(cli: Runner, workdir: 
     message = primitive.json()["error"]["message"]
     assert primitive.json()["error"]["code"] == "usage_error"
     assert "color, binary" in message
+    go_knob = cli("convert", "svg", "a.png", "--shapes", "100")
+    assert go_knob.code == 2
+    assert "--shapes belongs to the Go tool's primitive method" in go_knob.stderr
     hidden = workdir / "hide"
     hidden.mkdir()
     (hidden / "vtracer.py").write_text("raise ImportError('hidden by the test')\n")

@@ -15,6 +15,7 @@ INSTALL_HINT = "pip install 'asset-generator[svg]'"
 # The Go tool's methods; `primitive` approximates an image with random shapes, which no
 # tracer does, so it is refused rather than quietly replaced by something else.
 GO_METHODS = {"gotrace": "binary", "primitive": None}
+GO_KNOBS = ("go_shapes", "go_alpha", "go_repeat")
 
 
 @click.group("convert")
@@ -40,6 +41,7 @@ def _method(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.argument("file", metavar="FILE")
 @click.option("-o", "--output", metavar="OUT", help="Output file [default: FILE with .svg].")
 @click.option(
+    "-m",
     "--method",
     default="color",
     show_default=True,
@@ -85,6 +87,10 @@ def _method(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--path-precision", type=click.IntRange(0, 16), help="Decimal places in path data [8]."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+# The Go tool's primitive-only knobs: known, so a Go user's command line gets the real reason.
+@click.option("--shapes", "go_shapes", hidden=True)
+@click.option("--alpha", "go_alpha", hidden=True)
+@click.option("--repeat", "go_repeat", hidden=True)
 @global_options
 @click.pass_obj
 def svg(app: App, file: str, output: str | None, overwrite: bool, **knobs: Any) -> int:
@@ -96,6 +102,13 @@ def svg(app: App, file: str, output: str | None, overwrite: bool, **knobs: Any) 
     Example: asset-generator convert svg logo.png --method binary -o logo.svg
     """
     from asset_generator.images import ImageError, TraceOptions, TracerMissing, vectorise_file
+
+    given = [f"--{name[3:]}" for name in GO_KNOBS if knobs.pop(name) is not None]
+    if given:
+        raise click.UsageError(
+            f"{given[0]} belongs to the Go tool's primitive method, which is not available; "
+            "methods: color, binary"
+        )
 
     source = Path(file)
     target = Path(output) if output else source.with_suffix(".svg")
