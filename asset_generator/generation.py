@@ -135,6 +135,15 @@ class Outcome:
     def status(self) -> str:
         return self.record.status
 
+    @property
+    def failed_in_postprocessing(self) -> bool:
+        """Every image arrived and was saved; only processing one of them failed."""
+        return (
+            self.status == FAILED
+            and bool(self.postprocess_errors)
+            and (self.error or "").startswith(self.postprocess_errors[0])
+        )
+
 
 class GenerationRun:
     """One ``generate image`` invocation from registration to the last saved file."""

@@ -325,8 +325,10 @@ def encode(
         options["quality"] = quality
         if info.get("icc_profile"):
             options["icc_profile"] = info["icc_profile"]
-        if keep_metadata and info.get("exif"):
-            options["exif"] = info["exif"]
+        if keep_metadata:
+            for key in ("exif", "xmp"):
+                if info.get(key):
+                    options[key] = info[key]
     buffer = io.BytesIO()
     try:
         image.save(buffer, fmt, **options)
@@ -459,6 +461,43 @@ def _jpeg_metadata(marker: int, body: bytes) -> str | None:
     return None
 
 
+# VP8X feature flags that announce an EXIF or XMP chunk (WebP container spec).
+_WEBP_EXIF_FLAG = 0x08
+_WEBP_XMP_FLAG = 0x04
+
+
+def is_webp(data: bytes) -> bool:
+    return len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def strip_webp(data: bytes) -> tuple[bytes, list[str]]:
+    """A WebP without its EXIF and XMP chunks (ICCP and the image data kept as they are)."""
+    if not is_webp(data):
+        raise ValueError("not a WebP file")
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    if riff_size + 8 > len(data):
+        raise ValueError("truncated WebP")
+    kept, removed, offset = [], [], 12
+    while offset < riff_size + 8:
+        if offset + 8 > len(data):
+            raise ValueError("truncated WebP")
+        kind = data[offset : offset + 4]
+        (size,) = struct.unpack_from("<I", data, offset + 4)
+        end = offset + 8 + size + (size & 1)
+        if offset + 8 + size > len(data):
+            raise ValueError(f"truncated WebP (in a {kind.decode('latin-1')!r} chunk)")
+        if kind in (b"EXIF", b"XMP "):
+            removed.append(kind.decode("latin-1").strip())
+        else:
+            kept.append(bytearray(data[offset:end]))
+        offset = end
+    for chunk in kept:
+        if chunk[:4] == b"VP8X":
+            chunk[8] &= ~(_WEBP_EXIF_FLAG | _WEBP_XMP_FLAG) & 0xFF
+    body = b"WEBP" + b"".join(kept)
+    return b"RIFF" + struct.pack("<I", len(body)) + body, removed
+
+
 def strip_bytes(path: Path, data: bytes) -> tuple[bytes, list[str]]:
     """``data`` without metadata, by container format; ImageError for other formats."""
     try:
@@ -466,9 +505,11 @@ def strip_bytes(path: Path, data: bytes) -> tuple[bytes, list[str]]:
             return strip_png(data)
         if data.startswith(b"\xff\xd8"):
             return strip_jpeg(data)
+        if is_webp(data):
+            return strip_webp(data)
     except ValueError as exc:
         raise ImageError(f"{path}: {exc}") from None
-    raise ImageError(f"{path}: strip-metadata handles PNG and JPEG files only")
+    raise ImageError(f"{path}: strip-metadata handles PNG, JPEG and WebP files only")
 
 
 # -- operations on files -----------------------------------------------------------------------
@@ -579,6 +620,8 @@ def _metadata_labels(data: bytes) -> list[str]:
             return strip_png(data)[1]
         if data.startswith(b"\xff\xd8"):
             return strip_jpeg(data)[1]
+        if is_webp(data):
+            return strip_webp(data)[1]
     return []
 
 

@@ -376,7 +376,7 @@ def test_strip_bad_inputs(cli: Runner, workdir: Path) -> None:
     assert result.code == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("cut.png: truncated PNG")
-    assert lines[1] == "x.gif: strip-metadata handles PNG and JPEG files only"
+    assert lines[1] == "x.gif: strip-metadata handles PNG, JPEG and WebP files only"
     assert lines[2].startswith("t.png: removed tIME, tEXt parameters")
     assert (workdir / "cut.png").read_bytes() == whole[:-20]
 
@@ -533,3 +533,22 @@ def test_quiet_svg_overwrite_and_config_validation(cli: Runner, workdir: Path) -
     assert "generate.auto_crop_threshold" in bad.stderr
     assert cli("config", "set", "generate.downscale_percentage", "100").code == 2
     assert cli("config", "set", "generate.downscale_filter", "lanczos").code == 0
+
+
+def test_strip_webp_drops_exif_and_xmp_and_keeps_icc(cli: Runner, workdir: Path) -> None:
+    image = Image.new("RGBA", (10, 10), (10, 200, 30, 128))
+    exif = Image.Exif()
+    exif[0x0131] = "SwarmUI"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">prompt: a cat</x:xmpmeta>'
+    image.save(workdir / "w.webp", lossless=True, exif=exif, icc_profile=icc, xmp=xmp)
+    before = pixels(workdir / "w.webp")
+    result = cli("-f", "json", "strip-metadata", "w.webp")
+    assert result.code == 0, result.stderr
+    assert sorted(result.json()["files"][0]["removed"]) == ["EXIF", "XMP"]
+    data = (workdir / "w.webp").read_bytes()
+    assert b"SwarmUI" not in data and b"prompt: a cat" not in data
+    with Image.open(workdir / "w.webp") as clean:
+        assert clean.info.get("icc_profile") == icc
+        assert "exif" not in clean.info
+    assert pixels(workdir / "w.webp") == before

@@ -136,7 +136,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "strip-metadata": (
         "asset_generator.cli.strip_metadata",
-        "Remove embedded metadata from PNG and JPEG images, in place.",
+        "Remove embedded metadata from PNG, JPEG and WebP images, in place.",
     ),
 }
 

@@ -267,8 +267,7 @@ def _report(app: App, outcome: Outcome) -> int:
         if app.output.is_json:
             app.output.json(_document(outcome))
         return 0
-    if outcome.status == "failed" and (outcome.error or "").startswith("post-processing failed"):
-        # Every image arrived and was saved full size; only our own processing of it failed.
+    if outcome.failed_in_postprocessing:
         _fail_with(app, outcome, outcome.error or "post-processing failed", "file_error")
     if outcome.images:
         app.output.info(f"{outcome.record.id}: kept {len(outcome.images)} image(s) that arrived")

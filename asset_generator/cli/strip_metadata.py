@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 @global_options
 @click.pass_obj
 def command(app: App, files: tuple[str, ...], output: str | None, overwrite: bool) -> int:
-    """Remove embedded metadata from PNG and JPEG images, in place.
+    """Remove embedded metadata from PNG, JPEG and WebP images, in place.
 
-    PNG tEXt/zTXt/iTXt/tIME/eXIf chunks (SwarmUI writes its parameters there) and JPEG
-    EXIF/XMP/IPTC/comments go; colour profiles (iCCP, sRGB, gAMA, cHRM, JPEG ICC) stay
-    and the pixel data is copied byte for byte. Each file's removals go to stderr.
+    PNG tEXt/zTXt/iTXt/tIME/eXIf chunks (SwarmUI writes its parameters there), JPEG
+    EXIF/XMP/IPTC/comments and WebP EXIF/XMP go; colour profiles (iCCP, sRGB, gAMA,
+    cHRM, ICC) stay and the image data is copied byte for byte. Each file's removals
+    go to stderr.
 
     Example: asset-generator strip-metadata out/*.png
     """
