@@ -121,7 +121,7 @@ def content_box(image: Image.Image, options: CropOptions) -> tuple[int, int, int
     rgba = _rgba8(image)
     red, green, blue, alpha = rgba.split()
     darkest = ImageChops.darker(ImageChops.darker(red, green), blue)
-    # Computed in int, then clamped: the Go tool's uint8 cast wraps 5 − 10 round to 251.
+    # Below 0 every pixel is background (the caller then refuses the image).
     cut = max(0, min(255, options.threshold - options.tolerance))
     coloured = darkest.point([255 if value < cut else 0 for value in range(256)])
     opaque = alpha.point([255 if value >= ALPHA_CUTOFF else 0 for value in range(256)])
@@ -279,13 +279,16 @@ def _claim(temp_name: str, target: Path) -> None:
 
 
 def _write_output(source: Path, output: Path, data: bytes, overwrite: bool) -> None:
-    """Write a result: in place keeps the file's mode (and follows a symlink to its file)."""
-    same = output.exists() and os.path.samefile(source, output)
-    if same:
-        real = Path(os.path.realpath(output))
-        write_atomic(real, data, replace=True, mode=stat.S_IMODE(real.stat().st_mode))
+    """Write a result: in place keeps the file's mode (and follows a symlink to its file).
+
+    A new file gets the source's read/write bits less the umask, as ``cp`` does, so a
+    private input does not give a world-readable copy.
+    """
+    mode = stat.S_IMODE(source.stat().st_mode)
+    if output.exists() and os.path.samefile(source, output):
+        write_atomic(Path(os.path.realpath(output)), data, replace=True, mode=mode)
     else:
-        write_atomic(output, data, replace=overwrite)
+        write_atomic(output, data, replace=overwrite, mode=mode & 0o666 & ~_umask())
 
 
 # -- encoding ----------------------------------------------------------------------------------

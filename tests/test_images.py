@@ -552,3 +552,10 @@ def test_strip_webp_drops_exif_and_xmp_and_keeps_icc(cli: Runner, workdir: Path)
         assert clean.info.get("icc_profile") == icc
         assert "exif" not in clean.info
     assert pixels(workdir / "w.webp") == before
+
+
+def test_a_new_output_is_no_more_readable_than_its_input(cli: Runner, workdir: Path) -> None:
+    source = bordered(workdir / "private.png")
+    os.chmod(source, 0o600)
+    assert cli("crop", "private.png").code == 0
+    assert stat.S_IMODE((workdir / "private-cropped.png").stat().st_mode) == 0o600
