@@ -556,8 +556,11 @@ def downscale_file(
 
 def strip_file(source: Path, output: Path, *, overwrite: bool = True) -> Result:
     """Remove ``source``'s metadata into ``output`` without re-encoding its pixels."""
-    data, removed = strip_bytes(source, read_bytes(source))
-    _write_output(source, output, data, overwrite)
+    original = read_bytes(source)
+    data, removed = strip_bytes(source, original)
+    if removed or source != output:
+        # Nothing to remove in place: leave the file (and its mtime) alone.
+        _write_output(source, output, data, overwrite)
     return Result(source, output, removed=removed)
 
 

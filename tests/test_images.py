@@ -559,3 +559,16 @@ def test_a_new_output_is_no_more_readable_than_its_input(cli: Runner, workdir: P
     os.chmod(source, 0o600)
     assert cli("crop", "private.png").code == 0
     assert stat.S_IMODE((workdir / "private-cropped.png").stat().st_mode) == 0o600
+
+
+def test_in_place_through_a_symlink_replaces_the_file_it_points_to(
+    cli: Runner, workdir: Path
+) -> None:
+    real = tagged_png(workdir / "real.png")
+    (workdir / "link.png").symlink_to("real.png")
+    assert cli("strip-metadata", "link.png").code == 0
+    assert (workdir / "link.png").is_symlink()
+    assert "tEXt" not in chunk_types(real)
+    stamp = real.stat().st_mtime_ns
+    assert cli("strip-metadata", "real.png").stderr.strip() == "real.png: no metadata found"
+    assert real.stat().st_mtime_ns == stamp
