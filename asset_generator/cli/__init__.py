@@ -120,6 +120,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Show and change settings in the config file (TOML).",
     ),
     "generate": ("asset_generator.cli.generate", "Start generations on the server."),
+    "mcp": (
+        "asset_generator.cli.mcp",
+        "Serve the generate, status and cancel tools to AI agents over MCP (stdio).",
+    ),
     "models": ("asset_generator.cli.models", "List the models the server offers."),
     "status": (
         "asset_generator.cli.status",
