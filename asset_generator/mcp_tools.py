@@ -13,11 +13,12 @@ import base64
 import inspect
 import io
 import json
+import re
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -518,6 +519,7 @@ def build_server(tools: Tools) -> MCPServer:
             "generation_status; cancel_generation really stops the work on the server."
         ),
         log_level="WARNING",
+        middleware=[_usage_errors],
     )
 
     def tool(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -664,6 +666,33 @@ def build_server(tools: Tools) -> MCPServer:
         return await in_thread(tools.server_status)
 
     return server
+
+
+async def _usage_errors(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Give the SDK's own tool errors (bad arguments, unknown tool) the error document too.
+
+    Our tools always return structured errors; one without is the SDK refusing the call
+    before it reached a tool, which is the caller's mistake: ``usage_error``.
+    """
+    result = await call_next(ctx)
+    # Here the result is already in its wire form (a dict with camelCase keys).
+    if (
+        getattr(ctx, "method", None) == "tools/call"
+        and isinstance(result, dict)
+        and result.get("isError")
+        and result.get("structuredContent") is None
+    ):
+        texts = [c.get("text", "") for c in result.get("content", []) if isinstance(c, dict)]
+        message = " ".join(t for t in texts if t) or "the tool call was refused"
+        # Pydantic's text ends each error with a link; the field and the problem are enough.
+        message = re.sub(r"\s*For further information visit \S+", "", message)
+        failed = error_result(ToolFailure("usage_error", message))
+        result = {
+            **result,
+            "content": [c.model_dump(by_alias=True, exclude_none=True) for c in failed.content],
+            "structuredContent": failed.structured_content,
+        }
+    return result
 
 
 def _snapshot_result(tools: Tools, job: Job) -> CallToolResult:
