@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
+import anyio.lowlevel
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
@@ -297,9 +298,10 @@ class Tools:
                 if saved is not None and not saved.is_final:
                     saved.finish(CANCELLED, reason)
         except RegistryError as exc:
-            print(f"asset-generator mcp: {exc}", file=sys.stderr)
+            self.app.output.warn(f"asset-generator mcp: {exc}")
         job.run.interrupt(INTERRUPT_BOUND_SECONDS)
-        job.done.wait(INTERRUPT_BOUND_SECONDS)
+        # Let its thread record how it ended (a second at most: the caller is waiting).
+        job.done.wait(1.0)
 
     def stop_all(self, reason: str) -> None:
         """Interrupt every generation this process still runs, in parallel (shutdown)."""
@@ -588,14 +590,14 @@ def build_server(tools: Tools) -> MCPServer:
             "images": images,
         }
         try:
-            job = await anyio.to_thread.run_sync(
-                lambda: tools.start(prompt, chosen, list(loras or []), output_dir)
-            )
+            # Shielded: a cancel arriving meanwhile must find the job it has to stop.
+            with anyio.CancelScope(shield=True):
+                job = await anyio.to_thread.run_sync(
+                    lambda: tools.start(prompt, chosen, list(loras or []), output_dir)
+                )
         except Exception as exc:
             return error_result(failure_of(exc))
-        if not wait:
-            return _snapshot_result(tools, job)
-        return await _follow_job(ctx, tools, job, timeout_s)
+        return await _follow_job(ctx, tools, job, timeout_s if wait else 0)
 
     @tool(
         title="Generation status",
@@ -721,11 +723,15 @@ def _generation_result(document: dict[str, Any]) -> CallToolResult:
 async def _follow_job(
     ctx: Context, tools: Tools, job: Job, timeout_s: float | None
 ) -> CallToolResult:
-    """Relay progress until the job ends or ``timeout_s`` passes; a cancel stops the job."""
+    """Relay progress until the job ends or ``timeout_s`` passes; a cancel stops the job.
+
+    ``timeout_s`` 0: do not wait (``wait: false``); only a cancel already sent is honoured.
+    """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     sent: tuple[float, str] | None = None
     try:
-        while not job.done.is_set():
+        await anyio.lowlevel.checkpoint()
+        while timeout_s != 0 and not job.done.is_set():
             shown = (round(job.progress, 1), job.message)
             if shown != sent:
                 sent = shown

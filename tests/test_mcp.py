@@ -397,15 +397,28 @@ class RawServer:
         assert "result" in answer, answer
         self.send({"method": "notifications/initialized"})
 
-    def start_generation(self) -> str:
-        answer = self.request(
-            "tools/call",
+    def start_generation(self, state_dir: Path, *, wait: bool) -> str:
+        """A long generation, by a call that returns at once or one still waiting for it."""
+        arguments = {"prompt": "long", "steps": 400, "wait": wait}
+        if not wait:
+            answer = self.request("tools/call", {"name": "generate_image", "arguments": arguments})
+            return answer["result"]["structuredContent"]["generation_id"]
+        self._next += 1
+        self.send(
             {
-                "name": "generate_image",
-                "arguments": {"prompt": "long", "steps": 400, "wait": False},
-            },
+                "id": self._next,
+                "method": "tools/call",
+                "params": {"name": "generate_image", "arguments": arguments},
+            }
         )
-        return answer["result"]["structuredContent"]["generation_id"]
+        assert wait_for(
+            lambda: (
+                (state_dir / "generations.json").exists()
+                and read_registry(state_dir)["generations"] != {}
+            )
+        )
+        [generation_id] = read_registry(state_dir)["generations"]
+        return generation_id
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
         out, err = self.proc.communicate(timeout=timeout)
@@ -413,7 +426,7 @@ class RawServer:
         return self.proc.returncode, err
 
 
-@pytest.mark.parametrize("how", ["eof", "sigterm"])
+@pytest.mark.parametrize("how", ["eof", "sigterm", "eof-during-call"])
 def test_ending_the_server_interrupts_its_generations(
     emulator_factory, workdir, state_dir, how: str
 ) -> None:
@@ -421,7 +434,7 @@ def test_ending_the_server_interrupts_its_generations(
     server = RawServer(emu.url, workdir, "-v")
     try:
         server.initialize()
-        generation_id = server.start_generation()
+        generation_id = server.start_generation(state_dir, wait=how == "eof-during-call")
         session_id = record_of(state_dir, generation_id)["session_id"]
         assert wait_for(lambda: emu.session_status(session_id)["live_gens"] == 1)
         if how == "sigterm":
@@ -432,7 +445,7 @@ def test_ending_the_server_interrupts_its_generations(
         code, err = server.finish()
     finally:
         server.proc.kill()
-    assert code == (0 if how == "eof" else 143), err
+    assert code == (143 if how == "sigterm" else 0), err
     assert "Traceback" not in err
     assert session_id in emu.interrupted_sessions()
     record = record_of(state_dir, generation_id)
