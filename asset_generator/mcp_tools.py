@@ -36,6 +36,7 @@ from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEED
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
     from asset_generator.generation import GenerationRun, Outcome, SavedImage
+    from asset_generator.registry import GenerationRecord
     from asset_generator.swarm.client import Counters
 
 OWNER = "mcp"
@@ -146,34 +147,29 @@ class Job:
 class JobView:
     """A ``generation.View`` that keeps the latest progress for the tool call to relay."""
 
-    def __init__(self, job_ref: Callable[[], Job | None]) -> None:
-        self._job = job_ref
+    def __init__(self) -> None:
+        # Set once the run is registered: the Job needs the run, the run needs its view.
+        self.job: Job | None = None
 
     def state(self, state: str, counters: Counters) -> None:
-        job = self._job()
-        if job is not None:
-            job.state = RUNNING if state == RUNNING else QUEUED
-            job.message = (
-                "running"
-                if state == RUNNING
-                else "waiting for a model to load"
-                if state == "loading model"
-                else "queued, waiting for a backend"
-                if counters.waiting_backends
-                else "queued"
-            )
+        if self.job is None:
+            return
+        self.job.state = RUNNING if state == RUNNING else QUEUED
+        if state in (RUNNING, "loading model"):
+            self.job.message = "running" if state == RUNNING else "waiting for a model to load"
+        else:
+            waiting = counters.waiting_backends
+            self.job.message = "queued, waiting for a backend" if waiting else "queued"
 
     def progress(self, overall: float, current: float, done: int, expected: int) -> None:
-        job = self._job()
-        if job is not None:
-            job.state, job.progress = RUNNING, overall * 100
-            job.message = f"running, image {min(done + 1, expected)} of {expected}"
+        if self.job is not None:
+            self.job.state, self.job.progress = RUNNING, overall * 100
+            self.job.message = f"running, image {min(done + 1, expected)} of {expected}"
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
-        job = self._job()
-        if job is not None:
-            job.progress = min(done / expected, 1.0) * 100
-            job.message = f"image {done} of {expected} saved"
+        if self.job is not None:
+            self.job.progress = min(done / expected, 1.0) * 100
+            self.job.message = f"image {done} of {expected} saved"
 
     def close(self) -> None:
         pass
@@ -194,7 +190,9 @@ class Tools:
 
     # -- generate_image -----------------------------------------------------------------------
 
-    def start(self, prompt: str, options: dict[str, Any], loras: list[str], output_dir: str | None):
+    def start(
+        self, prompt: str, options: dict[str, Any], loras: list[str], output_dir: str | None
+    ) -> Job:
         """Register a generation (a session of its own) and follow it in a worker thread."""
         from asset_generator.downloads import DownloadError, check_template, prepare_directory
         from asset_generator.generation import GenerationRun, SaveOptions
@@ -221,19 +219,18 @@ class Tools:
             prepare_directory(directory)
         except DownloadError as exc:
             raise ToolFailure("file_error", str(exc)) from None
-        holder: list[Job] = []
+        view = JobView()
         run = GenerationRun(
             self.app.client(),
             self.app.registry,
             self.app.server_key,
-            view=JobView(lambda: holder[0] if holder else None),
+            view=view,
             save=SaveOptions(directory, template, bool(settings["generate.overwrite"])),
             debug=self.app.output.debug,
             owner=OWNER,
         )
         run.register(body, prompt)
-        job = Job(run)
-        holder.append(job)
+        job = view.job = Job(run)
         with self._lock:
             self.jobs[job.id] = job
         job.thread = threading.Thread(
@@ -357,7 +354,7 @@ class Tools:
         finished = [r.public() for r in records if r.is_final][:RECENT_FINISHED]
         return {"ok": True, "generations": active + finished}
 
-    def _live(self, record: Any) -> dict[str, Any]:
+    def _live(self, record: GenerationRecord) -> dict[str, Any]:
         """A record with this process's fresher progress when it runs the generation."""
         shown = record.public()
         job = self.jobs.get(record.id)
