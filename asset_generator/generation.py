@@ -158,8 +158,11 @@ class GenerationRun:
         save: SaveOptions,
         on_saved: Callable[[SavedImage], None] = lambda saved: None,
         debug: Callable[[str], None] = lambda message: None,
+        owner: str | None = None,
     ) -> None:
         self.client = client
+        # Recorded so `status` can say which kind of process runs it (e.g. "mcp").
+        self.owner = owner
         self.registry = registry
         self.key = key
         self.view = view
@@ -221,6 +224,7 @@ class GenerationRun:
             host=this_host(),
             prompt=prompt[:PROMPT_CHARS],
             created=time.time(),
+            owner=self.owner,
         )
 
     def _renew_session(self) -> None:

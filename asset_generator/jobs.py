@@ -7,8 +7,10 @@ has no per-job cancel (swarmui-protocol.md §5.4).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asset_generator.registry import (
     CANCELLED,
@@ -22,9 +24,16 @@ from asset_generator.registry import (
 if TYPE_CHECKING:
     from asset_generator.swarm.client import SwarmClient
 
+T = TypeVar("T")
+
 ORPHANED = "the generating process ended without recording a result"
 SESSION_GONE = "the server no longer knows this generation's session"
 CANCEL_REQUESTED = "cancelled by request"
+NOTHING_ACTIVE = (
+    "no active generation: only generations started by this client were checked; "
+    "`asset-generator cancel --all` also stops work started elsewhere (web UI, other machines)"
+)
+POLL_SECONDS = 0.25
 
 
 class Generations:
@@ -41,6 +50,10 @@ class Generations:
         self.key = key
         self._client = client
         self._debug = debug
+
+    def client(self) -> SwarmClient:
+        """The client for this server, created on first use."""
+        return self._client()
 
     def find(self, generation_id: str) -> GenerationRecord | None:
         return self.registry.read().generations.get(generation_id)
@@ -165,3 +178,196 @@ class Generations:
                     record.finish(FAILED, SESSION_GONE)
                 else:
                     record.status, record.error, record.finished = previous[mark.id], None, None
+
+
+# -- cancelling (cli-contract §5 `cancel`; the CLI command and the MCP tool both call these) ----
+
+
+class CancelError(Exception):
+    """A cancel that cannot be done as asked; ``code`` is a JSON code of cli-contract §3."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class CancelResult:
+    """What a cancel did: its scope, the records it marked, and what to tell a person.
+
+    ``notes`` are messages for stderr (``no active generation``, ``already succeeded``);
+    ``lines`` are the summary a terminal shows on stdout.
+    """
+
+    scope: str
+    cancelled: list[GenerationRecord]
+    was_active: bool
+    generation: GenerationRecord | None = None
+    notes: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "ok": True,
+            "scope": self.scope,
+            "cancelled": [r.public() for r in self.cancelled],
+            "was_active": self.was_active,
+        }
+        if self.generation is not None:
+            document["generation"] = self.generation.public()
+        return document
+
+
+def cancel_current(generations: Generations, *, wait_timeout: float | None = None) -> CancelResult:
+    """Cancel the generation of ours the server is running, else the newest still queued.
+
+    ``wait_timeout``: after interrupting, wait up to this long for the work to stop.
+    """
+    target = generations.current(generations.active())
+    if target is None:
+        return CancelResult("generation", [], was_active=False, notes=[NOTHING_ACTIVE])
+    return interrupt_generation(generations, target, wait_timeout=wait_timeout)
+
+
+def cancel_one(
+    generations: Generations,
+    generation_id: str,
+    *,
+    server: str,
+    wait_timeout: float | None = None,
+) -> CancelResult:
+    """Cancel generation ``generation_id``; a finished one is reported, not an error.
+
+    ``server``: how the configured server is described, to explain a record of another one.
+    Raises CancelError (``not_found``) for an id this client does not know on this server.
+    """
+    record = generations.find(generation_id)
+    if record is None:
+        raise CancelError(
+            f"no generation {generation_id} in this client's registry "
+            "(`asset-generator status` lists them)",
+            "not_found",
+        )
+    if record.server_key != generations.key:
+        other = (
+            f"on {record.server}"
+            if record.server != server
+            else f"on {record.server} with other credentials"
+        )
+        raise CancelError(
+            f"generation {generation_id} was started {other}; "
+            "pass the same --api-url and --api-key to cancel it",
+            "not_found",
+        )
+    active = generations.refresh([record]) if not record.is_final else []
+    if not active:
+        return _already_finished(generations, record)
+    return interrupt_generation(generations, active[0], wait_timeout=wait_timeout)
+
+
+def _already_finished(generations: Generations, record: GenerationRecord) -> CancelResult:
+    record = generations.find(record.id) or record
+    return CancelResult(
+        "generation",
+        [],
+        was_active=False,
+        generation=record,
+        notes=[f"{record.id} already {record.status}; nothing to cancel"],
+    )
+
+
+def interrupt_generation(
+    generations: Generations, target: GenerationRecord, *, wait_timeout: float | None = None
+) -> CancelResult:
+    """Mark ``target`` cancelled, then interrupt its session (marks taken back if that fails)."""
+    was_status, was_progress = target.status, target.progress
+    cancelled = generations.mark_cancelled([target.id])
+    if not cancelled:
+        # It ended meanwhile, and its session may already serve a new generation.
+        return _already_finished(generations, target)
+    try:
+        delivered = generations.interrupt(target)
+    except BaseException:
+        generations.unmark_cancelled(cancelled, [target], gone=False)
+        raise
+    if not delivered:
+        generations.unmark_cancelled(cancelled, [target], gone=True)
+        return CancelResult(
+            "generation",
+            [],
+            was_active=False,
+            notes=[f"{target.id} is no longer known to the server; nothing to cancel"],
+        )
+    if wait_timeout is not None:
+        wait_stopped(generations, [target.session_id], wait_timeout)
+    line = f"cancelled {target.id} (was {was_status}, {was_progress:.0f}%): {_short(target.prompt)}"
+    return CancelResult("generation", cancelled, was_active=True, lines=[line])
+
+
+def cancel_all(
+    generations: Generations,
+    with_session: Callable[[Callable[[str], T]], T],
+    *,
+    wait_timeout: float | None = None,
+) -> CancelResult:
+    """``InterruptAll {other_sessions: true}``: every session of this server user.
+
+    On a server without accounts every client is the same user, browser tabs included.
+    ``with_session`` runs a call on a control session (``App.with_session``).
+    """
+    registry = generations.registry
+    ours = [r for r in registry.read().records_for(generations.key) if not r.is_final]
+    # Marked first, as in interrupt_generation: queued generations end without a word.
+    cancelled = generations.mark_cancelled(r.id for r in ours)
+    try:
+        with_session(
+            lambda session: generations.client().interrupt_all(session, other_sessions=True)
+        )
+    except BaseException:
+        generations.unmark_cancelled(cancelled, ours, gone=False)
+        raise
+    if wait_timeout is not None:
+        wait_stopped(generations, sorted({r.session_id for r in ours}), wait_timeout)
+    sessions = registry.read().server(generations.key).sessions
+    session = sessions[-1] if sessions else None
+    user = session.user_id if session and session.user_id else "this user"
+    reach = (
+        " (a server without accounts: that is every client, browser tabs included)"
+        if user == "local"
+        else ""
+    )
+    line = (
+        f"interrupted all generations of {user} on {generations.client().server}{reach}; "
+        f"{len(cancelled)} of ours marked cancelled"
+    )
+    return CancelResult("user", cancelled, was_active=bool(ours), lines=[line])
+
+
+def wait_stopped(generations: Generations, session_ids: list[str], timeout: float) -> None:
+    """Poll the interrupted sessions until none shows waiting or live work.
+
+    Raises CancelError (``timeout``) when ``timeout`` seconds pass first.
+    """
+    from asset_generator.swarm.errors import InvalidSession
+
+    deadline = time.monotonic() + timeout
+    pending = list(session_ids)
+    while pending:
+        still = []
+        for session_id in pending:
+            try:
+                if generations.client().current_status(session_id).counters.busy:
+                    still.append(session_id)
+            except InvalidSession:
+                continue
+        pending = still
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise CancelError(f"generation still running after {timeout:g} s", "timeout")
+        time.sleep(POLL_SECONDS)
+
+
+def _short(prompt: str, limit: int = 60) -> str:
+    return prompt if len(prompt) <= limit else prompt[: limit - 1] + "…"

@@ -86,6 +86,8 @@ class GenerationRecord:
     images: list[str] = field(default_factory=list)
     error: str | None = None
     finished: float | None = None
+    # Which kind of process runs it when not the CLI itself (``"mcp"``); old caches lack it.
+    owner: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -123,6 +125,7 @@ class GenerationRecord:
             "pid": self.pid,
             "images": list(self.images),
             "error": self.error,
+            **({"owner": self.owner} if self.owner else {}),
         }
 
     @classmethod
@@ -157,6 +160,7 @@ class GenerationRecord:
             "a generation's images are not a list of paths",
         )
         _expect(record.error is None or isinstance(record.error, str), "an error is not text")
+        _expect(record.owner is None or isinstance(record.owner, str), "an owner is not text")
         return record
 
 

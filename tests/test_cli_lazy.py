@@ -55,7 +55,7 @@ def test_help_imports_no_command_module() -> None:
 def test_a_command_imports_only_itself() -> None:
     loaded = commands_loaded("cancel", "-q")
     assert "asset_generator.cli.cancel" in loaded
-    for other in ("generate", "status", "models", "config", "completion"):
+    for other in ("generate", "status", "models", "config", "completion", "mcp"):
         assert f"asset_generator.cli.{other}" not in loaded
 
 
@@ -114,3 +114,12 @@ def test_generate_imports_pillow_only_to_post_process(emulator, tmp_path) -> Non
     )
     assert "PIL" in cropped
     assert "vtracer" not in cropped
+
+
+def test_only_the_mcp_command_imports_the_mcp_sdk(emulator) -> None:
+    # The SDK (pydantic, starlette, anyio, ...) costs a lot at start-up and is an optional extra.
+    heavy = {"mcp", "pydantic", "asset_generator.mcp_tools", "asset_generator.cli.mcp"}
+    for args in (["--help"], ["mcp", "--help"], ["cancel", "-q"], ["status", "-q"]):
+        env = {"ASSET_GENERATOR_API_URL": emulator.url}
+        loaded = set(loaded_modules(*args, env=env))
+        assert not loaded & (heavy - ({"asset_generator.cli.mcp"} if args[0] == "mcp" else set()))

@@ -129,6 +129,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Shrink images to a width, a height, both, or a percentage.",
     ),
     "generate": ("asset_generator.cli.generate", "Start generations on the server."),
+    "mcp": (
+        "asset_generator.cli.mcp",
+        "Serve the generate, status and cancel tools to AI agents over MCP (stdio).",
+    ),
     "models": ("asset_generator.cli.models", "List the models the server offers."),
     "status": (
         "asset_generator.cli.status",

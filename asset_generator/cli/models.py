@@ -56,6 +56,16 @@ def list_command(app: App, subtype: str, folder: str, depth: int) -> int:
     them to `generate image --model` or `--lora` as they are. The names are also
     cached locally, so shell completion of --model works without the network.
     """
+    subtype, listing = fetch_listing(app, subtype, folder, depth)
+    if app.output.is_json:
+        app.output.json(_document(app, listing, subtype, folder, depth))
+    elif not app.output.quiet:
+        _print_table(app, listing, subtype)
+    return 0
+
+
+def fetch_listing(app: App, subtype: str, folder: str, depth: int) -> tuple[str, ModelListing]:
+    """``ListModels`` on the control session; the names are cached for completion."""
     subtype = next((s for s in SUBTYPES if s.lower() == subtype.lower()), subtype)
     listing = app.with_session(
         lambda session: app.client().models(session, subtype=subtype, path=folder, depth=depth)
@@ -65,11 +75,13 @@ def list_command(app: App, subtype: str, folder: str, depth: int) -> int:
         remember_model_names(
             state, app.server_key, subtype, [m.name for m in listing.models], complete=complete
         )
-    if app.output.is_json:
-        app.output.json(_document(app, listing, subtype, folder, depth))
-    elif not app.output.quiet:
-        _print_table(app, listing, subtype)
-    return 0
+    return subtype, listing
+
+
+def document(app: App, subtype: str, folder: str, depth: int) -> dict[str, Any]:
+    """The ``models list --format json`` document (also the MCP ``list_models`` result)."""
+    subtype, listing = fetch_listing(app, subtype, folder, depth)
+    return _document(app, listing, subtype, folder, depth)
 
 
 def _document(
