@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import WholeNumber, global_options
 from asset_generator.cli.app import App
 from asset_generator.cli.output import one_line as printable
 from asset_generator.registry import remember_model_names
@@ -42,7 +42,7 @@ def command() -> None:
 )
 @click.option(
     "--depth",
-    type=click.IntRange(1, MAX_DEPTH),
+    type=WholeNumber(1, MAX_DEPTH),
     default=MAX_DEPTH,
     show_default=True,
     help="How many folder levels below --path to include.",
