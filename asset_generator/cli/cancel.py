@@ -19,8 +19,15 @@ NOTHING_ACTIVE = (
 POLL_SECONDS = 0.25
 
 
+def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Tab completion of ID from the registry; imported only when the shell asks."""
+    from asset_generator.cli.completion import complete_job_id
+
+    return complete_job_id(ctx, param, incomplete)
+
+
 @click.command("cancel")
-@click.argument("generation_id", metavar="[ID]", required=False)
+@click.argument("generation_id", metavar="[ID]", required=False, shell_complete=_complete_id)
 @click.option(
     "--all",
     "cancel_all",
@@ -74,10 +81,31 @@ def command(
 def _cancel_current(app: App, generations: Generations, wait: bool, wait_timeout: float) -> int:
     target = generations.current(generations.active())
     if target is None:
+        _refuse_if_other_credentials(app)
         app.output.info(NOTHING_ACTIVE)
         _report(app, "generation", [], was_active=False)
         return 0
     return _interrupt(app, generations, target, wait, wait_timeout)
+
+
+def _refuse_if_other_credentials(app: App) -> None:
+    """Nothing of ours under these credentials, but ours under others: say so, exit 1."""
+    from asset_generator.registry import active_under_other_credentials
+
+    server = describe_server(app.api_url)
+    elsewhere = active_under_other_credentials(app.registry.read(), server, app.server_key)
+    if not elsewhere:
+        return
+    count = len(elsewhere)
+    ids = ", ".join(r.id for r in elsewhere[:3]) + (", …" if count > 3 else "")
+    these = "it was" if count == 1 else "they were"
+    raise CommandError(
+        f"nothing cancelled: {count} generation{'s' if count > 1 else ''} of this client on "
+        f"{server} ({ids}) {'runs' if count == 1 else 'run'} under other credentials; pass the "
+        f"--api-key (or --auth-header) {these} started with to reach "
+        f"{'it' if count == 1 else 'them'}",
+        "auth_failed",
+    )
 
 
 def _cancel_one(
