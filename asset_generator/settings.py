@@ -255,8 +255,12 @@ def lookup(key: str) -> Setting:
     try:
         return BY_KEY[key]
     except KeyError:
+        from difflib import get_close_matches
+
         known = ", ".join(BY_KEY)
-        raise SettingsError(f"unknown config key {key!r} (known keys: {known})") from None
+        close = get_close_matches(key, BY_KEY, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SettingsError(f"unknown config key {key!r}{hint} (known keys: {known})") from None
 
 
 def validate(key: str, value: Any) -> Any:

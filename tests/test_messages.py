@@ -193,3 +193,10 @@ def test_a_required_authorization_header_not_sent_is_said_so(cli: Runner, emulat
     assert "none was sent" in result.stderr and "--auth-header" in result.stderr
     wrong = cli("status", "--api-url", emu.url, "--auth-header", "Bearer wrong-wrong-wrong")
     assert "refused the Authorization header" in wrong.stderr
+
+
+def test_a_mistyped_config_key_gets_a_suggestion(cli: Runner) -> None:
+    line = _usage_block(cli("config", "get", "generate.stpes"), "config get")
+    assert line.startswith(
+        "Error: unknown config key 'generate.stpes'; did you mean generate.steps?"
+    )
