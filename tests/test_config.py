@@ -224,6 +224,18 @@ def test_init_is_idempotent_for_setup_scripts(cli: Runner, config_dir: Path) -> 
     assert path.read_bytes() == before
 
 
+def test_init_force_repairs_a_file_that_is_not_toml(cli: Runner, config_dir: Path) -> None:
+    path = config_file(config_dir)
+    path.parent.mkdir(parents=True)
+    path.write_text("api_url = [broken\n")
+    refused = cli("config", "init")
+    assert refused.code == 1 and "--force replaces the whole file" in refused.stderr
+    forced = cli("--api-url", "http://gpu-box:7801", "config", "init", "--force")
+    assert forced.code == 0, forced.stderr
+    assert "not valid TOML" in forced.stderr
+    assert document(path) == {"api_url": "http://gpu-box:7801"}
+
+
 def test_init_of_one_profile_keeps_the_rest_of_the_file(cli: Runner, config_dir: Path) -> None:
     path = config_file(config_dir)
     assert cli("--api-url", "http://gpu-box:7801", "config", "init").code == 0

@@ -85,8 +85,15 @@ def init(app: App, force: bool) -> int:
     path = _config_path(app)
     profile = settings.selected_profile(app.flags.get("profile"))
     exists = os.path.lexists(path)
-    document = settings.read_config_file(path) if exists else {}
     wanted = _init_values(app)
+    try:
+        document = settings.read_config_file(path) if exists else {}
+    except settings.SettingsError as exc:
+        if not force:
+            raise settings.SettingsError(f"{exc}; --force replaces the whole file", 1) from None
+        # A file that is not TOML cannot be merged into; --force asked for a fresh one.
+        app.output.warn(f"warning: {exc}; replacing it")
+        document = {}
     differ = [
         key
         for key, value in wanted.items()
