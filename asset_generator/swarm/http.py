@@ -312,7 +312,9 @@ class Transport:
         if isinstance(exc, httpx.TimeoutException):
             if isinstance(exc, httpx.ConnectTimeout):
                 return RequestTimeout(f"{self.server} timed out (connecting); {self._check_hint()}")
-            return RequestTimeout(f"{self.server} timed out (waiting for {path})")
+            return RequestTimeout(
+                f"{self.server} timed out (waiting for {path}); --timeout sets how long to wait"
+            )
         if isinstance(exc, httpx.ConnectError):
             return ConnectionFailed(self._cannot_connect(exc))
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
