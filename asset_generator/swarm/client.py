@@ -287,8 +287,14 @@ class SwarmClient:
                 f"{self.server} did not accept our credentials ({text}); "
                 "set --api-key to a valid swarm_token"
             )
+        # An Authorization header (for a proxy) is not a SwarmUI login.
+        sent = (
+            "no login token was"
+            if self.transport.credentials.auth_header
+            else "no credentials were"
+        )
         return (
-            f"{self.server} requires a login ({text}) and no credentials were sent; "
+            f"{self.server} requires a login ({text}) and {sent} sent; "
             "pass a swarm_token with --api-key or ASSET_GENERATOR_API_KEY"
         )
 
