@@ -2,11 +2,12 @@
 
 The rule, for whoever adds a doc section: every fenced ```bash block in README.md,
 CANCEL_COMMAND.md and docs/*.md is run, unless the line before its fence is an HTML comment
-``<!-- not run: reason -->``. A block runs with bash in an empty directory, with the installed
-``asset-generator`` first on the PATH, an isolated home, ``ASSET_GENERATOR_API_URL`` and every
-``http://gpu-box:7801`` / ``http://localhost:7801`` in its text pointing at the emulator, and
-``$TOKEN`` set to a test token. It must exit 0 with no traceback, no usage error and no unknown
-command.
+``<!-- not run: reason -->``; so is the command of every line of a ```cron block (with sh, as
+cron runs it; the five time fields are dropped). A block runs in an empty directory, with the
+installed ``asset-generator`` first on the PATH, an isolated home, ``ASSET_GENERATOR_API_URL``
+and every ``http://gpu-box:7801`` / ``http://localhost:7801`` in its text pointing at the
+emulator, and ``$TOKEN`` set to a test token. It must exit 0 with no traceback, no usage error
+and no unknown command.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Block:
     line: int
     text: str
     skipped: str | None  # the reason, for a block marked not run
+    shell: str = "bash"
 
     @property
     def name(self) -> str:
@@ -47,19 +49,32 @@ def doc_files() -> list[Path]:
     return [ROOT / "README.md", ROOT / "CANCEL_COMMAND.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+def _cron_commands(lines: list[str]) -> str:
+    """The commands of crontab lines: each without its five time fields."""
+    commands = [
+        line.split(None, 5)[5]
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#") and len(line.split(None, 5)) == 6
+    ]
+    return "\n".join(commands) + "\n"
+
+
 def bash_blocks(path: Path) -> list[Block]:
-    """The ```bash blocks of ``path``, each with the reason it is not run, if it has one."""
+    """The ```bash and ```cron blocks of ``path``, each with its reason not to run, if any."""
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
     index = 0
     while index < len(lines):
         fence = lines[index].strip()
-        if fence.startswith("```") and fence[3:].strip() == "bash":
+        if fence.startswith("```") and fence[3:].strip() in ("bash", "cron"):
             end = next(j for j in range(index + 1, len(lines)) if lines[j].strip() == "```")
             before = lines[index - 1].strip() if index > 0 else ""
             marked = NOT_RUN.match(before)
-            text = "\n".join(lines[index + 1 : end]) + "\n"
-            blocks.append(Block(path, index + 1, text, marked["reason"] if marked else None))
+            body = lines[index + 1 : end]
+            cron = fence[3:].strip() == "cron"
+            text = _cron_commands(body) if cron else "\n".join(body) + "\n"
+            reason = marked["reason"] if marked else None
+            blocks.append(Block(path, index + 1, text, reason, "sh" if cron else "bash"))
             index = end
         elif fence.startswith("```"):
             # Skip other fenced blocks whole: a ```bash inside a ```text block is not code.
@@ -74,7 +89,9 @@ ALL_BLOCKS = [block for path in doc_files() for block in bash_blocks(path)]
 RUN_BLOCKS = [block for block in ALL_BLOCKS if block.skipped is None]
 
 
-def run_script(text: str, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_script(
+    text: str, url: str, cwd: Path, shell: str = "bash"
+) -> subprocess.CompletedProcess[str]:
     for placeholder in PLACEHOLDER_URLS:
         text = text.replace(placeholder, url)
     env = dict(os.environ)  # the autouse fixture has isolated HOME and the XDG dirs
@@ -84,7 +101,7 @@ def run_script(text: str, url: str, cwd: Path) -> subprocess.CompletedProcess[st
     script = cwd / "doc-script.sh"
     script.write_text(text, encoding="utf-8")
     return subprocess.run(
-        ["bash", str(script)],
+        [shell, str(script)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -103,13 +120,14 @@ def test_the_docs_have_scripts_and_every_skip_says_why() -> None:
     names = {b.path.name for b in RUN_BLOCKS}
     assert {"README.md", "CANCEL_COMMAND.md"} <= names
     assert len(RUN_BLOCKS) >= 8
+    assert len([b for b in RUN_BLOCKS if b.shell == "sh"]) >= 2
     for block in ALL_BLOCKS:
         assert block.skipped is None or block.skipped.strip(), block.name
 
 
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=lambda b: b.name)
 def test_doc_script_runs(block: Block, emulator: Emulator, cli: Runner) -> None:
-    done = run_script(block.text, emulator.url, cli.cwd)
+    done = run_script(block.text, emulator.url, cli.cwd, block.shell)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{block.name} exited {done.returncode}:\n{output}"
     for sign in ROT:
