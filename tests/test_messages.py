@@ -200,3 +200,22 @@ def test_a_mistyped_config_key_gets_a_suggestion(cli: Runner) -> None:
     assert line.startswith(
         "Error: unknown config key 'generate.stpes'; did you mean generate.steps?"
     )
+
+
+def test_the_mapper_never_prints_a_code_outside_the_contract(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from asset_generator.cli import _json_failure
+    from asset_generator.cli.app import App, CommandError
+
+    app = App()
+    app.flags["format"] = "json"
+    _json_failure(app, "made_up_code", "boom")
+    assert json.loads(capsys.readouterr().out)["error"] == {
+        "code": "server_error",
+        "message": "boom",
+    }
+    assert CommandError("bad flag", exit_code=2).code == "usage_error"
+    assert CommandError("odd").code in ERROR_CODES
