@@ -219,15 +219,41 @@ class CancelResult:
         return document
 
 
-def cancel_current(generations: Generations, *, wait_timeout: float | None = None) -> CancelResult:
+def cancel_current(
+    generations: Generations, *, server: str | None = None, wait_timeout: float | None = None
+) -> CancelResult:
     """Cancel the generation of ours the server is running, else the newest still queued.
 
-    ``wait_timeout``: after interrupting, wait up to this long for the work to stop.
+    ``server``: how the configured server is described; with it, a registry holding work of
+    ours on that server under other credentials raises CancelError (``auth_failed``) instead
+    of reporting "nothing to cancel". ``wait_timeout``: after interrupting, wait up to this
+    long for the work to stop.
     """
     target = generations.current(generations.active())
     if target is None:
+        if server is not None:
+            _refuse_if_other_credentials(generations, server)
         return CancelResult("generation", [], was_active=False, notes=[NOTHING_ACTIVE])
     return interrupt_generation(generations, target, wait_timeout=wait_timeout)
+
+
+def _refuse_if_other_credentials(generations: Generations, server: str) -> None:
+    """Nothing of ours under these credentials, but ours under others: say so (issue 10.9)."""
+    from asset_generator.registry import active_under_other_credentials
+
+    elsewhere = active_under_other_credentials(generations.registry.read(), server, generations.key)
+    if not elsewhere:
+        return
+    count = len(elsewhere)
+    ids = ", ".join(r.id for r in elsewhere[:3]) + (", …" if count > 3 else "")
+    these = "it was" if count == 1 else "they were"
+    raise CancelError(
+        f"nothing cancelled: {count} generation{'s' if count > 1 else ''} of this client on "
+        f"{server} ({ids}) {'runs' if count == 1 else 'run'} under other credentials; pass the "
+        f"--api-key (or --auth-header) {these} started with to reach "
+        f"{'it' if count == 1 else 'them'}",
+        "auth_failed",
+    )
 
 
 def cancel_one(

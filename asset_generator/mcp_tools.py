@@ -379,7 +379,7 @@ class Tools:
                 generations, generation_id, server=describe_server(self.app.api_url)
             )
         else:
-            result = jobs.cancel_current(generations)
+            result = jobs.cancel_current(generations, server=describe_server(self.app.api_url))
         document = result.to_json()
         if result.notes:
             document["message"] = result.notes[0]

@@ -461,3 +461,21 @@ def write_atomic(path: Path, payload: bytes, *, what: str, mode: int = 0o600) ->
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def active_under_other_credentials(state: State, server: str, key: str) -> list[GenerationRecord]:
+    """Unfinished records on ``server`` (as shown) that were started with other credentials.
+
+    ``cancel`` cannot reach them with the credentials in effect (keys hash server and
+    credential), so "nothing to cancel" would be wrong while they may still be running.
+    A record whose process is known dead is left out: nothing may be running there.
+    """
+    records = [
+        r
+        for r in state.generations.values()
+        if r.server == server
+        and r.server_key != key
+        and not r.is_final
+        and r.process_alive() is not False
+    ]
+    return sorted(records, key=lambda r: r.created, reverse=True)

@@ -30,9 +30,21 @@ class SettingsError(Exception):
 
 def _parse_url(value: Any) -> str:
     text = str(value).strip()
+    if "://" not in text and text and not text.startswith("/"):
+        # `127.0.0.1:7801` or `gpu-box:7801`: urlsplit reads the host as a scheme.
+        raise ValueError(f"{text!r} has no scheme: use http://{text.rstrip('/')}")
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an http(s) URL, e.g. http://localhost:7801")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"{text!r} has a port that is not a number") from None
+    path = parts.path.rstrip("/")
+    if path.lower().endswith("/api"):
+        # Every route is /API/<name>: a base that ends in /API would ask for /API/API/...
+        base = text.rstrip("/")[: -len("/api")]
+        raise ValueError(f"{text!r} ends with /API; drop it: {base}")
     return text.rstrip("/")
 
 
@@ -300,8 +312,12 @@ def lookup(key: str) -> Setting:
     try:
         return BY_KEY[key]
     except KeyError:
+        from difflib import get_close_matches
+
         known = ", ".join(BY_KEY)
-        raise SettingsError(f"unknown config key {key!r} (known keys: {known})") from None
+        close = get_close_matches(key, BY_KEY, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SettingsError(f"unknown config key {key!r}{hint} (known keys: {known})") from None
 
 
 def validate(key: str, value: Any) -> Any:
@@ -413,10 +429,11 @@ def resolve(
             try:
                 values[setting.key] = setting.parse(raw)
             except ValueError as exc:
-                where = {"flag": "option", "env": f"environment variable {setting.env}"}.get(
-                    source, f"{path} ({source})"
-                )
-                raise SettingsError(f"invalid value for {setting.key} in {where}: {exc}") from None
+                where = {
+                    "flag": f"--{setting.key.replace('_', '-')}",
+                    "env": f"{setting.key} in environment variable {setting.env}",
+                }.get(source, f"{setting.key} in {path} ({source})")
+                raise SettingsError(f"invalid value for {where}: {exc}") from None
             sources[setting.key] = source
             break
         else:
@@ -550,6 +567,15 @@ def _table(
 
 def _parents(key: str, profile: str | None) -> list[str]:
     return ([PROFILES, profile] if profile else []) + key.split(".")[:-1]
+
+
+def current_value(document: Mapping[str, Any], key: str, profile: str | None = None) -> Any:
+    """The value ``key`` has in the file's top level (or ``[profiles.NAME]``); None if unset."""
+    table: Any = document
+    if profile:
+        profiles = document.get(PROFILES)
+        table = profiles.get(profile) if isinstance(profiles, Mapping) else None
+    return _dig(table, key) if isinstance(table, Mapping) else None
 
 
 def set_value(

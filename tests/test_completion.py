@@ -182,6 +182,7 @@ def test_help_and_completion_import_nothing_heavy(cli: Runner) -> None:
         ([], {**protocol, "COMP_WORDS": "asset-generator generate image --model "}),
         ([], {**protocol, "COMP_WORDS": "asset-generator config set api_u"}),
         ([], {**protocol, "COMP_WORDS": "asset-generator models list --sub", "COMP_CWORD": "3"}),
+        ([], {**protocol, "COMP_WORDS": "asset-generator cancel ", "COMP_CWORD": "2"}),
     ]
     assert len(runs) > 10
     done = subprocess.run(
@@ -194,3 +195,26 @@ def test_help_and_completion_import_nothing_heavy(cli: Runner) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report == {}, f"imported at startup (make these imports lazy): {report}"
+
+
+def test_cancel_completes_unfinished_ids_from_the_registry(
+    cli: Runner, emulator: Emulator, state_dir: Path
+) -> None:
+    assert cli("generate", "image", "-p", "finished one", "--steps", "1", "-q").code == 0
+    done = cli("status", "-f", "json").json()["generations"][0]["id"]
+    # Records as a running generation and a running pipeline would leave them.
+    path = state_dir / "generations.json"
+    document = json.loads(path.read_text())
+    (record,) = document["generations"].values()
+    running = {**record, "id": "gen_0badf00d", "status": "running", "created": 1e9 + 1}
+    document["generations"]["gen_0badf00d"] = running
+    document["pipelines"] = {"pipe_00c0ffee": {**running, "id": "pipe_00c0ffee", "created": 1e9}}
+    elsewhere = {**running, "id": "gen_0e15e0e0", "server": "http://elsewhere:1"}
+    document["generations"]["gen_0e15e0e0"] = elsewhere
+    path.write_text(json.dumps(document))
+    cli.url = stopped_server()  # completion never asks the server
+    env = {"ASSET_GENERATOR_API_URL": emulator.url}
+    assert complete(cli, "asset-generator cancel ", env=env) == ["gen_0badf00d", "pipe_00c0ffee"]
+    assert complete(cli, "asset-generator cancel pi", env=env) == ["pipe_00c0ffee"]
+    assert done not in complete(cli, "asset-generator cancel gen_", env=env)
+    assert complete(cli, "asset-generator cancel ", shell="zsh", env=env)[:1] == ["gen_0badf00d"]

@@ -94,7 +94,7 @@ def test_bad_values_and_unknown_keys_exit_2_naming_the_key(cli: Runner, config_d
     failure = cli("config", "set", "generate.steps", "many", "-f", "json")
     assert failure.code == 2
     error = failure.json()["error"]
-    assert error["code"] == "invalid_value"
+    assert error["code"] == "usage_error"
     assert "generate.steps" in error["message"]
 
 
@@ -118,8 +118,10 @@ def test_secrets_are_masked_and_the_file_is_private(cli: Runner, config_dir: Pat
         "env": "ASSET_GENERATOR_API_KEY",
     }
     get = cli("config", "get", "api_key")
-    assert (get.code, get.stdout) == (0, "********\n")
-    assert "--show-secrets" in get.stderr
+    # Nothing on stdout: `TOKEN=$(config get api_key)` must not capture the mask.
+    assert (get.code, get.stdout) == (0, "")
+    assert get.stderr == "api_key is set (********); add --show-secrets to print it\n"
+    assert cli("config", "get", "api_key", "-q").stderr == ""
 
     assert cli("config", "get", "api_key", "--show-secrets").stdout == f"{TOKEN}\n"
     assert f'"{TOKEN}"' in cli("config", "view", "--show-secrets").stdout
@@ -191,7 +193,11 @@ def test_init_refuses_to_overwrite_without_force(cli: Runner, config_dir: Path) 
 
     again = cli("config", "init")
     assert again.code == 1
-    assert "already exists" in again.stderr and "--force" in again.stderr
+    assert again.stderr == (
+        f"config file {path} already exists and differs: api_url is http://gpu-box:7801 "
+        "there, http://localhost:7801 here; use --force to replace that value "
+        "(the rest of the file is kept)\n"
+    )
     assert document(path) == {"api_url": "http://gpu-box:7801"}
 
     forced = cli("config", "init", "--force", "-f", "json")
@@ -201,8 +207,71 @@ def test_init_refuses_to_overwrite_without_force(cli: Runner, config_dir: Path) 
         "path": str(path),
         "profile": None,
         "values": {"api_url": "http://localhost:7801"},
+        "changed": ["api_url"],
     }
     assert document(path) == {"api_url": "http://localhost:7801"}
+
+
+def test_init_is_idempotent_for_setup_scripts(cli: Runner, config_dir: Path) -> None:
+    for _ in range(2):
+        assert cli("--api-url", "http://gpu-box:7801", "config", "init").code == 0
+    path = config_file(config_dir)
+    before = path.read_bytes()
+    same = cli("--api-url", "http://gpu-box:7801", "config", "init", "-f", "json")
+    assert same.code == 0
+    assert "already has these values; nothing to change" in same.stderr
+    assert same.json()["changed"] == []
+    assert path.read_bytes() == before
+
+
+def test_init_force_repairs_a_file_that_is_not_toml(cli: Runner, config_dir: Path) -> None:
+    path = config_file(config_dir)
+    path.parent.mkdir(parents=True)
+    path.write_text("api_url = [broken\n")
+    refused = cli("config", "init")
+    assert refused.code == 1 and "--force replaces the whole file" in refused.stderr
+    forced = cli("--api-url", "http://gpu-box:7801", "config", "init", "--force")
+    assert forced.code == 0, forced.stderr
+    assert "not valid TOML" in forced.stderr
+    assert document(path) == {"api_url": "http://gpu-box:7801"}
+
+
+def test_init_of_one_profile_keeps_the_rest_of_the_file(cli: Runner, config_dir: Path) -> None:
+    path = config_file(config_dir)
+    assert cli("--api-url", "http://gpu-box:7801", "config", "init").code == 0
+    assert cli("config", "set", "generate.steps", "30").code == 0
+    assert cli("config", "set", "--profile", "lab", "api_url", "http://lab:1").code == 0
+    # A new profile needs no --force: nothing in the file changes but that table.
+    added = cli("--api-url", "http://laptop:7801", "config", "init", "--profile", "laptop")
+    assert added.code == 0, added.stderr
+    replaced = cli(
+        "--api-url", "http://lab:2", "--api-key", TOKEN, "config", "init", "--profile", "lab"
+    )
+    assert replaced.code == 1
+    assert "api_url is http://lab:1 there, http://lab:2 here" in replaced.stderr
+    assert TOKEN not in replaced.stderr
+    forced = cli(
+        "--api-url",
+        "http://lab:2",
+        "--api-key",
+        TOKEN,
+        "config",
+        "init",
+        "--profile",
+        "lab",
+        "--force",
+    )
+    assert forced.code == 0, forced.stderr
+    assert TOKEN not in forced.stdout + forced.stderr
+    assert document(path) == {
+        "api_url": "http://gpu-box:7801",
+        "generate": {"steps": 30},
+        "profiles": {
+            "lab": {"api_url": "http://lab:2", "api_key": TOKEN},
+            "laptop": {"api_url": "http://laptop:7801"},
+        },
+    }
+    assert mode(path) == 0o600
 
 
 def test_path_follows_the_flag_the_environment_and_xdg(

@@ -97,13 +97,38 @@ def test_path_and_depth_narrow_the_listing_without_shrinking_the_cache(
 
 def test_bad_values_exit_with_a_message(cli: Runner, emulator: Emulator) -> None:
     unknown = cli("models", "list", "--subtype", "Nope")
-    assert unknown.code == 1
-    assert unknown.stderr.startswith("request failed: ") and "Invalid sub-type." in unknown.stderr
+    assert unknown.code == 2
+    assert unknown.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--subtype': 'Nope' is not a model type; the types are: "
+        "Stable-Diffusion, VAE, LoRA, Embedding, ControlNet, Clip, ClipVision, Wildcards."
+    )
     assert unknown.stdout == ""
+    assert cli("-f", "json", "models", "list", "--subtype", "x").json()["error"]["code"] == (
+        "usage_error"
+    )
 
     depth = cli("models", "list", "--depth", "0")
     assert depth.code == 2 and "--depth" in depth.stderr
-    assert len(emulator.calls("ListModels")) == 1
+    assert emulator.calls("ListModels") == []
+
+
+def test_loras_show_no_resolution_and_an_empty_folder_is_named(
+    cli: Runner, emulator: Emulator
+) -> None:
+    loras = cli("models", "list", "--subtype", "LoRA")
+    assert loras.code == 0, loras.stderr
+    assert "0x0" not in loras.stdout
+    rows = loras.stdout.splitlines()[1:]
+    assert sorted(row.split() for row in rows) == sorted(
+        [name, name.rsplit("/", 1)[-1].removesuffix(".safetensors")] for name in DEFAULT_LORAS
+    )
+    # The raw answer is still there for scripts.
+    raw = cli("models", "list", "--subtype", "LoRA", "-f", "json").json()["models"]
+    assert {m["resolution"] for m in raw} == {"0x0"}
+
+    empty = cli("models", "list", "--path", "nope")
+    assert (empty.code, empty.stdout) == (0, "")
+    assert empty.stderr == f"no Stable-Diffusion models in folder 'nope' on {emulator.url}\n"
 
 
 def test_hostile_model_names_cannot_drive_the_terminal(cli: Runner, emulator_factory) -> None:

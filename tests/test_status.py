@@ -209,7 +209,7 @@ def test_watch_refuses_a_pipe_and_json(cli: Runner, emulator: Emulator) -> None:
     result = cli("status", "--watch")
     assert result.code == 2
     assert result.stdout == ""
-    assert result.stderr.startswith("--watch needs a terminal")
+    assert result.stderr.splitlines()[-1].startswith("Error: --watch needs a terminal")
     as_json = cli("status", "--watch", "-f", "json")
     assert as_json.code == 2
     assert as_json.json()["ok"] is False

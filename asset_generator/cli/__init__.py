@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from asset_generator import __version__
-from asset_generator.cli.app import App, CommandError, Stopped, Terminated
+from asset_generator.cli.app import ERROR_CODES, App, CommandError, Stopped, Terminated
 from asset_generator.settings import MAX_SECONDS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -17,6 +17,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 class FiniteFloatRange(click.FloatRange):
     """A float range that also refuses nan and inf, which compare false with any bound."""
+
+    # click calls it a "float range": `'abc' is not a valid float range.` reads as a riddle.
+    name = "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         import math
@@ -27,12 +30,21 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class WholeNumber(click.IntRange):
+    """An integer range whose errors say "integer": `'abc' is not a valid integer.`"""
+
+    name = "integer"
+
+
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Record a global option given on the command line, wherever it stood."""
+    app = ctx.find_object(App)
+    if app is not None:
+        # Every leaf command declares the global options, so this is the innermost context.
+        app.context = ctx
     source = ctx.get_parameter_source(param.name or "")
     if source is not click.core.ParameterSource.COMMANDLINE or param.name is None:
         return value
-    app = ctx.find_object(App)
     if app is not None:
         app.flags[param.name] = value
     return value
@@ -151,6 +163,17 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # click suggests from the commands already imported, which here is none of them.
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             import importlib
@@ -223,6 +246,10 @@ def _json_failure(app: App, code: str, message: str, details: dict[str, Any] | N
     except Exception:  # the settings themselves are broken: no document can be promised
         return
     if wanted:
+        if code not in ERROR_CODES:
+            # A code outside the contract is a bug (tests/test_messages.py looks for them);
+            # a script must still get a code it knows.
+            code = "server_error"
         extra = {k: v for k, v in (details or {}).items() if k not in ("ok", "error")}
         app.output.json(
             {"ok": False, "error": {"code": code, "message": one_line(message)}, **extra}
@@ -247,7 +274,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
-        _json_failure(app, "usage_error", exc.format_message())
+        code = "file_error" if isinstance(exc, click.FileError) else "usage_error"
+        _json_failure(app, code, exc.format_message())
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
@@ -261,10 +289,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         _json_failure(app, "interrupted", exc.message, exc.details)
         return exc.exit_code
     except CommandError as exc:
+        if exc.exit_code == 2:
+            return _usage_failure(app, exc.message)
         return _fail(app, exc.message, exc.code, exc.details, exc.exit_code)
     except SettingsError as exc:
-        code = "invalid_value" if exc.exit_code == 2 else "config_error"
-        return _fail(app, str(exc), code, exit_code=exc.exit_code)
+        if exc.exit_code == 2:
+            return _usage_failure(app, str(exc))
+        # Exit 1: the config file itself cannot be read or written.
+        return _fail(app, str(exc), "file_error", exit_code=exc.exit_code)
     except RegistryError as exc:
         return _fail(app, str(exc), "file_error")
     except Exception as exc:
@@ -274,6 +306,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         return handled
     finally:
         app.close()
+
+
+def _usage_failure(app: App, message: str) -> int:
+    """A usage error found after parsing, in click's own style, so every one reads the same."""
+    click.UsageError(message, ctx=app.context).show()
+    _json_failure(app, "usage_error", message)
+    return 2
 
 
 def _protocol_failure(app: App, exc: Exception) -> int | None:

@@ -20,19 +20,43 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# cli-contract §3: the only codes a JSON failure may carry. README.md and CANCEL_COMMAND.md list
+# each of them (tests/test_messages.py checks both, and that the source uses no other).
+ERROR_CODES = (
+    "connection_failed",
+    "timeout",
+    "auth_failed",
+    "session_failed",
+    "server_error",
+    "bad_response",
+    "not_found",
+    "cancelled",
+    "interrupted",
+    "usage_error",
+    "file_error",
+    "bad_spec",
+    "partial",
+    "unavailable",
+)
+
+
 class CommandError(Exception):
-    """An expected failure of a command: one line on stderr, exit 1 (or ``exit_code``)."""
+    """An expected failure of a command: one line on stderr, exit 1 (or ``exit_code``).
+
+    ``code`` is one of ERROR_CODES; left out, it is ``usage_error`` for exit 2, else
+    ``server_error``.
+    """
 
     def __init__(
         self,
         message: str,
-        code: str = "error",
+        code: str | None = None,
         exit_code: int = 1,
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.code = code
+        self.code = code or ("usage_error" if exit_code == 2 else "server_error")
         self.exit_code = exit_code
         # Extra keys for the JSON failure document (e.g. the images that did arrive).
         self.details = details
@@ -63,6 +87,8 @@ class App:
     def __init__(self) -> None:
         # Global options as given on the command line, before or after the command name.
         self.flags: dict[str, Any] = {}
+        # The innermost command's context, for usage errors raised after parsing.
+        self.context: Any = None
         self._client: SwarmClient | None = None
 
     # -- settings and output ------------------------------------------------------------------

@@ -11,8 +11,15 @@ from asset_generator.jobs import Generations
 from asset_generator.settings import MAX_SECONDS, describe_server
 
 
+def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Tab completion of ID from the registry; imported only when the shell asks."""
+    from asset_generator.cli.completion import complete_job_id
+
+    return complete_job_id(ctx, param, incomplete)
+
+
 @click.command("cancel")
-@click.argument("generation_id", metavar="[ID]", required=False)
+@click.argument("generation_id", metavar="[ID]", required=False, shell_complete=_complete_id)
 @click.option(
     "--all",
     "cancel_all",
@@ -68,7 +75,9 @@ def command(
                 wait_timeout=timeout,
             )
         else:
-            result = jobs.cancel_current(generations, wait_timeout=timeout)
+            result = jobs.cancel_current(
+                generations, server=describe_server(app.api_url), wait_timeout=timeout
+            )
     except jobs.CancelError as exc:
         raise CommandError(exc.message, exc.code) from None
     _report(app, result)

@@ -62,9 +62,10 @@ def command(app: App, shell: str) -> int:
     fish:
       asset-generator completion fish > ~/.config/fish/completions/asset-generator.fish
 
-    Commands, options, config keys and --model names complete. Model names come from
-    the list that `models list` last saved for the server, so completion never contacts
-    the server. The script is printed as is; only an explicit --format json wraps it.
+    Commands, options, config keys, --model names and the ids `cancel` takes complete.
+    Model names come from the list that `models list` last saved for the server, and ids
+    from this client's registry, so completion never contacts the server. The script is
+    printed as is; only an explicit --format json wraps it.
     """
     text = script(shell)
     # Only the flag: a `format = "json"` in the config must not break `eval "$(...)"`.
@@ -94,14 +95,76 @@ def complete_lora(
     return _items(_cached_names(ctx, LORA_SUBTYPE), incomplete)
 
 
-def _cached_names(ctx: click.Context, subtype: str) -> list[str]:
-    from asset_generator.registry import cached_model_names
+JOB_PREFIXES = ("gen_", "pipe_")
 
-    # A quiet App of our own: the global options typed so far pick the server (and its
-    # credential), and no warning may reach the terminal in the middle of a completion.
+
+def complete_job_id(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Complete ``cancel ID`` with the unfinished generations (and pipelines) of the registry.
+
+    The file is read as plain JSON, without the lock or the network: any record with a
+    ``gen_``/``pipe_`` id and a status that is not final counts, wherever it sits in the
+    file, so kinds of record added later complete too.
+    """
+    import json
+
+    from click.shell_completion import CompletionItem
+
+    from asset_generator.registry import FILE_NAME, FINAL_STATES
+    from asset_generator.settings import describe_server, state_dir
+
+    probe = _probe(ctx)
+    try:
+        server: str | None = describe_server(probe.api_url)
+    except SettingsError:
+        server = None
+    try:
+        document = json.loads((state_dir() / FILE_NAME).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return []
+    found: dict[str, tuple[float, str]] = {}
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(value for value in node.values() if isinstance(value, dict | list))
+        ident, status = node.get("id"), node.get("status")
+        if not (isinstance(ident, str) and ident.startswith(JOB_PREFIXES)):
+            continue
+        if not isinstance(status, str) or status in FINAL_STATES:
+            continue
+        if server and isinstance(node.get("server"), str) and node["server"] != server:
+            continue
+        if ident.startswith(incomplete):
+            created = node.get("created")
+            label = node.get("prompt") or node.get("spec") or node.get("file") or ""
+            found[ident] = (
+                created if isinstance(created, int | float) else 0.0,
+                f"{status}: {label}" if isinstance(label, str) and label else status,
+            )
+    newest_first = sorted(found.items(), key=lambda item: item[1][0], reverse=True)
+    return [CompletionItem(ident, help=help_text) for ident, (_, help_text) in newest_first]
+
+
+def _probe(ctx: click.Context) -> App:
+    """A quiet App of our own with the global options typed so far: no warning may reach
+    the terminal in the middle of a completion."""
     probe = App()
     app = ctx.find_object(App)
     probe.flags = {**(app.flags if app is not None else {}), "quiet": True}
+    return probe
+
+
+def _cached_names(ctx: click.Context, subtype: str) -> list[str]:
+    from asset_generator.registry import cached_model_names
+
+    # The global options typed so far pick the server (and its credential).
+    probe = _probe(ctx)
     try:
         key = probe.server_key
     except SettingsError:

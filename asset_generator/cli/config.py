@@ -69,7 +69,7 @@ def path_command(app: App) -> int:
 
 
 @command.command("init")
-@click.option("--force", is_flag=True, help="Replace an existing config file.")
+@click.option("--force", is_flag=True, help="Replace values that differ in an existing file.")
 @global_options
 @click.pass_obj
 def init(app: App, force: bool) -> int:
@@ -78,33 +78,84 @@ def init(app: App, force: bool) -> int:
     Writes api_url (from --api-url, ASSET_GENERATOR_API_URL or the default), and api_key
     and auth_header when given as options, e.g.
     `asset-generator --api-url http://gpu-box:7801 config init`. With --profile NAME the
-    values go in [profiles.NAME]. An existing file is kept unless --force.
+    values go in [profiles.NAME]. On an existing file only these values change, and
+    everything else in it is kept: values already there are a no-op (exit 0), values
+    that differ are listed and need --force (exit 1 without it).
     """
     path = _config_path(app)
-    if os.path.lexists(path) and not force:
-        raise CommandError(
-            f"config file {path} already exists; use --force to replace it", "file_exists"
-        )
     profile = settings.selected_profile(app.flags.get("profile"))
-    document: dict[str, Any] = {}
-    written: dict[str, Any] = {}
-    for setting in settings.SETTINGS:
-        # The connection only: --format, --timeout, -q are about this very run.
-        if setting.key not in INIT_KEYS:
-            continue
-        value = app.flags.get(setting.key)
-        if value is None and setting.key == "api_url":
-            value = (setting.env and os.environ.get(setting.env)) or setting.default
-        if value is None:
-            continue
-        typed = settings.validate(setting.key, value)
-        settings.set_value(document, setting.key, typed, path, profile)
-        written[setting.key] = settings.shown(setting, typed)
-    settings.write_config_file(path, document)
-    app.output.info(f"wrote {_where(path, profile)}")
+    exists = os.path.lexists(path)
+    wanted = _init_values(app)
+    try:
+        document = settings.read_config_file(path) if exists else {}
+    except settings.SettingsError as exc:
+        if not force:
+            raise settings.SettingsError(f"{exc}; --force replaces the whole file", 1) from None
+        # A file that is not TOML cannot be merged into; --force asked for a fresh one.
+        app.output.warn(f"warning: {exc}; replacing it")
+        document = {}
+    differ = [
+        key
+        for key, value in wanted.items()
+        if settings.current_value(document, key, profile) not in (None, value)
+    ]
+    if differ and not force:
+        raise CommandError(
+            f"config file {path} already exists and differs: "
+            + "; ".join(_difference(document, key, wanted[key], profile) for key in differ)
+            + "; use --force to replace "
+            + ("that value" if len(differ) == 1 else "those values")
+            + " (the rest of the file is kept)",
+            "file_error",
+        )
+    changed = [
+        key
+        for key, value in wanted.items()
+        if settings.current_value(document, key, profile) != value
+    ]
+    for key in changed:
+        settings.set_value(document, key, wanted[key], path, profile)
+    if changed or not exists:
+        settings.write_config_file(path, document)
+        verb = "updated" if exists else "wrote"
+        app.output.info(f"{verb} {', '.join(changed)} in {_where(path, profile)}")
+    else:
+        app.output.info(f"{_where(path, profile)} already has these values; nothing to change")
     if app.output.is_json:
-        app.output.json({"ok": True, "path": str(path), "profile": profile, "values": written})
+        app.output.json(
+            {
+                "ok": True,
+                "path": str(path),
+                "profile": profile,
+                "values": {
+                    key: settings.shown(settings.lookup(key), value)
+                    for key, value in wanted.items()
+                },
+                "changed": changed,
+            }
+        )
     return 0
+
+
+def _init_values(app: App) -> dict[str, Any]:
+    """What `config init` writes: the connection only (--format, --timeout, -q are per run)."""
+    values: dict[str, Any] = {}
+    for key in INIT_KEYS:
+        setting = settings.lookup(key)
+        value = app.flags.get(key)
+        if value is None and key == "api_url":
+            value = (setting.env and os.environ.get(setting.env)) or setting.default
+        if value is not None:
+            values[key] = settings.validate(key, value)
+    return values
+
+
+def _difference(document: dict[str, Any], key: str, value: Any, profile: str | None) -> str:
+    setting = settings.lookup(key)
+    if setting.secret:
+        return f"{key} is set to another value there"
+    there = settings.display(settings.current_value(document, key, profile))
+    return f"{key} is {there} there, {settings.display(value)} here"
 
 
 @command.command("get")
@@ -116,8 +167,9 @@ def get(app: App, key: str, show_secrets: bool) -> int:
     """Print the value of KEY in effect.
 
     The value comes from a flag, an environment variable, the profile, the config file or
-    the default, in that order. Prints nothing when KEY has no value; `--format json` also
-    says where the value came from.
+    the default, in that order. Prints nothing on stdout when KEY has no value, and for
+    api_key and auth_header unless --show-secrets (stderr says they are set); exit 0
+    either way. `--format json` also says where the value came from.
     """
     setting = settings.lookup(key)
     resolved = app.settings
@@ -137,9 +189,11 @@ def get(app: App, key: str, show_secrets: bool) -> int:
     if value is None:
         app.output.info(f"{key} is not set")
         return 0
-    app.output.data(settings.display(value))
     if masked:
-        app.output.info(f"{key} is set; add --show-secrets to print it")
+        # Never the mask on stdout: `$(config get api_key)` would capture a fake token.
+        app.output.info(f"{key} is set ({settings.MASK}); add --show-secrets to print it")
+        return 0
+    app.output.data(settings.display(value))
     return 0
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from asset_generator.cli import FiniteFloatRange, global_options
+from asset_generator.cli import FiniteFloatRange, WholeNumber, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
 from asset_generator.cli.postprocess import postprocess_from, postprocess_options
@@ -61,14 +61,14 @@ def command() -> None:
     help="Model name as `models list` shows it.",
     shell_complete=complete_model,
 )
-@click.option("--width", type=click.IntRange(64, 16384), help="Width in pixels.")
-@click.option("--height", type=click.IntRange(64, 16384), help="Height in pixels.")
-@click.option("--steps", type=click.IntRange(0, 500), help="Sampling steps.")
+@click.option("--width", type=WholeNumber(64, 16384), help="Width in pixels.")
+@click.option("--height", type=WholeNumber(64, 16384), help="Height in pixels.")
+@click.option("--steps", type=WholeNumber(0, 500), help="Sampling steps.")
 @click.option("--cfg-scale", type=FiniteFloatRange(0, 100), help="CFG scale.")
-@click.option("--seed", type=click.IntRange(-1, 2**63 - 1), help="Seed; -1 is random.")
+@click.option("--seed", type=WholeNumber(-1, 2**63 - 1), help="Seed; -1 is random.")
 @click.option("--sampler", metavar="NAME", help="Sampler, e.g. euler, dpmpp_2m.")
 @click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. normal, karras.")
-@click.option("--images", "-n", type=click.IntRange(1, 10000), help="How many images.")
+@click.option("--images", "-n", type=WholeNumber(1, 10000), help="How many images.")
 @click.option(
     "--lora",
     "loras",

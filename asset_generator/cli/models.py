@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import WholeNumber, global_options
 from asset_generator.cli.app import App
 from asset_generator.cli.output import one_line as printable
 from asset_generator.registry import remember_model_names
@@ -14,10 +14,27 @@ from asset_generator.registry import remember_model_names
 if TYPE_CHECKING:
     from asset_generator.swarm.client import ModelListing
 
-# SwarmUI's model sub-types (swarmui-protocol.md §7); the server matches them case-sensitively,
-# so a known one typed in another case is corrected. Extensions may add others: those pass as-is.
-SUBTYPES = ("Stable-Diffusion", "VAE", "LoRA", "Embedding", "ControlNet", "Clip", "ClipVision")
+# SwarmUI's model sub-types and the pseudo-type Wildcards (swarmui-protocol.md §7). The server
+# matches them case-sensitively and answers anything else "Invalid sub-type.", so another
+# spelling is corrected here and an unknown one is a usage error naming these.
+SUBTYPES = (
+    "Stable-Diffusion",
+    "VAE",
+    "LoRA",
+    "Embedding",
+    "ControlNet",
+    "Clip",
+    "ClipVision",
+    "Wildcards",
+)
 MAX_DEPTH = 20
+
+
+class Subtype(click.Choice):
+    """A model type in any case; the error lists the types as SwarmUI spells them."""
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        return f"{value!r} is not a model type; the types are: {', '.join(SUBTYPES)}."
 
 
 @click.group("models")
@@ -28,6 +45,7 @@ def command() -> None:
 @command.command("list")
 @click.option(
     "--subtype",
+    type=Subtype(SUBTYPES, case_sensitive=False),
     default="Stable-Diffusion",
     show_default=True,
     metavar="TYPE",
@@ -42,7 +60,7 @@ def command() -> None:
 )
 @click.option(
     "--depth",
-    type=click.IntRange(1, MAX_DEPTH),
+    type=WholeNumber(1, MAX_DEPTH),
     default=MAX_DEPTH,
     show_default=True,
     help="How many folder levels below --path to include.",
@@ -60,7 +78,7 @@ def list_command(app: App, subtype: str, folder: str, depth: int) -> int:
     if app.output.is_json:
         app.output.json(_document(app, listing, subtype, folder, depth))
     elif not app.output.quiet:
-        _print_table(app, listing, subtype)
+        _print_table(app, listing, subtype, folder)
     return 0
 
 
@@ -98,9 +116,10 @@ def _document(
     }
 
 
-def _print_table(app: App, listing: ModelListing, subtype: str) -> None:
+def _print_table(app: App, listing: ModelListing, subtype: str, folder: str) -> None:
     if not listing.models:
-        app.output.info(f"no {subtype} models on {app.client().server}")
+        where = f" in folder {printable(folder)!r}" if folder else ""
+        app.output.info(f"no {subtype} models{where} on {app.client().server}")
         return
     from rich.table import Table
 
@@ -117,9 +136,16 @@ def _print_table(app: App, listing: ModelListing, subtype: str) -> None:
     table.add_column("RESOLUTION", no_wrap=True)
     table.add_column("LOADED", no_wrap=True)
     for model in listing.models:
-        cells = (model.name, model.title, model.architecture, model.resolution)
+        cells = (model.name, model.title, model.architecture, _resolution(model.resolution))
         table.add_row(*(printable(cell or "") for cell in cells), "yes" if model.loaded else "")
     app.output.rich(table, console)
+
+
+def _resolution(value: str | None) -> str:
+    """``WxH``, or nothing for a model that has none (LoRAs come back as ``0x0``)."""
+    if not value or all(part.strip("0") == "" for part in value.lower().split("x")):
+        return ""
+    return value
 
 
 # RESOLUTION and LOADED columns plus the gaps between the five columns.

@@ -40,6 +40,8 @@ class Report:
     backends: list[Backend] | None
     backends_error: str | None
     generations: list[GenerationRecord]
+    # Finished generations of ours left out by the limit (`--all` shows them).
+    older_not_shown: int = 0
 
     def to_json(self) -> dict[str, Any]:
         now = time.time()
@@ -74,6 +76,7 @@ class Report:
                 {**r.public(), "age_seconds": max(int(now - r.created), 0)}
                 for r in self.generations
             ],
+            "older_not_shown": self.older_not_shown,
         }
 
 
@@ -84,9 +87,18 @@ class Report:
     is_flag=True,
     help="Redraw every second until Ctrl-C (terminal only).",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=RECENT_FINISHED,
+    show_default=True,
+    metavar="N",
+    help="Show the N newest finished generations of ours (the active ones always).",
+)
+@click.option("--all", "show_all", is_flag=True, help="Show every finished generation of ours.")
 @global_options
 @click.pass_obj
-def command(app: App, watch: bool) -> int:
+def command(app: App, watch: bool, limit: int, show_all: bool) -> int:
     """Show the server, its backends and this client's generations.
 
     Reports the server URL, whether it answered and how fast, its version and id,
@@ -103,7 +115,7 @@ def command(app: App, watch: bool) -> int:
         _refuse_watch(app)
         _watch(app, generations)
     # A server that does not answer ends here with the contract's phrases (cli/__init__.py).
-    report = gather(app, generations)
+    report = gather(app, generations, finished_limit=None if show_all else limit)
     if app.output.is_json:
         app.output.json(report.to_json())
     elif not app.output.quiet:
@@ -114,10 +126,17 @@ def command(app: App, watch: bool) -> int:
 # -- gathering ---------------------------------------------------------------------------------
 
 
-def gather(app: App, generations: Generations, *, backends_hidden: str | None = None) -> Report:
+def gather(
+    app: App,
+    generations: Generations,
+    *,
+    backends_hidden: str | None = None,
+    finished_limit: int | None = RECENT_FINISHED,
+) -> Report:
     """Ask the server (GetCurrentStatus, ListBackends) and our registry; raise SwarmError.
 
     ``backends_hidden``: ListBackends was already refused with this text; do not ask again.
+    ``finished_limit``: how many finished generations to include; None for all of them.
     """
     asked: list[str] = []
     elapsed: list[float] = []
@@ -140,6 +159,7 @@ def gather(app: App, generations: Generations, *, backends_hidden: str | None = 
             # ListBackends needs view_backends_list (power users, protocol §6.3); without it
             # the roll-up above is all this user may see, which is not a failure.
             backends_error = exc.text
+    ours, older = _ours(app, generations, finished_limit)
     state = app.registry.read()
     cached = next((s for s in state.server(app.server_key).sessions if s.id == session_id), None)
     return Report(
@@ -151,17 +171,22 @@ def gather(app: App, generations: Generations, *, backends_hidden: str | None = 
         current=current,
         backends=backends,
         backends_error=backends_error,
-        generations=_ours(app, generations),
+        generations=ours,
+        older_not_shown=older,
     )
 
 
-def _ours(app: App, generations: Generations) -> list[GenerationRecord]:
-    """Our active records (dead processes checked on the server) and the latest finished."""
+def _ours(
+    app: App, generations: Generations, limit: int | None
+) -> tuple[list[GenerationRecord], int]:
+    """Our active records (dead processes checked on the server), the latest finished, and
+    how many older finished ones were left out."""
     records = app.registry.read().records_for(app.server_key)
     generations.refresh([r for r in records if not r.is_final])
     active = [r for r in records if not r.is_final]
-    finished = [r for r in records if r.is_final][:RECENT_FINISHED]
-    return active + finished
+    finished = [r for r in records if r.is_final]
+    shown = finished if limit is None else finished[:limit]
+    return active + shown, len(finished) - len(shown)
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -222,8 +247,14 @@ def render(report: Report) -> Any:
             prompt = Text(printable(r.prompt), no_wrap=True, overflow="ellipsis")
             ours.add_row(r.id, r.status, f"{r.progress:.0f}%", _age(now - r.created), prompt)
         parts.append(ours)
-    else:
+    elif not report.older_not_shown:
         parts.append("no generations started by this client on this server")
+    if report.older_not_shown:
+        count = report.older_not_shown
+        parts.append(
+            f"{count} older finished generation{'s' if count > 1 else ''} not shown "
+            "(--all shows them, --limit N the newest N)"
+        )
     return Group(*parts)
 
 

@@ -281,16 +281,30 @@ class SwarmClient:
 
     # -- sessions -----------------------------------------------------------------------------
 
+    def _credentials_refused(self, text: str) -> str:
+        if self.transport.credentials.api_key:
+            return (
+                f"{self.server} did not accept our credentials ({text}); "
+                "set --api-key to a valid swarm_token"
+            )
+        # An Authorization header (for a proxy) is not a SwarmUI login.
+        sent = (
+            "no login token was"
+            if self.transport.credentials.auth_header
+            else "no credentials were"
+        )
+        return (
+            f"{self.server} requires a login ({text}) and {sent} sent; "
+            "pass a swarm_token with --api-key or ASSET_GENERATOR_API_KEY"
+        )
+
     def new_session(self) -> SessionInfo:
         """``GetNewSession``; any failure is wrapped in SessionFailed."""
         try:
             document = self.call("GetNewSession", None, {})
         except APIError as exc:
             if exc.text.strip().rstrip(".").lower() == "invalid or unauthorized":
-                cause: SwarmError = AuthFailed(
-                    f"{self.server} did not accept our credentials ({exc.text.strip()}); "
-                    "set --api-key to a valid swarm_token"
-                )
+                cause: SwarmError = AuthFailed(self._credentials_refused(exc.text.strip()))
                 raise SessionFailed(cause) from None
             raise SessionFailed(exc) from None
         except SwarmError as exc:

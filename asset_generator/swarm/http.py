@@ -165,10 +165,7 @@ class Transport:
     def _parse_json(self, status: int, raw: bytes, content_type: str, path: str) -> dict[str, Any]:
         if status == 401 and not raw.lstrip().startswith(b"{"):
             # The server-wide shared-secret gate answers a bare text 401 (protocol §2.3).
-            raise AuthFailed(
-                f"{self.server} refused the Authorization header (HTTP 401 Unauthorized); "
-                "check --auth-header"
-            )
+            raise AuthFailed(self._refused_header())
         if 300 <= status < 400:
             raise BadResponse(
                 f"{self.server} answered {path} with a redirect (HTTP {status}); "
@@ -260,9 +257,7 @@ class Transport:
             status = exc.response.status_code
             self._note("WS", path, status, started)
             if status == 401:
-                raise AuthFailed(
-                    f"{self.server} refused the Authorization header (HTTP 401 Unauthorized)"
-                ) from None
+                raise AuthFailed(self._refused_header()) from None
             raise WebSocketRefused(
                 f"{self.server} refused the WebSocket upgrade (HTTP {status})"
             ) from None
@@ -298,13 +293,30 @@ class Transport:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _refused_header(self) -> str:
+        if self.credentials.auth_header:
+            return (
+                f"{self.server} refused the Authorization header (HTTP 401 Unauthorized); "
+                "check --auth-header"
+            )
+        return (
+            f"{self.server} requires an Authorization header (HTTP 401 Unauthorized) and none "
+            "was sent; pass it with --auth-header or ASSET_GENERATOR_AUTH_HEADER"
+        )
+
+    def _check_hint(self) -> str:
+        """What to check when the server cannot be reached: the same words on every route."""
+        return f"is SwarmUI running at {self.server}? (set the address with --api-url)"
+
     def _translate(self, exc: httpx.HTTPError, path: str) -> SwarmError:
         if isinstance(exc, httpx.TimeoutException):
-            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else f"waiting for {path}"
-            return RequestTimeout(f"{self.server} timed out ({what})")
+            if isinstance(exc, httpx.ConnectTimeout):
+                return RequestTimeout(f"{self.server} timed out (connecting); {self._check_hint()}")
+            return RequestTimeout(
+                f"{self.server} timed out (waiting for {path}); --timeout sets how long to wait"
+            )
         if isinstance(exc, httpx.ConnectError):
-            reason = _short_reason(exc)
-            return ConnectionFailed(f"cannot connect to {self.server} ({reason})")
+            return ConnectionFailed(self._cannot_connect(exc))
         if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
             return ConnectionFailed(
                 f"{self.server} closed the connection during {path} ({_short_reason(exc)})"
@@ -312,6 +324,22 @@ class Transport:
         if isinstance(exc, httpx.DecodingError):
             return BadResponse(f"{self.server} sent a body that cannot be decoded for {path}")
         return ConnectionFailed(f"{self.server}: {_short_reason(exc)} during {path}")
+
+    def _cannot_connect(self, exc: httpx.ConnectError) -> str:
+        text = str(exc)
+        if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text.lower():
+            # An https:// URL for a server that speaks plain HTTP (SwarmUI's default).
+            plain = "http://" + self.server.split("://", 1)[-1]
+            return (
+                f"cannot connect to {self.server}: the server does not speak TLS (https); "
+                f"if it is plain http, use --api-url {plain}"
+            )
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return (
+                f"cannot connect to {self.server}: its TLS certificate is not trusted "
+                f"({_certificate_reason(text)}); check --api-url or the server's certificate"
+            )
+        return f"cannot connect to {self.server} ({_short_reason(exc)}); {self._check_hint()}"
 
     def _note(self, method: str, path: str, status: int | None, started: float) -> None:
         if self._log is not None:
@@ -349,8 +377,14 @@ def _excerpt(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+def _certificate_reason(text: str) -> str:
+    match = re.search(r"certificate verify failed: ([^(]*)", text)
+    return match.group(1).strip() if match else "verification failed"
+
+
 def _short_reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    # Never an exception class name: users cannot act on `WebSocketNetworkError`.
+    text = str(exc) or "connection lost"
     lowered = text.lower()
     if "refused" in lowered:
         return "connection refused"
@@ -412,7 +446,9 @@ class WebSocket:
         try:
             self._session.send_text(json.dumps(document, separators=(",", ":")))
         except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
-            raise ConnectionFailed(f"{self._server} closed the WebSocket ({exc})") from None
+            raise ConnectionFailed(
+                f"{self._server} closed the WebSocket ({_short_reason(exc)})"
+            ) from None
 
     def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Next JSON message, or None once the server has closed the socket.
@@ -435,8 +471,7 @@ class WebSocket:
             ) from None
         except (HTTPXWSException, httpx.HTTPError, OSError) as exc:
             raise ConnectionFailed(
-                f"{self._server} dropped the WebSocket mid-generation "
-                f"({str(exc) or type(exc).__name__})"
+                f"{self._server} dropped the WebSocket mid-generation ({_short_reason(exc)})"
             ) from None
         try:
             document = json.loads(text)
