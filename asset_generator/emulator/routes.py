@@ -389,9 +389,8 @@ async def select_model(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]
         token = InterruptToken()
         for backend in targets:
             got = await server.pool.acquire(
-                model.name, token, lambda: None, lambda: None, target=backend.backend_id,
-                front=True,
-            )  # fmt: skip
+                model.name, token, target=backend.backend_id, front=True
+            )
             if got is not None:
                 server.pool.release(got)
     finally:

@@ -50,7 +50,13 @@ class Counters:
 
     @property
     def busy(self) -> bool:
-        return any((self.waiting_gens, self.loading_models, self.waiting_backends, self.live_gens))
+        """The session still has a request: its own claim (T2IAPI.cs:257) is ``waiting_gens``.
+
+        ``loading_models`` is not ours: a model load claims every session waiting for the
+        model and keeps the claim until the load ends, even on an interrupted session
+        (BackendHandler.cs ~1362; protocol §5.2).
+        """
+        return self.waiting_gens > 0
 
     @property
     def live(self) -> bool:

@@ -1,0 +1,106 @@
+"""Outcomes a real SwarmUI reports differently from a naive reading (issue #11).
+
+Each test drives the installed program against an emulator that does what SwarmUI's source
+does (v0.9.8.2), and checks what a user notices: exit codes, messages, files, JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import Runner, read_registry, wait_for
+
+from asset_generator.emulator import Emulator
+from asset_generator.emulator.config import DEFAULT_MODELS
+
+FLUX = "flux/flux1-dev.safetensors"
+
+
+def record_with_prompt(state_dir: Path, prompt: str) -> dict | None:
+    path = state_dir / "generations.json"
+    if not path.exists():
+        return None
+    for item in read_registry(state_dir)["generations"].values():
+        if item["prompt"] == prompt:
+            return item
+    return None
+
+
+def session_of(state_dir: Path, prompt: str) -> str:
+    assert wait_for(lambda: record_with_prompt(state_dir, prompt) is not None)
+    found = record_with_prompt(state_dir, prompt)
+    assert found is not None
+    return found["session_id"]
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def counters(emu: Emulator, session_id: str) -> dict[str, int]:
+    try:
+        return emu.session_status(session_id)
+    except KeyError:
+        return {}
+
+
+# -- item 1: a model load claims every waiting session ------------------------------------------
+
+
+def test_model_load_claims_do_not_keep_cancel_wait_waiting(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    emu = emulator_factory(
+        backends=1, model_load_seconds=30, loaded_model=DEFAULT_MODELS[0], step_seconds=0.02
+    )
+    cli.url = emu.url
+    out = ["--output-dir", str(workdir)]
+    # C holds the only backend while A, B and D queue for a model that is not loaded.
+    c = cli.start("generate", "image", "--prompt", "c", "--steps", "500", *out)
+    sc = session_of(state_dir, "c")
+    assert wait_for(lambda: counters(emu, sc).get("live_gens") == 1)
+    waiting = {}
+    processes = {}
+    for name in ("a", "b", "d"):
+        extra = ["-f", "json"] if name == "d" else []
+        processes[name] = cli.start(
+            "generate", "image", "--prompt", name, "--model", FLUX, "--steps", "1", *out, *extra
+        )
+        waiting[name] = session_of(state_dir, name)
+        sid = waiting[name]
+        assert wait_for(lambda sid=sid: counters(emu, sid).get("waiting_backends") == 1)
+    # C ends: A's request triggers the load, which claims every session waiting for it.
+    assert cli("cancel", record_with_prompt(state_dir, "c")["id"]).code == 0
+    assert finish(c)[0] == 1
+    assert wait_for(lambda: all(counters(emu, s)["loading_models"] == 1 for s in waiting.values()))
+
+    # B only waited: its request ends at once, the load's claim on its session stays.
+    b_id = record_with_prompt(state_dir, "b")["id"]
+    waited = cli("cancel", b_id, "--wait", "--wait-timeout", "3")
+    assert waited.code == 0, waited.stderr
+    assert counters(emu, waiting["b"]) == {
+        "waiting_gens": 0,
+        "loading_models": 1,
+        "waiting_backends": 0,
+        "live_gens": 0,
+    }
+    code, _, err = finish(processes["b"])
+    assert code == 1 and "cancelled" in err
+    assert record_with_prompt(state_dir, "b")["status"] == "cancelled"
+
+    # Cancelling A, which triggered the load, fails the load: D, the other waiter on this
+    # one-backend server, fails with SwarmUI's load error and that is not a cancel.
+    assert cli("cancel", record_with_prompt(state_dir, "a")["id"]).code == 0
+    assert finish(processes["a"])[0] == 1
+    code, stdout, err = finish(processes["d"])
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("request failed: ")
+    assert "All available backends failed to load the model" in last
+    document = json.loads(stdout)
+    assert document["ok"] is False and document["error"]["code"] == "server_error"
+    assert record_with_prompt(state_dir, "d")["status"] == "failed"
+    assert all(counters(emu, s)["loading_models"] == 0 for s in waiting.values())
