@@ -157,8 +157,6 @@ class GenerationRun:
         # The server has answered (and so claimed the request): a cancel can reach it now.
         self._claimed = False
         self._self_interrupted = False
-        # The server showed the request waiting (for a backend or a model load).
-        self._seen_waiting = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -294,10 +292,6 @@ class GenerationRun:
             state = "loading model" if counters.loading_models else QUEUED
         else:
             return
-        if counters.waiting_backends or counters.loading_models:
-            # Past the parameter checks and waiting for a backend: a silent end from here on
-            # is an interrupt (SwarmUI's first status, sent on claiming, shows only queued).
-            self._seen_waiting = True
         self.view.state(state, counters)
         if state == RUNNING and self.record.status != RUNNING:
             self._update_record(status=RUNNING)
@@ -436,36 +430,43 @@ class GenerationRun:
 
     def _conclude(self) -> Outcome:
         assert self.record is not None
-        latest = self.registry.read().generations.get(self.record.id)
-        cancelled_elsewhere = latest is not None and latest.status == CANCELLED
-        interrupted = any(text.strip() == INTERRUPTED_TEXT for text in self.errors)
-        if self.errors:
-            status = CANCELLED if interrupted or cancelled_elsewhere else FAILED
-            error: str | None = self.errors[0]
-        elif len(self.images) < self._expected and (cancelled_elsewhere or self._seen_waiting):
-            # Ending short without a word is how SwarmUI answers an interrupt that caught the
-            # work still waiting for a backend (protocol §5.2): someone cancelled it, maybe a
-            # `cancel --all` whose mark is not in the cache yet, or the web UI.
-            status = CANCELLED
-            error = (
-                f"the generation was cancelled after {len(self.images)} of {self._expected} images"
-                if cancelled_elsewhere
-                else f"the server stopped the generation after {len(self.images)} of "
-                f"{self._expected} images without an error, as SwarmUI does when work waiting "
-                "for a backend is interrupted (cancel --all, the web UI, another client)"
-            )
-        elif len(self.images) < self._expected:
-            # Never queued, never cancelled: SwarmUI drops some failures (an exception while
-            # reading the parameters) without telling the client (protocol §9 pitfall 19).
-            status = FAILED
-            error = (
-                f"the server ended the request after {len(self.images)} of {self._expected} "
-                "images without an error message; its log says why"
-            )
-        else:
-            status, error = SUCCEEDED, None
+        status, error = self._classify()
         self.mark(status, error)
         return self.outcome(error)
+
+    def _classify(self) -> tuple[str, str | None]:
+        """How the run ended: cancelled only when someone is known to have cancelled it.
+
+        A cancel this client sent or recorded (the registry's mark) is a cancel. So is the
+        server's "Generation session interrupted." when it is the first error: after any
+        other error SwarmUI cancels the request's own token and the request's other running
+        tasks report that text too (T2IAPI.cs ~263, T2IEngine.cs ~321), so the first error
+        is the cause. A short ending without an error is how SwarmUI answers an interrupt of
+        queued work, but also a backend timeout, a shutdown or a logged exception (protocol
+        §9.22): without a cancel of ours it is a failure.
+        """
+        assert self.record is not None
+        latest = self.registry.read().generations.get(self.record.id)
+        cancelled_here = self._self_interrupted or (
+            latest is not None and latest.status == CANCELLED
+        )
+        if self.errors:
+            first = self.errors[0]
+            if cancelled_here or first.strip() == INTERRUPTED_TEXT:
+                return CANCELLED, first
+            return FAILED, first
+        done, expected = len(self.images), self._expected
+        if done >= expected:
+            return SUCCEEDED, None
+        if cancelled_here:
+            return CANCELLED, f"the generation was cancelled after {done} of {expected} images"
+        return FAILED, (
+            f"the generation ended without images for {expected - done} of its {expected} "
+            "outputs and without an error message; a backend failure (ComfyUI timed out or "
+            "crashed, the server shut down) or an interrupt from outside this client (the web "
+            "UI, another client's cancel --all) ends a generation this way; the server's log "
+            "says which"
+        )
 
     def outcome(self, error: str | None) -> Outcome:
         assert self.record is not None

@@ -104,3 +104,62 @@ def test_model_load_claims_do_not_keep_cancel_wait_waiting(
     assert document["ok"] is False and document["error"]["code"] == "server_error"
     assert record_with_prompt(state_dir, "d")["status"] == "failed"
     assert all(counters(emu, s)["loading_models"] == 0 for s in waiting.values())
+
+
+# -- items 2 and 3: only a known cancel is a cancel ---------------------------------------------
+
+
+def test_a_silent_short_ending_is_a_failure_not_a_cancel(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    emu = emulator_factory(silent_task_failures=1)
+    cli.url = emu.url
+    result = cli("generate", "image", "--prompt", "x", "--output-dir", str(workdir), "-f", "json")
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("request failed: ") and "ended without images" in last
+    assert "server" in last and "log" in last
+    assert not last.startswith("cancelled")
+    document = result.json()
+    assert document["ok"] is False and document["error"]["code"] == "server_error"
+    assert record_with_prompt(state_dir, "x")["status"] == "failed"
+    assert emu.interrupted_sessions() == []
+
+
+def test_the_first_error_decides_when_interrupted_text_follows_it(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    failure = "Something went wrong while generating images."
+    emu = emulator_factory(backends=2, step_seconds=0.05, task_errors=[failure])
+    cli.url = emu.url
+    result = cli(
+        "generate", "image", "--prompt", "x", "-n", "2", "--steps", "50",
+        "--output-dir", str(workdir), "-f", "json",
+    )  # fmt: skip
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("request failed: ") and failure in last
+    document = result.json()
+    assert document["error"]["code"] == "server_error"
+    assert document["error"]["message"].startswith("request failed: ")
+    assert record_with_prompt(state_dir, "x")["status"] == "failed"
+    # The other task was stopped by SwarmUI itself, which then said "interrupted".
+    assert emu.interrupted_sessions() == []
+
+
+def test_interrupted_text_alone_is_still_a_cancel(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    import httpx
+
+    emu = emulator_factory(step_seconds=0.05)
+    cli.url = emu.url
+    process = cli.start("generate", "image", "--prompt", "x", "--steps", "200", "-o", str(workdir))
+    sid = session_of(state_dir, "x")
+    assert wait_for(lambda: counters(emu, sid).get("live_gens") == 1)
+    # Someone else (the web UI) interrupts the session: no mark in our registry.
+    httpx.post(f"{emu.url}/API/InterruptAll", json={"session_id": sid}).raise_for_status()
+    code, _, err = finish(process)
+    assert code == 1
+    assert "Generation session interrupted." in err
+    assert record_with_prompt(state_dir, "x")["status"] == "cancelled"

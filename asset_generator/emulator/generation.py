@@ -42,6 +42,8 @@ NO_MODEL = "No model input given. Did your UI load properly?"
 MAX_REQUESTS_FORCED_ORDER = 20
 LAUNCH_PAUSE_SECONDS = 0.02
 KEEP_ALIVE_SECONDS = 30.0
+# An injected task fault strikes after this many sampling steps.
+FAULT_AFTER_STEPS = 5
 # A simulated ComfyUI workflow: progress is (nodes_done + current) / (nodes + 1)
 # (ComfyUIAPIAbstractBackend.AwaitJobLive); the sampler is the fifth node of seven.
 WORKFLOW_NODES = 7
@@ -259,9 +261,11 @@ async def _image_task(request: _Request, image_index: int, seed: int) -> None:
             return
         fault = server.take_task_fault()
         if fault is not None:
-            # The backend ran a little, then failed: with a text, as a ComfyUI error does;
+            # The backend ran a few steps, then failed: with a text, as a ComfyUI error does;
             # without, as a TaskCanceledException does (T2IEngine.cs ~370: no message).
-            if not await claim.token.wait(server.config.step_seconds) and fault:
+            if await claim.token.wait(FAULT_AFTER_STEPS * server.config.step_seconds):
+                request.set_error(INTERRUPTED)
+            elif fault:
                 request.set_error(fault)
             return
         produced = await _sample(request, backend, image_index, seed)
