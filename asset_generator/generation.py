@@ -157,6 +157,8 @@ class GenerationRun:
         # The server has answered (and so claimed the request): a cancel can reach it now.
         self._claimed = False
         self._self_interrupted = False
+        # Over HTTP: a cancel mark was there before or after the request.
+        self._cancelled_over_http = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -326,9 +328,24 @@ class GenerationRun:
                 saved.path.unlink(missing_ok=True)
 
     def _over_http(self, deadline_at: float | None) -> None:
+        """``GenerateText2Image``: no status arrives, so the cancel mark is watched instead.
+
+        A ``cancel`` that lands before the server claims the request stops nothing, and the
+        HTTP route says nothing until the end. So the mark is checked before sending (then
+        nothing is sent), watched while the request runs (once the server shows the request,
+        our session is interrupted), and checked after it (the run is then ``cancelled``).
+        """
         assert self.record is not None
+        if self._marked_cancelled():
+            self._cancelled_over_http = True
+            return
         self.view.state(QUEUED, Counters(waiting_gens=1))
         timeout = math.inf if deadline_at is None else max(deadline_at - time.monotonic(), 0.1)
+        import threading
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_cancel_mark, args=(stop,), daemon=True)
+        watcher.start()
         try:
             try:
                 paths = self.client.generate_http(
@@ -349,8 +366,35 @@ class GenerationRun:
                 raise
             self.errors.append(exc.text)
             return
+        finally:
+            stop.set()
+            watcher.join(timeout=POLL_SECONDS * 4)
+            if self._marked_cancelled():
+                self._cancelled_over_http = True
         for index, path in enumerate(paths):
             self._on_image(ImageEvent(path, index, "", None))
+
+    def _marked_cancelled(self) -> bool:
+        assert self.record is not None
+        latest = self.registry.read().generations.get(self.record.id)
+        return latest is not None and latest.status == CANCELLED
+
+    def _watch_cancel_mark(self, stop: Any) -> None:
+        """While the HTTP request runs: interrupt our session once it holds the request."""
+        from asset_generator.registry import RegistryError
+
+        assert self.record is not None
+        while not stop.wait(POLL_SECONDS):
+            try:
+                latest = self.registry.read().generations.get(self.record.id)
+                if latest is None or latest.status != CANCELLED:
+                    continue
+                # Only an interrupt that lands after the server claimed the request stops it.
+                if self.client.current_status(self.record.session_id).counters.busy:
+                    self._honour_cancel_mark(latest)
+                    return
+            except (RegistryError, SwarmError) as exc:
+                self.debug(f"could not check for a cancel: {exc}")
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -456,9 +500,9 @@ class GenerationRun:
                 return CANCELLED, first
             return FAILED, first
         done, expected = len(self.images), self._expected
-        if done >= expected:
+        if done >= expected and not self._cancelled_over_http:
             return SUCCEEDED, None
-        if cancelled_here:
+        if cancelled_here or self._cancelled_over_http:
             return CANCELLED, f"the generation was cancelled after {done} of {expected} images"
         return FAILED, (
             f"the generation ended without images for {expected - done} of its {expected} "

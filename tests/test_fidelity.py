@@ -163,3 +163,63 @@ def test_interrupted_text_alone_is_still_a_cancel(
     assert code == 1
     assert "Generation session interrupted." in err
     assert record_with_prompt(state_dir, "x")["status"] == "cancelled"
+
+
+# -- item 6: the HTTP fallback honours a cancel mark ---------------------------------------------
+
+
+def _refuse_websocket(delay: float = 0.0):
+    from asset_generator.emulator import Fault
+
+    def hook(point):
+        if point.transport == "upgrade":
+            return Fault(
+                delay_seconds=delay,
+                status=400,
+                headers=[("Content-Type", "text/plain")],
+                body=b"Bad Request",
+            )
+        return None
+
+    return hook
+
+
+def test_http_fallback_sends_nothing_after_an_early_cancel(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    # The WebSocket handshake takes a while and is then refused; `cancel` lands meanwhile,
+    # before the server could have claimed anything.
+    emu = emulator_factory(faults=_refuse_websocket(delay=1.5))
+    cli.url = emu.url
+    process = cli.start("generate", "image", "--prompt", "x", "-o", str(workdir), "-f", "json")
+    session_of(state_dir, "x")
+    cancelled = cli("cancel")
+    assert cancelled.code == 0, cancelled.stderr
+    code, stdout, _ = finish(process)
+    assert code == 1
+    assert json.loads(stdout)["error"]["code"] == "cancelled"
+    assert emu.calls("GenerateText2Image") == []
+    assert record_with_prompt(state_dir, "x")["status"] == "cancelled"
+    assert list(workdir.iterdir()) == []
+
+
+def test_http_fallback_interrupts_when_a_cancel_mark_appears(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    from asset_generator.registry import Registry
+
+    emu = emulator_factory(faults=_refuse_websocket(), step_seconds=0.02)
+    cli.url = emu.url
+    process = cli.start("generate", "image", "--prompt", "x", "--steps", "300", "-o", str(workdir))
+    sid = session_of(state_dir, "x")
+    assert wait_for(lambda: counters(emu, sid).get("live_gens") == 1)
+    # A cancel whose InterruptAll was lost (it reached the server before the request did)
+    # leaves only its mark in the registry.
+    with Registry(state_dir).transaction() as state:
+        state.generations[record_with_prompt(state_dir, "x")["id"]].finish("cancelled", "by test")
+    code, _, err = finish(process)
+    assert code == 1 and "Generation session interrupted." in err
+    assert sid in emu.interrupted_sessions()
+    assert record_with_prompt(state_dir, "x")["status"] == "cancelled"
+    assert list(workdir.iterdir()) == []
+    assert len(emu.calls("GenerateText2Image")) == 1
