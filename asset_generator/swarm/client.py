@@ -22,6 +22,7 @@ from asset_generator.swarm.errors import (
     SessionFailed,
     SwarmError,
     UnknownRoute,
+    UnrecognisedRoute,
 )
 from asset_generator.swarm.http import Transport, WebSocket, shown_path
 
@@ -331,8 +332,27 @@ class SwarmClient:
         self.call("InterruptAll", session_id, body, timeout=timeout)
 
     def interrupt_generation(self, session_id: str) -> None:
-        """``InterruptGeneration``, which real SwarmUI lacks (raises UnknownRoute there)."""
-        self.call("InterruptGeneration", session_id)
+        """``InterruptGeneration``, which real SwarmUI lacks (raises UnknownRoute there).
+
+        Only ``{"success": true}`` is believed. Any other answer (an ``error`` with HTTP 200,
+        an odd shape, a non-JSON page) raises UnrecognisedRoute, an UnknownRoute, so callers
+        fall back to ``InterruptAll`` and remember it; an unknown session still raises
+        InvalidSession.
+        """
+        route = "InterruptGeneration"
+        try:
+            document = self.call(route, session_id)
+        except (InvalidSession, UnknownRoute):
+            raise
+        except APIError as exc:
+            raise UnrecognisedRoute(exc.message, exc.error_id, exc.status, exc.text) from None
+        except BadResponse as exc:
+            raise UnrecognisedRoute(exc.message) from None
+        if document.get("success") is not True:
+            raise UnrecognisedRoute(
+                f"{route} on {self.server} answered without success: "
+                f"{json.dumps(document, default=str)[:200]}"
+            )
 
     def list_backends(self, session_id: str) -> dict[str, Any]:
         return self.call("ListBackends", session_id, {"nonreal": False, "full_data": True})
