@@ -10,6 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import Runner, read_registry, wait_for
 
 from asset_generator.emulator import Emulator
@@ -223,3 +224,77 @@ def test_http_fallback_interrupts_when_a_cancel_mark_appears(
     assert record_with_prompt(state_dir, "x")["status"] == "cancelled"
     assert list(workdir.iterdir()) == []
     assert len(emu.calls("GenerateText2Image")) == 1
+
+
+# -- item 7: only a recognised InterruptGeneration answer is believed ---------------------------
+
+
+def test_interrupt_generation_answer_must_say_success() -> None:
+    import httpx
+
+    from asset_generator.swarm.client import SwarmClient
+    from asset_generator.swarm.errors import InvalidSession, UnknownRoute
+    from asset_generator.swarm.http import Transport
+
+    def client_answering(status: int, body: object) -> SwarmClient:
+        mock = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+        return SwarmClient(Transport("http://swarm.test", None, transport=mock, timeout=5))
+
+    client_answering(200, {"success": True}).interrupt_generation("s1")
+    for status, body in [
+        (200, {"error": "This route is for admins of the fork."}),
+        (200, {"result": "ok"}),
+        (200, {"success": False}),
+        (200, {"success": "yes"}),
+        (400, {"error_id": "bad_route", "error": "Unknown API route"}),
+    ]:
+        with pytest.raises(UnknownRoute):
+            client_answering(status, body).interrupt_generation("s1")
+    stale = {"error": "Invalid session ID.", "error_id": "invalid_session_id"}
+    with pytest.raises(InvalidSession):
+        client_answering(401, stale).interrupt_generation("s1")
+
+
+@pytest.mark.parametrize("answer", [b'{"error": "no such job"}', b'{"interrupted": 0}'])
+def test_cancel_falls_back_when_interrupt_generation_answers_oddly(
+    cli: Runner, emulator_factory, state_dir: Path, answer: bytes
+) -> None:
+    from asset_generator.emulator import Fault
+
+    def hook(point):
+        # A fork's InterruptGeneration, which does not stop our session.
+        if point.transport == "http" and point.route == "interruptgeneration":
+            return Fault(status=200, headers=[("Content-Type", "application/json")], body=answer)
+        return None
+
+    emu = emulator_factory(backends=1, step_seconds=0.05, faults=hook)
+    cli.url = emu.url
+    for prompt in ("first", "second"):
+        process = cli.start("generate", "image", "--prompt", prompt, "--steps", "400")
+        sid = session_of(state_dir, prompt)
+        assert wait_for(lambda sid=sid: counters(emu, sid).get("live_gens") == 1)
+        result = cli("cancel")
+        assert result.code == 0, result.stderr
+        assert finish(process)[0] == 1
+        assert sid in emu.interrupted_sessions()
+        assert record_with_prompt(state_dir, prompt)["status"] == "cancelled"
+        servers = read_registry(state_dir)["servers"]
+        assert [s["interrupt_generation"] for s in servers.values()] == [False]
+    # Remembered: the second cancel went straight to InterruptAll on its session.
+    assert len(emu.calls("InterruptGeneration")) == 1
+    interrupts = emu.calls("InterruptAll")
+    assert len(interrupts) == 2 and all(c.body["other_sessions"] is False for c in interrupts)
+
+
+# -- item 8: a LoRA name with a comma cannot be sent ---------------------------------------------
+
+
+def test_lora_with_a_comma_is_refused_before_sending(cli: Runner, emulator: Emulator) -> None:
+    result = cli("generate", "image", "--prompt", "x", "--lora", "style/a,b.safetensors:0.5")
+    assert result.code == 2
+    assert "comma" in result.stderr and "SwarmUI" in result.stderr
+    assert "Traceback" not in result.stderr
+    as_json = cli("generate", "image", "--prompt", "x", "--lora", "a,b", "-f", "json")
+    assert as_json.code == 2
+    assert as_json.json()["error"]["code"] == "usage_error"
+    assert emulator.requests == []

@@ -123,7 +123,7 @@ def image(
     on the server before exiting (130; SIGTERM 143); a second Ctrl-C exits at once.
     """
     from asset_generator.downloads import check_template
-    from asset_generator.swarm.params import build_request, parse_param
+    from asset_generator.swarm.params import build_request, parse_lora, parse_param
 
     config = {s: app.settings[f"generate.{s}"] for s in _config_names()}
     chosen = {name: options.get(name) for name in PARAMETER_OPTIONS}
@@ -131,6 +131,10 @@ def image(
         extra = [parse_param(item) for item in params]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--param") from None
+    try:
+        [parse_lora(item) for item in loras]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lora") from None
     template = options["filename_template"]
     if template is None:
         template = config["filename_template"]
