@@ -118,10 +118,32 @@ class Outcome:
     error: str | None
     params: dict[str, Any]
     timings: dict[str, float | None] = field(default_factory=dict)
+    # Images the server sent that are not results: mini-grid, intermediates, extra outputs.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
         return self.record.status
+
+
+def not_an_output(batch_index: int, expected: int) -> str | None:
+    """What an image of this batch index is when it is not one of the ``expected`` results.
+
+    SwarmUI numbers real images 0 … images × batchsize − 1, the mini-grid -1, intermediate
+    images -11, -12, … and a workflow's extra outputs from images × batchsize up
+    (T2IAPI.cs ~405-466).
+    """
+    if batch_index == -1:
+        return "grid"
+    if batch_index < 0:
+        return "intermediate"
+    if batch_index >= expected:
+        return "extra"
+    return None
+
+
+def _path(event: ImageEvent) -> str | None:
+    return None if event.image.startswith("data:") else event.image
 
 
 class GenerationRun:
@@ -148,6 +170,7 @@ class GenerationRun:
         self.record: GenerationRecord | None = None
         self.images: list[SavedImage] = []
         self.errors: list[str] = []
+        self.skipped: list[dict[str, Any]] = []
         self._fractions: dict[int, float] = {}
         self._body: dict[str, Any] = {}
         self._expected = 1
@@ -309,6 +332,16 @@ class GenerationRun:
             self._update_record(progress=overall * 100)
 
     def _on_image(self, event: ImageEvent) -> None:
+        kind = not_an_output(event.batch_index, self._expected)
+        if kind is not None:
+            # Not one of the N results (protocol §9.21): neither counted nor saved.
+            self.skipped.append(
+                {"batch_index": event.batch_index, "kind": kind, "server_path": _path(event)}
+            )
+            self.debug(
+                f"skipped the {kind} image the server sent (batch_index {event.batch_index})"
+            )
+            return
         if self._first_image is None:
             self._first_image = time.monotonic()
         saved = self._save(event.image, event.batch_index, event.metadata)
@@ -521,7 +554,9 @@ class GenerationRun:
                 round(self._first_image - self._started, 3) if self._first_image else None
             ),
         }
-        return Outcome(self.record, list(self.images), error, dict(self._body), timings)
+        return Outcome(
+            self.record, list(self.images), error, dict(self._body), timings, list(self.skipped)
+        )
 
     def _update_record(self, **changes: Any) -> None:
         assert self.record is not None

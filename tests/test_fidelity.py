@@ -298,3 +298,42 @@ def test_lora_with_a_comma_is_refused_before_sending(cli: Runner, emulator: Emul
     assert as_json.code == 2
     assert as_json.json()["error"]["code"] == "usage_error"
     assert emulator.requests == []
+
+
+# -- item 4: mini-grids and intermediate images are not outputs ---------------------------------
+
+
+def test_grid_and_intermediates_are_neither_counted_nor_saved(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    emu = emulator_factory(max_images_in_mini_grid=4)
+    cli.url = emu.url
+    result = cli(
+        "generate", "image", "--prompt", "x", "-n", "2", "--steps", "2",
+        "--param", "outputintermediateimages=true", "-o", str(workdir), "-f", "json",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    document = result.json()
+    assert sorted(image["batch_index"] for image in document["images"]) == [0, 1]
+    assert sorted(path.name for path in workdir.iterdir()) == sorted(
+        Path(image["path"]).name for image in document["images"]
+    )
+    assert len(list(workdir.iterdir())) == 2
+    skipped = sorted((s["kind"], s["batch_index"]) for s in document["skipped"])
+    assert skipped == [("grid", -1), ("intermediate", -12), ("intermediate", -11)]
+    assert all(s["server_path"].startswith("View/") for s in document["skipped"])
+    # The server did send five images; the record lists only the two results.
+    assert len(emu.saved_outputs()) == 5
+    assert len(record_with_prompt(state_dir, "x")["images"]) == 2
+
+
+def test_no_grid_by_default_and_none_for_a_single_image(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(max_images_in_mini_grid=4)
+    cli.url = emu.url
+    result = cli(
+        "generate", "image", "--prompt", "x", "--steps", "1", "-o", str(workdir), "-f", "json"
+    )
+    assert result.code == 0 and result.json()["skipped"] == []
+    assert len(emu.saved_outputs()) == 1

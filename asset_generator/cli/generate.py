@@ -293,6 +293,8 @@ def _document(outcome: Outcome) -> dict[str, Any]:
         "images": [image.public() for image in outcome.images],
         "parameters": outcome.params,
         "timings": outcome.timings,
+        # Images the server sent that are not results (mini-grid, intermediates).
+        "skipped": outcome.skipped,
     }
 
 

@@ -332,3 +332,30 @@ def test_image_megabytes_pads_outputs_with_a_skippable_chunk(emulator_factory) -
         data = fetch(client, path).content
     assert 1.5 * 1024 * 1024 < len(data) < 1.6 * 1024 * 1024
     assert png_pixels(data)[:2] == (64, 64) and "parameters" in png_text(data)
+
+
+def test_mini_grid_and_intermediates_have_swarmui_batch_indices(emulator_factory) -> None:
+    emu = emulator_factory(step_seconds=0.01, max_images_in_mini_grid=4)
+    with httpx.Client(base_url=emu.url) as client:
+        sid = new_session(client)
+        body = {"session_id": sid, "images": 2, "batchsize": 2, "steps": 1}
+        transcript = ws_transcript(
+            client, "GenerateText2ImageWS", {**body, "outputintermediateimages": True}
+        )
+        plain = ws_transcript(client, "GenerateText2ImageWS", {**body, "images": 1})
+    indices = [int(m["batch_index"]) for m in transcript.of("image")]
+    # Four real images, one intermediate per task first, the grid last (T2IAPI.cs ~405-466).
+    assert sorted(i for i in indices if i >= 0) == [0, 1, 2, 3]
+    assert sorted(i for i in indices if i < -1) == [-12, -11]
+    assert indices[-1] == -1
+    # batchsize 2 of one task is two real images: a grid again, but no intermediates.
+    assert sorted(int(m["batch_index"]) for m in plain.of("image")) == [-1, 0, 1]
+
+
+def test_no_mini_grid_by_default(emulator_factory) -> None:
+    emu = emulator_factory(step_seconds=0.01)
+    with httpx.Client(base_url=emu.url) as client:
+        sid = new_session(client)
+        body = {"session_id": sid, "images": 3, "steps": 1}
+        transcript = ws_transcript(client, "GenerateText2ImageWS", body)
+    assert sorted(int(m["batch_index"]) for m in transcript.of("image")) == [0, 1, 2]
