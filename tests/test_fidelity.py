@@ -337,3 +337,37 @@ def test_no_grid_by_default_and_none_for_a_single_image(
     )
     assert result.code == 0 and result.json()["skipped"] == []
     assert len(emu.saved_outputs()) == 1
+
+
+# -- item 5: version and server id belong to the running process -------------------------------
+
+
+def test_status_shows_the_restarted_servers_version_and_id(
+    cli: Runner, emulator_factory, state_dir: Path, tmp_path: Path
+) -> None:
+    from asset_generator.registry import Registry
+
+    sessions = tmp_path / "sessions.json"
+    first = emulator_factory(sessions_file=sessions, version="0.9.8.1.GIT-old")
+    cli.url = first.url
+    before = cli("status", "-f", "json").json()
+    assert before["version"] == "0.9.8.1.GIT-old"
+    port = first.port
+    first.stop()
+    second = emulator_factory(sessions_file=sessions, version="0.9.8.2.GIT-new", port=port)
+    assert second.url == cli.url
+    # The cached session still works on the restarted server (restored from its database)...
+    cached = read_registry(state_dir)["servers"]
+    assert len(next(iter(cached.values()))["sessions"]) == 1
+    # ...and is older than the facts may be: the minute has passed.
+    with Registry(state_dir).transaction() as state:
+        for server in state.servers.values():
+            for session in server.sessions:
+                session.created -= 120
+    after = cli("status", "-f", "json").json()
+    assert after["version"] == "0.9.8.2.GIT-new"
+    assert after["server_id"] != before["server_id"]
+    assert second.sessions_created == 1
+    # Within the minute the fresh session is reused: no session per status run.
+    assert cli("status", "-f", "json").json()["server_id"] == after["server_id"]
+    assert second.sessions_created == 1
