@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sessions-file", metavar="PATH", help="keep session ids in PATH across restarts"
     )
+    parser.add_argument(
+        "--server-version",
+        default=EmulatorConfig.version,
+        metavar="TEXT",
+        help="the version GetNewSession reports (a restart with another one rehearses an update)",
+    )
     parser.add_argument("--request-log", metavar="PATH", help="append each request as JSON")
     parser.add_argument("--output-dir", metavar="DIR", help="also write outputs under DIR")
     parser.add_argument(
@@ -143,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_close_grace_seconds=options.ws_close_grace_seconds,
         ws_keepalive_seconds=options.ws_keepalive_seconds,
         sessions_file=options.sessions_file,
+        version=options.server_version,
         output_dir=options.output_dir,
     )
     from asset_generator.emulator.emulator import Emulator
