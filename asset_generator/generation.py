@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asset_generator.downloads import (
     NameFields,
@@ -51,6 +51,9 @@ from asset_generator.swarm.client import (
 from asset_generator.swarm.errors import APIError, InvalidSession, RequestTimeout, SwarmError
 from asset_generator.swarm.http import WebSocket, WebSocketRefused
 from asset_generator.swarm.params import expected_outputs
+
+if TYPE_CHECKING:
+    import threading
 
 # While work is pending the server sends keep_alive messages or, at the least, Kestrel's
 # keep-alive Pongs every 30 s, so a socket silent for much longer than that is dead even if
@@ -412,7 +415,7 @@ class GenerationRun:
         latest = self.registry.read().generations.get(self.record.id)
         return latest is not None and latest.status == CANCELLED
 
-    def _watch_cancel_mark(self, stop: Any) -> None:
+    def _watch_cancel_mark(self, stop: threading.Event) -> None:
         """While the HTTP request runs: interrupt our session once it holds the request."""
         from asset_generator.registry import RegistryError
 

@@ -55,7 +55,7 @@ def test_model_load_claims_do_not_keep_cancel_wait_waiting(
     cli: Runner, emulator_factory, state_dir: Path, workdir: Path
 ) -> None:
     emu = emulator_factory(
-        backends=1, model_load_seconds=30, loaded_model=DEFAULT_MODELS[0], step_seconds=0.02
+        backends=1, model_load_seconds=30, loaded_model=DEFAULT_MODELS[0], step_seconds=0.05
     )
     cli.url = emu.url
     out = ["--output-dir", str(workdir)]
@@ -371,3 +371,12 @@ def test_status_shows_the_restarted_servers_version_and_id(
     # Within the minute the fresh session is reused: no session per status run.
     assert cli("status", "-f", "json").json()["server_id"] == after["server_id"]
     assert second.sessions_created == 1
+
+
+def test_busy_is_the_requests_own_claim() -> None:
+    from asset_generator.swarm.client import Counters
+
+    # An interrupted session still carrying another request's model-load claim is idle.
+    assert not Counters(waiting_gens=0, loading_models=1).busy
+    assert Counters(waiting_gens=1).busy
+    assert Counters(waiting_gens=1, live_gens=1).busy

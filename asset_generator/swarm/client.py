@@ -334,10 +334,11 @@ class SwarmClient:
     def interrupt_generation(self, session_id: str) -> None:
         """``InterruptGeneration``, which real SwarmUI lacks (raises UnknownRoute there).
 
-        Only ``{"success": true}`` is believed. Any other answer (an ``error`` with HTTP 200,
-        an odd shape, a non-JSON page) raises UnrecognisedRoute, an UnknownRoute, so callers
-        fall back to ``InterruptAll`` and remember it; an unknown session still raises
-        InvalidSession.
+        Only ``{"success": true}`` is believed. Any other JSON answer (an ``error`` with HTTP
+        200, an odd shape) raises UnrecognisedRoute, an UnknownRoute, so callers fall back to
+        ``InterruptAll`` and remember it. An unknown session still raises InvalidSession, and
+        a non-JSON page (a proxy's 502) BadResponse: that is trouble on the way, not the
+        route's answer, and must not be remembered.
         """
         route = "InterruptGeneration"
         try:
@@ -346,8 +347,6 @@ class SwarmClient:
             raise
         except APIError as exc:
             raise UnrecognisedRoute(exc.message, exc.error_id, exc.status, exc.text) from None
-        except BadResponse as exc:
-            raise UnrecognisedRoute(exc.message) from None
         if document.get("success") is not True:
             raise UnrecognisedRoute(
                 f"{route} on {self.server} answered without success: "
