@@ -262,7 +262,10 @@ class BackendPool:
             pick.busy = True
             waiter.future.set_result(pick)
             self._waiters.remove(waiter)
-        # The pressure (and its list of bad backends) ends with the last request for the model.
+        self._end_pressures()
+
+    def _end_pressures(self) -> None:
+        # A model's pressure (and its bad backends) ends with its last waiting request.
         wanted = {w.model for w in self._waiters}
         for model in [m for m in self._bad if m not in wanted]:
             del self._bad[model]
@@ -326,6 +329,7 @@ class BackendPool:
             interrupted.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+                self._end_pressures()
             if not waiter.future.done():
                 waiter.future.cancel()
 

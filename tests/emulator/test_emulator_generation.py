@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from httpx_ws import connect_ws
-from swarm_helpers import call, new_session, png_pixels, png_text, ws_transcript
+from swarm_helpers import Transcript, call, new_session, png_pixels, png_text, ws_transcript
 
 from asset_generator.emulator import Emulator
 
@@ -359,3 +359,40 @@ def test_no_mini_grid_by_default(emulator_factory) -> None:
         body = {"session_id": sid, "images": 3, "steps": 1}
         transcript = ws_transcript(client, "GenerateText2ImageWS", body)
     assert sorted(int(m["batch_index"]) for m in transcript.of("image")) == [0, 1, 2]
+
+
+def test_cancelling_the_load_trigger_fails_the_other_waiter_once(emulator_factory) -> None:
+    import threading
+
+    emu = emulator_factory(step_seconds=0.01, model_load_seconds=2.0)
+    flux = "flux/flux1-dev.safetensors"
+    with httpx.Client(base_url=emu.url) as client:
+        trigger, waiter = new_session(client), new_session(client)
+        found: dict[str, Transcript] = {}
+
+        def run(name: str, sid: str) -> None:
+            body = {"session_id": sid, "images": 1, "steps": 1, "model": flux}
+            found[name] = ws_transcript(client, "GenerateText2ImageWS", body)
+
+        first = threading.Thread(target=run, args=("trigger", trigger))
+        first.start()
+        assert emu.wait_until(lambda: emu.session_status(trigger)["loading_models"] == 1)
+        second = threading.Thread(target=run, args=("waiter", waiter))
+        second.start()
+        assert emu.wait_until(lambda: emu.session_status(waiter)["waiting_backends"] == 1)
+        call(client, "InterruptAll", trigger)
+        first.join(10)
+        second.join(10)
+        # The trigger ends silently; the other waiter fails with SwarmUI's load error.
+        assert found["trigger"].of("error") == [] and found["trigger"].of("image") == []
+        errors = [m["error"] for m in found["waiter"].of("error")]
+        assert len(errors) == 1
+        assert errors[0].startswith("All available backends failed to load the model '")
+        assert flux in errors[0]
+        # The failed pressure is gone: the next request for the model loads it again.
+        again = ws_transcript(
+            client, "GenerateText2ImageWS",
+            {"session_id": waiter, "images": 1, "steps": 1, "model": flux},
+        )  # fmt: skip
+    assert len(again.of("image")) == 1
+    assert any(s[1] == 1 for s in again.statuses())
