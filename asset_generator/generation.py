@@ -53,6 +53,8 @@ from asset_generator.swarm.http import WebSocket, WebSocketRefused
 from asset_generator.swarm.params import expected_outputs
 
 if TYPE_CHECKING:
+    import threading
+
     from asset_generator.images import PostProcess
 
 # While work is pending the server sends keep_alive messages or, at the least, Kestrel's
@@ -130,6 +132,8 @@ class Outcome:
     timings: dict[str, float | None] = field(default_factory=dict)
     # Images saved full size because post-processing them failed (the run is then failed).
     postprocess_errors: list[str] = field(default_factory=list)
+    # Images the server sent that are not results: mini-grid, intermediates, extra outputs.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -143,6 +147,26 @@ class Outcome:
             and bool(self.postprocess_errors)
             and (self.error or "").startswith(self.postprocess_errors[0])
         )
+
+
+def not_an_output(batch_index: int, expected: int) -> str | None:
+    """What an image of this batch index is when it is not one of the ``expected`` results.
+
+    SwarmUI numbers real images 0 … images × batchsize − 1, the mini-grid -1, intermediate
+    images -11, -12, … and a workflow's extra outputs from images × batchsize up
+    (T2IAPI.cs ~405-466).
+    """
+    if batch_index == -1:
+        return "grid"
+    if batch_index < 0:
+        return "intermediate"
+    if batch_index >= expected:
+        return "extra"
+    return None
+
+
+def _path(event: ImageEvent) -> str | None:
+    return None if event.image.startswith("data:") else event.image
 
 
 class GenerationRun:
@@ -173,6 +197,7 @@ class GenerationRun:
         self.images: list[SavedImage] = []
         self.errors: list[str] = []
         self.postprocess_errors: list[str] = []
+        self.skipped: list[dict[str, Any]] = []
         self._fractions: dict[int, float] = {}
         self._body: dict[str, Any] = {}
         self._expected = 1
@@ -182,8 +207,8 @@ class GenerationRun:
         # The server has answered (and so claimed the request): a cancel can reach it now.
         self._claimed = False
         self._self_interrupted = False
-        # The server showed the request waiting (for a backend or a model load).
-        self._seen_waiting = False
+        # Over HTTP: a cancel mark was there before or after the request.
+        self._cancelled_over_http = False
 
     # -- registration -------------------------------------------------------------------------
 
@@ -320,10 +345,6 @@ class GenerationRun:
             state = "loading model" if counters.loading_models else QUEUED
         else:
             return
-        if counters.waiting_backends or counters.loading_models:
-            # Past the parameter checks and waiting for a backend: a silent end from here on
-            # is an interrupt (SwarmUI's first status, sent on claiming, shows only queued).
-            self._seen_waiting = True
         self.view.state(state, counters)
         if state == RUNNING and self.record.status != RUNNING:
             self._update_record(status=RUNNING)
@@ -339,6 +360,16 @@ class GenerationRun:
             self._update_record(progress=overall * 100)
 
     def _on_image(self, event: ImageEvent) -> None:
+        kind = not_an_output(event.batch_index, self._expected)
+        if kind is not None:
+            # Not one of the N results (protocol §9.21): neither counted nor saved.
+            self.skipped.append(
+                {"batch_index": event.batch_index, "kind": kind, "server_path": _path(event)}
+            )
+            self.debug(
+                f"skipped the {kind} image the server sent (batch_index {event.batch_index})"
+            )
+            return
         if self._first_image is None:
             self._first_image = time.monotonic()
         saved = self._save(event.image, event.batch_index, event.metadata)
@@ -358,9 +389,24 @@ class GenerationRun:
                 saved.path.unlink(missing_ok=True)
 
     def _over_http(self, deadline_at: float | None) -> None:
+        """``GenerateText2Image``: no status arrives, so the cancel mark is watched instead.
+
+        A ``cancel`` that lands before the server claims the request stops nothing, and the
+        HTTP route says nothing until the end. So the mark is checked before sending (then
+        nothing is sent), watched while the request runs (once the server shows the request,
+        our session is interrupted), and checked after it (the run is then ``cancelled``).
+        """
         assert self.record is not None
+        if self._marked_cancelled():
+            self._cancelled_over_http = True
+            return
         self.view.state(QUEUED, Counters(waiting_gens=1))
         timeout = math.inf if deadline_at is None else max(deadline_at - time.monotonic(), 0.1)
+        import threading
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch_cancel_mark, args=(stop,), daemon=True)
+        watcher.start()
         try:
             try:
                 paths = self.client.generate_http(
@@ -381,8 +427,35 @@ class GenerationRun:
                 raise
             self.errors.append(exc.text)
             return
+        finally:
+            stop.set()
+            watcher.join(timeout=POLL_SECONDS * 4)
+            if self._marked_cancelled():
+                self._cancelled_over_http = True
         for index, path in enumerate(paths):
             self._on_image(ImageEvent(path, index, "", None))
+
+    def _marked_cancelled(self) -> bool:
+        assert self.record is not None
+        latest = self.registry.read().generations.get(self.record.id)
+        return latest is not None and latest.status == CANCELLED
+
+    def _watch_cancel_mark(self, stop: threading.Event) -> None:
+        """While the HTTP request runs: interrupt our session once it holds the request."""
+        from asset_generator.registry import RegistryError
+
+        assert self.record is not None
+        while not stop.wait(POLL_SECONDS):
+            try:
+                latest = self.registry.read().generations.get(self.record.id)
+                if latest is None or latest.status != CANCELLED:
+                    continue
+                # Only an interrupt that lands after the server claimed the request stops it.
+                if self.client.current_status(self.record.session_id).counters.busy:
+                    self._honour_cancel_mark(latest)
+                    return
+            except (RegistryError, SwarmError) as exc:
+                self.debug(f"could not check for a cancel: {exc}")
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -481,40 +554,47 @@ class GenerationRun:
 
     def _conclude(self) -> Outcome:
         assert self.record is not None
-        latest = self.registry.read().generations.get(self.record.id)
-        cancelled_elsewhere = latest is not None and latest.status == CANCELLED
-        interrupted = any(text.strip() == INTERRUPTED_TEXT for text in self.errors)
-        if self.errors:
-            status = CANCELLED if interrupted or cancelled_elsewhere else FAILED
-            error: str | None = self.errors[0]
-        elif len(self.images) < self._expected and (cancelled_elsewhere or self._seen_waiting):
-            # Ending short without a word is how SwarmUI answers an interrupt that caught the
-            # work still waiting for a backend (protocol §5.2): someone cancelled it, maybe a
-            # `cancel --all` whose mark is not in the cache yet, or the web UI.
-            status = CANCELLED
-            error = (
-                f"the generation was cancelled after {len(self.images)} of {self._expected} images"
-                if cancelled_elsewhere
-                else f"the server stopped the generation after {len(self.images)} of "
-                f"{self._expected} images without an error, as SwarmUI does when work waiting "
-                "for a backend is interrupted (cancel --all, the web UI, another client)"
-            )
-        elif len(self.images) < self._expected:
-            # Never queued, never cancelled: SwarmUI drops some failures (an exception while
-            # reading the parameters) without telling the client (protocol §9 pitfall 19).
-            status = FAILED
-            error = (
-                f"the server ended the request after {len(self.images)} of {self._expected} "
-                "images without an error message; its log says why"
-            )
-        elif self.postprocess_errors:
-            status, error = FAILED, self.postprocess_errors[0]
-            if len(self.postprocess_errors) > 1:
-                error += f" (and {len(self.postprocess_errors) - 1} more image(s))"
-        else:
-            status, error = SUCCEEDED, None
+        status, error = self._classify()
         self.mark(status, error)
         return self.outcome(error)
+
+    def _classify(self) -> tuple[str, str | None]:
+        """How the run ended: cancelled only when someone is known to have cancelled it.
+
+        A cancel this client sent or recorded (the registry's mark) is a cancel. So is the
+        server's "Generation session interrupted." when it is the first error: after any
+        other error SwarmUI cancels the request's own token and the request's other running
+        tasks report that text too (T2IAPI.cs ~263, T2IEngine.cs ~321), so the first error
+        is the cause. A short ending without an error is how SwarmUI answers an interrupt of
+        queued work, but also a backend timeout, a shutdown or a logged exception (protocol
+        §9.22): without a cancel of ours it is a failure.
+        """
+        assert self.record is not None
+        latest = self.registry.read().generations.get(self.record.id)
+        cancelled_here = self._self_interrupted or (
+            latest is not None and latest.status == CANCELLED
+        )
+        if self.errors:
+            first = self.errors[0]
+            if cancelled_here or first.strip() == INTERRUPTED_TEXT:
+                return CANCELLED, first
+            return FAILED, first
+        done, expected = len(self.images), self._expected
+        if done >= expected and not self._cancelled_over_http:
+            if self.postprocess_errors:
+                more = len(self.postprocess_errors) - 1
+                suffix = f" (and {more} more image(s))" if more else ""
+                return FAILED, self.postprocess_errors[0] + suffix
+            return SUCCEEDED, None
+        if cancelled_here or self._cancelled_over_http:
+            return CANCELLED, f"the generation was cancelled after {done} of {expected} images"
+        return FAILED, (
+            f"the generation ended without images for {expected - done} of its {expected} "
+            "outputs and without an error message; a backend failure (ComfyUI timed out or "
+            "crashed, the server shut down) or an interrupt from outside this client (the web "
+            "UI, another client's cancel --all) ends a generation this way; the server's log "
+            "says which"
+        )
 
     def outcome(self, error: str | None) -> Outcome:
         assert self.record is not None
@@ -532,6 +612,7 @@ class GenerationRun:
             dict(self._body),
             timings,
             list(self.postprocess_errors),
+            list(self.skipped),
         )
 
     def _update_record(self, **changes: Any) -> None:

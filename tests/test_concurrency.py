@@ -191,11 +191,13 @@ def test_a_cancel_whose_session_the_server_forgot_marks_it_failed(
     assert process.returncode == 143
 
 
-def test_queued_generation_interrupted_by_another_client_is_cancelled(
+def test_queued_generation_interrupted_by_another_client_fails_naming_the_interrupt(
     cli: Runner, emulator_factory, state_dir: Path
 ) -> None:
     # SwarmUI ends work interrupted while it waits for a backend without any message
-    # (protocol §5.2); the web UI's "interrupt all" does that to our queued generation.
+    # (protocol §5.2); the web UI's "interrupt all" does that to our queued generation. A
+    # backend failure ends it the same way (§9.22), so without a cancel of ours it is a
+    # failure whose message names both causes (cli-contract §3).
     emu = emulator_factory(backends=1, step_seconds=0.05)
     cli.url = emu.url
     blocker = cli.start("generate", "image", "--prompt", "blocker", "--steps", "400")
@@ -216,8 +218,10 @@ def test_queued_generation_interrupted_by_another_client_is_cancelled(
     _, err = queued.communicate(timeout=30)
     assert queued.returncode == 1
     assert "Traceback" not in err
-    assert "when work waiting for a backend is interrupted" in err.strip().splitlines()[-1]
-    assert _status_of(state_dir, "queued") == "cancelled"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("request failed: ") and "ended without images" in last
+    assert "interrupt from outside" in last
+    assert _status_of(state_dir, "queued") == "failed"
     assert _status_of(state_dir, "blocker") == "running"
     blocker.send_signal(signal.SIGTERM)
     blocker.communicate(timeout=30)

@@ -197,11 +197,14 @@ def test_explicit_beats_param_beats_config_after_name_normalisation() -> None:
 
 def test_loras_arrive_as_parallel_lists() -> None:
     body = build_request(
-        prompt="x", options={}, defaults={}, loras=["style/pixel-art:0.8", "detail, v2"]
+        prompt="x", options={}, defaults={}, loras=["style/pixel-art:0.8", "detail v2"]
     )
-    assert body["loras"] == ["style/pixel-art", "detail, v2"]
+    assert body["loras"] == ["style/pixel-art", "detail v2"]
     assert body["loraweights"] == ["0.8", "1"]
     assert parse_lora("C:weird") == ("C:weird", "1")
+    # SwarmUI re-splits LoRA lists on commas: such a name cannot be sent at all.
+    with pytest.raises(ValueError, match="comma"):
+        parse_lora("detail, v2:0.5")
 
 
 def test_param_values_are_typed() -> None:

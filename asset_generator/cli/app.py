@@ -179,19 +179,32 @@ class App:
         sessions = self.registry.read().server(self.server_key).sessions
         return sessions[-1] if sessions else None
 
-    def control_session(self) -> CachedSession:
-        """A session for status, cancel and models: a cached one, else a new one."""
-        return self.cached_session() or self.new_session()
+    def control_session(self, fresh_within: float | None = None) -> CachedSession:
+        """A session for status, cancel and models: a cached one, else a new one.
 
-    def with_session(self, call: Callable[[str], T]) -> T:
-        """Run ``call(session_id)`` on the control session.
+        ``fresh_within``: the newest cached session only if it was made that many seconds
+        ago or less, else a new one. Its version and server id describe the server process
+        that made it, and a session outlives a restart (protocol §9.23).
+        """
+        if fresh_within is None:
+            return self.cached_session() or self.new_session()
+        import time
+
+        sessions = self.registry.read().server(self.server_key).sessions
+        newest = max(sessions, key=lambda s: s.created, default=None)
+        if newest is not None and time.time() - newest.created <= fresh_within:
+            return newest
+        return self.new_session()
+
+    def with_session(self, call: Callable[[str], T], *, fresh_within: float | None = None) -> T:
+        """Run ``call(session_id)`` on the control session (see ``control_session``).
 
         On 401 ``invalid_session_id`` (server restarted without persistence, or the session was
         purged) get a new session and retry once, as protocol §3.3 prescribes.
         """
         from asset_generator.swarm.errors import InvalidSession
 
-        session = self.control_session()
+        session = self.control_session(fresh_within)
         try:
             return call(session.id)
         except InvalidSession:

@@ -126,7 +126,7 @@ def image(
     on the server before exiting (130; SIGTERM 143); a second Ctrl-C exits at once.
     """
     from asset_generator.downloads import check_template
-    from asset_generator.swarm.params import build_request, parse_param
+    from asset_generator.swarm.params import build_request, parse_lora, parse_param
 
     postprocess = postprocess_from(app, options)
     config = {s: app.settings[f"generate.{s}"] for s in _config_names()}
@@ -135,6 +135,10 @@ def image(
         extra = [parse_param(item) for item in params]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--param") from None
+    try:
+        [parse_lora(item) for item in loras]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lora") from None
     template = options["filename_template"]
     if template is None:
         template = config["filename_template"]
@@ -297,6 +301,8 @@ def _document(outcome: Outcome) -> dict[str, Any]:
         "images": [image.public() for image in outcome.images],
         "parameters": outcome.params,
         "timings": outcome.timings,
+        # Images the server sent that are not results (mini-grid, intermediates).
+        "skipped": outcome.skipped,
     }
 
 

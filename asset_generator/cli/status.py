@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from asset_generator.swarm.client import Backend, CurrentStatus
 
 WATCH_SECONDS = 1.0
+# How old the session whose version and server id we show may be: a new session (one
+# GetNewSession) at most this often, so a restart shows within a minute.
+SERVER_FACTS_SECONDS = 60.0
 # Finished generations shown below the active ones, newest first.
 RECENT_FINISHED = 5
 
@@ -148,7 +151,8 @@ def gather(
         elapsed.append((time.monotonic() - started) * 1000)
         return answer
 
-    current = app.with_session(ask)
+    # Version and server id come only with GetNewSession and change on a restart.
+    current = app.with_session(ask, fresh_within=SERVER_FACTS_SECONDS)
     session_id = asked[-1]
     backends: list[Backend] | None = None
     backends_error = backends_hidden

@@ -6,6 +6,9 @@
 
 Or from a shell: ``python -m asset_generator.emulator --port 7801``.
 
+``docs/emulator.md`` lists the options that rehearse awkward outcomes (model loads, backend
+errors, silent endings, mini-grids, restarts) and what the emulator cannot do faithfully.
+
 ``EmulatorConfig`` and ``RecordedRequest`` are plain dataclasses; ``Emulator`` (which pulls in
 h11 and wsproto) is imported on first use so that importing this package stays cheap.
 """

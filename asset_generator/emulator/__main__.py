@@ -34,6 +34,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="time to load a model on a backend (0: models are always loaded)",
     )
     parser.add_argument(
+        "--loaded-model",
+        metavar="NAME",
+        help="with --model-load-seconds, the model backends start with (others load first)",
+    )
+    parser.add_argument(
+        "--max-images-in-mini-grid",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the user setting MaxImagesInMiniGrid: a request making 2..N images also gets a "
+        'grid image (batch_index "-1"); 1 (default) sends none',
+    )
+    parser.add_argument(
+        "--task-error",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="fail the next task to run on a backend with this error (repeatable, in order)",
+    )
+    parser.add_argument(
+        "--silent-task-failures",
+        type=int,
+        default=0,
+        metavar="N",
+        help="end the next N tasks on a backend with no image and no error, as SwarmUI does "
+        "on a backend timeout or a logged exception",
+    )
+    parser.add_argument(
         "--accounts", action="store_true", help="require a swarm_token cookie for sessions"
     )
     parser.add_argument(
@@ -76,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sessions-file", metavar="PATH", help="keep session ids in PATH across restarts"
     )
+    parser.add_argument(
+        "--server-version",
+        default=EmulatorConfig.version,
+        metavar="TEXT",
+        help="the version GetNewSession reports (a restart with another one rehearses an update)",
+    )
     parser.add_argument("--request-log", metavar="PATH", help="append each request as JSON")
     parser.add_argument("--output-dir", metavar="DIR", help="also write outputs under DIR")
     parser.add_argument(
@@ -101,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         step_seconds=options.step_seconds,
         default_steps=options.default_steps,
         model_load_seconds=options.model_load_seconds,
+        loaded_model=options.loaded_model,
+        max_images_in_mini_grid=options.max_images_in_mini_grid,
+        task_errors=list(options.task_error),
+        silent_task_failures=options.silent_task_failures,
         accounts=options.accounts,
         localhost_bypass=options.localhost_bypass,
         serve_interrupt_generation=options.serve_interrupt_generation,
@@ -111,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_close_grace_seconds=options.ws_close_grace_seconds,
         ws_keepalive_seconds=options.ws_keepalive_seconds,
         sessions_file=options.sessions_file,
+        version=options.server_version,
         output_dir=options.output_dir,
     )
     from asset_generator.emulator.emulator import Emulator

@@ -68,7 +68,24 @@ STATUS_MESSAGES = {
 
 
 class NoBackendsError(Exception):
-    """No backend can ever serve the request; the text is SwarmUI's error message."""
+    """The queue gave up on the request; the text is SwarmUI's error message."""
+
+
+def load_failed_text(model: str) -> str:
+    """``LoadHighestPressureNow`` once every free backend failed to load ``model``.
+
+    SwarmUI names the model by its file path and adds each backend's exception text; the
+    emulator has no files and only one way to fail a load (the triggering request cancelled),
+    whose .NET text is "The operation was canceled.".
+    """
+    return (
+        f"All available backends failed to load the model '{MODEL_ROOT}/{model}'.\n\n"
+        "Possible reason: The operation was canceled."
+    )
+
+
+# Stands in for the server's model folder in the texts that show a model's file path.
+MODEL_ROOT = "Models/Stable-Diffusion"
 
 
 @dataclass
@@ -121,6 +138,11 @@ class _Waiter:
     future: asyncio.Future[Backend]
     model: str | None
     target: int | None = None
+    # Puts a loading_models claim on the waiter's session; returns the release.
+    claim_load: Callable[[], Callable[[], None]] | None = None
+    session_key: object = None
+    # Sends the request's status message (SwarmUI's notifyWillLoad).
+    notify: Callable[[], None] | None = None
 
 
 @dataclass
@@ -132,6 +154,9 @@ class BackendPool:
     default_model: str | None
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     _waiters: list[_Waiter] = field(default_factory=list)
+    # ModelRequestPressure.BadBackends: backends whose load of that model failed, kept while
+    # any request still waits for the model (BackendHandler.cs ~1409).
+    _bad: dict[str, set[int]] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -140,10 +165,11 @@ class BackendPool:
         model_load_seconds: float,
         default_model: str | None,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        loaded_model: str | None = None,
     ) -> BackendPool:
         # With no load time the default model counts as already loaded; with one, backends
-        # start empty so the first use of any model triggers a load.
-        model = default_model if model_load_seconds <= 0 else None
+        # start empty (or with ``loaded_model``) so the first use of a model triggers a load.
+        model = default_model if model_load_seconds <= 0 else loaded_model
         return cls([Backend(i, current_model=model) for i in range(count)], model_load_seconds,
                    default_model, spawn)  # fmt: skip
 
@@ -221,10 +247,28 @@ class BackendPool:
             ]
             if not free:
                 continue
-            pick = next((b for b in free if b.current_model == waiter.model), free[0])
+            pick = next((b for b in free if b.current_model == waiter.model), None)
+            if pick is None and waiter.model is not None:
+                bad = self._bad.get(waiter.model, set())
+                loaders = [b for b in free if b.backend_id not in bad]
+                if not loaders:
+                    # Every free backend already failed this model: the request fails
+                    # (LoadHighestPressureNow, BackendHandler.cs ~1316).
+                    waiter.future.set_exception(NoBackendsError(load_failed_text(waiter.model)))
+                    self._waiters.remove(waiter)
+                    continue
+                free = loaders
+            pick = pick or free[0]
             pick.busy = True
             waiter.future.set_result(pick)
             self._waiters.remove(waiter)
+        self._end_pressures()
+
+    def _end_pressures(self) -> None:
+        # A model's pressure (and its bad backends) ends with its last waiting request.
+        wanted = {w.model for w in self._waiters}
+        for model in [m for m in self._bad if m not in wanted]:
+            del self._bad[model]
 
     def release(self, backend: Backend) -> None:
         backend.busy = False
@@ -235,17 +279,23 @@ class BackendPool:
         self,
         model: str | None,
         token: InterruptToken,
-        on_load_start: Callable[[], None],
-        on_load_end: Callable[[], None],
+        *,
+        claim_load: Callable[[], Callable[[], None]] | None = None,
+        session_key: object = None,
+        notify: Callable[[], None] | None = None,
         target: int | None = None,
         front: bool = False,
     ) -> Backend | None:
         """Wait in the queue for a backend with ``model`` loaded (loading it if needed).
 
         Returns None when ``token`` is cancelled first (the task then vanishes silently);
-        raises NoBackendsError when no backend could ever serve the request.
+        raises NoBackendsError when no backend could ever serve the request, or when every
+        backend failed to load its model.
         """
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), model, target)
+        waiter = _Waiter(
+            asyncio.get_running_loop().create_future(), model, target, claim_load, session_key,
+            notify,
+        )  # fmt: skip
         if front:
             self._waiters.insert(0, waiter)
         else:
@@ -274,24 +324,51 @@ class BackendPool:
             if self.model_load_seconds <= 0:
                 backend.current_model = wanted
                 return backend
-            on_load_start()
-            load = self.spawn(self._load(backend, wanted, on_load_end))
-            await asyncio.wait({load, interrupted}, return_when="FIRST_COMPLETED")
-            if not load.done():
-                # The backend keeps loading; it only becomes free once the load is over.
-                load.add_done_callback(lambda _task: self.release(backend))
-                return None
-            return backend
+            return await self._load_for(waiter, backend, wanted, interrupted)
         finally:
             interrupted.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+                self._end_pressures()
             if not waiter.future.done():
                 waiter.future.cancel()
 
-    async def _load(self, backend: Backend, model: str | None, on_end: Callable[[], None]) -> None:
+    async def _load_for(
+        self,
+        trigger: _Waiter,
+        backend: Backend,
+        model: str | None,
+        interrupted: asyncio.Future[Any],
+    ) -> Backend | None:
+        """Load ``model`` on ``backend`` for the request that triggered it.
+
+        As ``LoadHighestPressureNow``: every session waiting for the model gets a
+        ``loading_models`` claim, held until the load ends. The load waits on the triggering
+        request's token, so cancelling that request ends the load as failed: the claims are
+        released and the backend is marked bad for the model, which fails the other waiters
+        when no other backend is free to try (BackendHandler.cs ~1362-1424).
+        """
+        releases = []
+        sessions: set[int] = set()
+        for waiter in [trigger, *(w for w in self._waiters if w.model == model)]:
+            key = id(waiter.session_key) if waiter.session_key is not None else id(waiter)
+            if waiter.claim_load is not None and key not in sessions:
+                sessions.add(key)
+                releases.append(waiter.claim_load())
+        for waiter in [trigger, *(w for w in self._waiters if w.model == model)]:
+            if waiter.notify is not None:
+                waiter.notify()
+        load = self.spawn(asyncio.sleep(self.model_load_seconds))
         try:
-            await asyncio.sleep(self.model_load_seconds)
-            backend.current_model = model
+            await asyncio.wait({load, interrupted}, return_when="FIRST_COMPLETED")
         finally:
-            on_end()
+            for release in releases:
+                release()
+        if load.done() and not load.cancelled():
+            backend.current_model = model
+            return backend
+        load.cancel()
+        if model is not None:
+            self._bad.setdefault(model, set()).add(backend.backend_id)
+        self.release(backend)
+        return None

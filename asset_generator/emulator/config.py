@@ -74,6 +74,20 @@ class EmulatorConfig:
     step_seconds: float = 0.05
     default_steps: int = 20
     model_load_seconds: float = 0.0
+    # The model every backend has loaded at start when model_load_seconds > 0 (else none, so
+    # the first request of any model loads it); a request for another model triggers a load.
+    loaded_model: str | None = None
+    # The user setting MaxImagesInMiniGrid (Settings.cs; 1 = no grid): a request that made
+    # 2..N real images also gets a grid of them, batch_index "-1" (T2IAPI.cs ~436).
+    max_images_in_mini_grid: int = 1
+    # The next tasks to run on a backend fail with these error texts, in order, one each
+    # (a ComfyUI failure, say); the request's other running tasks then report
+    # "Generation session interrupted." as SwarmUI's setError makes them (T2IAPI.cs ~263).
+    task_errors: list[str] = field(default_factory=list)
+    # The next N tasks to run on a backend end with no image and no error, as SwarmUI does
+    # on a backend timeout to ComfyUI, a task exception it only logs, or an extension that
+    # refuses every image (protocol §9.22).
+    silent_task_failures: int = 0
     accounts: bool = False
     localhost_bypass: bool = False
     serve_interrupt_generation: bool = False

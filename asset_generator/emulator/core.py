@@ -32,9 +32,29 @@ class EmulatedServer:
         self.store = OutputStore(output_dir)
         self.minute_counter = MinuteCounter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        loaded = config.loaded_model
+        if loaded is not None:
+            found = self.catalog.find("Stable-Diffusion", loaded)
+            loaded = found.name if found is not None else loaded
         self.pool = BackendPool.create(
-            config.backends, config.model_load_seconds, self.catalog.default_model, self.spawn
+            config.backends,
+            config.model_load_seconds,
+            self.catalog.default_model,
+            self.spawn,
+            loaded_model=loaded,
         )
+        self._task_errors = list(config.task_errors)
+        self._silent_failures = config.silent_task_failures
+
+    def take_task_fault(self) -> str | None:
+        """The injected fault for the task going live now: an error text, "" (a silent end)."""
+        with self.registry.lock:
+            if self._task_errors:
+                return self._task_errors.pop(0)
+            if self._silent_failures > 0:
+                self._silent_failures -= 1
+                return ""
+            return None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Start a background task that ``shutdown`` will cancel and await."""

@@ -14,7 +14,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +42,8 @@ NO_MODEL = "No model input given. Did your UI load properly?"
 MAX_REQUESTS_FORCED_ORDER = 20
 LAUNCH_PAUSE_SECONDS = 0.02
 KEEP_ALIVE_SECONDS = 30.0
+# An injected task fault strikes after this many sampling steps.
+FAULT_AFTER_STEPS = 5
 # A simulated ComfyUI workflow: progress is (nodes_done + current) / (nodes + 1)
 # (ComfyUIAPIAbstractBackend.AwaitJobLive); the sampler is the fifth node of seven.
 WORKFLOW_NODES = 7
@@ -87,6 +89,10 @@ class _Request:
     is_ws: bool
     continue_after_errors: bool
     extra_metadata: dict[str, Any]
+    # SharedGenT2IData.NumNonReal: intermediate images get -11, -12, ... request-wide.
+    non_real: int = 0
+    # Real images produced (their seeds), for the mini-grid.
+    real_seeds: list[int] = field(default_factory=list)
 
     def send_status(self) -> None:
         if self.is_ws:
@@ -144,6 +150,7 @@ async def generate(
         )
         claim.extend(waiting_gens=request.images - claim.held["waiting_gens"])
         await _run_tasks(request, batch_offset)
+        _mini_grid(request)
         output({"discard_indices": []})
     finally:
         claim.release()
@@ -214,21 +221,26 @@ async def _image_task(request: _Request, image_index: int, seed: int) -> None:
         return
     model = request.params.values.get("model")
 
-    def load_started() -> None:
+    def claim_load() -> Callable[[], None]:
+        # A model load claims every session waiting for the model, not the request
+        # (BackendHandler.cs ~1362): it outlives an interrupt of a request that only waited.
         with server.registry.lock:
             session.loading_models += 1
-        request.send_status()
 
-    def load_finished() -> None:
-        # The load outlives an interrupt: loading_models stays up until the backend is done.
-        with server.registry.lock:
-            session.loading_models -= 1
+        def release() -> None:
+            with server.registry.lock:
+                session.loading_models -= 1
+
+        return release
 
     claim.extend(waiting_backends=1)
     request.send_status()
     backend: Backend | None = None
     try:
-        backend = await server.pool.acquire(model, claim.token, load_started, load_finished)
+        backend = await server.pool.acquire(
+            model, claim.token, claim_load=claim_load, session_key=session,
+            notify=request.send_status,
+        )  # fmt: skip
     except NoBackendsError as exc:
         request.set_error(str(exc))
         return
@@ -246,6 +258,15 @@ async def _image_task(request: _Request, image_index: int, seed: int) -> None:
             return
         if server.config.require_model and model is None:
             request.set_error(NO_MODEL)
+            return
+        fault = server.take_task_fault()
+        if fault is not None:
+            # The backend ran a few steps, then failed: with a text, as a ComfyUI error does;
+            # without, as a TaskCanceledException does (T2IEngine.cs ~370: no message).
+            if await claim.token.wait(FAULT_AFTER_STEPS * server.config.step_seconds):
+                request.set_error(INTERRUPTED)
+            elif fault:
+                request.set_error(fault)
             return
         produced = await _sample(request, backend, image_index, seed)
         if produced == 0:
@@ -296,7 +317,9 @@ async def _sample(request: _Request, backend: Backend, image_index: int, seed: i
     progress(NODES_BEFORE_SAMPLER, 0.0)
     token = request.claim.token
     for step in range(steps):
-        if await token.wait(config.step_seconds):
+        # The request's own cancel (setError after another task failed) stops it too: the
+        # backend watches the claim's linked token (T2IEngine.cs ~321).
+        if await token.wait(config.step_seconds) or request.claim.local_cancelled:
             return 0
         progress(NODES_BEFORE_SAMPLER, (step + 1) / steps)
         if show_previews:
@@ -306,11 +329,26 @@ async def _sample(request: _Request, backend: Backend, image_index: int, seed: i
     for nodes_done in range(NODES_BEFORE_SAMPLER + 1, WORKFLOW_NODES):
         progress(nodes_done, 0.0)
     elapsed = time.monotonic() - started
+    if request.params.get_bool("outputintermediateimages"):
+        # One non-real image (the stage before the final decode) per task, sent first.
+        request.non_real += 1
+        inline = request.params.get_bool("donotsaveintermediates")
+        _save_and_announce(request, -10 - request.non_real, seed, model, elapsed, inline=inline)
     for k in range(request.batch_size):
         actual_index = image_index + k
         image_seed = _wrap64(seed + k)
         _save_and_announce(request, actual_index, image_seed, model, elapsed)
+        request.real_seeds.append(image_seed)
     return request.batch_size
+
+
+def _mini_grid(request: _Request) -> None:
+    """The grid of a batch, saved as batch index -1 when MaxImagesInMiniGrid allows it."""
+    count = len(request.real_seeds)
+    if 1 < count <= request.server.config.max_images_in_mini_grid:
+        seed = request.real_seeds[0]
+        model = request.params.values.get("model") or request.server.pool.default_model
+        _save_and_announce(request, -1, seed, model, 0.0)
 
 
 def _image_size(params: GenParams) -> tuple[int, int]:
@@ -366,7 +404,13 @@ def _metadata(
 
 
 def _save_and_announce(
-    request: _Request, actual_index: int, seed: int, model: str | None, elapsed: float
+    request: _Request,
+    actual_index: int,
+    seed: int,
+    model: str | None,
+    elapsed: float,
+    *,
+    inline: bool = False,
 ) -> None:
     """``saveImage`` in T2IAPI.cs: store (or inline) the image and emit the flat image message."""
     metadata = _metadata(request, seed, model, elapsed=elapsed)
@@ -374,7 +418,7 @@ def _save_and_announce(
     metadata_text = json.dumps(metadata, indent=2, ensure_ascii=True)
     width, height = preview_size(*_image_size(request.params))
     padding = int(request.server.config.image_megabytes * 1024 * 1024)
-    if request.params.get_bool("donotsave"):
+    if inline or request.params.get_bool("donotsave"):
         # Inline results are the backend's raw bytes: no embedded metadata (Session.cs).
         data = gradient_png(seed, width, height, padding_bytes=padding)
         url = "data:image/png;base64," + base64.b64encode(data).decode("ascii")

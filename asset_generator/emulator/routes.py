@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from asset_generator.emulator.backends import NoBackendsError
 from asset_generator.emulator.core import EmulatedServer
 from asset_generator.emulator.generation import generate, http_result
 from asset_generator.emulator.httpmsg import HttpRequest
@@ -388,10 +389,12 @@ async def select_model(ctx: CallContext, args: dict[str, Any]) -> dict[str, Any]
         # Not interruptible (protocol §5.3): wait on a token nobody cancels.
         token = InterruptToken()
         for backend in targets:
-            got = await server.pool.acquire(
-                model.name, token, lambda: None, lambda: None, target=backend.backend_id,
-                front=True,
-            )  # fmt: skip
+            try:
+                got = await server.pool.acquire(
+                    model.name, token, target=backend.backend_id, front=True
+                )
+            except NoBackendsError:
+                return {"error": "Model failed to load."}
             if got is not None:
                 server.pool.release(got)
     finally:

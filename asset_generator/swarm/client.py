@@ -22,6 +22,7 @@ from asset_generator.swarm.errors import (
     SessionFailed,
     SwarmError,
     UnknownRoute,
+    UnrecognisedRoute,
 )
 from asset_generator.swarm.http import Transport, WebSocket, shown_path
 
@@ -50,7 +51,13 @@ class Counters:
 
     @property
     def busy(self) -> bool:
-        return any((self.waiting_gens, self.loading_models, self.waiting_backends, self.live_gens))
+        """The session still has a request: its own claim (T2IAPI.cs:257) is ``waiting_gens``.
+
+        ``loading_models`` is not ours: a model load claims every session waiting for the
+        model and keeps the claim until the load ends, even on an interrupted session
+        (BackendHandler.cs ~1362; protocol §5.2).
+        """
+        return self.waiting_gens > 0
 
     @property
     def live(self) -> bool:
@@ -339,8 +346,26 @@ class SwarmClient:
         self.call("InterruptAll", session_id, body, timeout=timeout)
 
     def interrupt_generation(self, session_id: str) -> None:
-        """``InterruptGeneration``, which real SwarmUI lacks (raises UnknownRoute there)."""
-        self.call("InterruptGeneration", session_id)
+        """``InterruptGeneration``, which real SwarmUI lacks (raises UnknownRoute there).
+
+        Only ``{"success": true}`` is believed. Any other JSON answer (an ``error`` with HTTP
+        200, an odd shape) raises UnrecognisedRoute, an UnknownRoute, so callers fall back to
+        ``InterruptAll`` and remember it. An unknown session still raises InvalidSession, and
+        a non-JSON page (a proxy's 502) BadResponse: that is trouble on the way, not the
+        route's answer, and must not be remembered.
+        """
+        route = "InterruptGeneration"
+        try:
+            document = self.call(route, session_id)
+        except (InvalidSession, UnknownRoute):
+            raise
+        except APIError as exc:
+            raise UnrecognisedRoute(exc.message, exc.error_id, exc.status, exc.text) from None
+        if document.get("success") is not True:
+            raise UnrecognisedRoute(
+                f"{route} on {self.server} answered without success: "
+                f"{json.dumps(document, default=str)[:200]}"
+            )
 
     def list_backends(self, session_id: str) -> dict[str, Any]:
         return self.call("ListBackends", session_id, {"nonreal": False, "full_data": True})

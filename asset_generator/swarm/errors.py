@@ -71,6 +71,14 @@ class UnknownRoute(APIError):
     """400 ``bad_route``: the server has no such route (e.g. ``InterruptGeneration``)."""
 
 
+class UnrecognisedRoute(UnknownRoute):
+    """A route of a name we know answered in a shape we do not: treated as absent.
+
+    A fork or a later SwarmUI can add a route named like ours with other semantics; only an
+    answer we recognise is believed (an ``InterruptGeneration`` that says ``success``).
+    """
+
+
 class PermissionDenied(APIError):
     """400 ``bad_permissions``: the user's role lacks the route's permission."""
 

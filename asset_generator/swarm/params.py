@@ -40,7 +40,10 @@ def parse_param(item: str) -> tuple[str, Any]:
 
 
 def parse_lora(item: str) -> tuple[str, str]:
-    """``NAME[:WEIGHT]`` → (name, weight text). A colon not followed by a number is a name."""
+    """``NAME[:WEIGHT]`` → (name, weight text). A colon not followed by a number is a name.
+
+    Raises ValueError for a name SwarmUI cannot receive (see ``check_lora_name``).
+    """
     name, sep, weight = item.rpartition(":")
     if sep and name:
         try:
@@ -48,8 +51,24 @@ def parse_lora(item: str) -> tuple[str, str]:
         except ValueError:
             pass
         else:
-            return name, weight.strip()
-    return item, "1"
+            return check_lora_name(name), weight.strip()
+    return check_lora_name(item), "1"
+
+
+def check_lora_name(name: str) -> str:
+    """The name, or ValueError if it holds a comma.
+
+    SwarmUI splits a LoRA list on commas whenever the text lacks its own list separator
+    (T2IAPI.cs:216, T2IParamTypes.cs:1080, T2IParamSet.cs:208), and the name passes through
+    that split more than once, so no spelling of the request keeps such a name whole.
+    """
+    if "," in name:
+        raise ValueError(
+            f"LoRA name {name!r} contains a comma, which SwarmUI cannot take: it splits "
+            "LoRA lists on commas, so the server would look for other LoRAs; rename the "
+            "file on the server"
+        )
+    return name
 
 
 def build_request(
@@ -86,7 +105,7 @@ def build_request(
     put("prompt", prompt)
     lora_items = [parse_lora(item) for item in loras]
     if lora_items:
-        # JSON arrays are joined with "\n|||\n" server-side, so names containing commas survive.
+        # JSON arrays are joined with "\n|||\n" server-side (names with commas are refused).
         put("loras", [name for name, _ in lora_items])
         put("loraweights", [weight for _, weight in lora_items])
     if no_save:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from httpx_ws import connect_ws
-from swarm_helpers import call, new_session, png_pixels, png_text, ws_transcript
+from swarm_helpers import Transcript, call, new_session, png_pixels, png_text, ws_transcript
 
 from asset_generator.emulator import Emulator
 
@@ -332,3 +332,67 @@ def test_image_megabytes_pads_outputs_with_a_skippable_chunk(emulator_factory) -
         data = fetch(client, path).content
     assert 1.5 * 1024 * 1024 < len(data) < 1.6 * 1024 * 1024
     assert png_pixels(data)[:2] == (64, 64) and "parameters" in png_text(data)
+
+
+def test_mini_grid_and_intermediates_have_swarmui_batch_indices(emulator_factory) -> None:
+    emu = emulator_factory(step_seconds=0.01, max_images_in_mini_grid=4)
+    with httpx.Client(base_url=emu.url) as client:
+        sid = new_session(client)
+        body = {"session_id": sid, "images": 2, "batchsize": 2, "steps": 1}
+        transcript = ws_transcript(
+            client, "GenerateText2ImageWS", {**body, "outputintermediateimages": True}
+        )
+        plain = ws_transcript(client, "GenerateText2ImageWS", {**body, "images": 1})
+    indices = [int(m["batch_index"]) for m in transcript.of("image")]
+    # Four real images, one intermediate per task first, the grid last (T2IAPI.cs ~405-466).
+    assert sorted(i for i in indices if i >= 0) == [0, 1, 2, 3]
+    assert sorted(i for i in indices if i < -1) == [-12, -11]
+    assert indices[-1] == -1
+    # batchsize 2 of one task is two real images: a grid again, but no intermediates.
+    assert sorted(int(m["batch_index"]) for m in plain.of("image")) == [-1, 0, 1]
+
+
+def test_no_mini_grid_by_default(emulator_factory) -> None:
+    emu = emulator_factory(step_seconds=0.01)
+    with httpx.Client(base_url=emu.url) as client:
+        sid = new_session(client)
+        body = {"session_id": sid, "images": 3, "steps": 1}
+        transcript = ws_transcript(client, "GenerateText2ImageWS", body)
+    assert sorted(int(m["batch_index"]) for m in transcript.of("image")) == [0, 1, 2]
+
+
+def test_cancelling_the_load_trigger_fails_the_other_waiter_once(emulator_factory) -> None:
+    import threading
+
+    emu = emulator_factory(step_seconds=0.01, model_load_seconds=2.0)
+    flux = "flux/flux1-dev.safetensors"
+    with httpx.Client(base_url=emu.url) as client:
+        trigger, waiter = new_session(client), new_session(client)
+        found: dict[str, Transcript] = {}
+
+        def run(name: str, sid: str) -> None:
+            body = {"session_id": sid, "images": 1, "steps": 1, "model": flux}
+            found[name] = ws_transcript(client, "GenerateText2ImageWS", body)
+
+        first = threading.Thread(target=run, args=("trigger", trigger))
+        first.start()
+        assert emu.wait_until(lambda: emu.session_status(trigger)["loading_models"] == 1)
+        second = threading.Thread(target=run, args=("waiter", waiter))
+        second.start()
+        assert emu.wait_until(lambda: emu.session_status(waiter)["waiting_backends"] == 1)
+        call(client, "InterruptAll", trigger)
+        first.join(10)
+        second.join(10)
+        # The trigger ends silently; the other waiter fails with SwarmUI's load error.
+        assert found["trigger"].of("error") == [] and found["trigger"].of("image") == []
+        errors = [m["error"] for m in found["waiter"].of("error")]
+        assert len(errors) == 1
+        assert errors[0].startswith("All available backends failed to load the model '")
+        assert flux in errors[0]
+        # The failed pressure is gone: the next request for the model loads it again.
+        again = ws_transcript(
+            client, "GenerateText2ImageWS",
+            {"session_id": waiter, "images": 1, "steps": 1, "model": flux},
+        )  # fmt: skip
+    assert len(again.of("image")) == 1
+    assert any(s[1] == 1 for s in again.statuses())
