@@ -9,6 +9,7 @@ from typing import Any
 
 from asset_generator.cli.output import Output
 from asset_generator.generation import SavedImage, View
+from asset_generator.steps import StepProgress
 from asset_generator.swarm.client import Counters
 
 
@@ -28,7 +29,7 @@ class SilentView:
     def state(self, state: str, counters: Counters) -> None:
         pass
 
-    def progress(self, overall: float, current: float, done: int, expected: int) -> None:
+    def progress(self, steps: StepProgress) -> None:
         pass
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
@@ -60,8 +61,15 @@ class PlainView(SilentView):
         self._output.info(f"{self._id}: image {done}/{expected} received")
 
 
+# More running images than this share one summary line, so the live area stays small.
+MAX_IMAGE_LINES = 6
+
+
 class RichView(SilentView):
-    """A terminal: overall and current-image bars with the server's own state."""
+    """A terminal: an overall bar, and one bar per image the server is making right now.
+
+    Saved paths and messages are printed above the bars (Output.live), never into them.
+    """
 
     def __init__(self, output: Output, generation_id: str, expected: int) -> None:
         from rich.progress import (
@@ -71,37 +79,82 @@ class RichView(SilentView):
             TextColumn,
             TimeElapsedColumn,
         )
+        from rich.table import Column
 
         self._progress: Any = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+            TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=None),
             TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}", table_column=Column(no_wrap=True)),
             TimeElapsedColumn(),
             console=output.stderr_console(),
             transient=False,
+            expand=True,
+            # Ten redraws a second keep the timers ticking between server messages.
+            refresh_per_second=10,
         )
+        self._output = output
         self._id = generation_id
-        self._overall = self._progress.add_task(f"{generation_id} queued", total=100)
-        self._current = self._progress.add_task(f"image 1/{expected}", total=100)
+        self._expected = expected
+        self._state = "queued"
+        self._overall = self._progress.add_task(
+            self._overall_text(), total=100, detail=self._saved_text(0)
+        )
+        self._images: dict[int, Any] = {}
+        self._more: Any = None
+        self._live = output.live(self._progress.console)
+        self._live.__enter__()
         self._progress.start()
 
-    def state(self, state: str, counters: Counters) -> None:
-        self._progress.update(self._overall, description=f"{self._id} {_describe(state, counters)}")
+    def _overall_text(self) -> str:
+        return f"{self._id} {self._state}"
 
-    def progress(self, overall: float, current: float, done: int, expected: int) -> None:
-        self._progress.update(self._overall, completed=overall * 100)
-        self._progress.update(
-            self._current,
-            completed=min(max(current, 0.0), 1.0) * 100,
-            description=f"image {min(done + 1, expected)}/{expected}",
-        )
+    def _saved_text(self, done: int) -> str:
+        return f"{done}/{self._expected} saved"
+
+    def state(self, state: str, counters: Counters) -> None:
+        self._state = _describe(state, counters)
+        self._progress.update(self._overall, description=self._overall_text())
+
+    def progress(self, steps: StepProgress) -> None:
+        self._progress.update(self._overall, completed=steps.percent)
+        shown = sorted(steps.running.values(), key=lambda i: i.index)
+        for image in shown[:MAX_IMAGE_LINES]:
+            task = self._images.get(image.index)
+            if task is None:
+                task = self._progress.add_task(
+                    f"  image {image.index + 1}/{self._expected}", total=100, detail=""
+                )
+                self._images[image.index] = task
+            step = steps.step_of(image)
+            detail = "" if step is None else f"step {step}/{steps.steps}"
+            self._progress.update(task, completed=image.fraction * 100, detail=detail)
+        hidden = len(shown) - MAX_IMAGE_LINES
+        if hidden > 0 and self._more is None:
+            self._more = self._progress.add_task("", total=None, detail="")
+        if self._more is not None:
+            text = f"  and {hidden} more running" if hidden > 0 else ""
+            self._progress.update(self._more, description=text)
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
-        self._progress.update(self._overall, completed=done / expected * 100)
-        self._progress.update(self._current, completed=100, description=f"image {done}/{expected}")
+        task = self._images.pop(saved.batch_index, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        # Backends without live progress send only images: those alone move the bar.
+        floor = done / max(expected, 1) * 100
+        completed = max(self._progress.tasks[0].completed, floor)
+        if done >= expected:
+            self._state = "done"
+        self._progress.update(
+            self._overall,
+            completed=completed,
+            description=self._overall_text(),
+            detail=self._saved_text(done),
+        )
 
     def close(self) -> None:
         self._progress.stop()
+        self._live.__exit__(None, None, None)
 
 
 def make_view(output: Output, generation_id: str, expected: int, *, enabled: bool) -> View:
