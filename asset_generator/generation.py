@@ -320,10 +320,11 @@ class GenerationRun:
         self.steps.finished(event.batch_index)
         done = len(self.images)
         self.view.image(saved, done, self._expected)
-        self.on_saved(saved)
+        # Recorded before it is printed: printing can fail (a full or closed stdout).
         self._update_record(
             images=[self._shown(i) for i in self.images], progress=self.steps.percent
         )
+        self.on_saved(saved)
 
     def _discard(self, indices: set[int]) -> None:
         # Images refused by post-processing are not results (protocol §4.3 step 8).

@@ -139,8 +139,12 @@ class Output:
         console = console or self.stdout_console()
         if not console.is_terminal:
             console.width = UNWRAPPED_WIDTH
-        with console.capture() as captured:
-            console.print(renderable)
+        try:
+            with console.capture() as captured:
+                console.print(renderable)
+        except OSError as exc:
+            # Even a capture ends by flushing the console's own file, which is stdout.
+            raise _stdout_problem(exc) from None
         self.data("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
     def json(self, document: Any) -> None:
