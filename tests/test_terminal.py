@@ -127,3 +127,77 @@ def test_the_record_holds_steps_done_not_the_servers_node_count(
     finally:
         process.kill()
         process.wait()
+
+
+# -- status --watch -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def busy_server(cli, emulator_factory, workdir: Path):
+    """Four backends, eight finished generations of ours and two running ones."""
+    emu = emulator_factory(backends=4, step_seconds=0.05)
+    cli.url = emu.url
+    for i in range(8):
+        assert cli("generate", "image", "-p", f"finished {i}", "--steps", "1", "-o", "o").code == 0
+    model = "OfficialStableDiffusion/sd_xl_base_1.0.safetensors"
+    running = [
+        cli.start("generate", "image", "-p", f"running {i}", "--steps", "500", "-m", model)
+        for i in range(2)
+    ]
+    yield emu
+    for process in running:
+        process.kill()
+        process.wait()
+
+
+def watch(cli, columns: int, lines: int) -> Terminal:
+    term = Terminal(columns, lines)
+    term.start("status", "--watch", cwd=cli.cwd, env=cli.env())
+    assert term.run_until(lambda: "running 1" in term.text() and "running 0" in term.text())
+    return term
+
+
+def quit_watch(term: Terminal) -> None:
+    import signal
+
+    assert term.process is not None
+    term.process.send_signal(signal.SIGINT)
+    # Ctrl-C is the normal way out of --watch.
+    assert term.finish() == 0
+    assert "Traceback" not in term.raw.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("columns", "lines"), [(80, 24), (120, 35)])
+def test_watch_fits_the_terminal(cli, busy_server, columns: int, lines: int) -> None:
+    term = watch(cli, columns, lines)
+    term.run_until(lambda: False, timeout=1.2)
+    screen = term.display()
+    quit_watch(term)
+    assert screen[0] == "every 1 s; Ctrl-C to quit"
+    # Model names are shortened on their line, never folded into 8-character pieces.
+    rows = [line for line in screen if "comfyui_selfstart" in line]
+    assert rows and all(" OfficialStableD" in line for line in rows[:2]), screen
+    assert not any(
+        line.strip().startswith(("Diffusion", "_base", "safetensors")) for line in screen
+    )
+    # Our table ends on the screen: the running generations are shown, the rest counted.
+    text = "\n".join(screen)
+    assert "running 0" in text and "running 1" in text
+    filled = [line for line in screen if line]
+    if lines == 24:
+        assert filled[-1].startswith("… ") and "more generations" in filled[-1], text
+    else:
+        # Room for all: the five latest finished ones, as `status` shows them, and no cut.
+        assert sum("finished" in line for line in screen) == 5
+        assert not any("more generations" in line for line in screen)
+
+
+def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
+    term = watch(cli, 120, 35)
+    term.resize(60, 20)
+    term.run_until(lambda: False, timeout=2.5)
+    screen = term.display()
+    quit_watch(term)
+    text = "\n".join(screen)
+    assert text.count("Ctrl-C to quit") == 1 and text.count("reachable") == 1, text
+    assert "running 0" in text or "running 1" in text
