@@ -439,6 +439,8 @@ class GenerationRun:
                 saved = self.record
                 state.generations[saved.id] = saved
             saved.images = [self._shown(i) for i in self.images]
+            # The figure shown last, not the one written up to a second earlier.
+            saved.progress = max(saved.progress, self.steps.percent)
             if saved.status == CANCELLED and status != SUCCEEDED:
                 status, error = CANCELLED, saved.error or error
             saved.finish(status, error)

@@ -81,7 +81,18 @@ class RichView(SilentView):
         )
         from rich.table import Column
 
-        self._progress: Any = Progress(
+        class Bars(Progress):
+            def get_renderables(self) -> Any:
+                # Three columns short of the terminal: the "^C" the terminal echoes after the
+                # last bar must not wrap, or the last redraw climbs one line too few and
+                # leaves a copy of the bars behind.
+                table = self.make_tasks_table(self.tasks)
+                live = getattr(self, "live", None)  # absent while Progress is being built
+                if live is not None:
+                    table.width = max(live.console.width - 3, 20)
+                yield table
+
+        self._progress: Any = Bars(
             TextColumn("{task.description}", table_column=Column(no_wrap=True)),
             BarColumn(bar_width=None),
             TaskProgressColumn(),

@@ -82,7 +82,7 @@ class Report:
     "--watch",
     "-w",
     is_flag=True,
-    help="Redraw every second, fitted to the terminal, until Ctrl-C (exit 0; terminal only).",
+    help="Redraw every second until Ctrl-C (terminal only).",
 )
 @global_options
 @click.pass_obj
@@ -220,7 +220,11 @@ def render(
         parts += ["", f"backend list not shown ({reason}); the roll-up is above"]
 
     parts.append("")
-    if report.generations:
+    if report.generations and max_generations == 0:
+        parts.append(
+            f"{len(report.generations)} generations of ours (`asset-generator status` lists them)"
+        )
+    elif report.generations:
         ours = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
         ours.add_column("GENERATION", no_wrap=True)
         ours.add_column("STATE", no_wrap=True)
