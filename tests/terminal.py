@@ -52,7 +52,13 @@ class Terminal:
             stdout=self.slave,
             stderr=self.slave,
             start_new_session=True,
+            # The pty becomes the program's controlling terminal, so a typed Ctrl-C
+            # (``type("\x03")``) is a SIGINT echoed as "^C", as in a real terminal.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
         )
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
 
     def pump(self, seconds: float = 0.05) -> bool:
         """Read what the program drew for up to ``seconds``; False once it has gone."""

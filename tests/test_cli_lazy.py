@@ -67,3 +67,13 @@ def test_a_network_command_skips_httpx_cli_and_websockets(emulator) -> None:
     )
     assert "httpx" in loaded
     assert not loaded & {"pygments", "rich.progress", "rich.syntax", "httpx_ws"}
+
+
+def test_live_displays_are_imported_only_when_drawn(emulator, tmp_path) -> None:
+    # `status` in a script and `generate --help` draw nothing live: no rich.progress/rich.live.
+    env = {"ASSET_GENERATOR_API_URL": emulator.url}
+    status = set(loaded_modules("status", env=env))
+    assert "asset_generator.cli.status" in status
+    assert not status & {"rich.progress", "rich.live", "asset_generator.steps"}
+    helped = set(loaded_modules("generate", "image", "--help"))
+    assert not helped & {"rich.progress", "rich.live", "httpx", "httpx_ws", "PIL"}

@@ -201,3 +201,25 @@ def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
     text = "\n".join(screen)
     assert text.count("Ctrl-C to quit") == 1 and text.count("reachable") == 1, text
     assert "running 0" in text or "running 1" in text
+
+
+def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workdir: Path) -> None:
+    # At full width the echoed "^C" wrapped and the last redraw left the bars twice.
+    emu = emulator_factory(backends=2, step_seconds=0.05)
+    term = Terminal(80, 24)
+    term.start(
+        "generate", "image", "-p", "stop me", "-n", "3", "--steps", "30", "-o", "out", "-v",
+        cwd=workdir, env={**cli.env(), "ASSET_GENERATOR_API_URL": emu.url},
+    )  # fmt: skip
+    assert term.run_until(lambda: "image 3/3" in term.text())
+    term.type(b"\x03")
+    assert term.finish() == 130
+    screen = term.display()
+    text = term.text()
+    assert sum(bool(OVERALL.match(line)) for line in screen) == 1, text
+    saved = saved_files(workdir / "out")
+    assert 1 <= len(saved) < 3
+    assert screen[-1] == "" and f"{len(saved)} of 3 saved; the server stopped the rest" in text
+    # -v lines are whole lines above the bars too.
+    assert any(line.startswith("> GET /View/") for line in screen), text
+    assert not any(BAR in line and "> " in line for frame in term.frames for line in frame)
