@@ -223,3 +223,19 @@ def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workd
     # -v lines are whole lines above the bars too.
     assert any(line.startswith("> GET /View/") for line in screen), text
     assert not any(BAR in line and "> " in line for frame in term.frames for line in frame)
+
+
+def test_many_parallel_images_keep_the_live_area_small(
+    cli, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=8, step_seconds=0.03)
+    term = Terminal(80, 24)
+    term.start(
+        "generate", "image", "-p", "wide", "-n", "8", "--steps", "20", "-o", "out",
+        cwd=workdir, env={**cli.env(), "ASSET_GENERATOR_API_URL": emu.url},
+    )  # fmt: skip
+    assert term.finish() == 0
+    image_lines = [sum("  image " in line for line in frame) for frame in term.frames]
+    assert max(image_lines) == 6
+    assert any("2 more running" in line for frame in term.frames for line in frame)
+    assert len(saved_files(workdir / "out")) == 8

@@ -365,7 +365,7 @@ def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
         # The exit status must still say "stopped by a signal" when the cache is unwritable.
         with contextlib.suppress(RegistryError):
             run.mark("cancelled", f"stopped by {name}")
-        saved = f"{len(run.images)} of {_expected(run._body) or '?'} saved"
+        saved = f"{len(run.images)} of {run.steps.expected} saved"
         if stopped:
             app.output.info(f"{run.record.id}: {saved}; the server stopped the rest")
         else:

@@ -5,6 +5,7 @@ Only what the server reports is shown; nothing is simulated.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from asset_generator.cli.output import Output
@@ -108,28 +109,35 @@ class RichView(SilentView):
         self._id = generation_id
         self._expected = expected
         self._state = "queued"
+        self._percent = 0.0
+        self._done = 0
+        self._hidden = 0
         self._overall = self._progress.add_task(
             self._overall_text(), total=100, detail=self._saved_text(0)
         )
         self._images: dict[int, Any] = {}
-        self._more: Any = None
-        self._live = output.live(self._progress.console)
-        self._live.__enter__()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(output.live(self._progress.console))
         self._progress.start()
 
     def _overall_text(self) -> str:
         return f"{self._id} {self._state}"
 
     def _saved_text(self, done: int) -> str:
-        return f"{done}/{self._expected} saved"
+        more = f", {self._hidden} more running" if self._hidden > 0 else ""
+        return f"{done}/{self._expected} saved{more}"
 
     def state(self, state: str, counters: Counters) -> None:
         self._state = _describe(state, counters)
         self._progress.update(self._overall, description=self._overall_text())
 
     def progress(self, steps: StepProgress) -> None:
-        self._progress.update(self._overall, completed=steps.percent)
+        self._percent = max(self._percent, steps.percent)
         shown = sorted(steps.running.values(), key=lambda i: i.index)
+        self._hidden = max(len(shown) - MAX_IMAGE_LINES, 0)
+        self._progress.update(
+            self._overall, completed=self._percent, detail=self._saved_text(self._done)
+        )
         for image in shown[:MAX_IMAGE_LINES]:
             task = self._images.get(image.index)
             if task is None:
@@ -140,32 +148,26 @@ class RichView(SilentView):
             step = steps.step_of(image)
             detail = "" if step is None else f"step {step}/{steps.steps}"
             self._progress.update(task, completed=image.fraction * 100, detail=detail)
-        hidden = len(shown) - MAX_IMAGE_LINES
-        if hidden > 0 and self._more is None:
-            self._more = self._progress.add_task("", total=None, detail="")
-        if self._more is not None:
-            text = f"  and {hidden} more running" if hidden > 0 else ""
-            self._progress.update(self._more, description=text)
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
         task = self._images.pop(saved.batch_index, None)
         if task is not None:
             self._progress.remove_task(task)
         # Backends without live progress send only images: those alone move the bar.
-        floor = done / max(expected, 1) * 100
-        completed = max(self._progress.tasks[0].completed, floor)
+        self._percent = max(self._percent, done / max(expected, 1) * 100)
+        self._done = done
         if done >= expected:
             self._state = "done"
         self._progress.update(
             self._overall,
-            completed=completed,
+            completed=self._percent,
             description=self._overall_text(),
             detail=self._saved_text(done),
         )
 
     def close(self) -> None:
         self._progress.stop()
-        self._live.__exit__(None, None, None)
+        self._stack.close()
 
 
 def make_view(output: Output, generation_id: str, expected: int, *, enabled: bool) -> View:
