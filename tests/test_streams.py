@@ -66,7 +66,7 @@ def test_a_full_stdout_is_one_line_and_exit_1(cli: Runner, emulator: Emulator, a
     )
 
 
-@pytest.mark.parametrize("args", [a for a in COMMANDS if a != ["--help"]], ids=" ".join)
+@pytest.mark.parametrize("args", [*COMMANDS, ["--version"]], ids=" ".join)
 def test_a_closed_stdout_is_one_line_and_exit_1(
     cli: Runner, emulator: Emulator, workdir: Path, args
 ) -> None:

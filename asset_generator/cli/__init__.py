@@ -237,7 +237,7 @@ def _stdout_broken(exc: OSError) -> Exception | None:
     """The OutputBroken that ``exc`` is, if it came from stdout; None for anything else."""
     import errno
 
-    from asset_generator.cli.output import OutputBroken
+    from asset_generator.cli.output import OutputBroken, describe_stdout_error, stdout_closed
 
     if isinstance(exc, BrokenPipeError):
         return OutputBroken("the reader of standard output went away", reader_gone=True)
@@ -249,10 +249,11 @@ def _stdout_broken(exc: OSError) -> Exception | None:
     else:
         # Files the program writes itself fail as typed errors (DownloadError, RegistryError);
         # a raw "disk full" reaching this far was click writing to stdout.
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and not (
+            exc.errno == errno.EBADF and stdout_closed()
+        ):
             return None
-    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-    return OutputBroken(f"cannot write to standard output: {reason}")
+    return OutputBroken(f"cannot write to standard output: {describe_stdout_error(exc)}")
 
 
 def _broken_stdout(exc: Exception) -> int:
@@ -360,9 +361,11 @@ def _hold_closed_streams() -> None:
 
     Otherwise the next file or socket opened would get fd 1, and a stray write meant for
     stdout could land in the session cache or on the server connection. ``sys.stdout``
-    stays None, so Output still knows stdout was closed.
+    becomes a ClosedStdout, so every write still fails as it must.
     """
     import os
+
+    from asset_generator.cli.output import ClosedStdout
 
     for fd in (0, 1, 2):
         try:
@@ -373,6 +376,8 @@ def _hold_closed_streams() -> None:
                 if held != fd:
                     os.dup2(held, fd)
                     os.close(held)
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout()
 
 
 def main() -> None:

@@ -184,7 +184,7 @@ def _run(
     deadline: float | None,
     show_progress: bool,
 ) -> int:
-    from asset_generator.cli.output import OutputBroken
+    from asset_generator.cli.output import OutputBroken, stdout_closed
     from asset_generator.cli.progress import SilentView, make_view
     from asset_generator.downloads import DownloadError
     from asset_generator.generation import DeadlinePassed, GenerationRun, SaveOptions
@@ -205,7 +205,7 @@ def _run(
         on_saved=printed,
         debug=app.output.debug,
     )
-    if sys.stdout is None:
+    if stdout_closed():
         # Started with `>&-`: the paths (or the JSON document) would have nowhere to go.
         raise OutputBroken("cannot write to standard output: it is closed")
     if download:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import re
@@ -69,11 +70,40 @@ def same_terminal(a: TextIO | None, b: TextIO | None) -> bool:
     return (first.st_rdev, first.st_ino) == (second.st_rdev, second.st_ino)
 
 
+class ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` when the shell closed fd 1 (`>&-`): every write fails, as it should.
+
+    Python leaves ``sys.stdout`` None then, and click drops whatever it is asked to print
+    (``--help``, ``--version``) without a word.
+    """
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def stdout_closed() -> bool:
+    """True when the program was started with stdout closed."""
+    return sys.stdout is None or isinstance(sys.stdout, ClosedStdout)
+
+
 def _stdout_problem(exc: OSError) -> OutputBroken:
     if isinstance(exc, BrokenPipeError):
         return OutputBroken("the reader of standard output went away", reader_gone=True)
-    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-    return OutputBroken(f"cannot write to standard output: {reason}")
+    return OutputBroken(f"cannot write to standard output: {describe_stdout_error(exc)}")
+
+
+def describe_stdout_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    if exc.errno == errno.EBADF:
+        return "it is closed"
+    return exc.strerror or str(exc)
 
 
 class Output:
