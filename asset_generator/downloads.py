@@ -251,6 +251,34 @@ def prepare_directory(directory: Path) -> None:
         ) from None
 
 
+def check_writable(directory: Path) -> None:
+    """DownloadError unless an image could be saved in ``directory``; leaves nothing behind.
+
+    A probe file is really created (root ignores mode bits, a read-only mount does not), in
+    ``directory`` or, when it does not exist yet, in its nearest existing parent: the
+    directory itself is created only when the first image arrives, so a run that never got
+    to the server leaves no empty directory.
+    """
+    existing = directory
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except OSError as exc:
+        raise DownloadError(f"cannot save an image in {directory}: {_reason(exc)}") from None
+    if not is_dir:
+        if existing == directory:
+            raise DownloadError(f"cannot save images in {directory}: it is not a directory")
+        raise DownloadError(f"cannot save images in {directory}: {existing} is not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".asset-generator-", suffix=".probe", dir=existing)
+    except OSError as exc:
+        raise DownloadError(f"cannot save an image in {directory}: {_reason(exc)}") from None
+    os.close(handle)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
 def png_text_metadata(path: Path, limit: int = 4 * 1024 * 1024) -> dict[str, Any] | None:
     """SwarmUI's ``parameters`` tEXt/iTXt chunk of a PNG, parsed as JSON, if present."""
     try:

@@ -37,6 +37,7 @@ from asset_generator.registry import (
     new_generation_id,
     this_host,
 )
+from asset_generator.steps import StepProgress
 from asset_generator.swarm.client import (
     INTERRUPTED_TEXT,
     Counters,
@@ -77,7 +78,7 @@ class View(Protocol):
 
     def state(self, state: str, counters: Counters) -> None: ...
 
-    def progress(self, overall: float, current: float, done: int, expected: int) -> None: ...
+    def progress(self, steps: StepProgress) -> None: ...
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None: ...
 
@@ -198,7 +199,7 @@ class GenerationRun:
         self.errors: list[str] = []
         self.postprocess_errors: list[str] = []
         self.skipped: list[dict[str, Any]] = []
-        self._fractions: dict[int, float] = {}
+        self.steps = StepProgress(1)
         self._body: dict[str, Any] = {}
         self._expected = 1
         self._started = time.monotonic()
@@ -216,6 +217,7 @@ class GenerationRun:
         """Pick an idle cached session (or create one) and record the generation on it."""
         self._body = dict(body)
         self._expected = expected_outputs(body)
+        self.steps = StepProgress(self._expected, self._int_param("steps"))
         record_id = new_generation_id()
         with self.registry.transaction() as state:
             server = state.server(self.key)
@@ -325,8 +327,8 @@ class GenerationRun:
         if isinstance(event, StatusEvent):
             self._on_status(event.status.counters)
         elif isinstance(event, ProgressEvent):
-            self._fractions[event.batch_index] = min(max(event.overall, 0.0), 1.0)
-            self._on_progress(event.current)
+            self.steps.update(event.batch_index, event.current)
+            self._on_progress()
         elif isinstance(event, ImageEvent):
             self._on_image(event)
         elif isinstance(event, ErrorEvent):
@@ -349,15 +351,13 @@ class GenerationRun:
         if state == RUNNING and self.record.status != RUNNING:
             self._update_record(status=RUNNING)
 
-    def _on_progress(self, current: float) -> None:
-        done = sum(1 for f in self._fractions.values() if f >= 1.0)
-        overall = min(sum(self._fractions.values()) / self._expected, 1.0)
-        self.view.progress(overall, current, done, self._expected)
+    def _on_progress(self) -> None:
+        self.view.progress(self.steps)
         assert self.record is not None
         if self.record.status != RUNNING:
-            self._update_record(status=RUNNING, progress=overall * 100)
+            self._update_record(status=RUNNING, progress=self.steps.percent)
         elif time.monotonic() - self._last_write >= RECORD_WRITE_INTERVAL:
-            self._update_record(progress=overall * 100)
+            self._update_record(progress=self.steps.percent)
 
     def _on_image(self, event: ImageEvent) -> None:
         kind = not_an_output(event.batch_index, self._expected)
@@ -374,12 +374,14 @@ class GenerationRun:
             self._first_image = time.monotonic()
         saved = self._save(event.image, event.batch_index, event.metadata)
         self.images.append(saved)
-        self._fractions[event.batch_index] = 1.0
+        self.steps.finished(event.batch_index)
         done = len(self.images)
         self.view.image(saved, done, self._expected)
+        # Recorded before it is printed: printing can fail (a full or closed stdout).
+        self._update_record(
+            images=[self._shown(i) for i in self.images], progress=self.steps.percent
+        )
         self.on_saved(saved)
-        overall = min(done / self._expected, 1.0) * 100
-        self._update_record(images=[self._shown(i) for i in self.images], progress=overall)
 
     def _discard(self, indices: set[int]) -> None:
         # Images refused by post-processing are not results (protocol §4.3 step 8).
@@ -513,6 +515,14 @@ class GenerationRun:
         shown = result.public()
         saved.postprocess = {k: shown[k] for k in ("box", "size_before", "size_after", "removed")}
 
+    def _int_param(self, name: str) -> int | None:
+        from asset_generator.swarm.params import clean_name
+
+        for key, value in self._body.items():
+            if clean_name(key) == name and isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
     def _model(self) -> str | None:
         from asset_generator.swarm.params import clean_name
 
@@ -547,6 +557,8 @@ class GenerationRun:
                 saved = self.record
                 state.generations[saved.id] = saved
             saved.images = [self._shown(i) for i in self.images]
+            # The figure shown last, not the one written up to a second earlier.
+            saved.progress = max(saved.progress, self.steps.percent)
             if saved.status == CANCELLED and status != SUCCEEDED:
                 status, error = CANCELLED, saved.error or error
             saved.finish(status, error)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from asset_generator.cli.app import App
     from asset_generator.generation import GenerationRun, Outcome, SavedImage
     from asset_generator.registry import GenerationRecord
+    from asset_generator.steps import StepProgress
     from asset_generator.swarm.client import Counters
 
 OWNER = "mcp"
@@ -161,14 +162,15 @@ class JobView:
             waiting = counters.waiting_backends
             self.job.message = "queued, waiting for a backend" if waiting else "queued"
 
-    def progress(self, overall: float, current: float, done: int, expected: int) -> None:
+    def progress(self, steps: StepProgress) -> None:
         if self.job is not None:
-            self.job.state, self.job.progress = RUNNING, overall * 100
-            self.job.message = f"running, image {min(done + 1, expected)} of {expected}"
+            self.job.state, self.job.progress = RUNNING, steps.percent
+            expected = steps.expected
+            self.job.message = f"running, image {min(steps.done + 1, expected)} of {expected}"
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
         if self.job is not None:
-            self.job.progress = min(done / expected, 1.0) * 100
+            self.job.progress = max(self.job.progress, min(done / expected, 1.0) * 100)
             self.job.message = f"image {done} of {expected} saved"
 
     def close(self) -> None:

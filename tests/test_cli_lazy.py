@@ -123,3 +123,13 @@ def test_only_the_mcp_command_imports_the_mcp_sdk(emulator) -> None:
         env = {"ASSET_GENERATOR_API_URL": emulator.url}
         loaded = set(loaded_modules(*args, env=env))
         assert not loaded & (heavy - ({"asset_generator.cli.mcp"} if args[0] == "mcp" else set()))
+
+
+def test_live_displays_are_imported_only_when_drawn(emulator, tmp_path) -> None:
+    # `status` in a script and `generate --help` draw nothing live: no rich.progress/rich.live.
+    env = {"ASSET_GENERATOR_API_URL": emulator.url}
+    status = set(loaded_modules("status", env=env))
+    assert "asset_generator.cli.status" in status
+    assert not status & {"rich.progress", "rich.live", "asset_generator.steps"}
+    helped = set(loaded_modules("generate", "image", "--help"))
+    assert not helped & {"rich.progress", "rich.live", "httpx", "httpx_ws", "PIL"}

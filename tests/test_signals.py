@@ -138,9 +138,27 @@ def test_while_running(
 
     err = stopped(process, sig)
     assert f"interrupted: stopping {ours['id']} on the server" in err
+    assert f"{ours['id']}: 0 of 1 saved; the server stopped the rest" in err
     assert_interrupted(emu, ours, state_dir)
     assert emu.saved_outputs() == []
     assert no_files(workdir) == []
+
+
+def test_ctrl_c_says_how_many_images_were_saved(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=1, step_seconds=0.01)
+    cli.url = emu.url
+    process = start(cli, "three", "-n", "3", "--steps", "300", "--no-progress")
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    ours = record_of(state_dir, "three")
+    assert first and ours is not None
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert f"{ours['id']}: 1 of 3 saved; the server stopped the rest" in err.splitlines()
+    assert_interrupted(emu, ours, state_dir)
 
 
 @SIGNALS
@@ -174,8 +192,14 @@ def test_second_ctrl_c_exits_at_once(
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
     assert process.returncode == 130
-    assert err.strip().splitlines()[-1] == "interrupted again: exiting without waiting"
+    # One line: the server may still be running it, and how to stop it (issue 10 item 11).
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted again: exiting without waiting; the server may still be running "
+        f"{ours['id']}: stop it with `asset-generator cancel {ours['id']}`"
+    )
     assert "Traceback" not in err and out == ""
+    # Marked cancelled before exiting: `status` must not call it a failure.
+    assert generations(state_dir)[ours["id"]]["status"] == "cancelled"
     # The interrupt had reached the server; only its answer was not waited for.
     assert ours["session_id"] in emu.interrupted_sessions()
     assert no_files(workdir) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -258,10 +259,79 @@ def _json_failure(app: App, code: str, message: str, details: dict[str, Any] | N
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the program and return its exit code (cli-contract §3)."""
+    from asset_generator.cli.output import OutputBroken
+
+    app = App()
+    try:
+        try:
+            return _dispatch(app, argv)
+        except OSError as exc:
+            # click's own output (--help, usage errors) also writes to stdout.
+            broken = _stdout_broken(exc)
+            if broken is None:
+                raise
+            raise broken from None
+    except OutputBroken as exc:
+        return _broken_stdout(exc)
+    finally:
+        app.close()
+
+
+def _stdout_broken(exc: OSError) -> Exception | None:
+    """The OutputBroken that ``exc`` is, if it came from stdout; None for anything else."""
+    import errno
+
+    from asset_generator.cli.output import OutputBroken, describe_stdout_error, stdout_closed
+
+    if isinstance(exc, BrokenPipeError):
+        return OutputBroken("the reader of standard output went away", reader_gone=True)
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as flush:
+        exc = flush
+    else:
+        # Files the program writes itself fail as typed errors (DownloadError, RegistryError);
+        # a raw "disk full" reaching this far was click writing to stdout.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and not (
+            exc.errno == errno.EBADF and stdout_closed()
+        ):
+            return None
+    return OutputBroken(f"cannot write to standard output: {describe_stdout_error(exc)}")
+
+
+def _broken_stdout(exc: Exception) -> int:
+    """stdout is full or closed (one stderr line, exit 1), or its reader left (quiet, exit 1).
+
+    No JSON document: there is no stdout left to carry it.
+    """
+    from asset_generator.cli.output import one_line
+
+    _silence_stdout()
+    if not getattr(exc, "reader_gone", False):
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            click.echo(one_line(str(exc)), err=True)
+    return 1
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so nothing (interpreter shutdown included) writes there again.
+
+    What is still buffered would otherwise fail once more at exit, with Python's own
+    "Exception ignored" traceback on stderr.
+    """
+    import os
+
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+
+
+def _dispatch(app: App, argv: Sequence[str] | None) -> int:
     from asset_generator.registry import RegistryError
     from asset_generator.settings import SettingsError
 
-    app = App()
     try:
         result = cli.main(
             args=list(argv) if argv is not None else None,
@@ -304,8 +374,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         if handled is None:
             raise
         return handled
-    finally:
-        app.close()
 
 
 def _usage_failure(app: App, message: str) -> int:
@@ -344,21 +412,43 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _hold_closed_streams() -> None:
+    """Put /dev/null on fds 0-2 if the shell closed them (`>&-`).
+
+    Otherwise the next file or socket opened would get fd 1, and a stray write meant for
+    stdout could land in the session cache or on the server connection. ``sys.stdout``
+    becomes a ClosedStdout, so every write still fails as it must.
+    """
+    import os
+
+    from asset_generator.cli.output import ClosedStdout
+
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                held = os.open(os.devnull, os.O_RDWR)
+                if held != fd:
+                    os.dup2(held, fd)
+                    os.close(held)
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout()
+
+
 def main() -> None:
     """Console-script entry point."""
     import signal
 
+    _hold_closed_streams()
     # SIGTERM unwinds like Ctrl-C (cleanup runs, one message, exit 143); generate installs
     # its own handlers on top, to interrupt its server-side work first.
     signal.signal(signal.SIGTERM, _terminate)
+    code = run()
     try:
-        code = run()
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (`| head`); exit quietly as other Unix tools do.
-        import os
-
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        code = 1
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as exc:
+        broken = _stdout_broken(exc)
+        code = _broken_stdout(broken) if broken is not None else 1
     sys.exit(code)

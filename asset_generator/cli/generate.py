@@ -194,6 +194,7 @@ def _run(
     show_progress: bool,
     postprocess: PostProcess | None = None,
 ) -> int:
+    from asset_generator.cli.output import OutputBroken, stdout_closed
     from asset_generator.cli.progress import SilentView, make_view
     from asset_generator.downloads import DownloadError
     from asset_generator.generation import DeadlinePassed, GenerationRun, SaveOptions
@@ -214,15 +215,18 @@ def _run(
         on_saved=printed,
         debug=app.output.debug,
     )
+    if stdout_closed():
+        # Started with `>&-`: the paths (or the JSON document) would have nowhere to go.
+        raise OutputBroken("cannot write to standard output: it is closed")
     if download:
         # Before anything reaches the server: a bad output directory must not cost a run.
-        from asset_generator.downloads import prepare_directory
+        from asset_generator.downloads import check_writable
 
         try:
-            prepare_directory(output_dir)
+            check_writable(output_dir)
         except DownloadError as exc:
             raise CommandError(str(exc), "file_error") from None
-    previous = _install_signal_handlers()
+    previous = _install_signal_handlers(run)
     sent = False
     try:
         try:
@@ -248,6 +252,8 @@ def _run(
             )
         except (DownloadError, RegistryError) as exc:
             _stop_after_failure(app, run, str(exc), "file_error", sent=sent)
+        except OutputBroken as exc:
+            _stop_after_broken_stdout(run, exc)
         except SwarmError as exc:
             if not sent:
                 raise
@@ -280,7 +286,25 @@ def _report(app: App, outcome: Outcome) -> int:
 
 def _failure_text(app: App, outcome: Outcome) -> str:
     text = outcome.error or outcome.status
+    if outcome.status == "cancelled":
+        # Never a network failure (cli-contract §3): say who can have stopped it.
+        return (
+            f"cancelled: {outcome.record.id} was cancelled on {app.client().server} by "
+            f"`asset-generator cancel`, the web UI or another client "
+            f"({_saved_count(outcome)} saved): {text}"
+        )
     return f"request failed: {app.client().server} ({outcome.record.id} {outcome.status}): {text}"
+
+
+def _saved_count(outcome: Outcome) -> str:
+    expected = _expected(outcome.params)
+    return f"{len(outcome.images)} of {expected}" if expected else str(len(outcome.images))
+
+
+def _expected(body: dict[str, Any]) -> int:
+    from asset_generator.swarm.params import expected_outputs
+
+    return expected_outputs(body) if body else 0
 
 
 def _failure_code(outcome: Outcome) -> str:
@@ -326,18 +350,43 @@ def _stop_after_failure(
     _fail_with(app, run.outcome(problem), prefix + problem, code)
 
 
+def _stop_after_broken_stdout(run: GenerationRun, problem: Exception) -> NoReturn:
+    """stdout broke mid-run: stop our session on the server, record why, let main() say it.
+
+    A reader that went away (`| head -1`) is the user ending the run, like a Ctrl-C; a full
+    or closed stdout is a failure (cli-contract §3). Images already saved stay as they are.
+    """
+    from asset_generator.cli.output import OutputBroken
+    from asset_generator.registry import RegistryError
+
+    if run.record is not None and not run.record.is_final:
+        run.interrupt(INTERRUPT_BOUND_SECONDS)
+        gone = isinstance(problem, OutputBroken) and problem.reader_gone
+        with contextlib.suppress(RegistryError):
+            run.mark("cancelled" if gone else "failed", str(problem))
+    raise problem
+
+
 def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
     """First SIGINT/SIGTERM: interrupt our session (bounded), record it, exit 130/143."""
     code = SIGNAL_EXIT.get(signal.Signals(signum), 130)
     name = signal.Signals(signum).name
     if run.record is not None:
         app.output.error(f"interrupted: stopping {run.record.id} on the server")
-        run.interrupt(INTERRUPT_BOUND_SECONDS)
+        stopped = run.interrupt(INTERRUPT_BOUND_SECONDS)
         from asset_generator.registry import RegistryError
 
         # The exit status must still say "stopped by a signal" when the cache is unwritable.
         with contextlib.suppress(RegistryError):
             run.mark("cancelled", f"stopped by {name}")
+        saved = f"{len(run.images)} of {run.steps.expected} saved"
+        if stopped:
+            app.output.info(f"{run.record.id}: {saved}; the server stopped the rest")
+        else:
+            app.output.error(
+                f"{run.record.id}: {saved}; the server did not confirm the interrupt and may "
+                f"still be running it: stop it with `asset-generator cancel {run.record.id}`"
+            )
         details = _document(run.outcome(f"stopped by {name}")) if app.output.is_json else None
         raise Stopped(
             code, f"stopped by {name}; {run.record.id} interrupted on the server", details
@@ -346,7 +395,7 @@ def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
     raise Stopped(code, f"stopped by {name} before anything was sent")
 
 
-def _install_signal_handlers() -> dict[int, Any]:
+def _install_signal_handlers(run: GenerationRun) -> dict[int, Any]:
     def first(signum: int, frame: Any) -> None:
         # A second signal while we are cleaning up exits at once.
         for sig in SIGNAL_EXIT:
@@ -354,16 +403,42 @@ def _install_signal_handlers() -> dict[int, Any]:
         raise _Signalled(signum)
 
     def second(signum: int, frame: Any) -> None:
-        sys.stderr.write("interrupted again: exiting without waiting\n")
-        sys.stderr.flush()
         import os
 
+        record = run.record
+        line = "interrupted again: exiting without waiting"
+        if record is not None and not record.is_final:
+            _mark_cancelled_quickly(run, f"stopped by a second {signal.Signals(signum).name}")
+            line += (
+                f"; the server may still be running {record.id}: stop it with "
+                f"`asset-generator cancel {record.id}`"
+            )
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
         os._exit(SIGNAL_EXIT.get(signal.Signals(signum), 130))
 
     previous = {}
     for sig in SIGNAL_EXIT:
         previous[sig] = signal.signal(sig, first)
     return previous
+
+
+def _mark_cancelled_quickly(run: GenerationRun, reason: str) -> None:
+    """Record the cancel, waiting a moment at most: the user asked to leave now.
+
+    In a thread, because the signal may have landed while this very thread holds the
+    registry lock; the record is then left to `status`, which asks the server.
+    """
+    import threading
+
+    def mark() -> None:
+        with contextlib.suppress(Exception):
+            run.mark("cancelled", reason)
+
+    worker = threading.Thread(target=mark, daemon=True)
+    worker.start()
+    worker.join(1.5)
 
 
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:

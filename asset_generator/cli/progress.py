@@ -5,10 +5,12 @@ Only what the server reports is shown; nothing is simulated.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from asset_generator.cli.output import Output
 from asset_generator.generation import SavedImage, View
+from asset_generator.steps import StepProgress
 from asset_generator.swarm.client import Counters
 
 
@@ -28,7 +30,7 @@ class SilentView:
     def state(self, state: str, counters: Counters) -> None:
         pass
 
-    def progress(self, overall: float, current: float, done: int, expected: int) -> None:
+    def progress(self, steps: StepProgress) -> None:
         pass
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
@@ -60,8 +62,15 @@ class PlainView(SilentView):
         self._output.info(f"{self._id}: image {done}/{expected} received")
 
 
+# More running images than this share one summary line, so the live area stays small.
+MAX_IMAGE_LINES = 6
+
+
 class RichView(SilentView):
-    """A terminal: overall and current-image bars with the server's own state."""
+    """A terminal: an overall bar, and one bar per image the server is making right now.
+
+    Saved paths and messages are printed above the bars (Output.live), never into them.
+    """
 
     def __init__(self, output: Output, generation_id: str, expected: int) -> None:
         from rich.progress import (
@@ -71,37 +80,94 @@ class RichView(SilentView):
             TextColumn,
             TimeElapsedColumn,
         )
+        from rich.table import Column
 
-        self._progress: Any = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+        class Bars(Progress):
+            def get_renderables(self) -> Any:
+                # Three columns short of the terminal: the "^C" the terminal echoes after the
+                # last bar must not wrap, or the last redraw climbs one line too few and
+                # leaves a copy of the bars behind.
+                table = self.make_tasks_table(self.tasks)
+                live = getattr(self, "live", None)  # absent while Progress is being built
+                if live is not None:
+                    table.width = max(live.console.width - 3, 20)
+                yield table
+
+        self._progress: Any = Bars(
+            TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=None),
             TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}", table_column=Column(no_wrap=True)),
             TimeElapsedColumn(),
             console=output.stderr_console(),
             transient=False,
+            expand=True,
+            # Ten redraws a second keep the timers ticking between server messages.
+            refresh_per_second=10,
         )
+        self._output = output
         self._id = generation_id
-        self._overall = self._progress.add_task(f"{generation_id} queued", total=100)
-        self._current = self._progress.add_task(f"image 1/{expected}", total=100)
+        self._expected = expected
+        self._state = "queued"
+        self._percent = 0.0
+        self._done = 0
+        self._hidden = 0
+        self._overall = self._progress.add_task(
+            self._overall_text(), total=100, detail=self._saved_text(0)
+        )
+        self._images: dict[int, Any] = {}
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(output.live(self._progress.console))
         self._progress.start()
 
-    def state(self, state: str, counters: Counters) -> None:
-        self._progress.update(self._overall, description=f"{self._id} {_describe(state, counters)}")
+    def _overall_text(self) -> str:
+        return f"{self._id} {self._state}"
 
-    def progress(self, overall: float, current: float, done: int, expected: int) -> None:
-        self._progress.update(self._overall, completed=overall * 100)
+    def _saved_text(self, done: int) -> str:
+        more = f", {self._hidden} more running" if self._hidden > 0 else ""
+        return f"{done}/{self._expected} saved{more}"
+
+    def state(self, state: str, counters: Counters) -> None:
+        self._state = _describe(state, counters)
+        self._progress.update(self._overall, description=self._overall_text())
+
+    def progress(self, steps: StepProgress) -> None:
+        self._percent = max(self._percent, steps.percent)
+        shown = sorted(steps.running.values(), key=lambda i: i.index)
+        self._hidden = max(len(shown) - MAX_IMAGE_LINES, 0)
         self._progress.update(
-            self._current,
-            completed=min(max(current, 0.0), 1.0) * 100,
-            description=f"image {min(done + 1, expected)}/{expected}",
+            self._overall, completed=self._percent, detail=self._saved_text(self._done)
         )
+        for image in shown[:MAX_IMAGE_LINES]:
+            task = self._images.get(image.index)
+            if task is None:
+                task = self._progress.add_task(
+                    f"  image {image.index + 1}/{self._expected}", total=100, detail=""
+                )
+                self._images[image.index] = task
+            step = steps.step_of(image)
+            detail = "" if step is None else f"step {step}/{steps.steps}"
+            self._progress.update(task, completed=image.fraction * 100, detail=detail)
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
-        self._progress.update(self._overall, completed=done / expected * 100)
-        self._progress.update(self._current, completed=100, description=f"image {done}/{expected}")
+        task = self._images.pop(saved.batch_index, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        # Backends without live progress send only images: those alone move the bar.
+        self._percent = max(self._percent, done / max(expected, 1) * 100)
+        self._done = done
+        if done >= expected:
+            self._state = "done"
+        self._progress.update(
+            self._overall,
+            completed=self._percent,
+            description=self._overall_text(),
+            detail=self._saved_text(done),
+        )
 
     def close(self) -> None:
         self._progress.stop()
+        self._stack.close()
 
 
 def make_view(output: Output, generation_id: str, expected: int, *, enabled: bool) -> View:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from asset_generator.cli import global_options
-from asset_generator.cli.app import App, CommandError, Stopped
+from asset_generator.cli.app import App, CommandError
 from asset_generator.cli.output import one_line as printable
 from asset_generator.jobs import Generations
 from asset_generator.registry import GenerationRecord
@@ -116,7 +116,7 @@ def command(app: App, watch: bool, limit: int, show_all: bool) -> int:
     generations = Generations(app.registry, app.server_key, app.client, app.output.debug)
     if watch:
         _refuse_watch(app)
-        _watch(app, generations)
+        return _watch(app, generations)
     # A server that does not answer ends here with the contract's phrases (cli/__init__.py).
     report = gather(app, generations, finished_limit=None if show_all else limit)
     if app.output.is_json:
@@ -196,11 +196,14 @@ def _ours(
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def render(report: Report) -> Any:
+def render(
+    report: Report, *, max_backends: int | None = None, max_generations: int | None = None
+) -> Any:
     """The report as rich renderables: server facts, backends, our generations.
 
     Every text from the server (or a prompt) goes through ``printable``: none may move the
-    cursor or recolour the terminal.
+    cursor or recolour the terminal. ``max_*`` cut a table to fit a screen, saying how many
+    rows were left out.
     """
     from rich.console import Group
     from rich.table import Table
@@ -226,19 +229,31 @@ def render(report: Report) -> Any:
     if report.backends is not None:
         backends = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
         for name in ("BACKEND", "TYPE", "STATUS", "MODEL", "LAST USED"):
-            backends.add_column(name, no_wrap=name != "MODEL", overflow="fold")
-        for b in report.backends:
+            # Only MODEL gives way on a narrow terminal, shortened with "…" on one line, never
+            # chopped into pieces.
+            backends.add_column(name, no_wrap=name != "MODEL")
+        for b in report.backends[:max_backends]:
             label = b.id if not b.title else f"{b.id} {b.title}"
             status = b.status if b.enabled else f"{b.status} (disabled)"
-            cells = (label, b.type, status, b.current_model or "-", b.time_since_used or "-")
-            backends.add_row(*(printable(cell) for cell in cells))
-        parts += ["", backends if report.backends else "no backends configured"]
+            model = Text(printable(b.current_model or "-"), no_wrap=True, overflow="ellipsis")
+            cells = (label, b.type, status, b.time_since_used or "-")
+            row = [printable(cell) for cell in cells]
+            backends.add_row(*row[:3], model, row[3])
+        if max_backends == 0 and report.backends:
+            parts += ["", f"{len(report.backends)} backends (`asset-generator status` lists them)"]
+        else:
+            parts += ["", backends if report.backends else "no backends configured"]
+            parts += _more(len(report.backends), max_backends, "backends")
     else:
         reason = printable(report.backends_error or "refused")
         parts += ["", f"backend list not shown ({reason}); the roll-up is above"]
 
     parts.append("")
-    if report.generations:
+    if report.generations and max_generations == 0:
+        parts.append(
+            f"{len(report.generations)} generations of ours (`asset-generator status` lists them)"
+        )
+    elif report.generations:
         ours = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
         ours.add_column("GENERATION", no_wrap=True)
         ours.add_column("STATE", no_wrap=True)
@@ -247,19 +262,26 @@ def render(report: Report) -> Any:
         # The column may shrink to the terminal; each prompt stays on one line, cut with "…".
         ours.add_column("PROMPT")
         now = time.time()
-        for r in report.generations:
+        for r in report.generations[:max_generations]:
             prompt = Text(printable(r.prompt), no_wrap=True, overflow="ellipsis")
             ours.add_row(r.id, r.status, f"{r.progress:.0f}%", _age(now - r.created), prompt)
         parts.append(ours)
+        parts += _more(len(report.generations), max_generations, "generations")
     elif not report.older_not_shown:
         parts.append("no generations started by this client on this server")
-    if report.older_not_shown:
+    # A frame cut to the screen (--watch) already says what it left out.
+    if report.older_not_shown and max_generations is None:
         count = report.older_not_shown
         parts.append(
             f"{count} older finished generation{'s' if count > 1 else ''} not shown "
             "(--all shows them, --limit N the newest N)"
         )
     return Group(*parts)
+
+
+def _more(total: int, shown: int | None, what: str) -> list[str]:
+    hidden = 0 if shown is None else total - shown
+    return [f"… {hidden} more {what} (`asset-generator status` lists them)"] if hidden > 0 else []
 
 
 def _age(seconds: float) -> str:
@@ -300,29 +322,74 @@ def _is_terminal(stream: Any) -> bool:
         return False
 
 
-def _watch(app: App, generations: Generations) -> NoReturn:
-    """Redraw in place every second until Ctrl-C (exit 130, cli-contract §3).
+def _watch(app: App, generations: Generations) -> int:
+    """Redraw in place every second until Ctrl-C, the normal way out (exit 0).
 
     A server that does not answer is shown as such and asked again: watching a restart
-    is one of the things --watch is for.
+    is one of the things --watch is for. Each frame is cut to the terminal's height, and a
+    resize clears the screen, so no line of an older, wider frame is left behind.
     """
     from rich.live import Live
 
+    console = app.output.stdout_console()
     hidden: str | None = None
     try:
-        with Live(console=app.output.stdout_console(), auto_refresh=False) as live:
+        with (
+            Live(console=console, auto_refresh=False, vertical_overflow="crop") as live,
+            app.output.live(console),
+        ):
             while True:
                 try:
-                    report = gather(app, generations, backends_hidden=hidden)
+                    report: Report | None = gather(app, generations, backends_hidden=hidden)
                 except SwarmError as exc:
-                    view: Any = (
-                        f"server     {app.client().server}\nreachable  no: {printable(exc.message)}"
-                    )
+                    report = None
+                    problem = printable(exc.message)
                 else:
                     # A refused ListBackends stays refused: do not ask every second.
                     hidden = report.backends_error if report.backends is None else None
-                    view = render(report)
+                size = console.size
+                view = (
+                    _fit(console, report)
+                    if report is not None
+                    else _with_hint(f"server     {app.client().server}\nreachable  no: {problem}")
+                )
                 live.update(view, refresh=True)
-                time.sleep(WATCH_SECONDS)
+                if _wait_for_resize(size, console, WATCH_SECONDS):
+                    console.clear()
     except KeyboardInterrupt:
-        raise Stopped(130) from None
+        return 0
+
+
+def _with_hint(view: Any) -> Any:
+    from rich.console import Group
+
+    return Group(f"every {WATCH_SECONDS:g} s; Ctrl-C to quit", "", view)
+
+
+def _fit(console: Any, report: Report) -> Any:
+    """The report cut to the terminal's height.
+
+    Finished generations are left out first, then backends, then active generations.
+    """
+    height = max(console.size.height - 1, 1)
+    backends = len(report.backends or [])
+    ours = len(report.generations)
+    active = sum(1 for r in report.generations if not r.is_final)
+    while True:
+        view = _with_hint(render(report, max_backends=backends, max_generations=ours))
+        if (ours == 0 and backends == 0) or len(console.render_lines(view, pad=False)) <= height:
+            return view
+        if ours > active or (ours > 0 and backends == 0):
+            ours -= 1
+        else:
+            backends -= 1
+
+
+def _wait_for_resize(size: Any, console: Any, seconds: float) -> bool:
+    """Sleep ``seconds``; True (early) when the terminal changed size meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+        if console.size != size:
+            return True
+    return False
