@@ -1,16 +1,120 @@
 """Black-box checks of the image commands against cli-contract §5, found in acceptance review.
 
-Each test here failed before its fix.
+Each test here failed before its fix: an input replaced without -i, file names that Tab did
+not complete, strip-metadata refusing -i, a second post-processing failure left unnamed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import Runner
 from PIL import Image
 
 from asset_generator.emulator import Emulator
+
+WHITE = (255, 255, 255)
+
+
+def bordered(path: Path) -> Path:
+    """A 40x30 white image with a dark block at (3, 5)-(33, 28)."""
+    image = Image.new("RGB", (40, 30), WHITE)
+    image.paste((20, 40, 60), (3, 5, 33, 28))
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("crop", "a.png", "-o", "a.png"),
+        ("crop", "a.png", "-o", "./a.png", "--overwrite"),
+        ("crop", "a.png", "-o", "hard.png", "--overwrite"),
+        ("downscale", "a.png", "-w", "10", "--output-file", "a.png", "--overwrite"),
+        ("convert", "svg", "a.png", "-o", "a.png", "--overwrite"),
+    ],
+)
+def test_o_naming_the_input_never_replaces_it(
+    cli: Runner, workdir: Path, args: tuple[str, ...]
+) -> None:
+    source = bordered(workdir / "a.png")
+    (workdir / "hard.png").hardlink_to(source)
+    before = source.read_bytes()
+    result = cli("-f", "json", *args)
+    assert result.code == 2
+    assert result.json()["error"]["code"] == "usage_error"
+    assert "use -i" in result.stderr or "another output" in result.stderr
+    assert source.read_bytes() == before
+
+
+def test_an_output_that_links_to_the_input_is_an_existing_output(
+    cli: Runner, workdir: Path
+) -> None:
+    source = bordered(workdir / "a.png")
+    before = source.read_bytes()
+    (workdir / "a-cropped.png").symlink_to("a.png")
+    refused = cli("crop", "a.png")
+    assert refused.code == 1
+    assert refused.stderr.strip() == "a-cropped.png already exists (use --overwrite to replace it)"
+    assert source.read_bytes() == before
+    # --overwrite replaces the output name, never the file it happened to point to.
+    replaced = cli("crop", "a.png", "--overwrite")
+    assert replaced.code == 0, replaced.stderr
+    assert source.read_bytes() == before
+    assert not (workdir / "a-cropped.png").is_symlink()
+    with Image.open(workdir / "a-cropped.png") as image:
+        assert image.size == (30, 23)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "asset-generator crop spr",
+        "asset-generator crop a.png -o spr",
+        "asset-generator downscale -w 8 spr",
+        "asset-generator downscale a.png --output-file spr",
+        "asset-generator strip-metadata spr",
+        "asset-generator convert svg spr",
+        "asset-generator convert svg a.png -o spr",
+    ],
+)
+def test_file_arguments_complete_file_names(cli: Runner, words: str) -> None:
+    env = {
+        "_ASSET_GENERATOR_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    result = cli(env=env)
+    assert result.code == 0, result.stderr
+    # click's bash script turns a "file" item into the shell's own file-name completion.
+    assert result.stdout.splitlines() == ["file,spr"]
+
+
+def test_strip_metadata_takes_i_and_an_o_naming_the_input(cli: Runner, workdir: Path) -> None:
+    from PIL import PngImagePlugin
+
+    def tagged(name: str) -> Path:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", "a secret prompt")
+        path = workdir / name
+        Image.new("RGB", (4, 4), (1, 2, 3)).save(path, pnginfo=info)
+        return path
+
+    first, second = tagged("a.png"), tagged("b.png")
+    result = cli("strip-metadata", "-i", "a.png")
+    assert result.code == 0, result.stderr
+    assert result.stdout == "a.png\n"
+    assert result.stderr == "a.png: removed tEXt parameters\n"
+    with Image.open(first) as image:
+        assert image.text == {}
+    # -o naming the file itself is the default in-place strip, not an "already exists".
+    same = cli("strip-metadata", "b.png", "-o", "./b.png")
+    assert same.code == 0, same.stderr
+    with Image.open(second) as image:
+        assert image.text == {}
+    assert cli("strip-metadata", "-i", "a.png", "-o", "c.png").code == 2
+    assert not (workdir / "c.png").exists()
 
 
 def test_every_image_that_post_processing_failed_is_named(
