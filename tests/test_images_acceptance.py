@@ -134,3 +134,15 @@ def test_every_image_that_post_processing_failed_is_named(
         with Image.open(workdir / path) as image:
             assert image.size == (64, 64)
     assert result.stderr.splitlines()[-1] in failures
+
+
+def test_no_download_says_that_nothing_is_post_processed(
+    cli: Runner, emulator: Emulator, workdir: Path
+) -> None:
+    result = cli("generate", "image", "--prompt", "x", "--no-download", "--auto-crop")
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith("View/")
+    assert "--no-download saves no file, so no image is post-processed" in result.stderr
+    assert list(workdir.iterdir()) == []
+    plain = cli("generate", "image", "--prompt", "x", "--no-download")
+    assert "post-processed" not in plain.stderr

@@ -144,6 +144,9 @@ def image(
         raise click.BadParameter(str(exc), param_hint="--filename-template") from None
     if options["no_download"] and options["no_save"]:
         raise click.UsageError("--no-download with --no-save would keep no image at all")
+    if postprocess is not None and options["no_download"]:
+        # Often the config's [generate] keys: worth a word, not a refusal.
+        app.output.warn("--no-download saves no file, so no image is post-processed")
     body = build_request(
         prompt=prompt,
         options={PARAMETER_OPTIONS[k]: v for k, v in chosen.items()},
