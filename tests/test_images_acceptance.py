@@ -6,6 +6,9 @@ not complete, strip-metadata refusing -i, a second post-processing failure left 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,25 @@ def test_no_download_says_that_nothing_is_post_processed(
     assert list(workdir.iterdir()) == []
     plain = cli("generate", "image", "--prompt", "x", "--no-download")
     assert "post-processed" not in plain.stderr
+
+
+def test_help_and_file_completion_of_every_image_command_skip_pillow() -> None:
+    from test_cli_lazy import EXIT_PROBE, IMAGE_LIBRARIES, loaded_modules
+
+    for args in (["downscale", "--help"], ["strip-metadata", "--help"], ["convert", "--help"]):
+        assert not set(loaded_modules(*args)) & IMAGE_LIBRARIES, args
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "_ASSET_GENERATOR_COMPLETE": "bash_complete",
+            "COMP_WORDS": "asset-generator downscale -w 8 spr",
+            "COMP_CWORD": "4",
+        },
+    )
+    assert done.stdout.splitlines() == ["file,spr"]
+    line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
+    assert not set(line.removeprefix("LOADED ").split(",")) & IMAGE_LIBRARIES
