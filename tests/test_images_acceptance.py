@@ -36,6 +36,7 @@ def bordered(path: Path) -> Path:
         ("crop", "a.png", "-o", "hard.png", "--overwrite"),
         ("downscale", "a.png", "-w", "10", "--output-file", "a.png", "--overwrite"),
         ("convert", "svg", "a.png", "-o", "a.png", "--overwrite"),
+        ("convert", "svg", "a.svg", "--overwrite"),
     ],
 )
 def test_o_naming_the_input_never_replaces_it(
@@ -43,11 +44,14 @@ def test_o_naming_the_input_never_replaces_it(
 ) -> None:
     source = bordered(workdir / "a.png")
     (workdir / "hard.png").hardlink_to(source)
+    if "a.svg" in args:
+        source = workdir / "a.svg"
+        source.write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     before = source.read_bytes()
     result = cli("-f", "json", *args)
     assert result.code == 2
     assert result.json()["error"]["code"] == "usage_error"
-    assert "use -i" in result.stderr or "another output" in result.stderr
+    assert "use -i" in result.stderr or "give another with -o" in result.stderr
     assert source.read_bytes() == before
 
 

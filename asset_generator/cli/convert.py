@@ -120,7 +120,7 @@ def svg(app: App, file: str, output: str | None, overwrite: bool, **knobs: Any) 
     target = Path(output) if output else source.with_suffix(".svg")
     if same_file(source, target):
         # Even with --overwrite: an SVG in place of the picture it came from loses the picture.
-        raise click.UsageError(f"-o names the input {file} itself; give another output file")
+        raise click.UsageError(f"the output {target} is the input itself; give another with -o")
     try:
         result = vectorise_file(source, target, TraceOptions(**knobs), overwrite=overwrite)
     except TracerMissing:
