@@ -175,3 +175,23 @@ def test_help_and_file_completion_of_every_image_command_skip_pillow() -> None:
     assert done.stdout.splitlines() == ["file,spr"]
     line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
     assert not set(line.removeprefix("LOADED ").split(",")) & IMAGE_LIBRARIES
+
+
+def test_json_input_is_the_name_as_typed(cli: Runner, workdir: Path) -> None:
+    bordered(workdir / "a.png")
+    (workdir / "sub").mkdir()
+    bordered(workdir / "sub" / "b.png")
+    result = cli("-f", "json", "crop", "./a.png", "sub//b.png", "./missing.png")
+    assert result.code == 1
+    document = result.json()
+    assert document["error"]["code"] == "partial"
+    assert [f["input"] for f in document["files"]] == ["./a.png", "sub//b.png", "./missing.png"]
+    assert [f["output"] for f in document["files"]] == ["a-cropped.png", "sub/b-cropped.png", None]
+    assert set(document["files"][0]) >= {
+        "input",
+        "output",
+        "box",
+        "size_before",
+        "size_after",
+        "error",
+    }

@@ -216,7 +216,8 @@ def run_each(
             app.output.error(str(exc))
             documents.append({**EMPTY_RESULT, "input": raw, "error": str(exc)})
             continue
-        documents.append({**result.public(), "error": None})
+        # The input as typed, as on failure (Path would turn ./a.png into a.png).
+        documents.append({**result.public(), "input": raw, "error": None})
         if not app.output.is_json:
             app.output.data(str(result.output))
             app.output.info(describe(result))
