@@ -195,3 +195,12 @@ def test_json_input_is_the_name_as_typed(cli: Runner, workdir: Path) -> None:
         "size_after",
         "error",
     }
+
+
+def test_convert_svg_method_completes_its_names(cli: Runner) -> None:
+    env = {
+        "_ASSET_GENERATOR_COMPLETE": "bash_complete",
+        "COMP_WORDS": "asset-generator convert svg a.png --method ",
+        "COMP_CWORD": "5",
+    }
+    assert cli(env=env).stdout.splitlines() == ["plain,color", "plain,binary"]

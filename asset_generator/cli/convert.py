@@ -52,6 +52,9 @@ def _method(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default="color",
     show_default=True,
     callback=_method,
+    shell_complete=lambda ctx, param, incomplete: [
+        name for name in ("color", "binary") if name.startswith(incomplete)
+    ],
     metavar="color|binary",
     help="color keeps the colours; binary traces one colour, like potrace "
     "(the Go tool's gotrace is accepted as binary).",
