@@ -288,7 +288,9 @@ def _write_output(source: Path, output: Path, data: bytes, overwrite: bool) -> N
     # Only the input's own name replaces it: an output that merely links to the input
     # (a symlink named NAME-cropped.png) is an existing output, not permission to replace.
     if output == source:
-        write_atomic(Path(os.path.realpath(output)), data, replace=True, mode=mode)
+        # A symlink is followed to its file; any other name stays as typed for messages.
+        target = Path(os.path.realpath(output)) if output.is_symlink() else output
+        write_atomic(target, data, replace=True, mode=mode)
     else:
         write_atomic(output, data, replace=overwrite, mode=mode & 0o666 & ~_umask())
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Runner
 from PIL import Image
+from test_disk import obeying_permissions, run  # noqa: F401 (a fixture)
 
 from asset_generator.emulator import Emulator
 
@@ -204,3 +205,34 @@ def test_convert_svg_method_completes_its_names(cli: Runner) -> None:
         "COMP_CWORD": "5",
     }
     assert cli(env=env).stdout.splitlines() == ["plain,color", "plain,binary"]
+
+
+def test_unwritable_directory_and_unreadable_input_fail_one_line_each(
+    cli: Runner,
+    workdir: Path,
+    obeying_permissions: list[str],  # noqa: F811 (the fixture imported above)
+) -> None:
+    locked = workdir / "locked"
+    locked.mkdir()
+    bordered(locked / "a.png")
+    bordered(workdir / "b.png")
+    secret = bordered(workdir / "secret.png")
+    secret.chmod(0)
+    locked.chmod(0o500)
+    try:
+        batch = run(cli, obeying_permissions, "crop", "locked/a.png", "secret.png", "b.png")
+        in_place = run(cli, obeying_permissions, "crop", "-i", "locked/a.png")
+    finally:
+        locked.chmod(0o700)
+        secret.chmod(0o600)
+    assert batch.code == 1
+    assert batch.stdout == "b-cropped.png\n"
+    assert batch.stderr.splitlines() == [
+        "cannot write locked/a-cropped.png: Permission denied",
+        "secret.png: Permission denied",
+        "b.png: cropped 40x30 to 30x23 (box 3,5,33,28)",
+    ]
+    # The name as typed, not the resolved absolute path.
+    assert in_place.code == 1
+    assert in_place.stderr == "cannot write locked/a.png: Permission denied\n"
+    assert sorted(p.name for p in locked.iterdir()) == ["a.png"]
