@@ -12,13 +12,76 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Runner
+from conftest import PROGRAM, Result, Runner
 from PIL import Image
-from test_disk import obeying_permissions, run  # noqa: F401 (a fixture)
 
 from asset_generator.emulator import Emulator
 
 WHITE = (255, 255, 255)
+# Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (PR_CAPBSET_DROP = 24), then become the
+# program: root then obeys file modes, so read-only cases run in a root container too.
+OBEY_PERMISSIONS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):
+    if libc.prctl(24, capability, 0, 0, 0) != 0:
+        sys.exit(99)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+# Runs the program and reports, even on SystemExit (completion), the modules it imported.
+IMPORT_PROBE = """
+import sys
+from asset_generator.cli import main
+try:
+    main()
+finally:
+    print("LOADED", ",".join(sorted(sys.modules)), file=sys.stderr)
+"""
+IMAGE_LIBRARIES = {"PIL", "vtracer"}
+
+
+@pytest.fixture(scope="module")
+def obeying_permissions(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A command prefix under which chmod 0500 really makes a directory read-only."""
+    prefix = [] if os.geteuid() != 0 else [sys.executable, "-c", OBEY_PERMISSIONS]
+    probe = tmp_path_factory.mktemp("probe")
+    probe.chmod(0o500)
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-c", f"open({str(probe / 'x')!r}, 'w')"],
+            capture_output=True,
+        )
+    finally:
+        probe.chmod(0o700)
+    if b"PermissionError" not in done.stderr:
+        pytest.skip("cannot make a directory read-only here")
+    return prefix
+
+
+def run(cli: Runner, prefix: list[str], *args: str) -> Result:
+    done = subprocess.run(
+        [*prefix, *PROGRAM, *args],
+        cwd=cli.cwd,
+        env=cli.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def imported(*args: str, env: dict[str, str] | None = None) -> tuple[str, set[str]]:
+    """stdout of a run, and the modules it imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
+    return done.stdout, set(line.removeprefix("LOADED ").split(","))
 
 
 def bordered(path: Path) -> Path:
@@ -157,25 +220,16 @@ def test_no_download_says_that_nothing_is_post_processed(
 
 
 def test_help_and_file_completion_of_every_image_command_skip_pillow() -> None:
-    from test_cli_lazy import EXIT_PROBE, IMAGE_LIBRARIES, loaded_modules
-
     for args in (["downscale", "--help"], ["strip-metadata", "--help"], ["convert", "--help"]):
-        assert not set(loaded_modules(*args)) & IMAGE_LIBRARIES, args
-    done = subprocess.run(
-        [sys.executable, "-c", EXIT_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            **os.environ,
-            "_ASSET_GENERATOR_COMPLETE": "bash_complete",
-            "COMP_WORDS": "asset-generator downscale -w 8 spr",
-            "COMP_CWORD": "4",
-        },
-    )
-    assert done.stdout.splitlines() == ["file,spr"]
-    line = [x for x in done.stderr.splitlines() if x.startswith("LOADED ")][-1]
-    assert not set(line.removeprefix("LOADED ").split(",")) & IMAGE_LIBRARIES
+        assert not imported(*args)[1] & IMAGE_LIBRARIES, args
+    env = {
+        "_ASSET_GENERATOR_COMPLETE": "bash_complete",
+        "COMP_WORDS": "asset-generator downscale -w 8 spr",
+        "COMP_CWORD": "4",
+    }
+    stdout, modules = imported(env=env)
+    assert stdout.splitlines() == ["file,spr"]
+    assert not modules & IMAGE_LIBRARIES
 
 
 def test_json_input_is_the_name_as_typed(cli: Runner, workdir: Path) -> None:
@@ -210,7 +264,7 @@ def test_convert_svg_method_completes_its_names(cli: Runner) -> None:
 def test_unwritable_directory_and_unreadable_input_fail_one_line_each(
     cli: Runner,
     workdir: Path,
-    obeying_permissions: list[str],  # noqa: F811 (the fixture imported above)
+    obeying_permissions: list[str],
 ) -> None:
     locked = workdir / "locked"
     locked.mkdir()
