@@ -565,7 +565,17 @@ def strip_file(source: Path, output: Path, *, overwrite: bool = True) -> Result:
     if removed or source != output:
         # Nothing to remove in place: leave the file (and its mtime) alone.
         _write_output(source, output, data, overwrite)
-    return Result(source, output, removed=removed)
+    size = _header_size(original)
+    return Result(source, output, size_before=size, size_after=size, removed=removed)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """The image's size from its header alone (no decoding); None if Pillow cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
+        return None
 
 
 def process_file(

@@ -290,3 +290,12 @@ def test_unwritable_directory_and_unreadable_input_fail_one_line_each(
     assert in_place.code == 1
     assert in_place.stderr == "cannot write locked/a.png: Permission denied\n"
     assert sorted(p.name for p in locked.iterdir()) == ["a.png"]
+
+
+def test_strip_metadata_json_gives_the_size_it_kept(cli: Runner, workdir: Path) -> None:
+    Image.new("RGB", (7, 5), (1, 2, 3)).save(workdir / "a.png")
+    document = cli("-f", "json", "strip-metadata", "a.png").json()
+    [entry] = document["files"]
+    assert entry["size_before"] == entry["size_after"] == [7, 5]
+    assert entry["box"] is None
+    assert entry["removed"] == []
