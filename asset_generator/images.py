@@ -279,14 +279,18 @@ def _claim(temp_name: str, target: Path) -> None:
 
 
 def _write_output(source: Path, output: Path, data: bytes, overwrite: bool) -> None:
-    """Write a result: in place keeps the file's mode (and follows a symlink to its file).
+    """Write a result: in place (``output`` is ``source``) keeps the mode and follows a symlink.
 
     A new file gets the source's read/write bits less the umask, as ``cp`` does, so a
     private input does not give a world-readable copy.
     """
     mode = stat.S_IMODE(source.stat().st_mode)
-    if output.exists() and os.path.samefile(source, output):
-        write_atomic(Path(os.path.realpath(output)), data, replace=True, mode=mode)
+    # Only the input's own name replaces it: an output that merely links to the input
+    # (a symlink named NAME-cropped.png) is an existing output, not permission to replace.
+    if output == source:
+        # A symlink is followed to its file; any other name stays as typed for messages.
+        target = Path(os.path.realpath(output)) if output.is_symlink() else output
+        write_atomic(target, data, replace=True, mode=mode)
     else:
         write_atomic(output, data, replace=overwrite, mode=mode & 0o666 & ~_umask())
 
@@ -512,7 +516,7 @@ def strip_bytes(path: Path, data: bytes) -> tuple[bytes, list[str]]:
             return strip_webp(data)
     except ValueError as exc:
         raise ImageError(f"{path}: {exc}") from None
-    raise ImageError(f"{path}: strip-metadata handles PNG, JPEG and WebP files only")
+    raise ImageError(f"{path}: not a PNG, JPEG or WebP image (strip-metadata handles only those)")
 
 
 # -- operations on files -----------------------------------------------------------------------
@@ -561,7 +565,17 @@ def strip_file(source: Path, output: Path, *, overwrite: bool = True) -> Result:
     if removed or source != output:
         # Nothing to remove in place: leave the file (and its mtime) alone.
         _write_output(source, output, data, overwrite)
-    return Result(source, output, removed=removed)
+    size = _header_size(original)
+    return Result(source, output, size_before=size, size_after=size, removed=removed)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """The image's size from its header alone (no decoding); None if Pillow cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
+        return None
 
 
 def process_file(

@@ -376,7 +376,7 @@ def test_strip_bad_inputs(cli: Runner, workdir: Path) -> None:
     assert result.code == 1
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("cut.png: truncated PNG")
-    assert lines[1] == "x.gif: strip-metadata handles PNG, JPEG and WebP files only"
+    assert lines[1] == "x.gif: not a PNG, JPEG or WebP image (strip-metadata handles only those)"
     assert lines[2].startswith("t.png: removed tIME, tEXt parameters")
     assert (workdir / "cut.png").read_bytes() == whole[:-20]
 

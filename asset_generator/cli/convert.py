@@ -9,7 +9,7 @@ import click
 
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError
-from asset_generator.cli.postprocess import CHANNEL, size_text
+from asset_generator.cli.postprocess import CHANNEL, complete_files, same_file, size_text
 
 INSTALL_HINT = "pip install 'asset-generator[svg]'"
 # The Go tool's methods; `primitive` approximates an image with random shapes, which no
@@ -38,14 +38,23 @@ def _method(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @command.command("svg")
-@click.argument("file", metavar="FILE")
-@click.option("-o", "--output", metavar="OUT", help="Output file [default: FILE with .svg].")
+@click.argument("file", metavar="FILE", shell_complete=complete_files)
+@click.option(
+    "-o",
+    "--output",
+    metavar="OUT",
+    shell_complete=complete_files,
+    help="Output file [default: FILE with .svg].",
+)
 @click.option(
     "-m",
     "--method",
     default="color",
     show_default=True,
     callback=_method,
+    shell_complete=lambda ctx, param, incomplete: [
+        name for name in ("color", "binary") if name.startswith(incomplete)
+    ],
     metavar="color|binary",
     help="color keeps the colours; binary traces one colour, like potrace "
     "(the Go tool's gotrace is accepted as binary).",
@@ -112,6 +121,9 @@ def svg(app: App, file: str, output: str | None, overwrite: bool, **knobs: Any) 
 
     source = Path(file)
     target = Path(output) if output else source.with_suffix(".svg")
+    if same_file(source, target):
+        # Even with --overwrite: an SVG in place of the picture it came from loses the picture.
+        raise click.UsageError(f"the output {target} is the input itself; give another with -o")
     try:
         result = vectorise_file(source, target, TraceOptions(**knobs), overwrite=overwrite)
     except TracerMissing:

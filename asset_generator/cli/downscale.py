@@ -15,6 +15,7 @@ from asset_generator.cli.postprocess import (
     QUALITY,
     SIDE,
     check_outputs,
+    complete_files,
     output_for,
     run_each,
     size_text,
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 
 @click.command("downscale")
-@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...", shell_complete=complete_files)
 @click.option(
     "-w", "--width", type=SIDE, metavar="W", help="Target width (alone: aspect ratio kept)."
 )
@@ -52,7 +53,14 @@ if TYPE_CHECKING:
     help="Quality of JPEG outputs.",
 )
 @click.option("--strip-metadata", is_flag=True, help="Drop text/EXIF metadata (default: kept).")
-@click.option("-o", "--output-file", "output", metavar="OUT", help="Output file (one input only).")
+@click.option(
+    "-o",
+    "--output-file",
+    "output",
+    metavar="OUT",
+    shell_complete=complete_files,
+    help="Output file (one input only).",
+)
 @click.option("-i", "--in-place", is_flag=True, help="Replace each input (atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @global_options

@@ -148,6 +148,9 @@ def image(
         raise click.BadParameter(str(exc), param_hint="--filename-template") from None
     if options["no_download"] and options["no_save"]:
         raise click.UsageError("--no-download with --no-save would keep no image at all")
+    if postprocess is not None and options["no_download"]:
+        # Often the config's [generate] keys: worth a word, not a refusal.
+        app.output.warn("--no-download saves no file, so no image is post-processed")
     body = build_request(
         prompt=prompt,
         options={PARAMETER_OPTIONS[k]: v for k, v in chosen.items()},
@@ -278,7 +281,11 @@ def _report(app: App, outcome: Outcome) -> int:
             app.output.json(_document(outcome))
         return 0
     if outcome.failed_in_postprocessing:
-        _fail_with(app, outcome, outcome.error or "post-processing failed", "file_error")
+        # Each full-size file is named on its own line; the last line is the error itself.
+        problems = outcome.postprocess_errors
+        for problem in problems[:-1]:
+            app.output.error(problem)
+        _fail_with(app, outcome, problems[-1], "file_error")
     if outcome.images:
         app.output.info(f"{outcome.record.id}: kept {len(outcome.images)} image(s) that arrived")
     _fail_with(app, outcome, _failure_text(app, outcome), _failure_code(outcome))

@@ -6,6 +6,7 @@ Nothing here imports Pillow: a ``generate`` without post-processing must not pay
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,12 +154,37 @@ def postprocess_from(app: App, options: dict[str, Any]) -> PostProcess | None:
 # -- the offline commands' shared shape -------------------------------------------------------
 
 
-def check_outputs(inputs: tuple[str, ...], output: str | None, in_place: bool) -> None:
-    """``-o`` names one file, so it takes one input; ``-o`` and ``-i`` exclude each other."""
+def complete_files(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Tab completion of file names: the shell lists them, as for any file argument."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
+
+
+def check_outputs(
+    inputs: tuple[str, ...], output: str | None, in_place: bool, *, guard_input: bool = True
+) -> None:
+    """``-o`` names one file, so it takes one input; ``-o`` and ``-i`` exclude each other.
+
+    With ``guard_input``, ``-o`` may not name the input itself: only ``-i`` replaces it.
+    """
     if output is not None and in_place:
         raise click.UsageError("-o and -i exclude each other: write a new file or replace")
     if output is not None and len(inputs) > 1:
         raise click.UsageError(f"-o names one output file, but {len(inputs)} inputs were given")
+    if guard_input and output is not None and same_file(inputs[0], output):
+        raise click.UsageError(
+            f"-o names the input {inputs[0]} itself; use -i to replace the input"
+        )
+
+
+def same_file(first: str | Path, second: str | Path) -> bool:
+    """True when both names reach one existing file."""
+    # samefile also catches ./a.png, a hard link or a symlink to the input.
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def output_for(source: Path, output: str | None, in_place: bool, suffix: str) -> Path:
@@ -190,7 +216,8 @@ def run_each(
             app.output.error(str(exc))
             documents.append({**EMPTY_RESULT, "input": raw, "error": str(exc)})
             continue
-        documents.append({**result.public(), "error": None})
+        # The input as typed, as on failure (Path would turn ./a.png into a.png).
+        documents.append({**result.public(), "input": raw, "error": None})
         if not app.output.is_json:
             app.output.data(str(result.output))
             app.output.info(describe(result))

@@ -9,19 +9,29 @@ import click
 
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App
-from asset_generator.cli.postprocess import check_outputs, run_each
+from asset_generator.cli.postprocess import check_outputs, complete_files, run_each, same_file
 
 if TYPE_CHECKING:
     from asset_generator.images import Result
 
 
 @click.command("strip-metadata")
-@click.argument("files", nargs=-1, required=True, metavar="FILE...")
-@click.option("-o", "--output", metavar="OUT", help="Write here instead (one input only).")
+@click.argument("files", nargs=-1, required=True, metavar="FILE...", shell_complete=complete_files)
+@click.option(
+    "-o",
+    "--output",
+    metavar="OUT",
+    shell_complete=complete_files,
+    help="Write here instead (one input only).",
+)
+# In place is already the default; -i is accepted so crop's and downscale's habit works here.
+@click.option("-i", "--in-place", is_flag=True, help="Replace each input (the default).")
 @click.option("--overwrite", is_flag=True, help="With -o: replace an existing file.")
 @global_options
 @click.pass_obj
-def command(app: App, files: tuple[str, ...], output: str | None, overwrite: bool) -> int:
+def command(
+    app: App, files: tuple[str, ...], output: str | None, in_place: bool, overwrite: bool
+) -> int:
     """Remove embedded metadata from PNG, JPEG and WebP images, in place.
 
     PNG tEXt/zTXt/iTXt/tIME/eXIf chunks (SwarmUI writes its parameters there), JPEG
@@ -33,10 +43,11 @@ def command(app: App, files: tuple[str, ...], output: str | None, overwrite: boo
     """
     from asset_generator.images import strip_file
 
-    check_outputs(files, output, in_place=False)
+    # -o naming the input is what no -o does anyway: replace it atomically.
+    check_outputs(files, output, in_place, guard_input=False)
 
     def work(source: Path) -> Result:
-        if output is None:
+        if output is None or same_file(source, output):
             return strip_file(source, source, overwrite=True)
         return strip_file(source, Path(output), overwrite=overwrite)
 
