@@ -93,6 +93,12 @@ class GenerateResult(BaseModel):
 
 class StatusResult(BaseModel):
     ok: bool = True
+    # With generation_id: that generation in generate_image's shape, to follow it the same way.
+    generation_id: str | None = None
+    status: str | None = Field(None, description="queued, running, succeeded, failed, cancelled.")
+    progress: float | None = Field(None, description="0-100.")
+    images: list[ImageResult] | None = None
+    error: str | None = None
     generation: dict[str, Any] | None = Field(
         None, description="The record asked for (with generation_id)."
     )
@@ -183,6 +189,12 @@ class Tools:
         self.jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
+    def server_name(self) -> str:
+        """The server as messages and documents name it (credentials never shown)."""
+        from asset_generator.settings import describe_server
+
+        return describe_server(self.app.api_url)
+
     def generations(self) -> jobs.Generations:
         return jobs.Generations(
             self.app.registry, self.app.server_key, self.app.client, self.app.output.debug
@@ -252,7 +264,11 @@ class Tools:
             job.failure = self._stop_after_failure(run, str(exc), "file_error")
         except SwarmError as exc:
             job.failure = self._stop_after_failure(
-                run, exc.message, exc.code, prefix="request failed: "
+                run,
+                exc.message,
+                exc.code,
+                prefix="request failed: ",
+                details=server_details(exc, self.server_name()),
             )
         except BaseException as exc:
             # A bug: its traceback goes to stderr (never stdout, the protocol's), and the
@@ -266,7 +282,12 @@ class Tools:
             job.done.set()
 
     def _stop_after_failure(
-        self, run: GenerationRun, problem: str, code: str, prefix: str = ""
+        self,
+        run: GenerationRun,
+        problem: str,
+        code: str,
+        prefix: str = "",
+        details: dict[str, Any] | None = None,
     ) -> ToolFailure:
         """Closing a connection stops nothing on SwarmUI (protocol §4.5): interrupt, record."""
         import contextlib
@@ -277,7 +298,8 @@ class Tools:
             problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
         with contextlib.suppress(RegistryError):
             run.mark(FAILED, problem)
-        return ToolFailure(code, prefix + problem, generation_result(run.outcome(problem)))
+        shown = {**generation_result(run.outcome(problem)), **(details or {})}
+        return ToolFailure(code, prefix + problem, shown)
 
     def stop(self, job: Job, reason: str) -> None:
         """Mark ``job`` cancelled, interrupt its session (bounded), and let its thread end."""
@@ -346,13 +368,31 @@ class Tools:
                 )
             if not record.is_final:
                 generations.refresh([record])
-            found = self._live(generations.find(generation_id) or record)
-            return {"ok": True, "generation": found, "generations": [found]}
+            latest = generations.find(generation_id) or record
+            found = self._live(latest)
+            # An agent following a `wait: false` generation reads it as generate_image puts it.
+            return {
+                "ok": True,
+                "generation_id": found["id"],
+                "status": found["status"],
+                "progress": found["progress"],
+                "images": self._images_of(latest),
+                "error": found["error"],
+                "generation": found,
+                "generations": [found],
+            }
         records = self.app.registry.read().records_for(self.app.server_key)
         generations.refresh([r for r in records if not r.is_final])
         active = [self._live(r) for r in records if not r.is_final]
         finished = [r.public() for r in records if r.is_final][:RECENT_FINISHED]
         return {"ok": True, "generations": active + finished}
+
+    def _images_of(self, record: GenerationRecord) -> list[dict[str, Any]]:
+        """The record's images as ``{path, seed, width, height}`` (others' seeds from the file)."""
+        job = self.jobs.get(record.id)
+        if job is not None and job.run.images:
+            return [image_result(i) for i in job.run.images]
+        return [file_result(Path(path)) for path in record.images if path]
 
     def _live(self, record: GenerationRecord) -> dict[str, Any]:
         """A record with this process's fresher progress when it runs the generation."""
@@ -399,21 +439,35 @@ class Tools:
 
 
 def image_result(saved: SavedImage) -> dict[str, Any]:
-    width = height = None
-    if saved.path is not None:
-        try:
-            from PIL import Image
-
-            with Image.open(saved.path) as image:
-                width, height = image.size
-        except (ImportError, OSError):
-            pass
+    width, height = image_size(saved.path)
     return {
         "path": str(saved.path) if saved.path else None,
         "seed": saved.seed,
         "width": width,
         "height": height,
     }
+
+
+def file_result(path: Path) -> dict[str, Any]:
+    """An image another process saved: its seed is in SwarmUI's metadata, when still there."""
+    from asset_generator.downloads import png_text_metadata, seed_from_metadata
+
+    width, height = image_size(path)
+    seed = seed_from_metadata(png_text_metadata(path)) if path.suffix.lower() == ".png" else None
+    return {"path": str(path), "seed": seed, "width": width, "height": height}
+
+
+def image_size(path: Path | None) -> tuple[int | None, int | None]:
+    """The saved file's pixel size (what a caller gets, whatever was asked for)."""
+    if path is None:
+        return None, None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.size
+    except (ImportError, OSError):
+        return None, None
 
 
 def generation_result(outcome: Outcome) -> dict[str, Any]:
@@ -448,8 +502,11 @@ def preview(path: str | None) -> ImageContent | None:
 # -- errors as tool results ---------------------------------------------------------------------
 
 
-def failure_of(exc: BaseException) -> ToolFailure:
-    """Map what the CLI layers raise to a §3 code and the CLI's own phrases."""
+def failure_of(exc: BaseException, server: str | None = None) -> ToolFailure:
+    """Map what the CLI layers raise to a §3 code and the CLI's own phrases.
+
+    ``server``: named, with whether it answered, next to a protocol error (as the CLI does).
+    """
     from asset_generator.downloads import DownloadError
     from asset_generator.registry import RegistryError
     from asset_generator.settings import SettingsError
@@ -467,9 +524,19 @@ def failure_of(exc: BaseException) -> ToolFailure:
 
         if isinstance(exc, SwarmError):
             phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
-            return ToolFailure(exc.code, f"{phrase}: {exc.message}")
+            details = server_details(exc, server) if server else None
+            return ToolFailure(exc.code, f"{phrase}: {exc.message}", details)
     traceback.print_exception(exc, file=sys.stderr)
     return ToolFailure("server_error", f"asset-generator failed: {type(exc).__name__}")
+
+
+def server_details(exc: Exception, server: str) -> dict[str, Any]:
+    """``server`` and ``reachable``, the keys ``--format json`` puts next to a protocol error."""
+    from asset_generator.swarm.errors import ConnectionFailed, RequestTimeout, SessionFailed
+
+    cause = exc.cause if isinstance(exc, SessionFailed) else exc
+    # A server that answered but refused us or said something odd is reachable.
+    return {"server": server, "reachable": not isinstance(cause, ConnectionFailed | RequestTimeout)}
 
 
 def error_result(failure: ToolFailure) -> CallToolResult:
@@ -491,12 +558,12 @@ def ok_result(document: dict[str, Any], *extra: Any) -> CallToolResult:
     return CallToolResult(content=[text, *extra], structured_content=document)
 
 
-async def in_thread(call: Callable[[], dict[str, Any]]) -> CallToolResult:
+async def in_thread(call: Callable[[], dict[str, Any]], server: str | None) -> CallToolResult:
     """Run a blocking tool body in a worker thread; its failure becomes an isError result."""
     try:
         return ok_result(await anyio.to_thread.run_sync(call))
     except Exception as exc:
-        return error_result(failure_of(exc))
+        return error_result(failure_of(exc, server))
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -593,7 +660,7 @@ def build_server(tools: Tools) -> MCPServer:
                     lambda: tools.start(prompt, chosen, list(loras or []), output_dir)
                 )
         except Exception as exc:
-            return error_result(failure_of(exc))
+            return error_result(failure_of(exc, tools.server_name()))
         return await _follow_job(ctx, tools, job, timeout_s if wait else 0)
 
     @tool(
@@ -610,7 +677,7 @@ def build_server(tools: Tools) -> MCPServer:
         With generation_id: that record (unknown id: error not_found). Without: the active
         ones, then the latest finished. Records whose process died are checked on the server.
         """
-        return await in_thread(lambda: tools.status(generation_id))
+        return await in_thread(lambda: tools.status(generation_id), tools.server_name())
 
     @tool(
         title="Cancel a generation",
@@ -640,7 +707,7 @@ def build_server(tools: Tools) -> MCPServer:
         browser tabs and other machines included.
         """
         target = generation_id or feature
-        return await in_thread(lambda: tools.cancel(target, all))
+        return await in_thread(lambda: tools.cancel(target, all), tools.server_name())
 
     @tool(
         title="List models",
@@ -654,7 +721,7 @@ def build_server(tools: Tools) -> MCPServer:
         depth: Annotated[int, Field(ge=1, le=20, description="Folder levels below path.")] = 20,
     ) -> Annotated[CallToolResult, ModelsResult]:
         """Models the server offers; pass a name as generate_image's model (or loras) as is."""
-        return await in_thread(lambda: tools.models(subtype, path, depth))
+        return await in_thread(lambda: tools.models(subtype, path, depth), tools.server_name())
 
     @tool(
         title="Server status",
@@ -662,7 +729,7 @@ def build_server(tools: Tools) -> MCPServer:
     )
     async def server_status() -> Annotated[CallToolResult, ServerStatusResult]:
         """The server: reachable, version, user, backends, and this client's generations."""
-        return await in_thread(tools.server_status)
+        return await in_thread(tools.server_status, tools.server_name())
 
     return server
 
@@ -698,17 +765,23 @@ def _snapshot_result(tools: Tools, job: Job) -> CallToolResult:
     try:
         document = tools.snapshot(job)
     except Exception as exc:
-        return error_result(failure_of(exc))
-    return _generation_result(document)
+        return error_result(failure_of(exc, tools.server_name()))
+    return _generation_result(document, tools.server_name())
 
 
-def _generation_result(document: dict[str, Any]) -> CallToolResult:
-    if document["status"] in (FAILED, CANCELLED):
-        code = "cancelled" if document["status"] == CANCELLED else "server_error"
-        text = document.get("error") or document["status"]
-        prefix = "cancelled" if code == "cancelled" else "request failed"
-        message = f"{prefix}: {document['generation_id']} {document['status']}: {text}"
-        return error_result(ToolFailure(code, message, document))
+def _generation_result(document: dict[str, Any], server: str) -> CallToolResult:
+    generation_id, status = document["generation_id"], document["status"]
+    text = document.get("error") or status
+    if status == CANCELLED:
+        # The generate command's wording (cli-contract §3): who can have stopped it.
+        message = (
+            f"cancelled: {generation_id} was stopped on the server by a cancel "
+            f"(cancel_generation, `asset-generator cancel`, the web UI or another client): {text}"
+        )
+        return error_result(ToolFailure("cancelled", message, document))
+    if status == FAILED:
+        message = f"request failed: {server} ({generation_id} failed): {text}"
+        return error_result(ToolFailure("server_error", message, document))
     extra = []
     if document["status"] == SUCCEEDED and document["images"]:
         shown = preview(document["images"][0]["path"])
