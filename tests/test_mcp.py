@@ -455,3 +455,25 @@ def test_ending_the_server_interrupts_its_generations(
     assert session_id not in err
     for line in server.lines:
         assert json.loads(line)["jsonrpc"] == "2.0"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["mcp/__init__.py"],  # a package named mcp that is not the SDK
+        ["mcp/__init__.py", "mcp/server/__init__.py"],  # an SDK without MCPServer (1.x)
+    ],
+)
+def test_an_unusable_sdk_is_the_missing_extra(
+    cli: Runner, tmp_path: Path, files: list[str]
+) -> None:
+    shadow = tmp_path / "shadow"
+    for name in files:
+        (shadow / name).parent.mkdir(parents=True, exist_ok=True)
+        (shadow / name).write_text("")
+    done = cli("-f", "json", "mcp", env={"PYTHONPATH": str(shadow)})
+    assert done.code == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert "pip install 'asset-generator[mcp]'" in line
+    assert done.json()["error"]["code"] == "unavailable"

@@ -32,11 +32,15 @@ def command(app: App) -> int:
     """
     try:
         import mcp  # noqa: F401
-    except ImportError:
+
+        from asset_generator.mcp_tools import Tools, build_server
+    except ImportError as exc:
+        # Not installed, or something else answers to the name `mcp` (an SDK older than
+        # 2.x has no MCPServer): either way the extra is what makes the command work.
+        if exc.name is not None and exc.name != "mcp" and not exc.name.startswith("mcp."):
+            raise
         raise CommandError(MISSING_EXTRA, "unavailable") from None
     import anyio
-
-    from asset_generator.mcp_tools import Tools, build_server
 
     # Settings first: a broken config file is one line on stderr, not a server that fails
     # every call. The server itself is not contacted until a tool needs it.
