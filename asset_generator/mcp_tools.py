@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,15 @@ class Job:
     failure: ToolFailure | None = None
     done: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    # Every change, for the waiting call to relay: a short run would otherwise end between
+    # two looks at the latest one, and its client would see no progress at all.
+    updates: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def note(self, progress: float | None = None) -> None:
+        """Record a change (progress never goes back: MCP wants it to increase)."""
+        if progress is not None:
+            self.progress = max(self.progress, progress)
+        self.updates.append((round(self.progress, 1), self.message))
 
     @property
     def id(self) -> str:
@@ -166,16 +176,18 @@ class JobView:
         else:
             waiting = counters.waiting_backends
             self.job.message = "queued, waiting for a backend" if waiting else "queued"
+        self.job.note()
 
     def progress(self, overall: float, current: float, done: int, expected: int) -> None:
         if self.job is not None:
-            self.job.state, self.job.progress = RUNNING, overall * 100
+            self.job.state = RUNNING
             self.job.message = f"running, image {min(done + 1, expected)} of {expected}"
+            self.job.note(overall * 100)
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
         if self.job is not None:
-            self.job.progress = min(done / expected, 1.0) * 100
             self.job.message = f"image {done} of {expected} saved"
+            self.job.note(min(done / expected, 1.0) * 100)
 
     def close(self) -> None:
         pass
@@ -798,23 +810,37 @@ async def _follow_job(
     ``timeout_s`` 0: do not wait (``wait: false``); only a cancel already sent is honoured.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    sent: tuple[float, str] | None = None
+    sent: float | None = None
+
+    async def relay() -> None:
+        # Each change the run saw, in order; MCP wants every notification to go further.
+        nonlocal sent
+        while job.updates:
+            value, message = job.updates.popleft()
+            if sent is None or value > sent:
+                sent = value
+                await ctx.report_progress(value, 100, message)
+
     try:
         await anyio.lowlevel.checkpoint()
+        if timeout_s != 0:
+            # At once, so a client sees the call is alive before the first step arrives.
+            sent = round(job.progress, 1)
+            await ctx.report_progress(sent, 100, job.message)
         while timeout_s != 0 and not job.done.is_set():
-            shown = (round(job.progress, 1), job.message)
-            if shown != sent:
-                sent = shown
-                await ctx.report_progress(shown[0], 100, shown[1])
+            await relay()
             if deadline is not None and time.monotonic() >= deadline:
                 break
             await anyio.sleep(RELAY_SECONDS)
+        if timeout_s != 0:
+            # What a short run did between the last look and its end.
+            await relay()
+            if job.done.is_set() and job.state == SUCCEEDED and sent is not None and sent < 100:
+                await ctx.report_progress(100, 100, "done")
     except anyio.get_cancelled_exc_class():
         # The client sent notifications/cancelled (or we are shutting down): closing the
         # socket would stop nothing on SwarmUI, so interrupt the session, then re-raise.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(tools.stop, job, "cancelled by the MCP client")
         raise
-    if job.done.is_set() and sent is not None and job.state == SUCCEEDED:
-        await ctx.report_progress(100, 100, "done")
     return _snapshot_result(tools, job)
