@@ -345,6 +345,10 @@ class Tools:
             thread.start()
         for thread in threads:
             thread.join(INTERRUPT_BOUND_SECONDS * 3)
+        # Their threads record how they ended before the App closes the HTTP client under them.
+        until = time.monotonic() + INTERRUPT_BOUND_SECONDS
+        for job in running:
+            job.done.wait(max(0.0, until - time.monotonic()))
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """Where a job stands now, as a generate_image result."""
@@ -640,7 +644,7 @@ def build_server(tools: Tools) -> MCPServer:
         timeout_s: Annotated[
             float | None,
             Field(
-                gt=0,
+                ge=0,
                 description="Return the id with status queued/running after this many "
                 "seconds; the generation goes on (follow it with generation_status).",
             ),

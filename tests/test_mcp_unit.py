@@ -23,7 +23,8 @@ def call(url: str, *calls: tuple[str, dict[str, Any]], **flags: Any) -> list[Any
     """Run tool calls in order on a fresh server over ``url``; return their results."""
     app = App()
     app.flags.update(api_url=url, **flags)
-    server = build_server(Tools(app))
+    tools = Tools(app)
+    server = build_server(tools)
     results: list[Any] = []
 
     async def scenario() -> None:
@@ -34,6 +35,10 @@ def call(url: str, *calls: tuple[str, dict[str, Any]], **flags: Any) -> list[Any
     try:
         anyio.run(scenario)
     finally:
+        # As the mcp command does: no generation outlives the server (nor its HTTP client).
+        tools.stop_all("the test is over")
+        for job in tools.jobs.values():
+            job.done.wait(10)
         app.close()
     return results
 
@@ -187,3 +192,18 @@ def test_a_waiting_call_cancelled_elsewhere_says_so_once(emulator_factory, tmp_p
     # It names who can have done it.
     assert "cancel_generation" in message or "another client" in message
     assert results["waited"].structured_content["status"] == "cancelled"
+
+
+def test_timeout_zero_returns_at_once_like_wait_false(emulator_factory, tmp_path: Path) -> None:
+    emu = emulator_factory(step_seconds=0.01)
+    early, stopped = call(
+        emu.url,
+        (
+            "generate_image",
+            {"prompt": "x", "steps": 50, "timeout_s": 0, "output_dir": str(tmp_path)},
+        ),
+        ("cancel_generation", {}),
+    )
+    assert early.is_error is False, early.content[0].text
+    assert early.structured_content["status"] in ("queued", "running")
+    assert stopped.structured_content["was_active"] is True
