@@ -334,8 +334,11 @@ class Tools:
         # Let its thread record how it ended (a second at most: the caller is waiting).
         job.done.wait(1.0)
 
-    def stop_all(self, reason: str) -> None:
-        """Interrupt every generation this process still runs, in parallel (shutdown)."""
+    def stop_all(self, reason: str, *, settle: bool = True) -> None:
+        """Interrupt every generation this process still runs, in parallel (shutdown).
+
+        ``settle``: also let their threads end (not needed when the process exits at once).
+        """
         with self._lock:
             running = [job for job in self.jobs.values() if not job.done.is_set()]
         threads = [
@@ -346,7 +349,7 @@ class Tools:
         for thread in threads:
             thread.join(INTERRUPT_BOUND_SECONDS * 3)
         # Their threads record how they ended before the App closes the HTTP client under them.
-        until = time.monotonic() + INTERRUPT_BOUND_SECONDS
+        until = time.monotonic() + (INTERRUPT_BOUND_SECONDS if settle else 0.0)
         for job in running:
             job.done.wait(max(0.0, until - time.monotonic()))
 

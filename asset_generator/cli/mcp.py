@@ -70,6 +70,7 @@ async def _stop_on_signal(tools: Tools) -> None:
     The SDK reads stdin in a worker thread that no cancellation can wake, so the process
     exits directly once its server-side work is stopped (the registry is already saved).
     """
+    import functools
     import os
     import sys
 
@@ -79,7 +80,9 @@ async def _stop_on_signal(tools: Tools) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(tools.stop_all, f"the MCP server got {name}")
+                # The process exits right after: no need to wait for the threads to end.
+                stop = functools.partial(tools.stop_all, settle=False)
+                await anyio.to_thread.run_sync(stop, f"the MCP server got {name}")
             sys.stderr.write(f"stopped by {name}\n")
             sys.stderr.flush()
             os._exit(SIGNAL_EXIT[signal.Signals(signum)])
