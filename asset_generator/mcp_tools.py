@@ -649,7 +649,8 @@ def build_server(tools: Tools) -> MCPServer:
             Field(
                 ge=0,
                 description="Return the id with status queued/running after this many "
-                "seconds; the generation goes on (follow it with generation_status).",
+                "seconds (0: at once); the generation goes on (follow it with "
+                "generation_status).",
             ),
         ] = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
