@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,12 @@ class GenerateResult(BaseModel):
 
 class StatusResult(BaseModel):
     ok: bool = True
+    # With generation_id: that generation in generate_image's shape, to follow it the same way.
+    generation_id: str | None = None
+    status: str | None = Field(None, description="queued, running, succeeded, failed, cancelled.")
+    progress: float | None = Field(None, description="0-100.")
+    images: list[ImageResult] | None = None
+    error: str | None = None
     generation: dict[str, Any] | None = Field(
         None, description="The record asked for (with generation_id)."
     )
@@ -138,6 +145,15 @@ class Job:
     failure: ToolFailure | None = None
     done: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    # Every change, for the waiting call to relay: a short run would otherwise end between
+    # two looks at the latest one, and its client would see no progress at all.
+    updates: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def note(self, progress: float | None = None) -> None:
+        """Record a change (progress never goes back: MCP wants it to increase)."""
+        if progress is not None:
+            self.progress = max(self.progress, progress)
+        self.updates.append((round(self.progress, 1), self.message))
 
     @property
     def id(self) -> str:
@@ -161,17 +177,19 @@ class JobView:
         else:
             waiting = counters.waiting_backends
             self.job.message = "queued, waiting for a backend" if waiting else "queued"
+        self.job.note()
 
     def progress(self, steps: StepProgress) -> None:
         if self.job is not None:
-            self.job.state, self.job.progress = RUNNING, steps.percent
+            self.job.state = RUNNING
             expected = steps.expected
             self.job.message = f"running, image {min(steps.done + 1, expected)} of {expected}"
+            self.job.note(steps.percent)
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
         if self.job is not None:
-            self.job.progress = max(self.job.progress, min(done / expected, 1.0) * 100)
             self.job.message = f"image {done} of {expected} saved"
+            self.job.note(min(done / expected, 1.0) * 100)
 
     def close(self) -> None:
         pass
@@ -184,6 +202,12 @@ class Tools:
         self.app = app
         self.jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+
+    def server_name(self) -> str:
+        """The server as messages and documents name it (credentials never shown)."""
+        from asset_generator.settings import describe_server
+
+        return describe_server(self.app.api_url)
 
     def generations(self) -> jobs.Generations:
         return jobs.Generations(
@@ -254,7 +278,11 @@ class Tools:
             job.failure = self._stop_after_failure(run, str(exc), "file_error")
         except SwarmError as exc:
             job.failure = self._stop_after_failure(
-                run, exc.message, exc.code, prefix="request failed: "
+                run,
+                exc.message,
+                exc.code,
+                prefix="request failed: ",
+                details=server_details(exc, self.server_name()),
             )
         except BaseException as exc:
             # A bug: its traceback goes to stderr (never stdout, the protocol's), and the
@@ -268,7 +296,12 @@ class Tools:
             job.done.set()
 
     def _stop_after_failure(
-        self, run: GenerationRun, problem: str, code: str, prefix: str = ""
+        self,
+        run: GenerationRun,
+        problem: str,
+        code: str,
+        prefix: str = "",
+        details: dict[str, Any] | None = None,
     ) -> ToolFailure:
         """Closing a connection stops nothing on SwarmUI (protocol §4.5): interrupt, record."""
         import contextlib
@@ -279,7 +312,8 @@ class Tools:
             problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
         with contextlib.suppress(RegistryError):
             run.mark(FAILED, problem)
-        return ToolFailure(code, prefix + problem, generation_result(run.outcome(problem)))
+        shown = {**generation_result(run.outcome(problem)), **(details or {})}
+        return ToolFailure(code, prefix + problem, shown)
 
     def stop(self, job: Job, reason: str) -> None:
         """Mark ``job`` cancelled, interrupt its session (bounded), and let its thread end."""
@@ -302,8 +336,11 @@ class Tools:
         # Let its thread record how it ended (a second at most: the caller is waiting).
         job.done.wait(1.0)
 
-    def stop_all(self, reason: str) -> None:
-        """Interrupt every generation this process still runs, in parallel (shutdown)."""
+    def stop_all(self, reason: str, *, settle: bool = True) -> None:
+        """Interrupt every generation this process still runs, in parallel (shutdown).
+
+        ``settle``: also let their threads end (not needed when the process exits at once).
+        """
         with self._lock:
             running = [job for job in self.jobs.values() if not job.done.is_set()]
         threads = [
@@ -313,6 +350,10 @@ class Tools:
             thread.start()
         for thread in threads:
             thread.join(INTERRUPT_BOUND_SECONDS * 3)
+        # Their threads record how they ended before the App closes the HTTP client under them.
+        until = time.monotonic() + (INTERRUPT_BOUND_SECONDS if settle else 0.0)
+        for job in running:
+            job.done.wait(max(0.0, until - time.monotonic()))
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """Where a job stands now, as a generate_image result."""
@@ -348,13 +389,31 @@ class Tools:
                 )
             if not record.is_final:
                 generations.refresh([record])
-            found = self._live(generations.find(generation_id) or record)
-            return {"ok": True, "generation": found, "generations": [found]}
+            latest = generations.find(generation_id) or record
+            found = self._live(latest)
+            # An agent following a `wait: false` generation reads it as generate_image puts it.
+            return {
+                "ok": True,
+                "generation_id": found["id"],
+                "status": found["status"],
+                "progress": found["progress"],
+                "images": self._images_of(latest),
+                "error": found["error"],
+                "generation": found,
+                "generations": [found],
+            }
         records = self.app.registry.read().records_for(self.app.server_key)
         generations.refresh([r for r in records if not r.is_final])
         active = [self._live(r) for r in records if not r.is_final]
         finished = [r.public() for r in records if r.is_final][:RECENT_FINISHED]
         return {"ok": True, "generations": active + finished}
+
+    def _images_of(self, record: GenerationRecord) -> list[dict[str, Any]]:
+        """The record's images as ``{path, seed, width, height}`` (others' seeds from the file)."""
+        job = self.jobs.get(record.id)
+        if job is not None and job.run.images:
+            return [image_result(i) for i in job.run.images]
+        return [file_result(Path(path)) for path in record.images if path]
 
     def _live(self, record: GenerationRecord) -> dict[str, Any]:
         """A record with this process's fresher progress when it runs the generation."""
@@ -401,21 +460,35 @@ class Tools:
 
 
 def image_result(saved: SavedImage) -> dict[str, Any]:
-    width = height = None
-    if saved.path is not None:
-        try:
-            from PIL import Image
-
-            with Image.open(saved.path) as image:
-                width, height = image.size
-        except (ImportError, OSError):
-            pass
+    width, height = image_size(saved.path)
     return {
         "path": str(saved.path) if saved.path else None,
         "seed": saved.seed,
         "width": width,
         "height": height,
     }
+
+
+def file_result(path: Path) -> dict[str, Any]:
+    """An image another process saved: its seed is in SwarmUI's metadata, when still there."""
+    from asset_generator.downloads import png_text_metadata, seed_from_metadata
+
+    width, height = image_size(path)
+    seed = seed_from_metadata(png_text_metadata(path)) if path.suffix.lower() == ".png" else None
+    return {"path": str(path), "seed": seed, "width": width, "height": height}
+
+
+def image_size(path: Path | None) -> tuple[int | None, int | None]:
+    """The saved file's pixel size (what a caller gets, whatever was asked for)."""
+    if path is None:
+        return None, None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.size
+    except (ImportError, OSError):
+        return None, None
 
 
 def generation_result(outcome: Outcome) -> dict[str, Any]:
@@ -450,8 +523,11 @@ def preview(path: str | None) -> ImageContent | None:
 # -- errors as tool results ---------------------------------------------------------------------
 
 
-def failure_of(exc: BaseException) -> ToolFailure:
-    """Map what the CLI layers raise to a §3 code and the CLI's own phrases."""
+def failure_of(exc: BaseException, server: str | None = None) -> ToolFailure:
+    """Map what the CLI layers raise to a §3 code and the CLI's own phrases.
+
+    ``server``: named, with whether it answered, next to a protocol error (as the CLI does).
+    """
     from asset_generator.downloads import DownloadError
     from asset_generator.registry import RegistryError
     from asset_generator.settings import SettingsError
@@ -469,9 +545,19 @@ def failure_of(exc: BaseException) -> ToolFailure:
 
         if isinstance(exc, SwarmError):
             phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
-            return ToolFailure(exc.code, f"{phrase}: {exc.message}")
+            details = server_details(exc, server) if server else None
+            return ToolFailure(exc.code, f"{phrase}: {exc.message}", details)
     traceback.print_exception(exc, file=sys.stderr)
     return ToolFailure("server_error", f"asset-generator failed: {type(exc).__name__}")
+
+
+def server_details(exc: Exception, server: str) -> dict[str, Any]:
+    """``server`` and ``reachable``, the keys ``--format json`` puts next to a protocol error."""
+    from asset_generator.swarm.errors import ConnectionFailed, RequestTimeout, SessionFailed
+
+    cause = exc.cause if isinstance(exc, SessionFailed) else exc
+    # A server that answered but refused us or said something odd is reachable.
+    return {"server": server, "reachable": not isinstance(cause, ConnectionFailed | RequestTimeout)}
 
 
 def error_result(failure: ToolFailure) -> CallToolResult:
@@ -493,12 +579,12 @@ def ok_result(document: dict[str, Any], *extra: Any) -> CallToolResult:
     return CallToolResult(content=[text, *extra], structured_content=document)
 
 
-async def in_thread(call: Callable[[], dict[str, Any]]) -> CallToolResult:
+async def in_thread(call: Callable[[], dict[str, Any]], server: str | None) -> CallToolResult:
     """Run a blocking tool body in a worker thread; its failure becomes an isError result."""
     try:
         return ok_result(await anyio.to_thread.run_sync(call))
     except Exception as exc:
-        return error_result(failure_of(exc))
+        return error_result(failure_of(exc, server))
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -563,9 +649,10 @@ def build_server(tools: Tools) -> MCPServer:
         timeout_s: Annotated[
             float | None,
             Field(
-                gt=0,
+                ge=0,
                 description="Return the id with status queued/running after this many "
-                "seconds; the generation goes on (follow it with generation_status).",
+                "seconds (0: at once); the generation goes on (follow it with "
+                "generation_status).",
             ),
         ] = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
@@ -595,7 +682,7 @@ def build_server(tools: Tools) -> MCPServer:
                     lambda: tools.start(prompt, chosen, list(loras or []), output_dir)
                 )
         except Exception as exc:
-            return error_result(failure_of(exc))
+            return error_result(failure_of(exc, tools.server_name()))
         return await _follow_job(ctx, tools, job, timeout_s if wait else 0)
 
     @tool(
@@ -612,7 +699,7 @@ def build_server(tools: Tools) -> MCPServer:
         With generation_id: that record (unknown id: error not_found). Without: the active
         ones, then the latest finished. Records whose process died are checked on the server.
         """
-        return await in_thread(lambda: tools.status(generation_id))
+        return await in_thread(lambda: tools.status(generation_id), tools.server_name())
 
     @tool(
         title="Cancel a generation",
@@ -642,7 +729,7 @@ def build_server(tools: Tools) -> MCPServer:
         browser tabs and other machines included.
         """
         target = generation_id or feature
-        return await in_thread(lambda: tools.cancel(target, all))
+        return await in_thread(lambda: tools.cancel(target, all), tools.server_name())
 
     @tool(
         title="List models",
@@ -656,7 +743,7 @@ def build_server(tools: Tools) -> MCPServer:
         depth: Annotated[int, Field(ge=1, le=20, description="Folder levels below path.")] = 20,
     ) -> Annotated[CallToolResult, ModelsResult]:
         """Models the server offers; pass a name as generate_image's model (or loras) as is."""
-        return await in_thread(lambda: tools.models(subtype, path, depth))
+        return await in_thread(lambda: tools.models(subtype, path, depth), tools.server_name())
 
     @tool(
         title="Server status",
@@ -664,7 +751,7 @@ def build_server(tools: Tools) -> MCPServer:
     )
     async def server_status() -> Annotated[CallToolResult, ServerStatusResult]:
         """The server: reachable, version, user, backends, and this client's generations."""
-        return await in_thread(tools.server_status)
+        return await in_thread(tools.server_status, tools.server_name())
 
     return server
 
@@ -700,17 +787,23 @@ def _snapshot_result(tools: Tools, job: Job) -> CallToolResult:
     try:
         document = tools.snapshot(job)
     except Exception as exc:
-        return error_result(failure_of(exc))
-    return _generation_result(document)
+        return error_result(failure_of(exc, tools.server_name()))
+    return _generation_result(document, tools.server_name())
 
 
-def _generation_result(document: dict[str, Any]) -> CallToolResult:
-    if document["status"] in (FAILED, CANCELLED):
-        code = "cancelled" if document["status"] == CANCELLED else "server_error"
-        text = document.get("error") or document["status"]
-        prefix = "cancelled" if code == "cancelled" else "request failed"
-        message = f"{prefix}: {document['generation_id']} {document['status']}: {text}"
-        return error_result(ToolFailure(code, message, document))
+def _generation_result(document: dict[str, Any], server: str) -> CallToolResult:
+    generation_id, status = document["generation_id"], document["status"]
+    text = document.get("error") or status
+    if status == CANCELLED:
+        # The generate command's wording (cli-contract §3): who can have stopped it.
+        message = (
+            f"cancelled: {generation_id} was stopped on the server by a cancel "
+            f"(cancel_generation, `asset-generator cancel`, the web UI or another client): {text}"
+        )
+        return error_result(ToolFailure("cancelled", message, document))
+    if status == FAILED:
+        message = f"request failed: {server} ({generation_id} failed): {text}"
+        return error_result(ToolFailure("server_error", message, document))
     extra = []
     if document["status"] == SUCCEEDED and document["images"]:
         shown = preview(document["images"][0]["path"])
@@ -727,23 +820,37 @@ async def _follow_job(
     ``timeout_s`` 0: do not wait (``wait: false``); only a cancel already sent is honoured.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    sent: tuple[float, str] | None = None
+    sent: float | None = None
+
+    async def relay() -> None:
+        # Each change the run saw, in order; MCP wants every notification to go further.
+        nonlocal sent
+        while job.updates:
+            value, message = job.updates.popleft()
+            if sent is None or value > sent:
+                sent = value
+                await ctx.report_progress(value, 100, message)
+
     try:
         await anyio.lowlevel.checkpoint()
+        if timeout_s != 0:
+            # At once, so a client sees the call is alive before the first step arrives.
+            sent = round(job.progress, 1)
+            await ctx.report_progress(sent, 100, job.message)
         while timeout_s != 0 and not job.done.is_set():
-            shown = (round(job.progress, 1), job.message)
-            if shown != sent:
-                sent = shown
-                await ctx.report_progress(shown[0], 100, shown[1])
+            await relay()
             if deadline is not None and time.monotonic() >= deadline:
                 break
             await anyio.sleep(RELAY_SECONDS)
+        if timeout_s != 0:
+            # What a short run did between the last look and its end.
+            await relay()
+            if job.done.is_set() and job.state == SUCCEEDED and sent is not None and sent < 100:
+                await ctx.report_progress(100, 100, "done")
     except anyio.get_cancelled_exc_class():
         # The client sent notifications/cancelled (or we are shutting down): closing the
         # socket would stop nothing on SwarmUI, so interrupt the session, then re-raise.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(tools.stop, job, "cancelled by the MCP client")
         raise
-    if job.done.is_set() and sent is not None and job.state == SUCCEEDED:
-        await ctx.report_progress(100, 100, "done")
     return _snapshot_result(tools, job)

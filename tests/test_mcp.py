@@ -133,6 +133,29 @@ def test_generate_reports_progress_and_saves_the_image(
     assert generate.body["steps"] == 20
 
 
+def test_a_short_run_still_reports_each_step_and_progress_only_grows(
+    emulator_factory, workdir
+) -> None:
+    # A run shorter than the relay's interval: its steps must not be lost in between.
+    emu = emulator_factory(step_seconds=0.002)
+    values: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        values.append(value)
+
+    async def scenario() -> None:
+        async with connected(emu.url, workdir) as session:
+            result = await session.call_tool(
+                "generate_image", {"prompt": "quick", "steps": 8}, progress_callback=on_progress
+            )
+            assert result.structured_content["status"] == "succeeded"
+
+    run(scenario)
+    # MCP: each notification's progress is larger than the one before.
+    assert values == sorted(set(values)) and values[-1] == 100
+    assert len([v for v in values if 0 < v < 100]) >= 4
+
+
 def test_client_cancel_interrupts_the_generation_session(
     emulator_factory, workdir, state_dir
 ) -> None:
@@ -455,3 +478,25 @@ def test_ending_the_server_interrupts_its_generations(
     assert session_id not in err
     for line in server.lines:
         assert json.loads(line)["jsonrpc"] == "2.0"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["mcp/__init__.py"],  # a package named mcp that is not the SDK
+        ["mcp/__init__.py", "mcp/server/__init__.py"],  # an SDK without MCPServer (1.x)
+    ],
+)
+def test_an_unusable_sdk_is_the_missing_extra(
+    cli: Runner, tmp_path: Path, files: list[str]
+) -> None:
+    shadow = tmp_path / "shadow"
+    for name in files:
+        (shadow / name).parent.mkdir(parents=True, exist_ok=True)
+        (shadow / name).write_text("")
+    done = cli("-f", "json", "mcp", env={"PYTHONPATH": str(shadow)})
+    assert done.code == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert "pip install 'asset-generator[mcp]'" in line
+    assert done.json()["error"]["code"] == "unavailable"

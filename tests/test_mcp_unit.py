@@ -23,7 +23,8 @@ def call(url: str, *calls: tuple[str, dict[str, Any]], **flags: Any) -> list[Any
     """Run tool calls in order on a fresh server over ``url``; return their results."""
     app = App()
     app.flags.update(api_url=url, **flags)
-    server = build_server(Tools(app))
+    tools = Tools(app)
+    server = build_server(tools)
     results: list[Any] = []
 
     async def scenario() -> None:
@@ -34,6 +35,10 @@ def call(url: str, *calls: tuple[str, dict[str, Any]], **flags: Any) -> list[Any
     try:
         anyio.run(scenario)
     finally:
+        # As the mcp command does: no generation outlives the server (nor its HTTP client).
+        tools.stop_all("the test is over")
+        for job in tools.jobs.values():
+            job.done.wait(10)
         app.close()
     return results
 
@@ -123,3 +128,82 @@ def test_failed_generation_is_an_error_with_what_arrived(emulator_factory, tmp_p
     assert error["message"].startswith("request failed: ")
     assert failed.structured_content["status"] == "failed"
     assert failed.structured_content["images"] == []
+
+
+def test_status_of_one_generation_has_its_state_at_the_top(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    [made] = call(emulator.url, ("generate_image", {"prompt": "x", "output_dir": str(tmp_path)}))
+    generation_id = made.structured_content["generation_id"]
+    [shown] = call(emulator.url, ("generation_status", {"generation_id": generation_id}))
+    document = shown.structured_content
+    # An agent asking about one generation reads its state where generate_image puts it.
+    assert document["generation_id"] == generation_id
+    assert document["status"] == "succeeded" and document["progress"] == 100
+    # Seen from another process: path, size and the seed read back from the file.
+    assert document["images"] == made.structured_content["images"]
+    assert document["generation"]["id"] == generation_id
+    assert document["generations"] == [document["generation"]]
+
+
+def test_server_failures_say_whether_the_server_answered(emulator_factory) -> None:
+    emu = emulator_factory(accounts=True)
+    [down] = call("http://127.0.0.1:9", ("server_status", {}))
+    [refused] = call(emu.url, ("server_status", {}), api_key="not-a-token")
+    # The same keys as `status --format json` puts next to its error.
+    assert error_of(down)["code"] == "connection_failed"
+    assert down.structured_content["reachable"] is False
+    assert down.structured_content["server"] == "http://127.0.0.1:9"
+    assert error_of(refused)["code"] == "auth_failed"
+    assert refused.structured_content["reachable"] is True
+
+
+def test_a_waiting_call_cancelled_elsewhere_says_so_once(emulator_factory, tmp_path: Path) -> None:
+    emu = emulator_factory(step_seconds=0.05)
+    app = App()
+    app.flags.update(api_url=emu.url)
+    server = build_server(Tools(app))
+    results: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with Client(server) as client, anyio.create_task_group() as group:
+
+            async def wait_for_it() -> None:
+                results["waited"] = await client.call_tool(
+                    "generate_image", {"prompt": "long", "steps": 400, "output_dir": str(tmp_path)}
+                )
+
+            group.start_soon(wait_for_it)
+            with anyio.fail_after(20):
+                while not emu.calls("GenerateText2ImageWS") and not emu.calls("GenerateText2Image"):
+                    await anyio.sleep(0.02)
+            results["cancel"] = await client.call_tool("cancel_generation", {})
+
+    try:
+        anyio.run(scenario)
+    finally:
+        app.close()
+    assert results["cancel"].structured_content["was_active"] is True
+    error = error_of(results["waited"])
+    assert error["code"] == "cancelled"
+    message = error["message"]
+    assert message.startswith("cancelled: ") and message.count("cancelled") <= 2
+    assert "request failed" not in message
+    # It names who can have done it.
+    assert "cancel_generation" in message or "another client" in message
+    assert results["waited"].structured_content["status"] == "cancelled"
+
+
+def test_timeout_zero_returns_at_once_like_wait_false(emulator_factory, tmp_path: Path) -> None:
+    emu = emulator_factory(step_seconds=0.01)
+    early, stopped = call(
+        emu.url,
+        (
+            "generate_image",
+            {"prompt": "x", "steps": 50, "timeout_s": 0, "output_dir": str(tmp_path)},
+        ),
+        ("cancel_generation", {}),
+    )
+    assert early.is_error is False, early.content[0].text
+    assert early.structured_content["status"] in ("queued", "running")
+    assert stopped.structured_content["was_active"] is True

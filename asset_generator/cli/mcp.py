@@ -32,11 +32,15 @@ def command(app: App) -> int:
     """
     try:
         import mcp  # noqa: F401
-    except ImportError:
+
+        from asset_generator.mcp_tools import Tools, build_server
+    except ImportError as exc:
+        # Not installed, or something else answers to the name `mcp` (an SDK older than
+        # 2.x has no MCPServer): either way the extra is what makes the command work.
+        if exc.name is not None and exc.name != "mcp" and not exc.name.startswith("mcp."):
+            raise
         raise CommandError(MISSING_EXTRA, "unavailable") from None
     import anyio
-
-    from asset_generator.mcp_tools import Tools, build_server
 
     # Settings first: a broken config file is one line on stderr, not a server that fails
     # every call. The server itself is not contacted until a tool needs it.
@@ -66,6 +70,7 @@ async def _stop_on_signal(tools: Tools) -> None:
     The SDK reads stdin in a worker thread that no cancellation can wake, so the process
     exits directly once its server-side work is stopped (the registry is already saved).
     """
+    import functools
     import os
     import sys
 
@@ -75,7 +80,9 @@ async def _stop_on_signal(tools: Tools) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(tools.stop_all, f"the MCP server got {name}")
+                # The process exits right after: no need to wait for the threads to end.
+                stop = functools.partial(tools.stop_all, settle=False)
+                await anyio.to_thread.run_sync(stop, f"the MCP server got {name}")
             sys.stderr.write(f"stopped by {name}\n")
             sys.stderr.flush()
             os._exit(SIGNAL_EXIT[signal.Signals(signum)])
