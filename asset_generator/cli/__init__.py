@@ -121,6 +121,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "generate": ("asset_generator.cli.generate", "Start generations on the server."),
     "models": ("asset_generator.cli.models", "List the models the server offers."),
+    "pipeline": (
+        "asset_generator.cli.pipeline",
+        "Generate a whole asset set from one YAML spec (the Go tool's format).",
+    ),
     "status": (
         "asset_generator.cli.status",
         "Show the server, its backends and this client's generations.",

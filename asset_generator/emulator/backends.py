@@ -81,6 +81,9 @@ class Backend:
     busy: bool = False
     last_release: float | None = None
     max_usages: int = 1
+    # Measurement for tests and benchmarks: when the current task took it, and the total.
+    busy_since: float | None = None
+    busy_seconds: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -132,6 +135,8 @@ class BackendPool:
     default_model: str | None
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     _waiters: list[_Waiter] = field(default_factory=list)
+    # Most backends busy at the same moment (tests and benchmarks read it).
+    peak_busy: int = 0
 
     @classmethod
     def create(
@@ -223,12 +228,17 @@ class BackendPool:
                 continue
             pick = next((b for b in free if b.current_model == waiter.model), free[0])
             pick.busy = True
+            pick.busy_since = time.monotonic()
+            self.peak_busy = max(self.peak_busy, sum(1 for b in self.backends if b.busy))
             waiter.future.set_result(pick)
             self._waiters.remove(waiter)
 
     def release(self, backend: Backend) -> None:
         backend.busy = False
         backend.last_release = time.monotonic()
+        if backend.busy_since is not None:
+            backend.busy_seconds += backend.last_release - backend.busy_since
+            backend.busy_since = None
         self._dispatch()
 
     async def acquire(

@@ -147,6 +147,14 @@ class Emulator:
         with self._server.registry.lock:
             return self._server.registry.sessions_created
 
+    def backend_usage(self) -> dict[str, float]:
+        """``peak_busy`` (most backends busy at once) and ``busy_seconds`` (summed)."""
+        pool = self._server.pool
+        now = time.monotonic()
+        busy = sum(b.busy_seconds + (now - b.busy_since if b.busy_since else 0.0)
+                   for b in pool.backends)  # fmt: skip
+        return {"peak_busy": pool.peak_busy, "busy_seconds": busy}
+
     def set_backend_status(self, status: str, backend_id: int | None = None) -> None:
         """Put one backend (or all) into a state: running, loading, waiting, idle, ...
 
