@@ -67,3 +67,14 @@ def test_a_network_command_skips_httpx_cli_and_websockets(emulator) -> None:
     )
     assert "httpx" in loaded
     assert not loaded & {"pygments", "rich.progress", "rich.syntax", "httpx_ws"}
+
+
+def test_pipeline_imports_yaml_only_when_it_runs(tmp_path) -> None:
+    assert "yaml" not in loaded_modules("pipeline", "--help")
+    assert "yaml" not in loaded_modules("cancel", "-q")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("assets:\n  - {name: g, assets: [{id: a, prompt: p}]}\n")
+    loaded = set(loaded_modules("pipeline", str(spec), "--dry-run", "-q"))
+    assert "yaml" in loaded
+    # A dry run sends nothing, so it needs neither the HTTP nor the WebSocket stack.
+    assert not loaded & {"httpx", "httpx_ws", "rich.progress"}

@@ -72,7 +72,11 @@ def command(
 
 
 def _cancel_current(app: App, generations: Generations, wait: bool, wait_timeout: float) -> int:
-    target = generations.current(generations.active())
+    from asset_generator.pipeline.control import current_job
+
+    target = current_job(app.registry, app.server_key, generations.active(), generations.current)
+    if target is not None and target.id.startswith("pipe_"):
+        return _cancel_pipeline(app, generations, target.id, wait, wait_timeout)
     if target is None:
         app.output.info(NOTHING_ACTIVE)
         _report(app, "generation", [], was_active=False)
@@ -83,6 +87,8 @@ def _cancel_current(app: App, generations: Generations, wait: bool, wait_timeout
 def _cancel_one(
     app: App, generations: Generations, generation_id: str, wait: bool, wait_timeout: float
 ) -> int:
+    if generation_id.startswith("pipe_"):
+        return _cancel_pipeline(app, generations, generation_id, wait, wait_timeout)
     record = generations.find(generation_id)
     if record is None:
         raise CommandError(
@@ -142,8 +148,40 @@ def _interrupt(
     return 0
 
 
+def _cancel_pipeline(
+    app: App, generations: Generations, pipeline_id: str, wait: bool, wait_timeout: float
+) -> int:
+    """A whole pipeline: it starts nothing more, and its in-flight assets are interrupted."""
+    from asset_generator.pipeline.control import cancel_pipeline
+
+    done = cancel_pipeline(app.registry, generations, pipeline_id)
+    if done is None or done.pipeline.server_key != app.server_key:
+        raise CommandError(
+            f"no pipeline {pipeline_id} of this client on {describe_server(app.api_url)} "
+            "(`asset-generator status` lists them)",
+            "not_found",
+        )
+    if wait and done.cancelled:
+        _wait_stopped(app, sorted({r.session_id for r in done.cancelled}), wait_timeout)
+    pipe = done.pipeline
+    if not done.was_active:
+        app.output.info(f"{pipe.id} already {pipe.status}; nothing to cancel")
+    elif not app.output.quiet and not app.output.is_json:
+        app.output.data(
+            f"cancelled {pipe.id} ({pipe.done} of {pipe.total} assets done, "
+            f"{len(done.cancelled)} in flight interrupted): {pipe.spec}"
+        )
+    extra = {"pipeline": pipe.public()}
+    _report(app, "generation", done.cancelled, was_active=done.was_active, extra=extra)
+    return 0
+
+
 def _cancel_all(app: App, generations: Generations, wait: bool, wait_timeout: float) -> int:
     ours = [r for r in app.registry.read().records_for(app.server_key) if not r.is_final]
+    from asset_generator.pipeline.control import mark_pipelines_cancelled
+
+    # Our pipelines start nothing more (their processes poll this mark).
+    mark_pipelines_cancelled(app.registry, app.server_key)
     # Marked first, as in _interrupt: queued generations end without a word when interrupted.
     cancelled = generations.mark_cancelled(r.id for r in ours)
     try:

@@ -13,6 +13,7 @@ from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.output import one_line as printable
 from asset_generator.jobs import Generations
+from asset_generator.pipeline.control import pipeline_rows
 from asset_generator.registry import GenerationRecord
 from asset_generator.swarm.errors import (
     APIError,
@@ -40,6 +41,8 @@ class Report:
     backends: list[Backend] | None
     backends_error: str | None
     generations: list[GenerationRecord]
+    # Our pipelines (pipeline.control.pipeline_rows): running ones with their in-flight assets.
+    pipelines: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         now = time.time()
@@ -74,6 +77,7 @@ class Report:
                 {**r.public(), "age_seconds": max(int(now - r.created), 0)}
                 for r in self.generations
             ],
+            "pipelines": list(self.pipelines),
         }
 
 
@@ -152,6 +156,7 @@ def gather(app: App, generations: Generations, *, backends_hidden: str | None = 
         backends=backends,
         backends_error=backends_error,
         generations=_ours(app, generations),
+        pipelines=tuple(pipeline_rows(app.registry, app.server_key)),
     )
 
 
@@ -224,6 +229,14 @@ def render(report: Report) -> Any:
         parts.append(ours)
     else:
         parts.append("no generations started by this client on this server")
+    for row in report.pipelines:
+        flying = ", ".join(f"{a['id']} {a['progress']:.0f}%" for a in row["in_flight"]) or "-"
+        parts.append(
+            printable(
+                f"{row['id']}  {row['status']}  {row['done']}/{row['total']} done  "
+                f"in flight: {flying}  {row['spec']}"
+            )
+        )
     return Group(*parts)
 
 

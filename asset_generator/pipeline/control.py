@@ -8,8 +8,9 @@ the mark and never sends its request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asset_generator.registry import (
     CANCELLED,
@@ -64,28 +65,6 @@ def in_flight(registry: Registry, pipeline_id: str) -> list[GenerationRecord]:
     return sorted(records, key=lambda r: r.created)
 
 
-def newest_job_pipeline(
-    registry: Registry, key: str, active: list[GenerationRecord]
-) -> PipelineRecord | None:
-    """The pipeline, if the newest active job of ours is one (not a lone generation).
-
-    ``active``: our active generation records; a pipeline's own assets do not count as jobs.
-    """
-    pipelines = active_pipelines(registry, key)
-    if not pipelines:
-        return None
-    lone = [r for r in active if r.pipeline_id is None]
-    newest_lone = max((r.created for r in lone), default=None)
-    if newest_lone is not None and newest_lone > pipelines[0].created:
-        return None
-    return pipelines[0]
-
-
-def lone_generations(active: list[GenerationRecord]) -> list[GenerationRecord]:
-    """Active generations that are not an asset of a pipeline."""
-    return [r for r in active if r.pipeline_id is None]
-
-
 def cancel_pipeline(
     registry: Registry, generations: Generations, pipeline_id: str
 ) -> PipelineCancel | None:
@@ -109,3 +88,59 @@ def cancel_pipeline(
     for record in marked:
         generations.interrupt(record)
     return PipelineCancel(pipeline, marked, was_active=True)
+
+
+def current_job(
+    registry: Registry,
+    key: str,
+    active: list[GenerationRecord],
+    pick: Callable[[list[GenerationRecord]], GenerationRecord | None],
+) -> PipelineRecord | GenerationRecord | None:
+    """What ``cancel`` without an argument stops: the newest active job of ours.
+
+    A running pipeline counts as one job (its assets are not jobs of their own); otherwise
+    ``pick`` chooses among the lone generations (the live one, else the newest queued).
+    """
+    pipelines = active_pipelines(registry, key)
+    running = {p.id for p in pipelines}
+    lone = [r for r in active if r.pipeline_id is None or r.pipeline_id not in running]
+    newest_lone = max((r.created for r in lone), default=None)
+    if pipelines and (newest_lone is None or pipelines[0].created >= newest_lone):
+        return pipelines[0]
+    return pick(lone)
+
+
+def mark_pipelines_cancelled(registry: Registry, key: str) -> list[PipelineRecord]:
+    """``cancel --all``: every unfinished pipeline of ours starts nothing more."""
+    marked = []
+    with registry.transaction() as state:
+        for pipeline in state.pipelines.values():
+            if pipeline.server_key == key and not pipeline.is_final:
+                pipeline.finish(CANCELLED, CANCEL_REQUESTED)
+                marked.append(pipeline)
+    return marked
+
+
+def pipeline_rows(registry: Registry, key: str, recent: int = 3) -> list[dict[str, Any]]:
+    """For ``status``: running pipelines with their in-flight assets, then the latest ended."""
+    active = active_pipelines(registry, key)
+    state = registry.read()
+    ended = sorted(
+        (p for p in state.pipelines.values() if p.server_key == key and p.is_final),
+        key=lambda p: p.finished or p.created,
+        reverse=True,
+    )[:recent]
+    rows = []
+    for pipeline in active + ended:
+        flying = [] if pipeline.is_final else in_flight(registry, pipeline.id)
+        rows.append(
+            {
+                **pipeline.public(),
+                "in_flight": [
+                    {"id": r.id, "status": r.status, "progress": round(r.progress, 1),
+                     "prompt": r.prompt}
+                    for r in flying
+                ],
+            }
+        )  # fmt: skip
+    return rows

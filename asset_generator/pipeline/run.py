@@ -229,6 +229,9 @@ class PipelineRun:
         self._save_manifest()
         pending.reverse()
         while (pending and self.stop_reason is None) or self._inflight:
+            if pending and len(self._inflight) < self.parallel:
+                # Before starting anything: a cancel must not let a new asset begin.
+                self._check_cancelled(now=True)
             while pending and self.stop_reason is None and len(self._inflight) < self.parallel:
                 self._start(pending.pop())
             try:
@@ -241,6 +244,7 @@ class PipelineRun:
                 continue
             self._settle(worker, status, error)
             self._check_cancelled()
+        self._check_cancelled(now=True)
         self.drain()
         return [self.results[a.index] for a in self.plan.assets]
 
@@ -370,11 +374,11 @@ class PipelineRun:
         saved = self.registry.read().pipelines.get(self.record.id)
         return saved is not None and saved.status == CANCELLED
 
-    def _check_cancelled(self) -> None:
-        now = time.monotonic()
-        if self.cancelled or now - self._last_poll < CANCEL_POLL_SECONDS:
+    def _check_cancelled(self, *, now: bool = False) -> None:
+        moment = time.monotonic()
+        if self.cancelled or (not now and moment - self._last_poll < CANCEL_POLL_SECONDS):
             return
-        self._last_poll = now
+        self._last_poll = moment
         if self._pipeline_cancelled():
             self.cancelled = True
             if self.stop_reason is None:
