@@ -251,7 +251,8 @@ def _run(
         raise CommandError(str(exc), "file_error") from None
     client = app.client()
     pool = SessionPool(client, app.registry, app.server_key)
-    parallel = options["parallel"] or _server_backends(app, pool)
+    backends = _server_backends(app, pool)
+    parallel = options["parallel"] or max(1, backends)
     record = PipelineRecord(
         id=new_pipeline_id(),
         server=client.server,
@@ -285,6 +286,7 @@ def _run(
         continue_on_error=options["continue_on_error"],
         reporter=reporter,
         pool=pool,
+        queue_ahead=backends > 0 and parallel >= backends,
         debug=app.output.debug,
     )
     started = time.monotonic()
@@ -368,7 +370,7 @@ def _finish_record(app: App, record: Any, status: str, error: str | None) -> Non
 
 
 def _server_backends(app: App, pool: Any) -> int:
-    """How many generation backends the server has (ListBackends when permitted), else 1."""
+    """How many generation backends the server has (ListBackends when permitted), else 0."""
     from asset_generator.swarm.errors import APIError
 
     session_id = pool.acquire()
@@ -376,11 +378,11 @@ def _server_backends(app: App, pool: Any) -> int:
         backends = app.client().backends(session_id)
     except APIError as exc:
         app.output.debug(f"cannot list the server's backends ({exc.text}); one asset at a time")
-        return 1
+        return 0
     finally:
         pool.release(session_id)
     usable = [b for b in backends if b.enabled and b.status in ("running", "loading", "waiting")]
-    return max(1, len(usable))
+    return len(usable)
 
 
 def _summary(results: list[AssetResult]) -> dict[str, int]:

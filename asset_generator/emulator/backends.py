@@ -135,8 +135,9 @@ class BackendPool:
     default_model: str | None
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
     _waiters: list[_Waiter] = field(default_factory=list)
-    # Most backends busy at the same moment (tests and benchmarks read it).
+    # Most backends busy at the same moment, and when the first task took one (benchmarks).
     peak_busy: int = 0
+    first_busy: float | None = None
 
     @classmethod
     def create(
@@ -229,6 +230,7 @@ class BackendPool:
             pick = next((b for b in free if b.current_model == waiter.model), free[0])
             pick.busy = True
             pick.busy_since = time.monotonic()
+            self.first_busy = self.first_busy or pick.busy_since
             self.peak_busy = max(self.peak_busy, sum(1 for b in self.backends if b.busy))
             waiter.future.set_result(pick)
             self._waiters.remove(waiter)

@@ -162,6 +162,9 @@ class _Worker:
 
     def __init__(self, asset: PlannedAsset) -> None:
         self.asset = asset
+        # Set when the asset may send its request (a standby waits for a free slot).
+        self.go = threading.Event()
+        self.abort = False
         self.run: AssetRun | None = None
         self.session_id: str | None = None
         self.thread: threading.Thread | None = None
@@ -186,6 +189,7 @@ class PipelineRun:
         continue_on_error: bool,
         reporter: Reporter,
         pool: SessionPool,
+        queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.client = client
@@ -200,12 +204,18 @@ class PipelineRun:
         self.continue_on_error = continue_on_error
         self.reporter = reporter
         self.pool = pool
+        # Send one asset beyond --parallel ahead, to wait in SwarmUI's queue: only when
+        # --parallel covers every backend, so it never runs more at once than asked.
+        self.queue_ahead = queue_ahead
         self.debug = debug
         self.results = {a.index: AssetResult(a) for a in plan.assets}
         self.stop_reason: str | None = None
         self.cancelled = False
         self._events: queue.Queue[tuple[str, _Worker, str, str | None]] = queue.Queue()
         self._inflight: dict[int, _Worker] = {}
+        # The in-flight assets whose image is not saved yet: these hold a --parallel slot.
+        self._generating: set[int] = set()
+        self._standby: _Worker | None = None
         self._threads: list[threading.Thread] = []
         self._done = 0
         self._last_poll = 0.0
@@ -229,17 +239,16 @@ class PipelineRun:
         self._save_manifest()
         pending.reverse()
         while (pending and self.stop_reason is None) or self._inflight:
-            if pending and len(self._inflight) < self.parallel:
-                # Before starting anything: a cancel must not let a new asset begin.
-                self._check_cancelled(now=True)
-            while pending and self.stop_reason is None and len(self._inflight) < self.parallel:
-                self._start(pending.pop())
+            self._fill(pending)
             try:
                 kind, worker, status, error = self._events.get(timeout=CANCEL_POLL_SECONDS)
             except queue.Empty:
                 self._check_cancelled()
                 continue
             if kind == "saved":
+                # The image is on disk: its backend is free, so the next asset starts now and
+                # this one's bookkeeping (record, manifest) follows while that one is queued.
+                self._generating.discard(worker.asset.index)
                 self.reporter.saved(str(worker.asset.path))
                 continue
             self._settle(worker, status, error)
@@ -258,21 +267,55 @@ class PipelineRun:
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
 
-    def _start(self, asset: PlannedAsset) -> None:
+    def _fill(self, pending: list[PlannedAsset]) -> None:
+        """Fill every free slot (the standby first), then prepare the next standby.
+
+        The standby has its session and record ready and sends its request the moment a
+        slot frees, so a backend does not wait for our bookkeeping between two assets.
+        """
+        if len(self._generating) < self.parallel and (pending or self._standby):
+            # Before starting anything: a cancel must not let a new asset begin.
+            self._check_cancelled(now=True)
+        while self.stop_reason is None and len(self._generating) < self.parallel:
+            if self._standby is not None:
+                worker, self._standby = self._standby, None
+                self._generating.add(worker.asset.index)
+                worker.go.set()
+            elif pending:
+                self._start(pending.pop(), go=True, slot=True)
+            else:
+                break
+        if self.stop_reason is None and self._standby is None and pending:
+            # With every backend in use, a request queued at the server cannot start before
+            # one frees: sending the standby now leaves no gap at all (queue_ahead).
+            self._standby = self._start(pending.pop(), go=self.queue_ahead, slot=False)
+
+    def _start(self, asset: PlannedAsset, *, go: bool, slot: bool) -> _Worker:
         worker = _Worker(asset)
         self._inflight[asset.index] = worker
+        if slot:
+            self._generating.add(asset.index)
+        if go:
+            worker.go.set()
         worker.thread = threading.Thread(
             target=self._work, args=(worker,), name=f"asset-{asset.id}", daemon=True
         )
         worker.thread.start()
         self._threads.append(worker.thread)
+        return worker
 
     def _settle(self, worker: _Worker, status: str, error: str | None) -> None:
         if worker.reported:
             return
         worker.reported = True
         self._inflight.pop(worker.asset.index, None)
+        self._generating.discard(worker.asset.index)
+        if self._standby is worker:
+            self._standby = None
         result = self.results[worker.asset.index]
+        if status == NOT_STARTED:
+            # A standby the stop caught before it sent anything: nothing to report or record.
+            return
         result.generation_id = worker.run.record.id if worker.run and worker.run.record else None
         self._finish(result, status, error)
         self._save_manifest()
@@ -322,10 +365,11 @@ class PipelineRun:
             record = run.register(
                 asset.body, asset.prompt, session_id=worker.session_id, pipeline_id=self.record.id
             )
-            if self._pipeline_cancelled():
-                # A cancel of the whole pipeline that came before this record existed.
-                run.mark(CANCELLED, "the pipeline was cancelled")
-                status, error = CANCELLED, "the pipeline was cancelled"
+            worker.go.wait()
+            if worker.abort or self._pipeline_cancelled():
+                # Stopped (or a cancel of the whole pipeline came) before the request was sent.
+                run.mark(CANCELLED, "the pipeline stopped before this asset was sent")
+                status, error = NOT_STARTED, None
                 return
             self.reporter.started(asset, record.id)
             outcome = run.follow(None)
@@ -352,13 +396,16 @@ class PipelineRun:
         """In the asset's thread: its image is on disk, so the asset is done."""
         run = worker.run
         assert run is not None
-        self._events.put(("saved", worker, "", None))
         if len(run.images) < 1 or run.settled:
+            self._events.put(("saved", worker, "", None))
             return
+        # Final before its session serves another asset: a cancel aimed at this asset can then
+        # no longer mark it, so it can never interrupt the next one.
         run.mark(SUCCEEDED)
         status = run.record.status if run.record else SUCCEEDED
         run.settled = True
         self._release(worker, rest=status == CANCELLED)
+        self._events.put(("saved", worker, "", None))
         self._events.put(("done", worker, status, run.record.error if run.record else None))
 
     def _release(self, worker: _Worker, *, rest: bool) -> None:
@@ -387,7 +434,15 @@ class PipelineRun:
 
     def stop_inflight(self, reason: str) -> None:
         """Mark every in-flight asset cancelled and interrupt its session (bounded, at once)."""
-        workers = [w for w in self._inflight.values() if w.run and w.run.record]
+        standby, self._standby = self._standby, None
+        if standby is not None and not standby.go.is_set():
+            standby.abort = True
+            standby.go.set()
+        workers = [
+            w
+            for w in self._inflight.values()
+            if w.run and w.run.record and w.go.is_set() and not w.abort
+        ]
         if not workers:
             return
         ids = [w.run.record.id for w in workers if w.run and w.run.record]
