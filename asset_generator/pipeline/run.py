@@ -204,18 +204,22 @@ class PipelineRun:
         self.continue_on_error = continue_on_error
         self.reporter = reporter
         self.pool = pool
-        # Send one asset beyond --parallel ahead, to wait in SwarmUI's queue: only when
+        # Send the next asset of each slot ahead, to wait in SwarmUI's queue: only when
         # --parallel covers every backend, so it never runs more at once than asked.
         self.queue_ahead = queue_ahead
         self.debug = debug
         self.results = {a.index: AssetResult(a) for a in plan.assets}
         self.stop_reason: str | None = None
         self.cancelled = False
+        self.stopping = False
         self._events: queue.Queue[tuple[str, _Worker, str, str | None]] = queue.Queue()
         self._inflight: dict[int, _Worker] = {}
         # The in-flight assets whose image is not saved yet: these hold a --parallel slot.
         self._generating: set[int] = set()
-        self._standby: _Worker | None = None
+        # Assets prepared ahead of a free slot: one, or (queue_ahead) one per slot, already
+        # sent, since equal assets finish together and each backend needs its next one.
+        self._standby: list[_Worker] = []
+        self._ahead = self.parallel if queue_ahead else 1
         self._threads: list[threading.Thread] = []
         self._done = 0
         self._last_poll = 0.0
@@ -277,18 +281,18 @@ class PipelineRun:
             # Before starting anything: a cancel must not let a new asset begin.
             self._check_cancelled(now=True)
         while self.stop_reason is None and len(self._generating) < self.parallel:
-            if self._standby is not None:
-                worker, self._standby = self._standby, None
+            if self._standby:
+                worker = self._standby.pop(0)
                 self._generating.add(worker.asset.index)
                 worker.go.set()
             elif pending:
                 self._start(pending.pop(), go=True, slot=True)
             else:
                 break
-        if self.stop_reason is None and self._standby is None and pending:
+        while self.stop_reason is None and len(self._standby) < self._ahead and pending:
             # With every backend in use, a request queued at the server cannot start before
             # one frees: sending the standby now leaves no gap at all (queue_ahead).
-            self._standby = self._start(pending.pop(), go=self.queue_ahead, slot=False)
+            self._standby.append(self._start(pending.pop(), go=self.queue_ahead, slot=False))
 
     def _start(self, asset: PlannedAsset, *, go: bool, slot: bool) -> _Worker:
         worker = _Worker(asset)
@@ -310,8 +314,8 @@ class PipelineRun:
         worker.reported = True
         self._inflight.pop(worker.asset.index, None)
         self._generating.discard(worker.asset.index)
-        if self._standby is worker:
-            self._standby = None
+        if worker in self._standby:
+            self._standby.remove(worker)
         result = self.results[worker.asset.index]
         if status == NOT_STARTED:
             # A standby the stop caught before it sent anything: nothing to report or record.
@@ -366,7 +370,7 @@ class PipelineRun:
                 asset.body, asset.prompt, session_id=worker.session_id, pipeline_id=self.record.id
             )
             worker.go.wait()
-            if worker.abort or self._pipeline_cancelled():
+            if worker.abort or self.stopping or self._pipeline_cancelled():
                 # Stopped (or a cancel of the whole pipeline came) before the request was sent.
                 run.mark(CANCELLED, "the pipeline stopped before this asset was sent")
                 status, error = NOT_STARTED, None
@@ -433,11 +437,17 @@ class PipelineRun:
             self.stop_inflight("the pipeline was cancelled")
 
     def stop_inflight(self, reason: str) -> None:
-        """Mark every in-flight asset cancelled and interrupt its session (bounded, at once)."""
-        standby, self._standby = self._standby, None
-        if standby is not None and not standby.go.is_set():
-            standby.abort = True
-            standby.go.set()
+        """Mark every in-flight asset cancelled and interrupt its session (bounded, at once).
+
+        ``stopping`` is set first: an asset registering meanwhile either sees it and never
+        sends, or was registered before and is marked below (and so interrupts itself).
+        """
+        self.stopping = True
+        standby, self._standby = self._standby, []
+        for waiting in standby:
+            if not waiting.go.is_set():
+                waiting.abort = True
+                waiting.go.set()
         workers = [
             w
             for w in self._inflight.values()
