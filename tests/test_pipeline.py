@@ -408,3 +408,53 @@ def test_parallel_defaults_to_one_without_backend_permission(
     assert result.code == 0, result.stderr
     assert result.json()["pipeline"]["parallel"] == 1
     assert emu.backend_usage()["peak_busy"] == 1
+
+
+def test_terminal_shows_bars_and_prints_each_path_on_a_line_of_its_own(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    import os
+    import select
+
+    import pyte
+    from conftest import PROGRAM
+
+    emu = emulator_factory(backends=2, step_seconds=0.03, default_steps=8)
+    cli.url = emu.url
+    name = spec(workdir, many(6))
+    primary, secondary = os.openpty()
+    env = {k: v for k, v in cli.env({"COLUMNS": "90", "TERM": "xterm"}).items() if k != "NO_COLOR"}
+    process = subprocess.Popen(
+        [*PROGRAM, "pipeline", name], cwd=cli.cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=secondary, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    shown = bytearray()
+    try:
+        while True:
+            ready = select.select([primary], [], [], 30)[0]
+            if not ready:
+                break
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown.extend(chunk)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(primary)
+    assert process.returncode == 0
+    # A live display was drawn (cursor movement), then cleared away at the end.
+    assert b"\x1b[" in shown
+    screen = pyte.Screen(90, 60)
+    pyte.ByteStream(screen).feed(bytes(shown))
+    lines = [line.rstrip() for line in screen.display]
+    paths = [line for line in lines if line.startswith("pipeline-output/")]
+    assert sorted(paths) == [f"pipeline-output/deck/c{i:02d}.png" for i in range(6)]
+    assert any(": 6 succeeded in " in line for line in lines)
+    # The overall bar was drawn while the assets ran.
+    assert b"assets" in shown and b"/6" in shown
