@@ -458,3 +458,10 @@ def test_terminal_shows_bars_and_prints_each_path_on_a_line_of_its_own(
     assert any(": 6 succeeded in " in line for line in lines)
     # The overall bar was drawn while the assets ran.
     assert b"assets" in shown and b"/6" in shown
+
+
+def test_cancel_of_an_unknown_pipeline_is_not_found(cli: Runner, emulator: Emulator) -> None:
+    result = cli("cancel", "pipe_0badcafe", "-f", "json")
+    assert result.code == 1
+    assert result.json()["error"]["code"] == "not_found"
+    assert emulator.requests == []

@@ -186,3 +186,22 @@ assets:
     assert [w for w in plan.warnings if "unknown key" in w] == []
     assert any("seed 0 is shared" in w for w in plan.warnings)
     assert plan.assets[1].path == Path("out/backgrounds/dungeons/dungeon_entrance.png")
+
+
+def test_a_registry_written_before_pipelines_still_loads() -> None:
+    from asset_generator.registry import State
+
+    old = {
+        "schema": 1,
+        "generations": {
+            "gen_00000001": {
+                "id": "gen_00000001", "server": "http://x", "server_key": "k", "session_id": "s",
+                "pid": 1, "host": "h", "prompt": "p", "created": 1.0, "status": "succeeded",
+            }
+        },
+        "servers": {},
+    }  # fmt: skip
+    state = State.from_json(old)
+    assert state.pipelines == {}
+    assert state.generations["gen_00000001"].pipeline_id is None
+    assert State.from_json(state.to_json()).to_json() == state.to_json()
