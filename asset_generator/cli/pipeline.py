@@ -381,7 +381,14 @@ def _server_backends(app: App, pool: Any) -> int:
         return 0
     finally:
         pool.release(session_id)
-    usable = [b for b in backends if b.enabled and b.status in ("running", "loading", "waiting")]
+    usable = [
+        b
+        for b in backends
+        if b.enabled
+        and b.status in ("running", "loading", "waiting")
+        # Text-model backends (protocol §6.3) generate no images.
+        and b.type not in ("localllama", "simpleremotellm")
+    ]
     return len(usable)
 
 
