@@ -152,27 +152,26 @@ def _cancel_pipeline(
     app: App, generations: Generations, pipeline_id: str, wait: bool, wait_timeout: float
 ) -> int:
     """A whole pipeline: it starts nothing more, and its in-flight assets are interrupted."""
-    from asset_generator.pipeline.control import cancel_pipeline
+    from asset_generator.pipeline.control import cancel_pipeline, find_pipeline
 
-    done = cancel_pipeline(app.registry, generations, pipeline_id)
-    if done is None or done.pipeline.server_key != app.server_key:
+    found = find_pipeline(app.registry, pipeline_id)
+    waiting = (lambda ids: _wait_stopped(app, ids, wait_timeout)) if wait else None
+    done = None
+    if found is not None and found.server_key == app.server_key:
+        done = cancel_pipeline(app.registry, generations, pipeline_id, waiting)
+    if done is None:
         raise CommandError(
             f"no pipeline {pipeline_id} of this client on {describe_server(app.api_url)} "
             "(`asset-generator status` lists them)",
             "not_found",
         )
-    if wait and done.cancelled:
-        _wait_stopped(app, sorted({r.session_id for r in done.cancelled}), wait_timeout)
-    pipe = done.pipeline
-    if not done.was_active:
-        app.output.info(f"{pipe.id} already {pipe.status}; nothing to cancel")
-    elif not app.output.quiet and not app.output.is_json:
-        app.output.data(
-            f"cancelled {pipe.id} ({pipe.done} of {pipe.total} assets done, "
-            f"{len(done.cancelled)} in flight interrupted): {pipe.spec}"
-        )
-    extra = {"pipeline": pipe.public()}
-    _report(app, "generation", done.cancelled, was_active=done.was_active, extra=extra)
+    for note in done.notes:
+        app.output.info(note)
+    if app.output.is_json:
+        app.output.json(done.to_json())
+    elif not app.output.quiet:
+        for line in done.lines:
+            app.output.data(line)
     return 0
 
 

@@ -29,11 +29,39 @@ CANCEL_REQUESTED = "cancelled by request"
 
 @dataclass
 class PipelineCancel:
-    """What cancelling a pipeline did."""
+    """What cancelling a pipeline did, shaped like jobs' cancel results (notes, lines, JSON)."""
 
     pipeline: PipelineRecord
     cancelled: list[GenerationRecord]
     was_active: bool
+
+    @property
+    def notes(self) -> list[str]:
+        """Messages for stderr."""
+        if self.was_active:
+            return []
+        return [f"{self.pipeline.id} already {self.pipeline.status}; nothing to cancel"]
+
+    @property
+    def lines(self) -> list[str]:
+        """The summary a terminal shows on stdout."""
+        if not self.was_active:
+            return []
+        pipe = self.pipeline
+        return [
+            f"cancelled {pipe.id} ({pipe.done} of {pipe.total} assets done, "
+            f"{len(self.cancelled)} in flight interrupted): {pipe.spec}"
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """cancel's document (scope "generation": the in-flight assets) plus the pipeline."""
+        return {
+            "ok": True,
+            "scope": "generation",
+            "cancelled": [r.public() for r in self.cancelled],
+            "was_active": self.was_active,
+            "pipeline": self.pipeline.public(),
+        }
 
 
 def find_pipeline(registry: Registry, pipeline_id: str) -> PipelineRecord | None:
@@ -66,12 +94,17 @@ def in_flight(registry: Registry, pipeline_id: str) -> list[GenerationRecord]:
 
 
 def cancel_pipeline(
-    registry: Registry, generations: Generations, pipeline_id: str
+    registry: Registry,
+    generations: Generations,
+    pipeline_id: str,
+    wait_stopped: Callable[[list[str]], None] | None = None,
 ) -> PipelineCancel | None:
     """Mark the pipeline and its in-flight assets cancelled, then interrupt their sessions.
 
-    None when there is no such pipeline. A pipeline already finished is left as it is
-    (``was_active`` False): cancel stays idempotent.
+    None when there is no such pipeline (the caller checks it is one of this server and
+    credentials). A pipeline already finished is left as it is
+    (``was_active`` False): cancel stays idempotent. ``wait_stopped``: called with the
+    interrupted sessions, for ``cancel --wait``.
     """
     marked: list[GenerationRecord] = []
     with registry.transaction() as state:
@@ -87,6 +120,8 @@ def cancel_pipeline(
                 marked.append(record)
     for record in marked:
         generations.interrupt(record)
+    if wait_stopped is not None and marked:
+        wait_stopped(sorted({r.session_id for r in marked}))
     return PipelineCancel(pipeline, marked, was_active=True)
 
 
