@@ -95,6 +95,8 @@ class SaveOptions:
     download: bool = True
     # Crop / downscale / strip each saved file after its seed and parameters were read.
     postprocess: PostProcess | None = None
+    # An exact file name instead of the template (a pipeline asset's planned path).
+    filename: str | None = None
 
 
 @dataclass
@@ -213,12 +215,28 @@ class GenerationRun:
 
     # -- registration -------------------------------------------------------------------------
 
-    def register(self, body: dict[str, Any], prompt: str) -> GenerationRecord:
-        """Pick an idle cached session (or create one) and record the generation on it."""
+    def register(
+        self,
+        body: dict[str, Any],
+        prompt: str,
+        *,
+        session_id: str | None = None,
+        pipeline_id: str | None = None,
+    ) -> GenerationRecord:
+        """Pick an idle cached session (or create one) and record the generation on it.
+
+        ``session_id``: a session the caller holds (a pipeline's pool) instead of picking one.
+        """
         self._body = dict(body)
         self._expected = expected_outputs(body)
         self.steps = StepProgress(self._expected, self._int_param("steps"))
         record_id = new_generation_id()
+        if session_id is not None:
+            with self.registry.transaction() as state:
+                self.record = self._new_record(record_id, session_id, prompt)
+                self.record.pipeline_id = pipeline_id
+                state.generations[record_id] = self.record
+            return self.record
         with self.registry.transaction() as state:
             server = state.server(self.key)
             now = time.time()
@@ -470,6 +488,8 @@ class GenerationRun:
         found: dict[str, Any] = {"seed": seed, "metadata": metadata}
 
         def name(temp: Path) -> str:
+            if self.save.filename is not None:
+                return self.save.filename
             if found["seed"] is None:
                 embedded = png_text_metadata(temp)
                 found["seed"] = seed_from_metadata(embedded)

@@ -18,10 +18,12 @@ from asset_generator.registry import (
     QUEUED,
     RUNNING,
     GenerationRecord,
+    PipelineRecord,
     Registry,
 )
 
 if TYPE_CHECKING:
+    from asset_generator.pipeline.control import PipelineCancel
     from asset_generator.swarm.client import SwarmClient
 
 T = TypeVar("T")
@@ -221,7 +223,7 @@ class CancelResult:
 
 def cancel_current(
     generations: Generations, *, server: str | None = None, wait_timeout: float | None = None
-) -> CancelResult:
+) -> CancelResult | PipelineCancel:
     """Cancel the generation of ours the server is running, else the newest still queued.
 
     ``server``: how the configured server is described; with it, a registry holding work of
@@ -229,7 +231,14 @@ def cancel_current(
     of reporting "nothing to cancel". ``wait_timeout``: after interrupting, wait up to this
     long for the work to stop.
     """
-    target = generations.current(generations.active())
+    from asset_generator.pipeline.control import current_job
+
+    target = current_job(
+        generations.registry, generations.key, generations.active(), generations.current
+    )
+    if isinstance(target, PipelineRecord):
+        # The newest job of ours is a pipeline: the whole pipeline stops (cli-contract §5).
+        return _cancel_pipeline(generations, target.id, server, wait_timeout)
     if target is None:
         if server is not None:
             _refuse_if_other_credentials(generations, server)
@@ -262,12 +271,14 @@ def cancel_one(
     *,
     server: str,
     wait_timeout: float | None = None,
-) -> CancelResult:
-    """Cancel generation ``generation_id``; a finished one is reported, not an error.
+) -> CancelResult | PipelineCancel:
+    """Cancel generation (or ``pipe_`` pipeline) ``generation_id``; a finished one is reported.
 
     ``server``: how the configured server is described, to explain a record of another one.
     Raises CancelError (``not_found``) for an id this client does not know on this server.
     """
+    if generation_id.startswith("pipe_"):
+        return _cancel_pipeline(generations, generation_id, server, wait_timeout)
     record = generations.find(generation_id)
     if record is None:
         raise CancelError(
@@ -342,7 +353,11 @@ def cancel_all(
     On a server without accounts every client is the same user, browser tabs included.
     ``with_session`` runs a call on a control session (``App.with_session``).
     """
+    from asset_generator.pipeline.control import mark_pipelines_cancelled
+
     registry = generations.registry
+    # Our pipelines start nothing more (their processes poll this mark).
+    mark_pipelines_cancelled(registry, generations.key)
     ours = [r for r in registry.read().records_for(generations.key) if not r.is_final]
     # Marked first, as in interrupt_generation: queued generations end without a word.
     cancelled = generations.mark_cancelled(r.id for r in ours)
@@ -368,6 +383,33 @@ def cancel_all(
         f"{len(cancelled)} of ours marked cancelled"
     )
     return CancelResult("user", cancelled, was_active=bool(ours), lines=[line])
+
+
+def _cancel_pipeline(
+    generations: Generations, pipeline_id: str, server: str | None, wait_timeout: float | None
+) -> PipelineCancel:
+    """A whole pipeline: it starts nothing more, and its in-flight assets are interrupted."""
+    from asset_generator.pipeline.control import cancel_pipeline, find_pipeline
+
+    found = find_pipeline(generations.registry, pipeline_id)
+    waiting = None
+    if wait_timeout is not None:
+        timeout = wait_timeout
+
+        def waiting(session_ids: list[str]) -> None:
+            wait_stopped(generations, session_ids, timeout)
+
+    done = None
+    if found is not None and found.server_key == generations.key:
+        done = cancel_pipeline(generations.registry, generations, pipeline_id, waiting)
+    if done is None:
+        where = f" on {server}" if server else ""
+        raise CancelError(
+            f"no pipeline {pipeline_id} of this client{where} "
+            "(`asset-generator status` lists them)",
+            "not_found",
+        )
+    return done
 
 
 def wait_stopped(generations: Generations, session_ids: list[str], timeout: float) -> None:

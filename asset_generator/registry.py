@@ -69,6 +69,10 @@ def new_generation_id() -> str:
     return "gen_" + os.urandom(4).hex()
 
 
+def new_pipeline_id() -> str:
+    return "pipe_" + os.urandom(4).hex()
+
+
 @dataclass
 class GenerationRecord:
     """One generation started by this client."""
@@ -88,6 +92,8 @@ class GenerationRecord:
     finished: float | None = None
     # Which kind of process runs it when not the CLI itself (``"mcp"``); old caches lack it.
     owner: str | None = None
+    # The pipe_ record of the pipeline this generation is one asset of.
+    pipeline_id: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -125,6 +131,7 @@ class GenerationRecord:
             "pid": self.pid,
             "images": list(self.images),
             "error": self.error,
+            "pipeline_id": self.pipeline_id,
             **({"owner": self.owner} if self.owner else {}),
         }
 
@@ -161,6 +168,102 @@ class GenerationRecord:
         )
         _expect(record.error is None or isinstance(record.error, str), "an error is not text")
         _expect(record.owner is None or isinstance(record.owner, str), "an owner is not text")
+        _expect(
+            record.pipeline_id is None or isinstance(record.pipeline_id, str),
+            "a generation's pipeline id is not text",
+        )
+        return record
+
+
+PIPELINE_COUNTS = ("succeeded", "skipped", "failed", "cancelled")
+
+
+@dataclass
+class PipelineRecord:
+    """One ``pipeline`` run: its spec, where it writes, and how far it got."""
+
+    id: str
+    server: str
+    server_key: str
+    pid: int
+    host: str
+    spec: str
+    output_dir: str
+    base_seed: int
+    total: int
+    created: float
+    status: str = RUNNING
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    finished: float | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(name, 0) for name in PIPELINE_COUNTS)
+
+    def process_alive(self) -> bool | None:
+        """As GenerationRecord.process_alive: None when it ran on another host."""
+        if self.host != this_host():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.finished = time.time()
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "server": self.server,
+            "spec": self.spec,
+            "output_dir": self.output_dir,
+            "base_seed": self.base_seed,
+            "status": self.status,
+            "total": self.total,
+            "done": self.done,
+            "counts": {name: self.counts.get(name, 0) for name in PIPELINE_COUNTS},
+            "created": _iso(self.created),
+            "finished": _iso(self.finished) if self.finished else None,
+            "pid": self.pid,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PipelineRecord:
+        """A pipeline record as stored; ValueError/TypeError when it has the wrong shape."""
+        _expect(isinstance(data, dict), "a pipeline record is not an object")
+        names = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in data.items() if k in names})
+        for name in ("id", "server", "server_key", "host", "spec", "output_dir"):
+            _expect(isinstance(getattr(record, name), str), f"a pipeline's {name} is not text")
+        _expect(record.status in STATES, "a pipeline has an unknown status")
+        _expect(
+            isinstance(record.pid, int) and not isinstance(record.pid, bool)
+            and 0 < record.pid <= MAX_PID,
+            "a pipeline has an impossible pid",
+        )  # fmt: skip
+        for name in ("base_seed", "total"):
+            value = getattr(record, name)
+            _expect(isinstance(value, int) and not isinstance(value, bool), f"bad pipeline {name}")
+        _expect(_is_time(record.created), "a pipeline has an impossible creation time")
+        _expect(record.finished is None or _is_time(record.finished), "bad pipeline finish")
+        _expect(
+            isinstance(record.counts, dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in record.counts.values()),
+            "a pipeline's counts are not numbers",
+        )
+        _expect(record.error is None or isinstance(record.error, str), "an error is not text")
         return record
 
 
@@ -228,6 +331,8 @@ class State:
 
     generations: dict[str, GenerationRecord] = field(default_factory=dict)
     servers: dict[str, ServerState] = field(default_factory=dict)
+    # Absent from files written before pipelines existed; they load with none.
+    pipelines: dict[str, PipelineRecord] = field(default_factory=dict)
 
     def server(self, key: str) -> ServerState:
         return self.servers.setdefault(key, ServerState())
@@ -247,6 +352,7 @@ class State:
             "schema": SCHEMA,
             "generations": {k: asdict(v) for k, v in self.generations.items()},
             "servers": {k: asdict(v) for k, v in self.servers.items()},
+            "pipelines": {k: asdict(v) for k, v in self.pipelines.items()},
         }
 
     @classmethod
@@ -283,7 +389,14 @@ class State:
                 interrupt_generation=interrupt,
                 models={k: list(v) for k, v in models.items()},
             )
-        return cls(generations, servers)
+        stored_pipelines = data.get("pipelines", {})
+        _expect(isinstance(stored_pipelines, dict), "pipelines is not an object")
+        pipelines = {}
+        for key, value in stored_pipelines.items():
+            pipeline = PipelineRecord.from_dict(value)
+            _expect(key == pipeline.id, "a pipeline is filed under another id")
+            pipelines[key] = pipeline
+        return cls(generations, servers, pipelines)
 
     def prune(self, now: float | None = None) -> None:
         """Drop old finished records and surplus cached sessions."""
@@ -297,6 +410,15 @@ class State:
             age = now - (record.finished or record.created)
             if index >= KEEP_FINISHED_COUNT or age > KEEP_FINISHED_SECONDS:
                 del self.generations[record.id]
+        ended = sorted(
+            (p for p in self.pipelines.values() if p.is_final),
+            key=lambda p: p.finished or p.created,
+            reverse=True,
+        )
+        for index, pipeline in enumerate(ended):
+            age = now - (pipeline.finished or pipeline.created)
+            if index >= KEEP_FINISHED_COUNT or age > KEEP_FINISHED_SECONDS:
+                del self.pipelines[pipeline.id]
         for server in self.servers.values():
             held = {r.session_id for r in self.generations.values() if not r.is_final}
             if len(server.sessions) > KEEP_SESSIONS:

@@ -133,3 +133,14 @@ def test_live_displays_are_imported_only_when_drawn(emulator, tmp_path) -> None:
     assert not status & {"rich.progress", "rich.live", "asset_generator.steps"}
     helped = set(loaded_modules("generate", "image", "--help"))
     assert not helped & {"rich.progress", "rich.live", "httpx", "httpx_ws", "PIL"}
+
+
+def test_pipeline_imports_yaml_only_when_it_runs(tmp_path) -> None:
+    assert "yaml" not in loaded_modules("pipeline", "--help")
+    assert "yaml" not in loaded_modules("cancel", "-q")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("assets:\n  - {name: g, assets: [{id: a, prompt: p}]}\n")
+    loaded = set(loaded_modules("pipeline", str(spec), "--dry-run", "-q"))
+    assert "yaml" in loaded
+    # A dry run sends nothing, so it needs neither the HTTP nor the WebSocket stack.
+    assert not loaded & {"httpx", "httpx_ws", "rich.progress"}

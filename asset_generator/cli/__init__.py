@@ -147,6 +147,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Serve the generate, status and cancel tools to AI agents over MCP (stdio).",
     ),
     "models": ("asset_generator.cli.models", "List the models the server offers."),
+    "pipeline": (
+        "asset_generator.cli.pipeline",
+        "Generate a whole asset set from one YAML spec (the Go tool's format).",
+    ),
     "status": (
         "asset_generator.cli.status",
         "Show the server, its backends and this client's generations.",

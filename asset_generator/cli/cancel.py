@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from asset_generator import jobs
@@ -9,6 +11,9 @@ from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError
 from asset_generator.jobs import Generations
 from asset_generator.settings import MAX_SECONDS, describe_server
+
+if TYPE_CHECKING:
+    from asset_generator.pipeline.control import PipelineCancel
 
 
 def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
@@ -84,7 +89,7 @@ def command(
     return 0
 
 
-def _report(app: App, result: jobs.CancelResult) -> None:
+def _report(app: App, result: jobs.CancelResult | PipelineCancel) -> None:
     for note in result.notes:
         app.output.info(note)
     if app.output.is_json:

@@ -402,7 +402,9 @@ def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
     raise Stopped(code, f"stopped by {name} before anything was sent")
 
 
-def _install_signal_handlers(run: GenerationRun) -> dict[int, Any]:
+def _install_signal_handlers(run: GenerationRun | None = None) -> dict[int, Any]:
+    """SIGINT/SIGTERM raise _Signalled; a second one exits at once (marking ``run`` first)."""
+
     def first(signum: int, frame: Any) -> None:
         # A second signal while we are cleaning up exits at once.
         for sig in SIGNAL_EXIT:
@@ -412,9 +414,9 @@ def _install_signal_handlers(run: GenerationRun) -> dict[int, Any]:
     def second(signum: int, frame: Any) -> None:
         import os
 
-        record = run.record
+        record = run.record if run is not None else None
         line = "interrupted again: exiting without waiting"
-        if record is not None and not record.is_final:
+        if run is not None and record is not None and not record.is_final:
             _mark_cancelled_quickly(run, f"stopped by a second {signal.Signals(signum).name}")
             line += (
                 f"; the server may still be running {record.id}: stop it with "

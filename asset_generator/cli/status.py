@@ -13,6 +13,7 @@ from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError
 from asset_generator.cli.output import one_line as printable
 from asset_generator.jobs import Generations
+from asset_generator.pipeline.control import pipeline_rows
 from asset_generator.registry import GenerationRecord
 from asset_generator.swarm.errors import (
     APIError,
@@ -45,6 +46,8 @@ class Report:
     generations: list[GenerationRecord]
     # Finished generations of ours left out by the limit (`--all` shows them).
     older_not_shown: int = 0
+    # Our pipelines (pipeline.control.pipeline_rows): running ones with their in-flight assets.
+    pipelines: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         now = time.time()
@@ -80,6 +83,7 @@ class Report:
                 for r in self.generations
             ],
             "older_not_shown": self.older_not_shown,
+            "pipelines": list(self.pipelines),
         }
 
 
@@ -177,6 +181,7 @@ def gather(
         backends_error=backends_error,
         generations=ours,
         older_not_shown=older,
+        pipelines=tuple(pipeline_rows(app.registry, app.server_key)),
     )
 
 
@@ -275,6 +280,14 @@ def render(
         parts.append(
             f"{count} older finished generation{'s' if count > 1 else ''} not shown "
             "(--all shows them, --limit N the newest N)"
+        )
+    for row in report.pipelines:
+        flying = ", ".join(f"{a['id']} {a['progress']:.0f}%" for a in row["in_flight"]) or "-"
+        parts.append(
+            printable(
+                f"{row['id']}  {row['status']}  {row['done']}/{row['total']} done  "
+                f"in flight: {flying}  {row['spec']}"
+            )
         )
     return Group(*parts)
 

@@ -98,6 +98,9 @@ class Backend:
     busy: bool = False
     last_release: float | None = None
     max_usages: int = 1
+    # Measurement for tests and benchmarks: when the current task took it, and the total.
+    busy_since: float | None = None
+    busy_seconds: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -157,6 +160,9 @@ class BackendPool:
     # ModelRequestPressure.BadBackends: backends whose load of that model failed, kept while
     # any request still waits for the model (BackendHandler.cs ~1409).
     _bad: dict[str, set[int]] = field(default_factory=dict)
+    # Most backends busy at the same moment, and when the first task took one (benchmarks).
+    peak_busy: int = 0
+    first_busy: float | None = None
 
     @classmethod
     def create(
@@ -260,6 +266,9 @@ class BackendPool:
                 free = loaders
             pick = pick or free[0]
             pick.busy = True
+            pick.busy_since = time.monotonic()
+            self.first_busy = self.first_busy or pick.busy_since
+            self.peak_busy = max(self.peak_busy, sum(1 for b in self.backends if b.busy))
             waiter.future.set_result(pick)
             self._waiters.remove(waiter)
         self._end_pressures()
@@ -273,6 +282,9 @@ class BackendPool:
     def release(self, backend: Backend) -> None:
         backend.busy = False
         backend.last_release = time.monotonic()
+        if backend.busy_since is not None:
+            backend.busy_seconds += backend.last_release - backend.busy_since
+            backend.busy_since = None
         self._dispatch()
 
     async def acquire(

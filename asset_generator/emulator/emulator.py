@@ -147,6 +147,17 @@ class Emulator:
         with self._server.registry.lock:
             return self._server.registry.sessions_created
 
+    def backend_usage(self) -> dict[str, float]:
+        """Most backends busy at once, busy seconds summed, and the span they were used in."""
+        pool = self._server.pool
+        now = time.monotonic()
+        busy = sum(b.busy_seconds + (now - b.busy_since if b.busy_since else 0.0)
+                   for b in pool.backends)  # fmt: skip
+        releases = [b.last_release for b in pool.backends if b.last_release is not None]
+        span = max(releases) - pool.first_busy if releases and pool.first_busy else 0.0
+        # span: from the first task taking a backend to the last one giving it back.
+        return {"peak_busy": pool.peak_busy, "busy_seconds": busy, "span_seconds": span}
+
     def set_backend_status(self, status: str, backend_id: int | None = None) -> None:
         """Put one backend (or all) into a state: running, loading, waiting, idle, ...
 

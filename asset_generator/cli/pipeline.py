@@ -1,0 +1,537 @@
+"""``pipeline``: a whole asset set from one YAML spec, on every backend at once, resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from asset_generator.cli import FiniteFloatRange, global_options
+from asset_generator.cli.app import App, CommandError, Stopped
+from asset_generator.cli.completion import complete_lora, complete_model
+
+if TYPE_CHECKING:
+    from asset_generator.pipeline.plan import Plan, PlannedAsset
+    from asset_generator.pipeline.run import AssetResult
+
+DEFAULT_OUTPUT_DIR = "pipeline-output"
+# `generate image` options a pipeline passes on, by config name → SwarmUI id (seed and
+# images are the pipeline's own).
+RUN_OPTIONS = {
+    "negative_prompt": "negativeprompt",
+    "model": "model",
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "cfg_scale": "cfgscale",
+    "sampler": "sampler",
+    "scheduler": "scheduler",
+}
+MAX_PARALLEL = 256
+SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
+
+
+@click.command("pipeline")
+@click.argument("spec_argument", metavar="[SPEC.yaml]", required=False)
+@click.option("--file", "spec_file", metavar="SPEC.yaml", help="The pipeline spec (YAML).")
+@click.option(
+    "--output-dir",
+    "-o",
+    metavar="DIR",
+    help=f"Where the asset tree goes [default: ./{DEFAULT_OUTPUT_DIR}].",
+)
+@click.option(
+    "--base-seed",
+    type=click.IntRange(-1, 2**63 - 1),
+    default=-1,
+    show_default=True,
+    help="Seed of each group's first asset before seed_offset; -1: the manifest's, else random.",
+)
+@click.option("--style-prefix", metavar="TEXT", help="Put before every prompt.")
+@click.option("--style-suffix", metavar="TEXT", help="Put after every prompt.")
+@click.option("--negative-prompt", metavar="TEXT", help="What to avoid.")
+@click.option("--model", "-m", metavar="NAME", help="Model name.", shell_complete=complete_model)
+@click.option("--width", type=click.IntRange(64, 16384), help="Width in pixels.")
+@click.option("--height", type=click.IntRange(64, 16384), help="Height in pixels.")
+@click.option("--steps", type=click.IntRange(0, 500), help="Sampling steps.")
+@click.option("--cfg-scale", type=FiniteFloatRange(0, 100), help="CFG scale.")
+@click.option("--sampler", metavar="NAME", help="Sampler, e.g. euler, dpmpp_2m.")
+@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. normal, karras.")
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="NAME[:WEIGHT]",
+    help="Apply a LoRA to every asset (repeatable).",
+    shell_complete=complete_lora,
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other SwarmUI parameter for every asset (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; send nothing, write nothing.")
+@click.option(
+    "--continue-on-error", is_flag=True, help="Go on after a failed asset (exit 1 all the same)."
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, MAX_PARALLEL),
+    metavar="N",
+    help="Assets at once [default: the server's generation backends, else 1].",
+)
+@click.option("--force", is_flag=True, help="Regenerate assets the manifest says are done.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace files in the way that the manifest does not know."
+)
+@global_options
+@click.pass_obj
+def command(
+    app: App,
+    spec_argument: str | None,
+    spec_file: str | None,
+    loras: tuple[str, ...],
+    params: tuple[str, ...],
+    **options: Any,
+) -> int:
+    """Generate a whole asset set from one YAML spec (the Go tool's format).
+
+    Each asset is a generation of its own, up to --parallel at once, so SwarmUI keeps
+    every backend busy. A manifest in the output directory makes reruns skip assets
+    already done. Saved paths go to stdout, one per line. Exit 0 only when every asset
+    succeeded or was skipped; 1 otherwise; 130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
+    """
+    from asset_generator.pipeline.manifest import Manifest
+    from asset_generator.pipeline.plan import make_plan
+    from asset_generator.pipeline.spec import SpecError, SpecFileError, load_spec
+
+    if spec_argument and spec_file and spec_argument != spec_file:
+        raise click.UsageError("give the spec once: SPEC.yaml or --file SPEC.yaml")
+    given = spec_file or spec_argument
+    if not given:
+        raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
+    run_params = _run_params(app, params, loras, options)
+    output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
+    try:
+        spec = load_spec(Path(given).expanduser())
+    except SpecFileError as exc:
+        raise CommandError(str(exc), "file_error") from None
+    except SpecError as exc:
+        raise CommandError(f"bad spec: {exc}", "bad_spec") from None
+    manifest = Manifest.load(output_dir)
+    base_seed, origin = _base_seed(options["base_seed"], manifest)
+    try:
+        plan = make_plan(
+            spec,
+            output_dir=output_dir,
+            base_seed=base_seed,
+            style_prefix=options["style_prefix"],
+            style_suffix=options["style_suffix"],
+            run_params=run_params,
+        )
+    except SpecError as exc:
+        raise CommandError(f"bad spec: {exc}", "bad_spec") from None
+    if manifest.problem:
+        plan.warnings.append(f"warning: {manifest.problem}")
+    for warning in plan.warnings:
+        app.output.warn(warning)
+    if options["dry_run"]:
+        return _dry_run(app, plan, origin)
+    return _run(app, given, plan, manifest, origin, options)
+
+
+def _run_params(
+    app: App, params: tuple[str, ...], loras: tuple[str, ...], options: dict[str, Any]
+) -> list[tuple[str, Any]]:
+    """Config [generate] defaults < --param < explicit options, as (SwarmUI id, value)."""
+    from asset_generator.swarm.params import parse_param
+
+    try:
+        extra = [parse_param(item) for item in params]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from None
+    pairs: list[tuple[str, Any]] = []
+    for name, swarm_id in RUN_OPTIONS.items():
+        value = app.settings[f"generate.{name}"]
+        if value is not None:
+            pairs.append((swarm_id, value))
+    pairs += extra
+    pairs += [(RUN_OPTIONS[n], options[n]) for n in RUN_OPTIONS if options.get(n) is not None]
+    if loras:
+        pairs.append(("loras", list(loras)))
+    return pairs
+
+
+def _base_seed(given: int, manifest: Any) -> tuple[int, str]:
+    """The base seed and where it came from: given, the manifest (resume), or random."""
+    if given >= 0:
+        return given, "given"
+    if manifest.base_seed is not None:
+        return manifest.base_seed, "manifest"
+    import secrets
+
+    # Well inside int64, so base + offsets + indices never overflow a SwarmUI seed.
+    return secrets.randbelow(2**31), "random"
+
+
+def _seed_note(plan: Plan, origin: str) -> str:
+    if origin == "random":
+        return f"base seed {plan.base_seed} (random; --base-seed {plan.base_seed} repeats it)"
+    if origin == "manifest":
+        return f"base seed {plan.base_seed} (from the manifest of the last run)"
+    return f"base seed {plan.base_seed}"
+
+
+# -- dry run -----------------------------------------------------------------------------------
+
+
+def _dry_run(app: App, plan: Plan, origin: str) -> int:
+    from asset_generator.cli.output import one_line
+
+    if app.output.is_json:
+        app.output.json(
+            {
+                "ok": True,
+                "dry_run": True,
+                "base_seed": plan.base_seed,
+                "assets": [a.public() for a in plan.assets],
+            }
+        )
+        return 0
+    for asset in plan.assets:
+        app.output.data(
+            f"{one_line(asset.group)}  {one_line(asset.id)}  seed {asset.seed}  "
+            f"{one_line(str(asset.path))}"
+        )
+        app.output.data(f"    {one_line(asset.prompt)}")
+    groups = len({a.group for a in plan.assets})
+    app.output.info(
+        f"dry run: {len(plan.assets)} assets in {groups} groups, {_seed_note(plan, origin)}; "
+        f"{len(plan.warnings)} warning(s); nothing was sent or written"
+    )
+    return 0
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def _run(
+    app: App, spec_file: str, plan: Plan, manifest: Any, origin: str, options: dict[str, Any]
+) -> int:
+    from asset_generator.cli.generate import (
+        SIGNAL_EXIT,
+        _install_signal_handlers,
+        _restore_signal_handlers,
+        _Signalled,
+    )
+    from asset_generator.downloads import DownloadError, prepare_directory
+    from asset_generator.pipeline.run import PipelineRun, SessionPool
+    from asset_generator.registry import (
+        CANCELLED,
+        FAILED,
+        PipelineRecord,
+        RegistryError,
+        new_pipeline_id,
+        this_host,
+    )
+
+    output_dir = plan.output_dir
+    try:
+        prepare_directory(output_dir)
+    except DownloadError as exc:
+        raise CommandError(str(exc), "file_error") from None
+    client = app.client()
+    pool = SessionPool(client, app.registry, app.server_key)
+    backends = _server_backends(app, pool)
+    parallel = options["parallel"] or max(1, backends)
+    record = PipelineRecord(
+        id=new_pipeline_id(),
+        server=client.server,
+        server_key=app.server_key,
+        pid=os.getpid(),
+        host=this_host(),
+        spec=str(Path(spec_file).resolve()),
+        output_dir=str(output_dir.resolve()),
+        base_seed=plan.base_seed,
+        total=len(plan.assets),
+        created=time.time(),
+    )
+    with app.registry.transaction() as state:
+        state.pipelines[record.id] = record
+    manifest.pipeline_id, manifest.base_seed, manifest.spec = record.id, plan.base_seed, spec_file
+    app.output.info(
+        f"{record.id}: {len(plan.assets)} assets from {spec_file}, {_seed_note(plan, origin)}, "
+        f"{parallel} at once, into {output_dir}"
+    )
+    reporter = _make_reporter(app, len(plan.assets))
+    runner = PipelineRun(
+        client,
+        app.registry,
+        app.server_key,
+        plan,
+        record,
+        manifest,
+        parallel=parallel,
+        force=options["force"],
+        overwrite=options["overwrite"],
+        continue_on_error=options["continue_on_error"],
+        reporter=reporter,
+        pool=pool,
+        queue_ahead=backends > 0 and parallel >= backends,
+        debug=app.output.debug,
+    )
+    started = time.monotonic()
+    previous = _install_signal_handlers()
+    try:
+        try:
+            results = runner.run()
+        except _Signalled as stop:
+            name = signal.Signals(stop.signum).name
+            reporter.close()
+            app.output.error(f"interrupted: stopping the in-flight assets of {record.id}")
+            runner.abandon(f"stopped by {name}")
+            results = [runner.results[a.index] for a in plan.assets]
+            _finish_record(app, record, CANCELLED, f"stopped by {name}")
+            document = _document(record, spec_file, output_dir, parallel, results, ok=False)
+            raise Stopped(
+                SIGNAL_EXIT.get(signal.Signals(stop.signum), 130),
+                f"stopped by {name}; {record.id}'s in-flight assets interrupted on the server",
+                document if app.output.is_json else None,
+            ) from None
+        except (RegistryError, DownloadError) as exc:
+            reporter.close()
+            runner.abandon(str(exc))
+            _finish_record(app, record, FAILED, str(exc))
+            raise CommandError(str(exc), "file_error") from None
+        finally:
+            reporter.close()
+    finally:
+        _restore_signal_handlers(previous)
+    return _conclude(app, runner, record, spec_file, parallel, results, started)
+
+
+def _conclude(
+    app: App,
+    runner: Any,
+    record: Any,
+    spec_file: str,
+    parallel: int,
+    results: list[AssetResult],
+    started: float,
+) -> int:
+    from asset_generator.registry import CANCELLED, FAILED, SUCCEEDED
+
+    summary = _summary(results)
+    ok = summary["succeeded"] + summary["skipped"] == len(results)
+    document = _document(record, spec_file, runner.plan.output_dir, parallel, results, ok=ok)
+    counts = ", ".join(f"{summary[k]} {k.replace('_', ' ')}" for k in SUMMARY_KEYS if summary[k])
+    elapsed = time.monotonic() - started
+    if ok:
+        _finish_record(app, record, SUCCEEDED, None)
+        app.output.info(f"{record.id}: {counts} in {elapsed:.1f} s")
+        if app.output.is_json:
+            app.output.json(document)
+        return 0
+    if runner.cancelled:
+        _finish_record(app, record, CANCELLED, "cancelled by request")
+        raise CommandError(
+            f"cancelled: {record.id} was cancelled (by `asset-generator cancel`, the web UI "
+            f"or another client); {counts}",
+            "cancelled",
+            details=document,
+        )
+    _finish_record(app, record, FAILED, runner.stop_reason or "some assets failed")
+    first = next((r for r in results if r.status == "failed"), None)
+    why = f"; first failure: {first.asset.id}: {first.error}" if first else ""
+    raise CommandError(f"{record.id} incomplete: {counts}{why}", "partial", details=document)
+
+
+def _finish_record(app: App, record: Any, status: str, error: str | None) -> None:
+    from asset_generator.registry import CANCELLED, RegistryError
+
+    with contextlib.suppress(RegistryError), app.registry.transaction() as state:
+        saved = state.pipelines.get(record.id)
+        if saved is None:
+            return
+        saved.counts = dict(record.counts)
+        # A cancel recorded by another process stands.
+        if saved.status == CANCELLED and status != CANCELLED:
+            return
+        saved.finish(status, error if saved.status != CANCELLED else saved.error or error)
+
+
+def _server_backends(app: App, pool: Any) -> int:
+    """How many generation backends the server has (ListBackends when permitted), else 0."""
+    from asset_generator.swarm.errors import APIError
+
+    session_id = pool.acquire()
+    try:
+        backends = app.client().backends(session_id)
+    except APIError as exc:
+        app.output.debug(f"cannot list the server's backends ({exc.text}); one asset at a time")
+        return 0
+    finally:
+        pool.release(session_id)
+    usable = [
+        b
+        for b in backends
+        if b.enabled
+        and b.status in ("running", "loading", "waiting")
+        # Text-model backends (protocol §6.3) generate no images.
+        and b.type not in ("localllama", "simpleremotellm")
+    ]
+    return len(usable)
+
+
+def _summary(results: list[AssetResult]) -> dict[str, int]:
+    summary = {"total": len(results), **dict.fromkeys(SUMMARY_KEYS, 0)}
+    for result in results:
+        summary[result.status] = summary.get(result.status, 0) + 1
+    return summary
+
+
+def _document(
+    record: Any,
+    spec_file: str,
+    output_dir: Path,
+    parallel: int,
+    results: list[AssetResult],
+    *,
+    ok: bool,
+) -> dict[str, Any]:
+    return {
+        "ok": ok,
+        "pipeline": {
+            "id": record.id,
+            "file": spec_file,
+            "output_dir": str(output_dir),
+            "base_seed": record.base_seed,
+            "parallel": parallel,
+        },
+        "summary": _summary(results),
+        "assets": [r.public() for r in results],
+    }
+
+
+# -- what a person sees ------------------------------------------------------------------------
+
+
+class _PlainReporter:
+    """Paths on stdout as saved; one stderr line per finished asset."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def started(self, asset: PlannedAsset, generation_id: str) -> None:
+        pass
+
+    def progress(self, asset: PlannedAsset, fraction: float) -> None:
+        pass
+
+    def saved(self, path: str) -> None:
+        if not self.app.output.is_json:
+            self.app.output.data(path)
+
+    def finished(self, result: AssetResult, done: int, total: int) -> None:
+        if self.app.output.is_json:
+            return
+        self.app.output.info(_finished_line(result, done, total))
+
+    def close(self) -> None:
+        pass
+
+
+class _RichReporter(_PlainReporter):
+    """An overall bar (done/total, ETA) and one line per in-flight asset, on stderr."""
+
+    def __init__(self, app: App, total: int) -> None:
+        super().__init__(app)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._lock = threading.Lock()
+        self._tasks: dict[int, Any] = {}
+        self._progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=app.output.stderr_console(),
+            transient=True,
+        )
+        self._overall = self._progress.add_task("assets", total=total)
+        self._progress.start()
+        self._stdout_terminal = _is_terminal(sys.stdout)
+
+    def started(self, asset: PlannedAsset, generation_id: str) -> None:
+        from asset_generator.cli.output import one_line
+
+        with self._lock:
+            self._tasks[asset.index] = self._progress.add_task(
+                f"  {one_line(asset.id)[:30]} ({generation_id})", total=100
+            )
+
+    def progress(self, asset: PlannedAsset, fraction: float) -> None:
+        with self._lock:
+            task = self._tasks.get(asset.index)
+        if task is not None:
+            self._progress.update(task, completed=fraction * 100)
+
+    def saved(self, path: str) -> None:
+        if self.app.output.is_json:
+            return
+        if self._stdout_terminal:
+            # Same screen as the bars: printed above the live area, never glued to a bar.
+            self._progress.console.print(path, soft_wrap=True)
+        else:
+            self.app.output.data(path)
+
+    def finished(self, result: AssetResult, done: int, total: int) -> None:
+        with self._lock:
+            task = self._tasks.pop(result.asset.index, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        self._progress.update(self._overall, completed=done)
+        if result.status not in ("succeeded", "skipped") and not self.app.output.quiet:
+            self._progress.console.print(_finished_line(result, done, total), soft_wrap=True)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _finished_line(result: AssetResult, done: int, total: int) -> str:
+    from asset_generator.cli.output import one_line
+
+    line = f"[{done}/{total}] {result.status} {result.asset.id}: {result.asset.path}"
+    if result.generation_id:
+        line += f" ({result.generation_id})"
+    if result.error:
+        line += f": {result.error}"
+    return one_line(line)
+
+
+def _make_reporter(app: App, total: int) -> Any:
+    if app.output.is_json or app.output.quiet or not app.output.interactive():
+        return _PlainReporter(app)
+    return _RichReporter(app, total)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

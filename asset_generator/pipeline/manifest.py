@@ -1,0 +1,184 @@
+"""The manifest in the output directory: what each asset's file was made from, for resume.
+
+``asset-generator-manifest.json`` records per asset (keyed by its path relative to the output
+directory) the id, group, prompt, seed, parameters, file, sha256 and status. A rerun skips an
+asset whose file still has the recorded hash and whose prompt, seed and parameters are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asset_generator.pipeline.plan import MANIFEST_NAME, PlannedAsset
+
+VERSION = 1
+SKIP, GENERATE, BLOCKED = "skip", "generate", "blocked"
+
+
+@dataclass
+class Entry:
+    """One asset's line in the manifest."""
+
+    id: str
+    group: str
+    prompt: str
+    seed: int
+    params: dict[str, Any]
+    file: str
+    sha256: str | None
+    status: str
+    generation_id: str | None = None
+    error: str | None = None
+    finished: float | None = None
+
+
+@dataclass
+class Manifest:
+    """The manifest of one output directory, loaded (empty when there is none)."""
+
+    path: Path
+    base_seed: int | None = None
+    pipeline_id: str | None = None
+    spec: str | None = None
+    entries: dict[str, Entry] = field(default_factory=dict)
+    # Why a manifest that was there could not be used (shown as a warning), if it could not.
+    problem: str | None = None
+
+    @classmethod
+    def load(cls, output_dir: Path) -> Manifest:
+        path = output_dir / MANIFEST_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls(path)
+        except OSError as exc:
+            return cls(path, problem=f"cannot read {path}: {exc.strerror}")
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != VERSION:
+                raise ValueError("not a manifest of this version")
+            entries = {}
+            for key, value in data.get("assets", {}).items():
+                entry = Entry(**value)
+                if not isinstance(entry.seed, int) or not isinstance(entry.params, dict):
+                    raise ValueError("an entry has the wrong shape")
+                entries[str(key)] = entry
+            base = data.get("base_seed")
+            return cls(
+                path,
+                base_seed=base if isinstance(base, int) and not isinstance(base, bool) else None,
+                pipeline_id=data.get("pipeline_id"),
+                spec=data.get("spec"),
+                entries=entries,
+            )
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            # Nothing it lists can be trusted: every file in the way is then a foreign file.
+            return cls(path, problem=f"{path} is not a usable manifest ({exc}); ignoring it")
+
+    def decide(self, asset: PlannedAsset, *, force: bool, overwrite: bool) -> tuple[str, str]:
+        """SKIP (done and intact), GENERATE, or BLOCKED (a foreign file in the way), with why."""
+        entry = self.entries.get(asset.relative_path)
+        exists = asset.path.is_file() or asset.path.is_symlink()
+        if not exists:
+            if asset.path.exists():
+                return BLOCKED, f"{asset.path} exists and is not a file"
+            return GENERATE, "not made yet"
+        digest = file_sha256(asset.path)
+        ours = entry is not None and entry.sha256 is not None and entry.sha256 == digest
+        same = (
+            ours
+            and entry is not None
+            and entry.status in ("succeeded", "skipped")
+            and entry.prompt == asset.prompt
+            and entry.seed == asset.seed
+            and entry.params == _plain(asset.params)
+        )
+        if same and not force:
+            return SKIP, "done with the same prompt, seed and parameters"
+        if ours or overwrite:
+            return GENERATE, "regenerating" if ours else "overwriting (--overwrite)"
+        return BLOCKED, (
+            f"{asset.path} exists and the manifest does not know it; pass --overwrite to replace it"
+        )
+
+    def record(
+        self,
+        asset: PlannedAsset,
+        status: str,
+        *,
+        generation_id: str | None = None,
+        error: str | None = None,
+    ) -> Entry:
+        """Note how an asset ended (its file's hash when it has one)."""
+        previous = self.entries.get(asset.relative_path)
+        digest: str | None = None
+        if status in ("succeeded", "skipped") and asset.path.is_file():
+            digest = file_sha256(asset.path)
+        elif previous is not None and asset.path.is_file():
+            # The earlier file is still there, untouched: keep knowing it as ours.
+            current = file_sha256(asset.path)
+            digest = current if current == previous.sha256 else None
+        if status not in ("succeeded", "skipped") and previous is not None and digest:
+            # What is on disk is still the earlier result; the manifest stays true about it.
+            previous.error = error
+            return previous
+        entry = Entry(
+            id=asset.id,
+            group=asset.group,
+            prompt=asset.prompt,
+            seed=asset.seed,
+            params=_plain(asset.params),
+            file=asset.relative_path,
+            sha256=digest,
+            status=status,
+            generation_id=generation_id,
+            error=error,
+            finished=time.time(),
+        )
+        self.entries[asset.relative_path] = entry
+        return entry
+
+    def save(self) -> None:
+        """Write the manifest atomically (it holds no secret: mode 0644 less the umask)."""
+        from asset_generator.registry import write_atomic
+
+        document = {
+            "version": VERSION,
+            "pipeline_id": self.pipeline_id,
+            "spec": self.spec,
+            "base_seed": self.base_seed,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "assets": {key: asdict(entry) for key, entry in sorted(self.entries.items())},
+        }
+        payload = json.dumps(document, indent=1, ensure_ascii=False).encode()
+        write_atomic(self.path, payload, what="the pipeline manifest", mode=0o644 & ~_umask())
+
+
+def file_sha256(path: Path) -> str | None:
+    """The file's sha256 in hex; None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1024 * 1024), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as they read back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(params))
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

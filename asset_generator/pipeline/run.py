@@ -1,0 +1,489 @@
+"""Running a plan: up to ``parallel`` assets at once, each one ``GenerationRun`` of its own.
+
+Every asset is a generation with its own record (tied to the ``pipe_`` record) on a session
+that no other in-flight asset uses, so ``cancel gen_…`` stops that asset alone (SwarmUI
+interrupts per session, protocol §5.4). Sessions come from a small pool, never one per asset
+(protocol §9 pitfall 3).
+
+An asset counts as done once its image is saved. SwarmUI then keeps the socket open ~2 s
+(``socket_intention: close``, protocol §4.5); that tail drains in the asset's thread while the
+next asset already runs, so no backend waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from asset_generator.generation import SESSION_REST_SECONDS, GenerationRun, SaveOptions
+from asset_generator.pipeline.manifest import BLOCKED, SKIP, Manifest
+from asset_generator.pipeline.plan import Plan, PlannedAsset
+from asset_generator.registry import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    CachedSession,
+    PipelineRecord,
+    Registry,
+    RegistryError,
+)
+
+if TYPE_CHECKING:
+    from asset_generator.steps import StepProgress
+    from asset_generator.swarm.client import Counters, SwarmClient
+
+SKIPPED, NOT_STARTED = "skipped", "not_started"
+INTERRUPT_BOUND_SECONDS = 3.0
+# After a stop, in-flight assets get this long to wind down (their interrupt lands, the
+# socket ends) before the pipeline reports them cancelled and exits.
+DRAIN_BOUND_SECONDS = 5.0
+CANCEL_POLL_SECONDS = 0.25
+
+
+@dataclass
+class AssetResult:
+    """How one asset ended in this run."""
+
+    asset: PlannedAsset
+    status: str = NOT_STARTED
+    generation_id: str | None = None
+    error: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.asset.id,
+            "name": self.asset.name,
+            "group": self.asset.group,
+            "prompt": self.asset.prompt,
+            "seed": self.asset.seed,
+            "path": str(self.asset.path),
+            "status": self.status,
+            "generation_id": self.generation_id,
+            "error": self.error,
+        }
+
+
+class Reporter(Protocol):
+    """What a person sees while the pipeline runs."""
+
+    def started(self, asset: PlannedAsset, generation_id: str) -> None: ...
+
+    def progress(self, asset: PlannedAsset, fraction: float) -> None: ...
+
+    def saved(self, path: str) -> None: ...
+
+    def finished(self, result: AssetResult, done: int, total: int) -> None: ...
+
+
+class SessionPool:
+    """A few server sessions, each held by at most one in-flight asset."""
+
+    def __init__(self, client: SwarmClient, registry: Registry, key: str) -> None:
+        self.client = client
+        self.registry = registry
+        self.key = key
+        self._free: list[tuple[float, str]] = []
+        self._owned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> str:
+        """A free session of ours, an idle cached one, or a new one."""
+        with self._lock:
+            now = time.monotonic()
+            for index, (ready, session_id) in enumerate(self._free):
+                if ready <= now:
+                    del self._free[index]
+                    return session_id
+            session_id = self._idle_cached()
+            if session_id is None:
+                info = self.client.new_session()
+                with self.registry.transaction() as state:
+                    state.server(self.key).sessions.append(CachedSession.from_info(info))
+                session_id = info.session_id
+            self._owned.add(session_id)
+            return session_id
+
+    def release(self, session_id: str, *, rest: bool = False) -> None:
+        """Give a session back; ``rest``: a cancel aimed at its last asset may still land."""
+        with self._lock:
+            ready = time.monotonic() + (SESSION_REST_SECONDS if rest else 0.0)
+            self._free.append((ready, session_id))
+
+    def _idle_cached(self) -> str | None:
+        state = self.registry.read()
+        now = time.time()
+        held = {
+            r.session_id
+            for r in state.generations.values()
+            if not r.is_final or now - (r.finished or now) < SESSION_REST_SECONDS
+        }
+        for session in reversed(state.server(self.key).sessions):
+            if session.id not in held and session.id not in self._owned:
+                return session.id
+        return None
+
+
+class AssetRun(GenerationRun):
+    """A GenerationRun whose record is settled the moment its image is saved."""
+
+    settled = False
+
+    def mark(self, status: str, error: str | None = None) -> None:
+        if not self.settled:
+            super().mark(status, error)
+
+
+class _AssetView:
+    """Forwards one asset's live progress to the reporter."""
+
+    def __init__(self, reporter: Reporter, asset: PlannedAsset) -> None:
+        self.reporter = reporter
+        self.asset = asset
+
+    def state(self, state: str, counters: Counters) -> None:
+        pass
+
+    def progress(self, steps: StepProgress) -> None:
+        self.reporter.progress(self.asset, steps.fraction)
+
+    def image(self, saved: Any, done: int, expected: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    """One in-flight asset: its thread, its run, and how it ended."""
+
+    def __init__(self, asset: PlannedAsset) -> None:
+        self.asset = asset
+        # Set when the asset may send its request (a standby waits for a free slot).
+        self.go = threading.Event()
+        self.abort = False
+        self.run: AssetRun | None = None
+        self.session_id: str | None = None
+        self.thread: threading.Thread | None = None
+        self.reported = False
+
+
+class PipelineRun:
+    """Runs a plan against one server; the caller handles signals and output."""
+
+    def __init__(
+        self,
+        client: SwarmClient,
+        registry: Registry,
+        key: str,
+        plan: Plan,
+        record: PipelineRecord,
+        manifest: Manifest,
+        *,
+        parallel: int,
+        force: bool,
+        overwrite: bool,
+        continue_on_error: bool,
+        reporter: Reporter,
+        pool: SessionPool,
+        queue_ahead: bool = False,
+        debug: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.client = client
+        self.registry = registry
+        self.key = key
+        self.plan = plan
+        self.record = record
+        self.manifest = manifest
+        self.parallel = max(1, parallel)
+        self.force = force
+        self.overwrite = overwrite
+        self.continue_on_error = continue_on_error
+        self.reporter = reporter
+        self.pool = pool
+        # Send the next asset of each slot ahead, to wait in SwarmUI's queue: only when
+        # --parallel covers every backend, so it never runs more at once than asked.
+        self.queue_ahead = queue_ahead
+        self.debug = debug
+        self.results = {a.index: AssetResult(a) for a in plan.assets}
+        self.stop_reason: str | None = None
+        self.cancelled = False
+        self.stopping = False
+        self._events: queue.Queue[tuple[str, _Worker, str, str | None]] = queue.Queue()
+        self._inflight: dict[int, _Worker] = {}
+        # The in-flight assets whose image is not saved yet: these hold a --parallel slot.
+        self._generating: set[int] = set()
+        # Assets prepared ahead of a free slot: one, or (queue_ahead) one per slot, already
+        # sent, since equal assets finish together and each backend needs its next one.
+        self._standby: list[_Worker] = []
+        self._ahead = self.parallel if queue_ahead else 1
+        self._threads: list[threading.Thread] = []
+        self._done = 0
+        self._last_poll = 0.0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> list[AssetResult]:
+        """Skip what is done, generate the rest; returns every asset's result in plan order."""
+        pending: list[PlannedAsset] = []
+        for asset in self.plan.assets:
+            verdict, why = self.manifest.decide(asset, force=self.force, overwrite=self.overwrite)
+            if verdict == SKIP:
+                self._finish(self.results[asset.index], SKIPPED, None)
+            elif verdict == BLOCKED:
+                self._finish(self.results[asset.index], FAILED, why)
+                if not self.continue_on_error:
+                    self.stop_reason = f"{asset.id} failed: {why}"
+                    break
+            else:
+                pending.append(asset)
+        self._save_manifest()
+        pending.reverse()
+        while (pending and self.stop_reason is None) or self._inflight:
+            self._fill(pending)
+            try:
+                kind, worker, status, error = self._events.get(timeout=CANCEL_POLL_SECONDS)
+            except queue.Empty:
+                self._check_cancelled()
+                continue
+            if kind == "saved":
+                # The image is on disk: its backend is free, so the next asset starts now and
+                # this one's bookkeeping (record, manifest) follows while that one is queued.
+                self._generating.discard(worker.asset.index)
+                self.reporter.saved(str(worker.asset.path))
+                continue
+            self._settle(worker, status, error)
+            self._check_cancelled()
+        self._check_cancelled(now=True)
+        self.drain()
+        return [self.results[a.index] for a in self.plan.assets]
+
+    def drain(self, bound: float = DRAIN_BOUND_SECONDS) -> None:
+        """Wait (bounded) for finished assets' sockets to close, as SwarmUI closes them.
+
+        Hanging up first would make SwarmUI log an error per asset, and a socket still being
+        read when the client closes would block the process's exit.
+        """
+        deadline = time.monotonic() + bound
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+
+    def _fill(self, pending: list[PlannedAsset]) -> None:
+        """Fill every free slot (the standby first), then prepare the next standby.
+
+        The standby has its session and record ready and sends its request the moment a
+        slot frees, so a backend does not wait for our bookkeeping between two assets.
+        """
+        if len(self._generating) < self.parallel and (pending or self._standby):
+            # Before starting anything: a cancel must not let a new asset begin.
+            self._check_cancelled(now=True)
+        while self.stop_reason is None and len(self._generating) < self.parallel:
+            if self._standby:
+                worker = self._standby.pop(0)
+                self._generating.add(worker.asset.index)
+                worker.go.set()
+            elif pending:
+                self._start(pending.pop(), go=True, slot=True)
+            else:
+                break
+        while self.stop_reason is None and len(self._standby) < self._ahead and pending:
+            # With every backend in use, a request queued at the server cannot start before
+            # one frees: sending the standby now leaves no gap at all (queue_ahead).
+            self._standby.append(self._start(pending.pop(), go=self.queue_ahead, slot=False))
+
+    def _start(self, asset: PlannedAsset, *, go: bool, slot: bool) -> _Worker:
+        worker = _Worker(asset)
+        self._inflight[asset.index] = worker
+        if slot:
+            self._generating.add(asset.index)
+        if go:
+            worker.go.set()
+        worker.thread = threading.Thread(
+            target=self._work, args=(worker,), name=f"asset-{asset.id}", daemon=True
+        )
+        worker.thread.start()
+        self._threads.append(worker.thread)
+        return worker
+
+    def _settle(self, worker: _Worker, status: str, error: str | None) -> None:
+        if worker.reported:
+            return
+        worker.reported = True
+        self._inflight.pop(worker.asset.index, None)
+        self._generating.discard(worker.asset.index)
+        if worker in self._standby:
+            self._standby.remove(worker)
+        result = self.results[worker.asset.index]
+        if status == NOT_STARTED:
+            # A standby the stop caught before it sent anything: nothing to report or record.
+            return
+        result.generation_id = worker.run.record.id if worker.run and worker.run.record else None
+        self._finish(result, status, error)
+        self._save_manifest()
+        if status == FAILED and not self.continue_on_error and self.stop_reason is None:
+            self.stop_reason = f"{worker.asset.id} failed: {error}"
+            self.stop_inflight(f"stopped after {worker.asset.id} failed")
+
+    def _finish(self, result: AssetResult, status: str, error: str | None) -> None:
+        result.status, result.error = status, error
+        self.manifest.record(result.asset, status, generation_id=result.generation_id, error=error)
+        self._done += 1
+        self._count(status)
+        self.reporter.finished(result, self._done, len(self.plan.assets))
+
+    def _count(self, status: str) -> None:
+        self.record.counts[status] = self.record.counts.get(status, 0) + 1
+        with contextlib.suppress(RegistryError), self.registry.transaction() as state:
+            saved = state.pipelines.get(self.record.id)
+            if saved is not None:
+                saved.counts = dict(self.record.counts)
+
+    def _save_manifest(self) -> None:
+        self.manifest.save()
+
+    # -- one asset ------------------------------------------------------------------------------
+
+    def _work(self, worker: _Worker) -> None:
+        """Thread body: one asset from session to saved file; reports through the queue."""
+        from asset_generator.downloads import DownloadError
+        from asset_generator.swarm.errors import SwarmError
+
+        asset = worker.asset
+        status, error = FAILED, None
+        try:
+            worker.session_id = self.pool.acquire()
+            run = AssetRun(
+                self.client,
+                self.registry,
+                self.key,
+                view=_AssetView(self.reporter, asset),
+                save=SaveOptions(asset.path.parent, "", overwrite=True, filename=asset.path.name),
+                on_saved=lambda saved: self._saved(worker),
+                debug=self.debug,
+            )
+            worker.run = run
+            asset.path.parent.mkdir(parents=True, exist_ok=True)
+            record = run.register(
+                asset.body, asset.prompt, session_id=worker.session_id, pipeline_id=self.record.id
+            )
+            worker.go.wait()
+            if worker.abort or self.stopping or self._pipeline_cancelled():
+                # Stopped (or a cancel of the whole pipeline came) before the request was sent.
+                run.mark(CANCELLED, "the pipeline stopped before this asset was sent")
+                status, error = NOT_STARTED, None
+                return
+            self.reporter.started(asset, record.id)
+            outcome = run.follow(None)
+            if run.settled:
+                return
+            status, error = outcome.status, outcome.error
+        except (SwarmError, DownloadError, RegistryError, OSError) as exc:
+            error = str(getattr(exc, "message", None) or exc)
+            if worker.run is not None and worker.run.settled:
+                # The socket broke while draining: the asset is done, and its session may
+                # already serve the next asset, so nothing is interrupted.
+                return
+            if worker.run is not None and worker.run.record is not None:
+                worker.run.interrupt(INTERRUPT_BOUND_SECONDS)
+                with contextlib.suppress(RegistryError):
+                    worker.run.mark(FAILED, error)
+                status = worker.run.record.status
+        finally:
+            if not (worker.run is not None and worker.run.settled):
+                self._release(worker, rest=status == CANCELLED)
+                self._events.put(("done", worker, status, error))
+
+    def _saved(self, worker: _Worker) -> None:
+        """In the asset's thread: its image is on disk, so the asset is done."""
+        run = worker.run
+        assert run is not None
+        if len(run.images) < 1 or run.settled:
+            self._events.put(("saved", worker, "", None))
+            return
+        # Final before its session serves another asset: a cancel aimed at this asset can then
+        # no longer mark it, so it can never interrupt the next one.
+        run.mark(SUCCEEDED)
+        status = run.record.status if run.record else SUCCEEDED
+        run.settled = True
+        self._release(worker, rest=status == CANCELLED)
+        self._events.put(("saved", worker, "", None))
+        self._events.put(("done", worker, status, run.record.error if run.record else None))
+
+    def _release(self, worker: _Worker, *, rest: bool) -> None:
+        session_id = worker.run.record.session_id if worker.run and worker.run.record else None
+        session_id = session_id or worker.session_id
+        if session_id is not None:
+            self.pool.release(session_id, rest=rest)
+            worker.session_id = None
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _pipeline_cancelled(self) -> bool:
+        saved = self.registry.read().pipelines.get(self.record.id)
+        return saved is not None and saved.status == CANCELLED
+
+    def _check_cancelled(self, *, now: bool = False) -> None:
+        moment = time.monotonic()
+        if self.cancelled or (not now and moment - self._last_poll < CANCEL_POLL_SECONDS):
+            return
+        self._last_poll = moment
+        if self._pipeline_cancelled():
+            self.cancelled = True
+            if self.stop_reason is None:
+                self.stop_reason = "the pipeline was cancelled"
+            self.stop_inflight("the pipeline was cancelled")
+
+    def stop_inflight(self, reason: str) -> None:
+        """Mark every in-flight asset cancelled and interrupt its session (bounded, at once).
+
+        ``stopping`` is set first: an asset registering meanwhile either sees it and never
+        sends, or was registered before and is marked below (and so interrupts itself).
+        """
+        self.stopping = True
+        standby, self._standby = self._standby, []
+        for waiting in standby:
+            if not waiting.go.is_set():
+                waiting.abort = True
+                waiting.go.set()
+        workers = [
+            w
+            for w in self._inflight.values()
+            if w.run and w.run.record and w.go.is_set() and not w.abort
+        ]
+        if not workers:
+            return
+        ids = [w.run.record.id for w in workers if w.run and w.run.record]
+        with contextlib.suppress(RegistryError), self.registry.transaction() as state:
+            for record_id in ids:
+                saved = state.generations.get(record_id)
+                if saved is not None and not saved.is_final:
+                    saved.finish(CANCELLED, reason)
+        threads = [
+            threading.Thread(target=w.run.interrupt, args=(INTERRUPT_BOUND_SECONDS,), daemon=True)
+            for w in workers
+            if w.run is not None
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(INTERRUPT_BOUND_SECONDS + 0.5)
+
+    def abandon(self, reason: str) -> None:
+        """After a signal: stop everything in flight, wait a little, record the rest."""
+        self.stop_reason = reason
+        self.stop_inflight(reason)
+        deadline = time.monotonic() + DRAIN_BOUND_SECONDS
+        while self._inflight and time.monotonic() < deadline:
+            try:
+                kind, worker, status, error = self._events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == "done":
+                self._settle(worker, status, error)
+        for worker in list(self._inflight.values()):
+            self._settle(worker, CANCELLED, reason)
+        self.drain(max(deadline - time.monotonic(), 0.5))

@@ -1,0 +1,207 @@
+"""Spec loading and planning: the Go format, our params, warnings and bad_spec (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asset_generator.pipeline.plan import compose_prompt, default_filename, make_plan
+from asset_generator.pipeline.spec import SpecError, parse_spec
+
+TAROT = """\
+assets:
+  - name: Major Arcana
+    output_dir: major-arcana
+    seed_offset: 0
+    metadata:
+      style: "art nouveau style"
+      type: "tarot card art"
+    assets:
+      - id: "00"
+        name: The Fool
+        prompt: "young traveler at cliff edge"
+        filename: "00-the_fool.png"
+      - id: 01
+        name: The Magician
+        prompt: "figure with infinity symbol"
+  - name: Minor Arcana
+    output_dir: minor-arcana
+    seed_offset: 100
+    metadata:
+      style: "art nouveau style, minor"
+      size: 3
+    subgroups:
+      - name: Wands
+        output_dir: wands
+        seed_offset: 10
+        metadata:
+          suit_element: fire
+          state: on
+        assets:
+          - id: Ace of Wands!
+            name: Ace of Wands
+            prompt: "single upright wand"
+            metadata:
+              type: "override"
+"""
+
+
+def plan_of(text: str, base_seed: int = 1000, **options):
+    return make_plan(parse_spec(text, "spec.yaml"), output_dir=Path("out"), base_seed=base_seed,
+                     **options)  # fmt: skip
+
+
+def test_go_format_prompts_seeds_and_paths() -> None:
+    plan = plan_of(TAROT)
+    fool, magician, ace = plan.assets
+    assert fool.prompt == "young traveler at cliff edge, art nouveau style, tarot card art"
+    assert fool.path == Path("out/major-arcana/00-the_fool.png")
+    # An unquoted 01 is the id as written (the Go tool reads it into a string).
+    assert magician.id == "01"
+    assert magician.path == Path("out/major-arcana/01.png")
+    assert (fool.seed, magician.seed) == (1000, 1001)
+    # The subgroup's own offset only, not its parent's (as the Go code does).
+    assert ace.seed == 1010
+    assert ace.group == "Minor Arcana / Wands"
+    assert ace.path == Path("out/minor-arcana/wands/ace_of_wands.png")
+    # Document order, parent keys first, child values win in place; numbers are left out;
+    # `on` stays text as in YAML 1.2.
+    assert ace.prompt == "single upright wand, art nouveau style, minor, fire, on, override"
+
+
+def test_style_prefix_and_suffix() -> None:
+    assert compose_prompt("cat", {"a": "x", "b": ""}, "pre", "post") == "pre, cat, x, post"
+    assert default_filename("Hero 01 (Final)") == "hero_01_final.png"
+
+
+def test_params_inherit_and_the_nearest_wins() -> None:
+    text = """\
+params: {steps: 4, cfg_scale: 5, model: base}
+assets:
+  - name: g
+    params: {width: 640, steps: 6}
+    assets:
+      - {id: a, prompt: p, params: {cfg_scale: 7.5, loras: ["pixel:0.5"]}}
+      - {id: b, prompt: p}
+"""
+    plan = plan_of(text, run_params=[("steps", 30), ("height", 512)])
+    a, b = plan.assets
+    assert a.body == {
+        "seed": 1000, "prompt": "p", "steps": 6, "cfgscale": 7.5, "model": "base",
+        "height": 512, "width": 640, "loras": ["pixel"], "loraweights": ["0.5"], "images": 1,
+    }  # fmt: skip
+    assert b.body["cfgscale"] == 5 and b.body["steps"] == 6
+    assert "loras" not in b.body
+
+
+def test_unknown_keys_are_warned_with_line_and_place() -> None:
+    text = (
+        "assets:\n  - name: g\n    assets:\n      - id: a\n        prompt: p\n        colour: red\n"
+    )
+    plan = plan_of(text)
+    assert len(plan.warnings) == 1
+    assert "line 6" in plan.warnings[0] and "assets[0].assets[0].colour" in plan.warnings[0]
+
+
+def test_shared_seeds_are_warned() -> None:
+    text = """\
+assets:
+  - {name: a, assets: [{id: x, prompt: p}, {id: y, prompt: p}]}
+  - {name: b, seed_offset: 1, assets: [{id: z, prompt: p}]}
+"""
+    plan = plan_of(text)
+    assert any("seed 1001 is shared by y, z" in w for w in plan.warnings)
+
+
+def test_filename_template_fields() -> None:
+    text = (
+        "assets:\n  - name: g\n    assets:\n"
+        "      - {id: Hero, prompt: p, filename: '{id}-{seed}.png'}\n"
+    )
+    assert plan_of(text).assets[0].path == Path("out/Hero-1000.png")
+
+
+BAD = {
+    "yaml error": ("assets:\n  - name: [unclosed\n", "line 3"),
+    "no assets": ("groups: []\n", "no top-level assets"),
+    "empty": ("", "empty"),
+    "not a mapping": ("- a\n- b\n", "mapping"),
+    "assets not a list": ("assets: hello\n", "expected a list"),
+    "seed_offset text": ("assets:\n  - {name: g, seed_offset: ten, assets: [{id: a, prompt: p}]}\n",
+                         "whole number"),
+    "steps text": ("assets:\n  - {name: g, params: {steps: many}, assets: [{id: a, prompt: p}]}\n",
+                   "whole number"),
+    "no id": ("assets:\n  - {name: g, assets: [{prompt: p}]}\n", "needs an id"),
+    "dotdot dir": ("assets:\n  - {name: g, output_dir: ../up, assets: [{id: a, prompt: p}]}\n",
+                   "leaves --output-dir"),
+    "absolute file": ("assets:\n  - {name: g, assets: [{id: a, prompt: p, filename: /etc/x}]}\n",
+                      "absolute"),
+    "same path": ("assets:\n  - {name: g, assets: [{id: a, prompt: p}, {id: A, prompt: q}]}\n",
+                  "both write"),
+    "no assets at all": ("assets:\n  - {name: g}\n", "no assets"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_specs(case: str) -> None:
+    text, expected = BAD[case]
+    with pytest.raises(SpecError) as caught:
+        plan_of(text)
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith("spec.yaml")
+
+
+def test_go_example_files_load_unchanged(tmp_path: Path) -> None:
+    # The same shapes as the Go tool's examples (generic-pipeline.yaml): every key it knows.
+    text = """\
+assets:
+  - name: Hero Characters
+    output_dir: characters/heroes
+    seed_offset: 0
+    metadata:
+      style: "fantasy RPG character art"
+    assets:
+      - id: warrior_001
+        name: Knight Warrior
+        prompt: "armored knight"
+        filename: knight.png
+  - name: Backgrounds
+    output_dir: backgrounds
+    seed_offset: 200
+    subgroups:
+      - name: Dungeons
+        output_dir: dungeons
+        seed_offset: 0
+        metadata:
+          lighting: "dark and moody"
+        assets:
+          - id: dungeon_entrance
+            name: Dungeon Entrance
+            prompt: "stone archway"
+"""
+    # Base seed 0 is a seed like any other (the Go tool turns it into a random one).
+    plan = plan_of(text, base_seed=0)
+    assert [a.seed for a in plan.assets] == [0, 0]
+    assert [w for w in plan.warnings if "unknown key" in w] == []
+    assert any("seed 0 is shared" in w for w in plan.warnings)
+    assert plan.assets[1].path == Path("out/backgrounds/dungeons/dungeon_entrance.png")
+
+
+def test_a_registry_written_before_pipelines_still_loads() -> None:
+    from asset_generator.registry import State
+
+    old = {
+        "schema": 1,
+        "generations": {
+            "gen_00000001": {
+                "id": "gen_00000001", "server": "http://x", "server_key": "k", "session_id": "s",
+                "pid": 1, "host": "h", "prompt": "p", "created": 1.0, "status": "succeeded",
+            }
+        },
+        "servers": {},
+    }  # fmt: skip
+    state = State.from_json(old)
+    assert state.pipelines == {}
+    assert state.generations["gen_00000001"].pipeline_id is None
+    assert State.from_json(state.to_json()).to_json() == state.to_json()
