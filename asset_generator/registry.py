@@ -65,6 +65,19 @@ def this_host() -> str:
     return os.uname().nodename
 
 
+def process_alive(host: str, pid: int) -> bool | None:
+    """Whether process ``pid`` runs; None when it ran on another host (we cannot tell)."""
+    if host != this_host():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def new_generation_id() -> str:
     return "gen_" + os.urandom(4).hex()
 
@@ -101,15 +114,7 @@ class GenerationRecord:
 
     def process_alive(self) -> bool | None:
         """True/False for a process on this host; None when it ran on another host."""
-        if self.host != this_host():
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return process_alive(self.host, self.pid)
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.status = status
@@ -207,15 +212,7 @@ class PipelineRecord:
 
     def process_alive(self) -> bool | None:
         """As GenerationRecord.process_alive: None when it ran on another host."""
-        if self.host != this_host():
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return process_alive(self.host, self.pid)
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.status = status

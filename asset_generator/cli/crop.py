@@ -11,9 +11,9 @@ from asset_generator.cli import global_options
 from asset_generator.cli.app import App
 from asset_generator.cli.postprocess import (
     CHANNEL,
-    QUALITY,
     check_outputs,
     complete_files,
+    file_output_options,
     output_for,
     run_each,
     size_text,
@@ -44,24 +44,7 @@ if TYPE_CHECKING:
 @click.option(
     "--preserve-aspect", is_flag=True, help="Grow the box back, centred, to the image's aspect."
 )
-@click.option(
-    "--quality",
-    type=QUALITY,
-    metavar="1-100",
-    default=90,
-    show_default=True,
-    help="Quality of JPEG outputs.",
-)
-@click.option("--strip-metadata", is_flag=True, help="Drop text/EXIF metadata (default: kept).")
-@click.option(
-    "-o",
-    "--output",
-    metavar="OUT",
-    shell_complete=complete_files,
-    help="Output file (one input only).",
-)
-@click.option("-i", "--in-place", is_flag=True, help="Replace each input (atomically).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@file_output_options("-o", "--output")
 @global_options
 @click.pass_obj
 def command(

@@ -12,10 +12,10 @@ from asset_generator.cli.app import App
 from asset_generator.cli.postprocess import (
     FILTER,
     PERCENT,
-    QUALITY,
     SIDE,
     check_outputs,
     complete_files,
+    file_output_options,
     output_for,
     run_each,
     size_text,
@@ -44,25 +44,7 @@ if TYPE_CHECKING:
     show_default=True,
     help="Resampling filter; lanczos is a true Lanczos.",
 )
-@click.option(
-    "--quality",
-    type=QUALITY,
-    metavar="1-100",
-    default=90,
-    show_default=True,
-    help="Quality of JPEG outputs.",
-)
-@click.option("--strip-metadata", is_flag=True, help="Drop text/EXIF metadata (default: kept).")
-@click.option(
-    "-o",
-    "--output-file",
-    "output",
-    metavar="OUT",
-    shell_complete=complete_files,
-    help="Output file (one input only).",
-)
-@click.option("-i", "--in-place", is_flag=True, help="Replace each input (atomically).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@file_output_options("-o", "--output-file", "output")
 @global_options
 @click.pass_obj
 def command(

@@ -154,6 +154,42 @@ def postprocess_from(app: App, options: dict[str, Any]) -> PostProcess | None:
 # -- the offline commands' shared shape -------------------------------------------------------
 
 
+def file_output_options(*output_decls: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--quality``, ``--strip-metadata``, the output option, ``-i`` and ``--overwrite``.
+
+    The options ``crop`` and ``downscale`` share; ``output_decls`` name the output option
+    (``-o/--output`` for crop, ``-o/--output-file`` for downscale, as the Go tool spells them).
+    """
+    options = (
+        click.option(
+            "--quality",
+            type=QUALITY,
+            metavar="1-100",
+            default=90,
+            show_default=True,
+            help="Quality of JPEG outputs.",
+        ),
+        click.option(
+            "--strip-metadata", is_flag=True, help="Drop text/EXIF metadata (default: kept)."
+        ),
+        click.option(
+            *output_decls,
+            metavar="OUT",
+            shell_complete=complete_files,
+            help="Output file (one input only).",
+        ),
+        click.option("-i", "--in-place", is_flag=True, help="Replace each input (atomically)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output file."),
+    )
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def complete_files(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """Tab completion of file names: the shell lists them, as for any file argument."""
     from click.shell_completion import CompletionItem
