@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asset_generator import __version__, jobs
 from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
+from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
@@ -48,16 +49,7 @@ INTERRUPT_BOUND_SECONDS = 3.0
 RELAY_SECONDS = 0.1
 PREVIEW_PIXELS = 256
 # The generate_image parameters that are SwarmUI parameters, by the id SwarmUI reads.
-PARAMETERS = {
-    "negative_prompt": "negativeprompt",
-    "model": "model",
-    "width": "width",
-    "height": "height",
-    "steps": "steps",
-    "cfg_scale": "cfgscale",
-    "seed": "seed",
-    "images": "images",
-}
+PARAMETERS = {k: v for k, v in OPTION_PARAMETERS.items() if k not in ("sampler", "scheduler")}
 
 
 class ToolFailure(Exception):

@@ -16,24 +16,14 @@ from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
 from asset_generator.cli.postprocess import postprocess_from, postprocess_options
 from asset_generator.settings import MAX_SECONDS
+from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
     from asset_generator.images import PostProcess
 
 # Options whose values are SwarmUI parameters, by the id SwarmUI reads.
-PARAMETER_OPTIONS = {
-    "negative_prompt": "negativeprompt",
-    "model": "model",
-    "width": "width",
-    "height": "height",
-    "steps": "steps",
-    "cfg_scale": "cfgscale",
-    "seed": "seed",
-    "sampler": "sampler",
-    "scheduler": "scheduler",
-    "images": "images",
-}
+PARAMETER_OPTIONS = OPTION_PARAMETERS
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 INTERRUPT_BOUND_SECONDS = 3.0
 

@@ -16,6 +16,7 @@ import click
 from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
     from asset_generator.pipeline.plan import Plan, PlannedAsset
@@ -24,16 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUT_DIR = "pipeline-output"
 # `generate image` options a pipeline passes on, by config name → SwarmUI id (seed and
 # images are the pipeline's own).
-RUN_OPTIONS = {
-    "negative_prompt": "negativeprompt",
-    "model": "model",
-    "width": "width",
-    "height": "height",
-    "steps": "steps",
-    "cfg_scale": "cfgscale",
-    "sampler": "sampler",
-    "scheduler": "scheduler",
-}
+RUN_OPTIONS = {k: v for k, v in OPTION_PARAMETERS.items() if k not in ("seed", "images")}
 MAX_PARALLEL = 256
 SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 

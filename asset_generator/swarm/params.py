@@ -13,6 +13,21 @@ from typing import Any
 
 _NOT_LETTERS = re.compile(r"[^a-z]")
 
+# `generate image` options that are SwarmUI parameters: config name → the id SwarmUI reads.
+# pipeline and the MCP tools pass on subsets of these.
+OPTION_PARAMETERS = {
+    "negative_prompt": "negativeprompt",
+    "model": "model",
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "cfg_scale": "cfgscale",
+    "seed": "seed",
+    "sampler": "sampler",
+    "scheduler": "scheduler",
+    "images": "images",
+}
+
 
 def clean_name(name: str) -> str:
     """SwarmUI's parameter-name normalisation: lower-case letters only."""
