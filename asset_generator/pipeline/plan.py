@@ -14,20 +14,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from asset_generator.pipeline.spec import Asset, Group, Spec, SpecError
+from asset_generator.swarm.params import OPTION_PARAMETERS
 
 MANIFEST_NAME = "asset-generator-manifest.json"
 MAX_SEED = 2**63 - 1
 # `params:` keys that are `generate image` options by their config name, to SwarmUI ids.
-CONFIG_NAMES = {
-    "negative_prompt": "negativeprompt",
-    "model": "model",
-    "width": "width",
-    "height": "height",
-    "steps": "steps",
-    "cfg_scale": "cfgscale",
-    "sampler": "sampler",
-    "scheduler": "scheduler",
-}
+CONFIG_NAMES = {k: v for k, v in OPTION_PARAMETERS.items() if k not in ("seed", "images")}
 _INTEGER_PARAMS = {"width", "height", "steps"}
 _NUMBER_PARAMS = {"cfgscale"}
 _TEXT_PARAMS = {"negativeprompt", "model", "sampler", "scheduler"}
