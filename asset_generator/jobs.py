@@ -368,6 +368,17 @@ def cancel_all(
     except BaseException:
         generations.unmark_cancelled(cancelled, ours, gone=False)
         raise
+    # A generation of ours registered while the interrupt was on its way may have been hit
+    # by it: queued work ends without a word (protocol §5.2), so without this mark its own
+    # process would have to call the silent ending a failure.
+    answered = time.time()
+    late = [
+        r
+        for r in registry.read().records_for(generations.key)
+        if not r.is_final and r.created <= answered
+    ]
+    cancelled += generations.mark_cancelled(r.id for r in late)
+    ours += late
     if wait_timeout is not None:
         wait_stopped(generations, sorted({r.session_id for r in ours}), wait_timeout)
     sessions = registry.read().server(generations.key).sessions

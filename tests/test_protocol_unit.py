@@ -184,3 +184,41 @@ def test_websocket_messages_are_classified_by_key() -> None:
     assert isinstance(error, ErrorEvent) and error.interrupted
     assert parse_event({"keep_alive": True}) is None
     assert parse_event({"raw_swarm_data": {}}) is None
+
+
+def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_flight(
+    tmp_path,
+) -> None:
+    # Queued work hit by InterruptAll ends without a word (protocol §5.2); only the mark lets
+    # its own process call that ending a cancel rather than a failure.
+    import os
+    import time
+
+    from asset_generator import jobs
+    from asset_generator.registry import GenerationRecord, Registry
+
+    registry = Registry(tmp_path)
+
+    def late_record() -> GenerationRecord:
+        return GenerationRecord(
+            id="gen_late0001",
+            server=URL,
+            server_key="k",
+            session_id="s" * 40,
+            pid=os.getpid(),
+            host=os.uname().nodename,
+            prompt="registered during the cancel",
+            created=time.time(),
+        )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/API/InterruptAll"
+        with registry.transaction() as state:
+            state.generations["gen_late0001"] = late_record()
+        return json_reply(200, {"success": True})
+
+    client = client_for(handler)
+    generations = jobs.Generations(registry, "k", lambda: client)
+    result = jobs.cancel_all(generations, lambda call: call("s" * 40))
+    assert registry.read().generations["gen_late0001"].status == "cancelled"
+    assert [r.id for r in result.cancelled] == ["gen_late0001"]
