@@ -234,6 +234,7 @@ def _run(
         _Signalled,
     )
     from asset_generator.downloads import DownloadError, prepare_directory
+    from asset_generator.pipeline.manifest import GENERATE
     from asset_generator.pipeline.run import PipelineRun, SessionPool
     from asset_generator.registry import (
         CANCELLED,
@@ -251,7 +252,13 @@ def _run(
         raise CommandError(str(exc), "file_error") from None
     client = app.client()
     pool = SessionPool(client, app.registry, app.server_key)
-    backends = _server_backends(app, pool)
+    decisions = {
+        a.index: manifest.decide(a, force=options["force"], overwrite=options["overwrite"])
+        for a in plan.assets
+    }
+    # A rerun with every asset done sends nothing at all: not even ListBackends.
+    needs_server = any(verdict == GENERATE for verdict, _ in decisions.values())
+    backends = _server_backends(app, pool) if needs_server else 0
     parallel = options["parallel"] or max(1, backends)
     record = PipelineRecord(
         id=new_pipeline_id(),
@@ -288,6 +295,7 @@ def _run(
         pool=pool,
         queue_ahead=backends > 0 and parallel >= backends,
         debug=app.output.debug,
+        decisions=decisions,
     )
     started = time.monotonic()
     previous = _install_signal_handlers()
@@ -346,6 +354,17 @@ def _conclude(
         raise CommandError(
             f"cancelled: {record.id} was cancelled (by `asset-generator cancel`, the web UI "
             f"or another client); {counts}",
+            "cancelled",
+            details=document,
+        )
+    if summary["cancelled"] and not summary["failed"]:
+        # `cancel gen_…` of one asset: the rest went on, but the set is not whole because
+        # someone cancelled, which the contract reports as `cancelled`, not as a failure.
+        ids = ", ".join(r.asset.id for r in results if r.status == CANCELLED)
+        _finish_record(app, record, CANCELLED, f"assets cancelled: {ids}")
+        raise CommandError(
+            f"cancelled: {ids} of {record.id} (by `asset-generator cancel`, the web UI or "
+            f"another client); {counts}",
             "cancelled",
             details=document,
         )

@@ -192,6 +192,7 @@ class PipelineRun:
         pool: SessionPool,
         queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
+        decisions: dict[int, tuple[str, str]] | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -209,6 +210,8 @@ class PipelineRun:
         # --parallel covers every backend, so it never runs more at once than asked.
         self.queue_ahead = queue_ahead
         self.debug = debug
+        # Manifest verdicts by asset index, when the caller already made them (each costs a hash).
+        self.decisions = decisions or {}
         self.results = {a.index: AssetResult(a) for a in plan.assets}
         self.stop_reason: str | None = None
         self.cancelled = False
@@ -231,7 +234,9 @@ class PipelineRun:
         """Skip what is done, generate the rest; returns every asset's result in plan order."""
         pending: list[PlannedAsset] = []
         for asset in self.plan.assets:
-            verdict, why = self.manifest.decide(asset, force=self.force, overwrite=self.overwrite)
+            verdict, why = self.decisions.get(asset.index) or self.manifest.decide(
+                asset, force=self.force, overwrite=self.overwrite
+            )
             if verdict == SKIP:
                 self._finish(self.results[asset.index], SKIPPED, None)
             elif verdict == BLOCKED:
