@@ -16,8 +16,10 @@ import click
 from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.cli.postprocess import postprocess_from, postprocess_options
 
 if TYPE_CHECKING:
+    from asset_generator.images import PostProcess
     from asset_generator.pipeline.plan import Plan, PlannedAsset
     from asset_generator.pipeline.run import AssetResult
 
@@ -93,6 +95,7 @@ SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 @click.option(
     "--overwrite", is_flag=True, help="Replace files in the way that the manifest does not know."
 )
+@postprocess_options
 @global_options
 @click.pass_obj
 def command(
@@ -119,6 +122,7 @@ def command(
     given = spec_file or spec_argument
     if not given:
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
+    postprocess = postprocess_from(app, options)
     run_params = _run_params(app, params, loras, options)
     output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
     try:
@@ -128,6 +132,7 @@ def command(
     except SpecError as exc:
         raise CommandError(f"bad spec: {exc}", "bad_spec") from None
     manifest = Manifest.load(output_dir)
+    manifest.set_postprocess(postprocess)
     base_seed, origin = _base_seed(options["base_seed"], manifest)
     try:
         plan = make_plan(
@@ -146,7 +151,7 @@ def command(
         app.output.warn(warning)
     if options["dry_run"]:
         return _dry_run(app, plan, origin)
-    return _run(app, given, plan, manifest, origin, options)
+    return _run(app, given, plan, manifest, origin, options, postprocess)
 
 
 def _run_params(
@@ -225,7 +230,13 @@ def _dry_run(app: App, plan: Plan, origin: str) -> int:
 
 
 def _run(
-    app: App, spec_file: str, plan: Plan, manifest: Any, origin: str, options: dict[str, Any]
+    app: App,
+    spec_file: str,
+    plan: Plan,
+    manifest: Any,
+    origin: str,
+    options: dict[str, Any],
+    postprocess: PostProcess | None,
 ) -> int:
     from asset_generator.cli.generate import (
         SIGNAL_EXIT,
@@ -296,6 +307,7 @@ def _run(
         queue_ahead=backends > 0 and parallel >= backends,
         debug=app.output.debug,
         decisions=decisions,
+        postprocess=postprocess,
     )
     started = time.monotonic()
     previous = _install_signal_handlers()

@@ -34,6 +34,7 @@ from asset_generator.registry import (
 )
 
 if TYPE_CHECKING:
+    from asset_generator.images import PostProcess
     from asset_generator.steps import StepProgress
     from asset_generator.swarm.client import Counters, SwarmClient
 
@@ -193,6 +194,7 @@ class PipelineRun:
         queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
         decisions: dict[int, tuple[str, str]] | None = None,
+        postprocess: PostProcess | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -212,6 +214,8 @@ class PipelineRun:
         self.debug = debug
         # Manifest verdicts by asset index, when the caller already made them (each costs a hash).
         self.decisions = decisions or {}
+        # The `generate image` post-processing, applied by the one generation path on save.
+        self.postprocess = postprocess
         self.results = {a.index: AssetResult(a) for a in plan.assets}
         self.stop_reason: str | None = None
         self.cancelled = False
@@ -327,15 +331,23 @@ class PipelineRun:
             # A standby the stop caught before it sent anything: nothing to report or record.
             return
         result.generation_id = worker.run.record.id if worker.run and worker.run.record else None
-        self._finish(result, status, error)
+        self._finish(result, status, error, kept_file=bool(worker.run and worker.run.images))
         self._save_manifest()
         if status == FAILED and not self.continue_on_error and self.stop_reason is None:
             self.stop_reason = f"{worker.asset.id} failed: {error}"
             self.stop_inflight(f"stopped after {worker.asset.id} failed")
 
-    def _finish(self, result: AssetResult, status: str, error: str | None) -> None:
+    def _finish(
+        self, result: AssetResult, status: str, error: str | None, *, kept_file: bool = False
+    ) -> None:
         result.status, result.error = status, error
-        self.manifest.record(result.asset, status, generation_id=result.generation_id, error=error)
+        self.manifest.record(
+            result.asset,
+            status,
+            generation_id=result.generation_id,
+            error=error,
+            kept_file=kept_file,
+        )
         self._done += 1
         self._count(status)
         self.reporter.finished(result, self._done, len(self.plan.assets))
@@ -366,7 +378,13 @@ class PipelineRun:
                 self.registry,
                 self.key,
                 view=_AssetView(self.reporter, asset),
-                save=SaveOptions(asset.path.parent, "", overwrite=True, filename=asset.path.name),
+                save=SaveOptions(
+                    asset.path.parent,
+                    "",
+                    overwrite=True,
+                    postprocess=self.postprocess,
+                    filename=asset.path.name,
+                ),
                 on_saved=lambda saved: self._saved(worker),
                 debug=self.debug,
             )
@@ -410,8 +428,12 @@ class PipelineRun:
             self._events.put(("saved", worker, "", None))
             return
         # Final before its session serves another asset: a cancel aimed at this asset can then
-        # no longer mark it, so it can never interrupt the next one.
-        run.mark(SUCCEEDED)
+        # no longer mark it, so it can never interrupt the next one. The image arrived, but a
+        # post-processing failure (full-size file kept, named in the error) fails the asset.
+        if run.postprocess_errors:
+            run.mark(FAILED, run.postprocess_errors[0])
+        else:
+            run.mark(SUCCEEDED)
         status = run.record.status if run.record else SUCCEEDED
         run.settled = True
         self._release(worker, rest=status == CANCELLED)
