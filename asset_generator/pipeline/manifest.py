@@ -52,6 +52,9 @@ class Manifest:
     problem: str | None = None
     # This run's post-processing, as recorded and compared per asset (not saved at the top).
     postprocess: dict[str, Any] | None = None
+    # Each entry's JSON text, made once when it changes: the manifest is rewritten after
+    # every asset, and encoding every entry each time made a run quadratic in its size.
+    _encoded: dict[str, str] = field(default_factory=dict, repr=False)
 
     def set_postprocess(self, steps: Any) -> None:
         """Note this run's post-processing (an ``images.PostProcess`` or None)."""
@@ -143,6 +146,7 @@ class Manifest:
         if failed_before and previous is not None and digest:
             # What is on disk is still the earlier result; the manifest stays true about it.
             previous.error = error
+            self._encoded.pop(asset.relative_path, None)
             return previous
         entry = Entry(
             id=asset.id,
@@ -159,22 +163,37 @@ class Manifest:
             postprocess=self.postprocess if digest is not None else None,
         )
         self.entries[asset.relative_path] = entry
+        self._encoded.pop(asset.relative_path, None)
         return entry
 
     def save(self) -> None:
         """Write the manifest atomically (it holds no secret: mode 0644 less the umask)."""
         from asset_generator.registry import write_atomic
 
-        document = {
+        header = {
             "version": VERSION,
             "pipeline_id": self.pipeline_id,
             "spec": self.spec,
             "base_seed": self.base_seed,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "assets": {key: asdict(entry) for key, entry in sorted(self.entries.items())},
         }
-        payload = json.dumps(document, indent=1, ensure_ascii=False).encode()
+        lines = [
+            f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in header.items()
+        ]
+        assets = [
+            f"  {json.dumps(key, ensure_ascii=False)}: {self._entry_text(key, entry)}"
+            for key, entry in sorted(self.entries.items())
+        ]
+        lines.append(' "assets": {\n' + ",\n".join(assets) + "\n }" if assets else ' "assets": {}')
+        payload = ("{\n" + ",\n".join(lines) + "\n}").encode()
         write_atomic(self.path, payload, what="the pipeline manifest", mode=0o644 & ~_umask())
+
+    def _entry_text(self, key: str, entry: Entry) -> str:
+        text = self._encoded.get(key)
+        if text is None:
+            text = json.dumps(asdict(entry), ensure_ascii=False, separators=(", ", ": "))
+            self._encoded[key] = text
+        return text
 
 
 def file_sha256(path: Path) -> str | None:

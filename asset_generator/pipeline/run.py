@@ -231,6 +231,8 @@ class PipelineRun:
         self._threads: list[threading.Thread] = []
         self._done = 0
         self._last_poll = 0.0
+        self._counts_due = False
+        self._counts_at = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -257,6 +259,7 @@ class PipelineRun:
             try:
                 kind, worker, status, error = self._events.get(timeout=CANCEL_POLL_SECONDS)
             except queue.Empty:
+                self._publish_counts()
                 self._check_cancelled()
                 continue
             if kind == "saved":
@@ -267,6 +270,7 @@ class PipelineRun:
                 continue
             self._settle(worker, status, error)
             self._check_cancelled()
+        self._publish_counts(now=True)
         self._check_cancelled(now=True)
         self.drain()
         return [self.results[a.index] for a in self.plan.assets]
@@ -354,6 +358,19 @@ class PipelineRun:
 
     def _count(self, status: str) -> None:
         self.record.counts[status] = self.record.counts.get(status, 0) + 1
+        self._counts_due = True
+        self._publish_counts()
+
+    def _publish_counts(self, *, now: bool = False) -> None:
+        """Copy the counts to the registry for `status`, at most every CANCEL_POLL_SECONDS.
+
+        A registry transaction per finished asset contended for its lock with every asset's
+        own record updates and slowed the loop that starts the next asset.
+        """
+        moment = time.monotonic()
+        if not self._counts_due or (not now and moment - self._counts_at < CANCEL_POLL_SECONDS):
+            return
+        self._counts_due, self._counts_at = False, moment
         with contextlib.suppress(RegistryError), self.registry.transaction() as state:
             saved = state.pipelines.get(self.record.id)
             if saved is not None:
