@@ -144,3 +144,5 @@ def test_pipeline_imports_yaml_only_when_it_runs(tmp_path) -> None:
     assert "yaml" in loaded
     # A dry run sends nothing, so it needs neither the HTTP nor the WebSocket stack.
     assert not loaded & {"httpx", "httpx_ws", "rich.progress"}
+    # The post-processing options on `pipeline` do not load Pillow for --help.
+    assert "PIL" not in set(loaded_modules("pipeline", "--help"))

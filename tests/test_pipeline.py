@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -176,7 +177,8 @@ def test_rerun_skips_then_one_deleted_file_is_regenerated_then_force(
     assert document["pipeline"]["base_seed"] == base
     assert document["summary"] == {"total": 6, "succeeded": 0, "skipped": 6, "failed": 0,
                                    "cancelled": 0, "not_started": 0}  # fmt: skip
-    assert sent(emu) == []
+    # Nothing to generate: no request at all (not even a session or ListBackends).
+    assert emu.requests == []
 
     (workdir / "pipeline-output/characters/mage.png").unlink()
     one = cli("pipeline", name)
@@ -313,7 +315,9 @@ def test_cancel_one_asset_and_the_pipeline_goes_on(
     out, err = process.communicate(timeout=60)
     assert process.returncode == 1, err
     document = json.loads(out)
-    assert document["error"]["code"] == "partial"
+    assert document["ok"] is False
+    assert document["error"]["code"] == "cancelled"
+    assert document["error"]["message"].startswith("cancelled: ")
     by_generation = {a["generation_id"]: a for a in document["assets"]}
     assert by_generation[victim["id"]]["status"] == "cancelled"
     assert document["summary"]["succeeded"] == 5
@@ -465,3 +469,66 @@ def test_cancel_of_an_unknown_pipeline_is_not_found(cli: Runner, emulator: Emula
     assert result.code == 1
     assert result.json()["error"]["code"] == "not_found"
     assert emulator.requests == []
+
+
+POSTPROCESSED = """\
+assets:
+  - name: Tiles
+    output_dir: tiles
+    assets:
+      - {id: wide, prompt: "a wide tile", params: {width: 1024, height: 512}}
+      - {id: tiny, prompt: "a tiny tile", params: {width: 256, height: 256}}
+"""
+
+
+def test_post_processing_options_apply_to_every_asset_and_a_failure_fails_that_asset(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    from PIL import Image
+
+    emu = emulator_factory(backends=2)
+    cli.url = emu.url
+    name = spec(workdir, POSTPROCESSED)
+    options = ("--downscale-width", "64", "--strip-metadata", "--continue-on-error")
+    first = cli("pipeline", name, "--base-seed", "5", *options, "-f", "json")
+    assert first.code == 1, first.stderr
+    document = first.json()
+    assert document["error"]["code"] == "partial"
+    by_id = {a["id"]: a for a in document["assets"]}
+    assert by_id["wide"]["status"] == "succeeded" and by_id["wide"]["error"] is None
+    # The emulator draws at 1/8 scale: 128x64, downscaled to 64 wide, text chunks gone.
+    wide = workdir / "pipeline-output/tiles/wide.png"
+    with Image.open(wide) as image:
+        assert image.size == (64, 32)
+        assert "parameters" not in image.info
+    # 32x32 cannot be downscaled to 64 wide: that asset fails, its full-size file stays.
+    tiny = workdir / "pipeline-output/tiles/tiny.png"
+    assert by_id["tiny"]["status"] == "failed"
+    error = by_id["tiny"]["error"]
+    assert error.startswith("post-processing failed") and "tiles/tiny.png" in error
+    with Image.open(tiny) as image:
+        assert image.size == (32, 32)
+    manifest = json.loads((workdir / "pipeline-output/asset-generator-manifest.json").read_text())
+    entry = manifest["assets"]["tiles/wide.png"]
+    assert entry["sha256"] == hashlib.sha256(wide.read_bytes()).hexdigest()
+    assert manifest["assets"]["tiles/tiny.png"]["status"] == "failed"
+    emu.reset_log()
+
+    # The rerun skips the post-processed asset (its hash is of the final file) and makes the
+    # failed one again: the kept full-size file is ours, not a foreign file in the way.
+    again = cli("pipeline", name, *options, "-f", "json")
+    assert again.code == 1, again.stderr
+    statuses = {a["id"]: a["status"] for a in again.json()["assets"]}
+    assert statuses == {"wide": "skipped", "tiny": "failed"}
+    assert [b["prompt"] for b in sent(emu)] == ["a tiny tile"]
+    emu.reset_log()
+
+    # Other post-processing is other output: the asset is made again.
+    other = cli("pipeline", name, "--downscale-width", "32", "-q")
+    assert other.code == 0, other.stderr
+    assert sorted(other.stdout.split()) == [
+        "pipeline-output/tiles/tiny.png",
+        "pipeline-output/tiles/wide.png",
+    ]
+    with Image.open(wide) as image:
+        assert image.size == (32, 16)

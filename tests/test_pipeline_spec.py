@@ -205,3 +205,33 @@ def test_a_registry_written_before_pipelines_still_loads() -> None:
     assert state.pipelines == {}
     assert state.generations["gen_00000001"].pipeline_id is None
     assert State.from_json(state.to_json()).to_json() == state.to_json()
+
+
+def test_the_manifest_rewrites_only_what_changed_and_reads_back_true(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from asset_generator.pipeline.manifest import Manifest
+
+    spec = parse_spec("assets:\n  - {name: g, assets: [{id: a, prompt: p}, {id: b, prompt: q}]}\n",
+                      "s.yaml")  # fmt: skip
+    plan = make_plan(spec, output_dir=tmp_path, base_seed=3)
+    first, second = plan.assets
+    manifest = Manifest.load(tmp_path)
+    first.path.write_bytes(b"one")
+    manifest.record(first, "succeeded", generation_id="gen_1")
+    manifest.record(second, "failed", error="boom")
+    manifest.save()
+    # Each entry's text is cached; a later record of the same asset must replace it.
+    first.path.write_bytes(b"two")
+    manifest.record(first, "succeeded", generation_id="gen_2")
+    manifest.record(second, "failed", error="boom again")
+    manifest.save()
+    document = json.loads(manifest.path.read_text())
+    assert document["base_seed"] is None and document["version"] == 1
+    entries = document["assets"]
+    assert entries["a.png"]["generation_id"] == "gen_2"
+    assert entries["b.png"]["error"] == "boom again" and entries["b.png"]["status"] == "failed"
+    again = Manifest.load(tmp_path)
+    assert again.problem is None
+    assert again.entries["a.png"].sha256 == hashlib.sha256(b"two").hexdigest()

@@ -16,9 +16,11 @@ import click
 from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.cli.postprocess import postprocess_from, postprocess_options
 from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
+    from asset_generator.images import PostProcess
     from asset_generator.pipeline.plan import Plan, PlannedAsset
     from asset_generator.pipeline.run import AssetResult
 
@@ -85,6 +87,7 @@ SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 @click.option(
     "--overwrite", is_flag=True, help="Replace files in the way that the manifest does not know."
 )
+@postprocess_options
 @global_options
 @click.pass_obj
 def command(
@@ -111,6 +114,7 @@ def command(
     given = spec_file or spec_argument
     if not given:
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
+    postprocess = postprocess_from(app, options)
     run_params = _run_params(app, params, loras, options)
     output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
     try:
@@ -120,6 +124,7 @@ def command(
     except SpecError as exc:
         raise CommandError(f"bad spec: {exc}", "bad_spec") from None
     manifest = Manifest.load(output_dir)
+    manifest.set_postprocess(postprocess)
     base_seed, origin = _base_seed(options["base_seed"], manifest)
     try:
         plan = make_plan(
@@ -138,7 +143,7 @@ def command(
         app.output.warn(warning)
     if options["dry_run"]:
         return _dry_run(app, plan, origin)
-    return _run(app, given, plan, manifest, origin, options)
+    return _run(app, given, plan, manifest, origin, options, postprocess)
 
 
 def _run_params(
@@ -217,7 +222,13 @@ def _dry_run(app: App, plan: Plan, origin: str) -> int:
 
 
 def _run(
-    app: App, spec_file: str, plan: Plan, manifest: Any, origin: str, options: dict[str, Any]
+    app: App,
+    spec_file: str,
+    plan: Plan,
+    manifest: Any,
+    origin: str,
+    options: dict[str, Any],
+    postprocess: PostProcess | None,
 ) -> int:
     from asset_generator.cli.generate import (
         SIGNAL_EXIT,
@@ -226,6 +237,7 @@ def _run(
         _Signalled,
     )
     from asset_generator.downloads import DownloadError, prepare_directory
+    from asset_generator.pipeline.manifest import GENERATE
     from asset_generator.pipeline.run import PipelineRun, SessionPool
     from asset_generator.registry import (
         CANCELLED,
@@ -243,7 +255,13 @@ def _run(
         raise CommandError(str(exc), "file_error") from None
     client = app.client()
     pool = SessionPool(client, app.registry, app.server_key)
-    backends = _server_backends(app, pool)
+    decisions = {
+        a.index: manifest.decide(a, force=options["force"], overwrite=options["overwrite"])
+        for a in plan.assets
+    }
+    # A rerun with every asset done sends nothing at all: not even ListBackends.
+    needs_server = any(verdict == GENERATE for verdict, _ in decisions.values())
+    backends = _server_backends(app, pool) if needs_server else 0
     parallel = options["parallel"] or max(1, backends)
     record = PipelineRecord(
         id=new_pipeline_id(),
@@ -280,6 +298,8 @@ def _run(
         pool=pool,
         queue_ahead=backends > 0 and parallel >= backends,
         debug=app.output.debug,
+        decisions=decisions,
+        postprocess=postprocess,
     )
     started = time.monotonic()
     previous = _install_signal_handlers()
@@ -338,6 +358,17 @@ def _conclude(
         raise CommandError(
             f"cancelled: {record.id} was cancelled (by `asset-generator cancel`, the web UI "
             f"or another client); {counts}",
+            "cancelled",
+            details=document,
+        )
+    if summary["cancelled"] and not summary["failed"]:
+        # `cancel gen_…` of one asset: the rest went on, but the set is not whole because
+        # someone cancelled, which the contract reports as `cancelled`, not as a failure.
+        ids = ", ".join(r.asset.id for r in results if r.status == CANCELLED)
+        _finish_record(app, record, CANCELLED, f"assets cancelled: {ids}")
+        raise CommandError(
+            f"cancelled: {ids} of {record.id} (by `asset-generator cancel`, the web UI or "
+            f"another client); {counts}",
             "cancelled",
             details=document,
         )

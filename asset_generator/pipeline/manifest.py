@@ -35,6 +35,8 @@ class Entry:
     generation_id: str | None = None
     error: str | None = None
     finished: float | None = None
+    # The post-processing the file went through (None: the image as the server made it).
+    postprocess: dict[str, Any] | None = None
 
 
 @dataclass
@@ -48,6 +50,17 @@ class Manifest:
     entries: dict[str, Entry] = field(default_factory=dict)
     # Why a manifest that was there could not be used (shown as a warning), if it could not.
     problem: str | None = None
+    # This run's post-processing, as recorded and compared per asset (not saved at the top).
+    postprocess: dict[str, Any] | None = None
+    # Each entry's JSON text, made once when it changes: the manifest is rewritten after
+    # every asset, and encoding every entry each time made a run quadratic in its size.
+    _encoded: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def set_postprocess(self, steps: Any) -> None:
+        """Note this run's post-processing (an ``images.PostProcess`` or None)."""
+        from dataclasses import asdict
+
+        self.postprocess = _plain(asdict(steps)) if steps is not None and steps.active else None
 
     @classmethod
     def load(cls, output_dir: Path) -> Manifest:
@@ -97,6 +110,7 @@ class Manifest:
             and entry.prompt == asset.prompt
             and entry.seed == asset.seed
             and entry.params == _plain(asset.params)
+            and entry.postprocess == self.postprocess
         )
         if same and not force:
             return SKIP, "done with the same prompt, seed and parameters"
@@ -113,19 +127,26 @@ class Manifest:
         *,
         generation_id: str | None = None,
         error: str | None = None,
+        kept_file: bool = False,
     ) -> Entry:
-        """Note how an asset ended (its file's hash when it has one)."""
+        """Note how an asset ended (its file's hash when it has one).
+
+        ``kept_file``: this run wrote the file although the asset failed (post-processing
+        failed and the full-size image stays), so a rerun knows the file as its own.
+        """
         previous = self.entries.get(asset.relative_path)
         digest: str | None = None
-        if status in ("succeeded", "skipped") and asset.path.is_file():
+        if (status in ("succeeded", "skipped") or kept_file) and asset.path.is_file():
             digest = file_sha256(asset.path)
         elif previous is not None and asset.path.is_file():
             # The earlier file is still there, untouched: keep knowing it as ours.
             current = file_sha256(asset.path)
             digest = current if current == previous.sha256 else None
-        if status not in ("succeeded", "skipped") and previous is not None and digest:
+        failed_before = status not in ("succeeded", "skipped") and not kept_file
+        if failed_before and previous is not None and digest:
             # What is on disk is still the earlier result; the manifest stays true about it.
             previous.error = error
+            self._encoded.pop(asset.relative_path, None)
             return previous
         entry = Entry(
             id=asset.id,
@@ -139,24 +160,40 @@ class Manifest:
             generation_id=generation_id,
             error=error,
             finished=time.time(),
+            postprocess=self.postprocess if digest is not None else None,
         )
         self.entries[asset.relative_path] = entry
+        self._encoded.pop(asset.relative_path, None)
         return entry
 
     def save(self) -> None:
         """Write the manifest atomically (it holds no secret: mode 0644 less the umask)."""
         from asset_generator.registry import write_atomic
 
-        document = {
+        header = {
             "version": VERSION,
             "pipeline_id": self.pipeline_id,
             "spec": self.spec,
             "base_seed": self.base_seed,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "assets": {key: asdict(entry) for key, entry in sorted(self.entries.items())},
         }
-        payload = json.dumps(document, indent=1, ensure_ascii=False).encode()
+        lines = [
+            f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in header.items()
+        ]
+        assets = [
+            f"  {json.dumps(key, ensure_ascii=False)}: {self._entry_text(key, entry)}"
+            for key, entry in sorted(self.entries.items())
+        ]
+        lines.append(' "assets": {\n' + ",\n".join(assets) + "\n }" if assets else ' "assets": {}')
+        payload = ("{\n" + ",\n".join(lines) + "\n}").encode()
         write_atomic(self.path, payload, what="the pipeline manifest", mode=0o644 & ~_umask())
+
+    def _entry_text(self, key: str, entry: Entry) -> str:
+        text = self._encoded.get(key)
+        if text is None:
+            text = json.dumps(asdict(entry), ensure_ascii=False, separators=(", ", ": "))
+            self._encoded[key] = text
+        return text
 
 
 def file_sha256(path: Path) -> str | None:

@@ -34,6 +34,7 @@ from asset_generator.registry import (
 )
 
 if TYPE_CHECKING:
+    from asset_generator.images import PostProcess
     from asset_generator.steps import StepProgress
     from asset_generator.swarm.client import Counters, SwarmClient
 
@@ -192,6 +193,8 @@ class PipelineRun:
         pool: SessionPool,
         queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
+        decisions: dict[int, tuple[str, str]] | None = None,
+        postprocess: PostProcess | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -209,6 +212,10 @@ class PipelineRun:
         # --parallel covers every backend, so it never runs more at once than asked.
         self.queue_ahead = queue_ahead
         self.debug = debug
+        # Manifest verdicts by asset index, when the caller already made them (each costs a hash).
+        self.decisions = decisions or {}
+        # The `generate image` post-processing, applied by the one generation path on save.
+        self.postprocess = postprocess
         self.results = {a.index: AssetResult(a) for a in plan.assets}
         self.stop_reason: str | None = None
         self.cancelled = False
@@ -224,6 +231,8 @@ class PipelineRun:
         self._threads: list[threading.Thread] = []
         self._done = 0
         self._last_poll = 0.0
+        self._counts_due = False
+        self._counts_at = 0.0
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -231,7 +240,9 @@ class PipelineRun:
         """Skip what is done, generate the rest; returns every asset's result in plan order."""
         pending: list[PlannedAsset] = []
         for asset in self.plan.assets:
-            verdict, why = self.manifest.decide(asset, force=self.force, overwrite=self.overwrite)
+            verdict, why = self.decisions.get(asset.index) or self.manifest.decide(
+                asset, force=self.force, overwrite=self.overwrite
+            )
             if verdict == SKIP:
                 self._finish(self.results[asset.index], SKIPPED, None)
             elif verdict == BLOCKED:
@@ -248,6 +259,7 @@ class PipelineRun:
             try:
                 kind, worker, status, error = self._events.get(timeout=CANCEL_POLL_SECONDS)
             except queue.Empty:
+                self._publish_counts()
                 self._check_cancelled()
                 continue
             if kind == "saved":
@@ -258,6 +270,7 @@ class PipelineRun:
                 continue
             self._settle(worker, status, error)
             self._check_cancelled()
+        self._publish_counts(now=True)
         self._check_cancelled(now=True)
         self.drain()
         return [self.results[a.index] for a in self.plan.assets]
@@ -322,21 +335,42 @@ class PipelineRun:
             # A standby the stop caught before it sent anything: nothing to report or record.
             return
         result.generation_id = worker.run.record.id if worker.run and worker.run.record else None
-        self._finish(result, status, error)
+        self._finish(result, status, error, kept_file=bool(worker.run and worker.run.images))
         self._save_manifest()
         if status == FAILED and not self.continue_on_error and self.stop_reason is None:
             self.stop_reason = f"{worker.asset.id} failed: {error}"
             self.stop_inflight(f"stopped after {worker.asset.id} failed")
 
-    def _finish(self, result: AssetResult, status: str, error: str | None) -> None:
+    def _finish(
+        self, result: AssetResult, status: str, error: str | None, *, kept_file: bool = False
+    ) -> None:
         result.status, result.error = status, error
-        self.manifest.record(result.asset, status, generation_id=result.generation_id, error=error)
+        self.manifest.record(
+            result.asset,
+            status,
+            generation_id=result.generation_id,
+            error=error,
+            kept_file=kept_file,
+        )
         self._done += 1
         self._count(status)
         self.reporter.finished(result, self._done, len(self.plan.assets))
 
     def _count(self, status: str) -> None:
         self.record.counts[status] = self.record.counts.get(status, 0) + 1
+        self._counts_due = True
+        self._publish_counts()
+
+    def _publish_counts(self, *, now: bool = False) -> None:
+        """Copy the counts to the registry for `status`, at most every CANCEL_POLL_SECONDS.
+
+        A registry transaction per finished asset contended for its lock with every asset's
+        own record updates and slowed the loop that starts the next asset.
+        """
+        moment = time.monotonic()
+        if not self._counts_due or (not now and moment - self._counts_at < CANCEL_POLL_SECONDS):
+            return
+        self._counts_due, self._counts_at = False, moment
         with contextlib.suppress(RegistryError), self.registry.transaction() as state:
             saved = state.pipelines.get(self.record.id)
             if saved is not None:
@@ -361,7 +395,13 @@ class PipelineRun:
                 self.registry,
                 self.key,
                 view=_AssetView(self.reporter, asset),
-                save=SaveOptions(asset.path.parent, "", overwrite=True, filename=asset.path.name),
+                save=SaveOptions(
+                    asset.path.parent,
+                    "",
+                    overwrite=True,
+                    postprocess=self.postprocess,
+                    filename=asset.path.name,
+                ),
                 on_saved=lambda saved: self._saved(worker),
                 debug=self.debug,
             )
@@ -405,8 +445,12 @@ class PipelineRun:
             self._events.put(("saved", worker, "", None))
             return
         # Final before its session serves another asset: a cancel aimed at this asset can then
-        # no longer mark it, so it can never interrupt the next one.
-        run.mark(SUCCEEDED)
+        # no longer mark it, so it can never interrupt the next one. The image arrived, but a
+        # post-processing failure (full-size file kept, named in the error) fails the asset.
+        if run.postprocess_errors:
+            run.mark(FAILED, run.postprocess_errors[0])
+        else:
+            run.mark(SUCCEEDED)
         status = run.record.status if run.record else SUCCEEDED
         run.settled = True
         self._release(worker, rest=status == CANCELLED)
