@@ -6,10 +6,11 @@ places where the client must follow the protocol reference rather than our emula
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from conftest import Runner, read_registry
+from conftest import Runner, read_registry, wait_for
 
 from asset_generator.emulator import Fault, FaultPoint
 
@@ -74,3 +75,42 @@ def test_a_server_that_keeps_the_socket_open_after_closing_intention(
     out = capsys.readouterr()
     assert code == 0, out.err
     assert len(out.out.splitlines()) == 1
+
+
+def test_outside_a_terminal_stderr_carries_only_the_message(cli: Runner, emulator_factory) -> None:
+    # Scripts match the phrase a message begins with (cli-contract §3): stderr is that line.
+    emu = emulator_factory(task_errors=["CUDA out of memory"])
+    cli.url = emu.url
+    failed = cli("generate", "image", "-p", "x", "--steps", "2")
+    assert failed.code == 1
+    assert failed.stderr.startswith("request failed: ")
+    assert len(failed.stderr.splitlines()) == 1 and "CUDA out of memory" in failed.stderr
+    done = cli("generate", "image", "-p", "x", "--steps", "2")
+    assert done.code == 0 and done.stderr == "" and len(done.stdout.splitlines()) == 1
+    # -v is the log a cron job can ask for: each state change, besides the HTTP exchanges.
+    logged = cli("generate", "image", "-p", "x", "--steps", "2", "-v")
+    assert logged.code == 0
+    assert re.search(r"^gen_[0-9a-f]+: running$", logged.stderr, re.MULTILINE)
+    assert re.search(r"^gen_[0-9a-f]+: image 1/1 received$", logged.stderr, re.MULTILINE)
+
+
+def test_a_cancelled_generation_says_cancelled_first(
+    cli: Runner, emulator_factory, state_dir: Path
+) -> None:
+    emu = emulator_factory(step_seconds=0.05)
+    cli.url = emu.url
+    process = cli.start("generate", "image", "-p", "to stop", "--steps", "400")
+    assert wait_for(lambda: _record_status(state_dir) == "running")
+    stopped = cli("cancel")
+    assert stopped.code == 0, stopped.stderr
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert err.startswith("cancelled: ") and len(err.splitlines()) == 1, err
+
+
+def _record_status(state_dir: Path) -> str | None:
+    try:
+        records = list(read_registry(state_dir)["generations"].values())
+    except (OSError, ValueError):
+        return None
+    return records[0]["status"] if records else None
