@@ -114,3 +114,25 @@ def _record_status(state_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return records[0]["status"] if records else None
+
+
+def test_cancel_falls_back_when_interrupt_generation_is_a_404_page(
+    cli: Runner, emulator_factory, state_dir: Path
+) -> None:
+    def hook(point: FaultPoint) -> Fault | None:
+        # A server (or a proxy in front of it) that answers unknown routes with a plain 404.
+        if point.transport == "http" and point.route == "interruptgeneration":
+            return Fault(status=404, headers=[("Content-Type", "text/plain")], body=b"Not Found")
+        return None
+
+    emu = emulator_factory(step_seconds=0.05, faults=hook)
+    cli.url = emu.url
+    process = cli.start("generate", "image", "-p", "to stop", "--steps", "400")
+    assert wait_for(lambda: _record_status(state_dir) == "running")
+    stopped = cli("-f", "json", "cancel")
+    assert stopped.code == 0, stopped.stderr
+    assert stopped.json()["was_active"] is True
+    assert process.wait(timeout=30) == 1
+    interrupts = emu.calls("InterruptAll")
+    assert interrupts and interrupts[0].body["other_sessions"] is False
+    assert _record_status(state_dir) == "cancelled"
