@@ -136,3 +136,13 @@ def test_cancel_falls_back_when_interrupt_generation_is_a_404_page(
     interrupts = emu.calls("InterruptAll")
     assert interrupts and interrupts[0].body["other_sessions"] is False
     assert _record_status(state_dir) == "cancelled"
+
+
+def test_a_null_error_field_is_no_error() -> None:
+    from asset_generator.swarm.client import ErrorEvent, ImageEvent, StatusEvent, parse_event
+
+    image = parse_event({"image": "View/local/raw/a.png", "batch_index": 0, "error": None})
+    assert isinstance(image, ImageEvent) and image.batch_index == 0
+    status = parse_event({"status": {"waiting_gens": 1}, "error": None})
+    assert isinstance(status, StatusEvent) and status.status.counters.busy
+    assert isinstance(parse_event({"error": "boom"}), ErrorEvent)
