@@ -243,3 +243,10 @@ def test_a_format_after_the_bad_option_still_gets_its_json(cli: Runner, args: li
     assert result.code == 2
     assert result.json()["error"]["code"] == "usage_error"
     assert result.stderr.startswith("Usage: asset-generator")
+
+
+def test_no_arguments_at_all_is_the_help_and_a_usage_exit(cli: Runner) -> None:
+    result = cli()
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "Usage: asset-generator" in result.stdout + result.stderr
+    assert cli("-f").code == 2

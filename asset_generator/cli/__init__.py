@@ -389,9 +389,9 @@ def _format_after_the_error(app: App, argv: Sequence[str] | None) -> None:
     if "--" in args:
         args = args[: args.index("--")]
     wanted = None
-    for arg, following in zip(args, [*args[1:], None], strict=True):
-        if arg in ("-f", "--format") and following is not None:
-            wanted = following
+    for index, arg in enumerate(args):
+        if arg in ("-f", "--format") and index + 1 < len(args):
+            wanted = args[index + 1]
         elif arg.startswith("--format="):
             wanted = arg.split("=", 1)[1]
         elif arg.startswith("-f") and not arg.startswith("--") and len(arg) > 2:
