@@ -49,7 +49,13 @@ from asset_generator.swarm.client import (
     SwarmClient,
     parse_event,
 )
-from asset_generator.swarm.errors import APIError, InvalidSession, RequestTimeout, SwarmError
+from asset_generator.swarm.errors import (
+    APIError,
+    ConnectionFailed,
+    InvalidSession,
+    RequestTimeout,
+    SwarmError,
+)
 from asset_generator.swarm.http import WebSocket, WebSocketRefused
 from asset_generator.swarm.params import expected_outputs
 
@@ -62,6 +68,9 @@ if TYPE_CHECKING:
 # keep-alive Pongs every 30 s, so a socket silent for much longer than that is dead even if
 # TCP has not noticed.
 SILENCE_LIMIT = 120.0
+# After socket_intention:close SwarmUI closes within ~2 s; a server that keeps the socket
+# open longer has nothing more for us, and the run ends on what arrived.
+CLOSE_WAIT_LIMIT = 10.0
 POLL_SECONDS = 0.25
 RECORD_WRITE_INTERVAL = 1.0
 # A cancel aimed at a generation that has just ended may still be on its way to the server;
@@ -309,6 +318,7 @@ class GenerationRun:
     def _read_socket(self, ws: WebSocket, deadline_at: float | None, *, allow_renew: bool) -> bool:
         """Read messages until the server closes; True if the session must be renewed."""
         last_message = time.monotonic()
+        closing_since: float | None = None
         while True:
             now = time.monotonic()
             if deadline_at is not None and now >= deadline_at:
@@ -316,7 +326,17 @@ class GenerationRun:
             wait = POLL_SECONDS if deadline_at is None else min(POLL_SECONDS, deadline_at - now)
             try:
                 message = ws.receive(timeout=max(wait, 0.01))
+            except ConnectionFailed:
+                # A connection dropped once the request is over (every image in, or the
+                # server said it is closing) loses nothing; earlier it is a failure.
+                if closing_since is None and len(self.images) < self._expected:
+                    raise
+                self.debug("the server dropped the WebSocket after the generation ended")
+                return False
             except RequestTimeout:
+                if closing_since is not None and now - closing_since > CLOSE_WAIT_LIMIT:
+                    self.debug("the server did not close the WebSocket; ending the read")
+                    return False
                 # Kestrel's keep-alive Pongs count: while SwarmUI is still launching a large
                 # batch it sends no keep_alive message for minutes (T2IAPI.cs), only those.
                 if time.monotonic() - max(last_message, ws.last_heard) > SILENCE_LIMIT:
@@ -328,6 +348,8 @@ class GenerationRun:
             if message is None:
                 return False
             last_message = time.monotonic()
+            if message.get("socket_intention") == "close" and closing_since is None:
+                closing_since = last_message
             # After socket_intention:close the server idles ~2 s, sends a last status and
             # closes. We read on to its Close: hanging up first makes SwarmUI log an error
             # for every generation (its final send fails; protocol §9 pitfall 18).

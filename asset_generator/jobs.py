@@ -121,7 +121,7 @@ class Generations:
         ``bad_route``, which is remembered so later cancels go straight to
         ``InterruptAll {other_sessions: false}`` on that session (cli-contract §5).
         """
-        from asset_generator.swarm.errors import InvalidSession, UnknownRoute
+        from asset_generator.swarm.errors import InvalidSession, NotFound, UnknownRoute
 
         client = self._client()
         known = self.registry.read().server(self.key).interrupt_generation
@@ -132,6 +132,12 @@ class Generations:
                 except UnknownRoute:
                     self._debug("the server has no InterruptGeneration route; using InterruptAll")
                     self._remember_route(False)
+                except NotFound as exc:
+                    # A 404 page, not SwarmUI's JSON (a server or proxy without the route):
+                    # InterruptAll, the protocol's own cancel, decides; nothing is remembered.
+                    self._debug(
+                        f"InterruptGeneration answered oddly ({exc.message}); using InterruptAll"
+                    )
                 else:
                     if known is None:
                         self._remember_route(True)

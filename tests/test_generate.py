@@ -111,7 +111,8 @@ def _state(cli: Runner) -> str:
 def test_plain_output_is_paths_on_stdout_and_no_escape_codes(
     cli: Runner, emulator: Emulator, workdir: Path
 ) -> None:
-    result = cli("generate", "image", "--prompt", "plain", "--steps", "2")
+    # -v: outside a terminal the state lines are shown only on request.
+    result = cli("generate", "image", "--prompt", "plain", "--steps", "2", "-v")
     assert result.code == 0
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and (workdir / lines[0]).is_file()

@@ -227,3 +227,26 @@ def test_the_mapper_never_prints_a_code_outside_the_contract(
     }
     assert CommandError("bad flag", exit_code=2).code == "usage_error"
     assert CommandError("odd").code in ERROR_CODES
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--timeout", "0", "-f", "json"],
+        ["generate", "image", "-p", "x", "--steps", "abc", "--format=json"],
+        ["-f", "table", "cancel", "--wait-timeout", "-1", "-fjson"],
+    ],
+)
+def test_a_format_after_the_bad_option_still_gets_its_json(cli: Runner, args: list[str]) -> None:
+    # click stops at the first bad value; the -f json after it must still be honoured.
+    result = cli(*args)
+    assert result.code == 2
+    assert result.json()["error"]["code"] == "usage_error"
+    assert result.stderr.startswith("Usage: asset-generator")
+
+
+def test_no_arguments_at_all_is_the_help_and_a_usage_exit(cli: Runner) -> None:
+    result = cli()
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "Usage: asset-generator" in result.stdout + result.stderr
+    assert cli("-f").code == 2

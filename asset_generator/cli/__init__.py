@@ -348,6 +348,7 @@ def _dispatch(app: App, argv: Sequence[str] | None) -> int:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
+        _format_after_the_error(app, argv)
         code = "file_error" if isinstance(exc, click.FileError) else "usage_error"
         _json_failure(app, code, exc.format_message())
         return exc.exit_code
@@ -378,6 +379,29 @@ def _dispatch(app: App, argv: Sequence[str] | None) -> int:
         if handled is None:
             raise
         return handled
+
+
+def _format_after_the_error(app: App, argv: Sequence[str] | None) -> None:
+    """Honour a ``-f json`` that click never reached because an earlier option was bad.
+
+    click stops at the first bad value, so ``status --timeout 0 -f json`` would otherwise
+    print no JSON document at all, which a script parsing stdout cannot tell from a crash.
+    """
+    if "output" in app.__dict__:
+        return
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" in args:
+        args = args[: args.index("--")]
+    wanted = None
+    for index, arg in enumerate(args):
+        if arg in ("-f", "--format") and index + 1 < len(args):
+            wanted = args[index + 1]
+        elif arg.startswith("--format="):
+            wanted = arg.split("=", 1)[1]
+        elif arg.startswith("-f") and not arg.startswith("--") and len(arg) > 2:
+            wanted = arg[2:]
+    if wanted is not None and wanted.lower() in ("table", "json"):
+        app.flags["format"] = wanted.lower()
 
 
 def _usage_failure(app: App, message: str) -> int:

@@ -1,4 +1,4 @@
-"""Live progress on stderr: a rich bar in a terminal, one line per state change otherwise.
+"""Live progress on stderr: a rich bar in a terminal; with -v elsewhere, one line per state change.
 
 Only what the server reports is shown; nothing is simulated.
 """
@@ -176,4 +176,8 @@ def make_view(output: Output, generation_id: str, expected: int, *, enabled: boo
         return SilentView()
     if output.interactive():
         return RichView(output, generation_id, expected)
-    return PlainView(output, generation_id)
+    # Not a terminal (scripts, cron): stderr stays for the one line that matters, the error,
+    # so scripts can match its phrase (cli-contract §3); -v adds the state lines to the log.
+    if output.verbose:
+        return PlainView(output, generation_id)
+    return SilentView()

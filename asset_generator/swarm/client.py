@@ -190,7 +190,8 @@ GenerationEvent = StatusEvent | ProgressEvent | ImageEvent | ErrorEvent | Discar
 
 def parse_event(message: dict[str, Any]) -> GenerationEvent | None:
     """Classify one WebSocket message by its keys; unknown kinds (extensions) are None."""
-    if "error" in message:
+    # A null "error" (a serializer that writes every field) is no error, as in check_answer.
+    if message.get("error") is not None:
         return ErrorEvent(error_text(message.get("error")), _str_or_none(message.get("error_id")))
     if "image" in message and isinstance(message["image"], str):
         return ImageEvent(

@@ -35,7 +35,7 @@ class BadResponse(SwarmError):
 
 
 class NotFound(BadResponse):
-    """A GET answered 404: the output is not (or not under that spelling) on the server."""
+    """HTTP 404: an output not on the server (GET), or a route it does not have (POST)."""
 
 
 class AuthFailed(SwarmError):

@@ -176,7 +176,10 @@ class Transport:
         # ValueError covers JSONDecodeError and numbers too long to convert; RecursionError a
         # hostile, deeply nested document.
         except (ValueError, RecursionError):
-            raise BadResponse(
+            # NotFound for a 404 page: a route this server does not have (it is still a
+            # bad_response to the user).
+            failure = NotFound if status == 404 else BadResponse
+            raise failure(
                 f"{self.server} answered {path} with {describe_body(raw, content_type)}, "
                 f"HTTP {status}; is a proxy in the way, or is this not a SwarmUI server?"
             ) from None
