@@ -13,7 +13,7 @@ import click
 
 from asset_generator.cli import FiniteFloatRange, WholeNumber, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
-from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.cli.genoptions import generation_options
 from asset_generator.cli.postprocess import postprocess_from, postprocess_options
 from asset_generator.settings import MAX_SECONDS
 from asset_generator.swarm.params import OPTION_PARAMETERS
@@ -43,37 +43,9 @@ def command() -> None:
 
 @command.command("image")
 @click.option("--prompt", "-p", required=True, help="What to generate.")
-@click.option("--negative-prompt", metavar="TEXT", help="What to avoid.")
-@click.option(
-    "--model",
-    "-m",
-    metavar="NAME",
-    help="Model name as `models list` shows it.",
-    shell_complete=complete_model,
-)
-@click.option("--width", type=WholeNumber(64, 16384), help="Width in pixels.")
-@click.option("--height", type=WholeNumber(64, 16384), help="Height in pixels.")
-@click.option("--steps", type=WholeNumber(0, 500), help="Sampling steps.")
-@click.option("--cfg-scale", type=FiniteFloatRange(0, 100), help="CFG scale.")
+@generation_options()
 @click.option("--seed", type=WholeNumber(-1, 2**63 - 1), help="Seed; -1 is random.")
-@click.option("--sampler", metavar="NAME", help="Sampler, e.g. euler, dpmpp_2m.")
-@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. normal, karras.")
 @click.option("--images", "-n", type=WholeNumber(1, 10000), help="How many images.")
-@click.option(
-    "--lora",
-    "loras",
-    multiple=True,
-    metavar="NAME[:WEIGHT]",
-    help="Apply a LoRA (repeatable); weight defaults to 1.",
-    shell_complete=complete_lora,
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other SwarmUI parameter (repeatable); numbers and true/false are typed.",
-)
 @click.option("--output-dir", "-o", metavar="DIR", help="Where to save images [default: .].")
 @click.option(
     "--filename-template",

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from asset_generator.cli import FiniteFloatRange, global_options
+from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
-from asset_generator.cli.completion import complete_lora, complete_model
+from asset_generator.cli.genoptions import generation_options
 from asset_generator.cli.postprocess import postprocess_from, postprocess_options
 from asset_generator.swarm.params import OPTION_PARAMETERS
 
@@ -50,29 +50,7 @@ SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 )
 @click.option("--style-prefix", metavar="TEXT", help="Put before every prompt.")
 @click.option("--style-suffix", metavar="TEXT", help="Put after every prompt.")
-@click.option("--negative-prompt", metavar="TEXT", help="What to avoid.")
-@click.option("--model", "-m", metavar="NAME", help="Model name.", shell_complete=complete_model)
-@click.option("--width", type=click.IntRange(64, 16384), help="Width in pixels.")
-@click.option("--height", type=click.IntRange(64, 16384), help="Height in pixels.")
-@click.option("--steps", type=click.IntRange(0, 500), help="Sampling steps.")
-@click.option("--cfg-scale", type=FiniteFloatRange(0, 100), help="CFG scale.")
-@click.option("--sampler", metavar="NAME", help="Sampler, e.g. euler, dpmpp_2m.")
-@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. normal, karras.")
-@click.option(
-    "--lora",
-    "loras",
-    multiple=True,
-    metavar="NAME[:WEIGHT]",
-    help="Apply a LoRA to every asset (repeatable).",
-    shell_complete=complete_lora,
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other SwarmUI parameter for every asset (repeatable).",
-)
+@generation_options(scope=" to every asset")
 @click.option("--dry-run", is_flag=True, help="Print the plan; send nothing, write nothing.")
 @click.option(
     "--continue-on-error", is_flag=True, help="Go on after a failed asset (exit 1 all the same)."
