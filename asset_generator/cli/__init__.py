@@ -221,9 +221,11 @@ class LazyGroup(click.Group):
 def cli() -> None:
     """Drive a self-hosted SwarmUI server from the terminal, scripts and cron.
 
-    Start generations, see what is running, and cancel the current generation or
-    everything queued, with exit codes scripts can trust: 0 success, 1 error,
-    2 usage error, 130/143 interrupted.
+    Start generations and whole asset sets (pipeline), see what is running, and
+    cancel the current generation or everything queued, with exit codes scripts
+    can trust: 0 success, 1 error, 2 usage error, 130/143 interrupted. Post-process
+    images offline (crop, downscale, strip-metadata, convert svg), and serve the
+    same generate / status / cancel to AI agents (mcp).
 
     Global options work before or after the command: `asset-generator -q cancel`
     and `asset-generator cancel -q` are the same.
