@@ -146,23 +146,7 @@ class GenerationRecord:
         _expect(isinstance(data, dict), "a generation record is not an object")
         names = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in data.items() if k in names})
-        for name in ("id", "server", "server_key", "session_id", "host", "prompt"):
-            _expect(isinstance(getattr(record, name), str), f"a generation's {name} is not text")
-        _expect(
-            isinstance(record.status, str) and record.status in STATES,
-            "a generation has an unknown status",
-        )
-        _expect(
-            isinstance(record.pid, int)
-            and not isinstance(record.pid, bool)
-            and 0 < record.pid <= MAX_PID,
-            "a generation has an impossible pid",
-        )
-        _expect(_is_time(record.created), "a generation has an impossible creation time")
-        _expect(
-            record.finished is None or _is_time(record.finished),
-            "a generation has an impossible finishing time",
-        )
+        _check_job(record, "generation", ("session_id", "prompt"))
         _expect(
             _is_number(record.progress) and 0 <= record.progress <= 100,
             "a generation's progress is not a percentage",
@@ -242,19 +226,10 @@ class PipelineRecord:
         _expect(isinstance(data, dict), "a pipeline record is not an object")
         names = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in data.items() if k in names})
-        for name in ("id", "server", "server_key", "host", "spec", "output_dir"):
-            _expect(isinstance(getattr(record, name), str), f"a pipeline's {name} is not text")
-        _expect(record.status in STATES, "a pipeline has an unknown status")
-        _expect(
-            isinstance(record.pid, int) and not isinstance(record.pid, bool)
-            and 0 < record.pid <= MAX_PID,
-            "a pipeline has an impossible pid",
-        )  # fmt: skip
+        _check_job(record, "pipeline", ("spec", "output_dir"))
         for name in ("base_seed", "total"):
             value = getattr(record, name)
             _expect(isinstance(value, int) and not isinstance(value, bool), f"bad pipeline {name}")
-        _expect(_is_time(record.created), "a pipeline has an impossible creation time")
-        _expect(record.finished is None or _is_time(record.finished), "bad pipeline finish")
         _expect(
             isinstance(record.counts, dict)
             and all(isinstance(v, int) and not isinstance(v, bool) for v in record.counts.values()),
@@ -262,6 +237,27 @@ class PipelineRecord:
         )
         _expect(record.error is None or isinstance(record.error, str), "an error is not text")
         return record
+
+
+def _check_job(record: GenerationRecord | PipelineRecord, kind: str, text: tuple[str, ...]) -> None:
+    """What both record kinds must hold: text ids, a known status, a real pid, sane times."""
+    for name in ("id", "server", "server_key", "host", *text):
+        _expect(isinstance(getattr(record, name), str), f"a {kind}'s {name} is not text")
+    _expect(
+        isinstance(record.status, str) and record.status in STATES,
+        f"a {kind} has an unknown status",
+    )
+    _expect(
+        isinstance(record.pid, int)
+        and not isinstance(record.pid, bool)
+        and 0 < record.pid <= MAX_PID,
+        f"a {kind} has an impossible pid",
+    )
+    _expect(_is_time(record.created), f"a {kind} has an impossible creation time")
+    _expect(
+        record.finished is None or _is_time(record.finished),
+        f"a {kind} has an impossible finishing time",
+    )
 
 
 def _expect(condition: bool, problem: str) -> None:
