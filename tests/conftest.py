@@ -158,3 +158,36 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: flo
 
 def read_registry(state_dir: Path) -> dict[str, Any]:
     return json.loads((state_dir / "generations.json").read_text())
+
+
+# Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set (PR_CAPBSET_DROP = 24),
+# then become the program: root then obeys file permissions like anyone else.
+OBEY_PERMISSIONS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):
+    if libc.prctl(24, capability, 0, 0, 0) != 0:
+        sys.exit(99)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def obeying_permissions(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A command prefix under which chmod 0500 really makes a directory read-only."""
+    prefix = [] if os.geteuid() != 0 else [sys.executable, "-c", OBEY_PERMISSIONS]
+    probe = tmp_path_factory.mktemp("probe")
+    probe.chmod(0o500)
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-c", f"open({str(probe / 'x')!r}, 'w')"],
+            capture_output=True,
+        )
+    finally:
+        probe.chmod(0o700)
+    if b"PermissionError" not in done.stderr:
+        pytest.skip(
+            "cannot make a directory read-only here (root that cannot drop CAP_DAC_OVERRIDE, "
+            "or a filesystem that ignores modes)"
+        )
+    return prefix

@@ -10,7 +10,6 @@ use chmod; root ignores that unless it gives up CAP_DAC_OVERRIDE, which the runs
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,16 +29,6 @@ soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), hard))
 os.execv(sys.argv[2], sys.argv[2:])
 """
-# Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set (PR_CAPBSET_DROP = 24),
-# then become the program: root then obeys file permissions like anyone else.
-OBEY_PERMISSIONS = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-for capability in (1, 2):
-    if libc.prctl(24, capability, 0, 0, 0) != 0:
-        sys.exit(99)
-os.execv(sys.argv[1], sys.argv[1:])
-"""
 
 
 def run(cli: Runner, prefix: list[str], *args: str) -> Result:
@@ -57,27 +46,6 @@ def run(cli: Runner, prefix: list[str], *args: str) -> Result:
 
 def with_file_size_limit(limit: int) -> list[str]:
     return [sys.executable, "-c", LIMIT_FILE_SIZE, str(limit)]
-
-
-@pytest.fixture(scope="module")
-def obeying_permissions(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """A command prefix under which chmod 0500 really makes a directory read-only."""
-    prefix = [] if os.geteuid() != 0 else [sys.executable, "-c", OBEY_PERMISSIONS]
-    probe = tmp_path_factory.mktemp("probe")
-    probe.chmod(0o500)
-    try:
-        done = subprocess.run(
-            [*prefix, sys.executable, "-c", f"open({str(probe / 'x')!r}, 'w')"],
-            capture_output=True,
-        )
-    finally:
-        probe.chmod(0o700)
-    if b"PermissionError" not in done.stderr:
-        pytest.skip(
-            "cannot make a directory read-only here (root that cannot drop CAP_DAC_OVERRIDE, "
-            "or a filesystem that ignores modes)"
-        )
-    return prefix
 
 
 @pytest.fixture

@@ -18,16 +18,6 @@ from PIL import Image
 from asset_generator.emulator import Emulator
 
 WHITE = (255, 255, 255)
-# Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (PR_CAPBSET_DROP = 24), then become the
-# program: root then obeys file modes, so read-only cases run in a root container too.
-OBEY_PERMISSIONS = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-for capability in (1, 2):
-    if libc.prctl(24, capability, 0, 0, 0) != 0:
-        sys.exit(99)
-os.execv(sys.argv[1], sys.argv[1:])
-"""
 # Runs the program and reports, even on SystemExit (completion), the modules it imported.
 IMPORT_PROBE = """
 import sys
@@ -38,24 +28,6 @@ finally:
     print("LOADED", ",".join(sorted(sys.modules)), file=sys.stderr)
 """
 IMAGE_LIBRARIES = {"PIL", "vtracer"}
-
-
-@pytest.fixture(scope="module")
-def obeying_permissions(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """A command prefix under which chmod 0500 really makes a directory read-only."""
-    prefix = [] if os.geteuid() != 0 else [sys.executable, "-c", OBEY_PERMISSIONS]
-    probe = tmp_path_factory.mktemp("probe")
-    probe.chmod(0o500)
-    try:
-        done = subprocess.run(
-            [*prefix, sys.executable, "-c", f"open({str(probe / 'x')!r}, 'w')"],
-            capture_output=True,
-        )
-    finally:
-        probe.chmod(0o700)
-    if b"PermissionError" not in done.stderr:
-        pytest.skip("cannot make a directory read-only here")
-    return prefix
 
 
 def run(cli: Runner, prefix: list[str], *args: str) -> Result:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROGRAM, Runner, read_registry, wait_for
-from test_disk import make_read_only, obeying_permissions, read_only, run  # noqa: F401
+from test_disk import make_read_only, read_only, run  # noqa: F401
 
 from asset_generator.emulator import Emulator
 
@@ -167,7 +167,7 @@ def test_a_read_only_output_directory_is_refused_before_sending(
     cli: Runner,
     emulator: Emulator,
     workdir: Path,
-    obeying_permissions: list[str],  # noqa: F811
+    obeying_permissions: list[str],
     read_only: list[Path],  # noqa: F811
 ) -> None:
     out = workdir / "ro2"
