@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 FILE_NAME = "generations.json"
 LOCK_NAME = "generations.lock"
@@ -143,9 +145,7 @@ class GenerationRecord:
     @classmethod
     def from_dict(cls, data: Any) -> GenerationRecord:
         """A record as stored in the cache; ValueError/TypeError when it has the wrong shape."""
-        _expect(isinstance(data, dict), "a generation record is not an object")
-        names = {f.name for f in fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in names})
+        record = _known_fields(cls, data, "a generation record")
         _check_job(record, "generation", ("session_id", "prompt"))
         _expect(
             _is_number(record.progress) and 0 <= record.progress <= 100,
@@ -223,9 +223,7 @@ class PipelineRecord:
     @classmethod
     def from_dict(cls, data: Any) -> PipelineRecord:
         """A pipeline record as stored; ValueError/TypeError when it has the wrong shape."""
-        _expect(isinstance(data, dict), "a pipeline record is not an object")
-        names = {f.name for f in fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in names})
+        record = _known_fields(cls, data, "a pipeline record")
         _check_job(record, "pipeline", ("spec", "output_dir"))
         for name in ("base_seed", "total"):
             value = getattr(record, name)
@@ -237,6 +235,13 @@ class PipelineRecord:
         )
         _expect(record.error is None or isinstance(record.error, str), "an error is not text")
         return record
+
+
+def _known_fields(cls: type[T], data: Any, what: str) -> T:
+    """``cls`` built from the keys of ``data`` it knows (newer caches may hold more)."""
+    _expect(isinstance(data, dict), f"{what} is not an object")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _check_job(record: GenerationRecord | PipelineRecord, kind: str, text: tuple[str, ...]) -> None:

@@ -117,6 +117,20 @@ class Runner:
         )
 
 
+def run_prefixed(cli: Runner, prefix: list[str], *args: str) -> Result:
+    """Run the program under a command ``prefix`` (a dropped capability, a file-size limit)."""
+    done = subprocess.run(
+        [*prefix, *PROGRAM, *args],
+        cwd=cli.cwd,
+        env=cli.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
 @pytest.fixture
 def cli(workdir: Path) -> Runner:
     return Runner(workdir)

@@ -10,13 +10,13 @@ use chmod; root ignores that unless it gives up CAP_DAC_OVERRIDE, which the runs
 from __future__ import annotations
 
 import errno
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAM, Result, Runner, read_registry
+from conftest import Result, Runner, read_registry
+from conftest import run_prefixed as run
 
 from asset_generator.downloads import DownloadError, save_stream
 from asset_generator.emulator import Emulator
@@ -29,19 +29,6 @@ soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), hard))
 os.execv(sys.argv[2], sys.argv[2:])
 """
-
-
-def run(cli: Runner, prefix: list[str], *args: str) -> Result:
-    done = subprocess.run(
-        [*prefix, *PROGRAM, *args],
-        cwd=cli.cwd,
-        env=cli.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def with_file_size_limit(limit: int) -> list[str]:

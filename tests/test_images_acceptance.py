@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAM, Result, Runner
+from conftest import Runner
+from conftest import run_prefixed as run
 from PIL import Image
 
 from asset_generator.emulator import Emulator
@@ -28,19 +29,6 @@ finally:
     print("LOADED", ",".join(sorted(sys.modules)), file=sys.stderr)
 """
 IMAGE_LIBRARIES = {"PIL", "vtracer"}
-
-
-def run(cli: Runner, prefix: list[str], *args: str) -> Result:
-    done = subprocess.run(
-        [*prefix, *PROGRAM, *args],
-        cwd=cli.cwd,
-        env=cli.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def imported(*args: str, env: dict[str, str] | None = None) -> tuple[str, set[str]]:
