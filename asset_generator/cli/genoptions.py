@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from asset_generator.cli import FiniteFloatRange, WholeNumber
 from asset_generator.cli.completion import complete_lora, complete_model
+
+if TYPE_CHECKING:
+    from asset_generator.cli.app import App
+    from asset_generator.server.types import Lora, Request
+
+# The options a Request carries that `pipeline` passes on (seed and images are its own).
+RUN_OPTIONS = (
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "sampler",
+    "scheduler",
+)
 
 
 def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -55,3 +71,48 @@ def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Cal
         return command
 
     return decorate
+
+
+def parse_loras(items: tuple[str, ...]) -> tuple[Lora, ...]:
+    from asset_generator.server.types import Lora
+
+    return tuple(Lora.parse(item) for item in items)
+
+
+def parse_params(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """``--param KEY=VALUE`` items, typed; a usage error names the bad one."""
+    from asset_generator.server.types import parse_assignment
+
+    try:
+        return tuple(parse_assignment(item) for item in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from None
+
+
+def config_defaults(app: App, names: tuple[str, ...]) -> dict[str, Any]:
+    """The config's ``[generate]`` values of ``names`` that are set."""
+    values = {name: app.settings[f"generate.{name}"] for name in names}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def request_from(
+    app: App,
+    prompt: str | None,
+    options: dict[str, Any],
+    *,
+    names: tuple[str, ...],
+    loras: tuple[str, ...] = (),
+    params: tuple[str, ...] = (),
+    no_save: bool = False,
+) -> Request:
+    """A Request from the command line's ``names`` options, the config's under them."""
+    from asset_generator.server.types import Request
+
+    return Request(
+        prompt=prompt,
+        **{name: options.get(name) for name in names},
+        loras=parse_loras(loras),
+        params=parse_params(params),
+        no_save=no_save,
+        defaults=config_defaults(app, names),
+    )
