@@ -252,6 +252,8 @@ def _parse_links(links: Any, where: str) -> dict[int, _Link]:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidWorkflow(f"a link of {where} is malformed: {entry!r}") from err
+        if link.origin_slot < 0 or link.target_slot < 0:
+            raise InvalidWorkflow(f"link {link.id} of {where} has a negative slot")
         parsed[link.id] = link
     return parsed
 
@@ -607,8 +609,8 @@ class _Converter:
     ) -> _Node:
         local_id = str(raw["id"])
         node_type = _node_type(raw)
-        saved_inputs = [i for i in raw.get("inputs") or [] if isinstance(i, Mapping)]
-        saved_outputs = [o for o in raw.get("outputs") or [] if isinstance(o, Mapping)]
+        saved_inputs = _mappings(raw.get("inputs"))
+        saved_outputs = _mappings(raw.get("outputs"))
         # LGraphNode.configure: a node without a title of its own shows its class's.
         title = raw.get("title") if isinstance(raw.get("title"), str) else ""
         node = _Node(
@@ -634,8 +636,7 @@ class _Converter:
                 "PrimitiveNode": "Primitive",
                 "MarkdownNote": "Markdown Note",
             }.get(node_type, node_type)
-            outputs = raw.get("outputs") or [{}]
-            linked = isinstance(outputs[0], Mapping) and outputs[0].get("links")
+            linked = _ids(next(iter(saved_outputs), {}).get("links"))
             if node_type == "PrimitiveNode" and graph is not self.root and linked:
                 raise UnsupportedWorkflow(
                     "a primitive node inside a subgraph",
@@ -699,7 +700,7 @@ class _Converter:
                 widget.value = value
         if node.type in ("KSampler", "KSamplerAdvanced"):
             # app.ts loadGraphData: sampler names of old files lose their "sample_" prefix.
-            sampler = node.widget("sampler_name")
+            sampler = next((w for w in widgets if w.name == "sampler_name"), None)
             if sampler and isinstance(sampler.value, str) and sampler.value.startswith("sample_"):
                 sampler.value = sampler.value[len("sample_") :]
         return widgets
@@ -717,7 +718,7 @@ class _Converter:
                 "promoted widgets of a newer web UI (proxyWidgets)",
                 f"subgraph node {node.label}; ComfyUI 0.3.64's web UI does not read them",
             )
-        slots = [s for s in definition.get("inputs") or [] if isinstance(s, Mapping)]
+        slots = _mappings(definition.get("inputs"))
         # litegraphService.ts configure, as for any node: the definition's slots, each taking its
         # saved link by name (unlinked widget slots are not saved), then saved slots it lacks.
         by_name = {str(i.get("name")): i for i in saved_inputs}
@@ -730,7 +731,7 @@ class _Converter:
         declared = {entry.name for entry in inputs}
         inputs.extend(_saved_input(i) for i in saved_inputs if str(i.get("name")) not in declared)
         node.inputs = inputs
-        outputs = [s for s in definition.get("outputs") or [] if isinstance(s, Mapping)]
+        outputs = _mappings(definition.get("outputs"))
         node.output_types = [s.get("type") for s in outputs]
 
     def _promote_widgets(self, instance: _Node) -> None:
@@ -738,16 +739,12 @@ class _Converter:
         # widget-bearing link inside reaches; then the instance's widgets_values fill the copies.
         graph = instance.subgraph
         assert graph is not None and graph.definition is not None
-        slots = {
-            str(s.get("name")): s
-            for s in graph.definition.get("inputs") or []
-            if isinstance(s, Mapping)
-        }
+        slots = {str(s.get("name")): s for s in _mappings(graph.definition.get("inputs"))}
         for slot_input in instance.inputs:
             slot = slots.get(slot_input.name)
             if slot is None:
                 continue
-            for link_id in slot.get("linkIds") or []:
+            for link_id in _ids(slot.get("linkIds")):
                 link = graph.links.get(link_id)
                 if link is None:
                     continue
@@ -786,12 +783,9 @@ class _Converter:
         for node in self.nodes.values():
             if node.type != "PrimitiveNode" or node.instance is not None:
                 continue
-            outputs = node.raw.get("outputs") or []
-            link_ids = (
-                outputs[0].get("links") if outputs and isinstance(outputs[0], Mapping) else None
-            )
+            link_ids = next(iter(_mappings(node.raw.get("outputs"))), {}).get("links")
             targets = []
-            for link_id in link_ids or []:
+            for link_id in _ids(link_ids):
                 link = self.root.links.get(link_id)
                 target = self.nodes.get(link.target_id) if link else None
                 slot = _input_holding(target, link) if target and link else None
@@ -879,10 +873,10 @@ class _Converter:
     ) -> _Resolved | None:
         graph = instance.subgraph
         assert graph is not None and graph.definition is not None
-        outputs = [s for s in graph.definition.get("outputs") or [] if isinstance(s, Mapping)]
+        outputs = _mappings(graph.definition.get("outputs"))
         if slot >= len(outputs):
             raise InvalidWorkflow(f"subgraph node {instance.label} has no output slot {slot}")
-        links = [graph.links[i] for i in outputs[slot].get("linkIds") or [] if i in graph.links]
+        links = [graph.links[i] for i in _ids(outputs[slot].get("linkIds")) if i in graph.links]
         if not links:
             return None
         link = links[0]
@@ -983,6 +977,18 @@ class _Converter:
 
 # --------------------------------------------------------------------------------------------
 # Small pieces
+
+
+def _mappings(value: Any) -> list[Mapping[str, Any]]:
+    return (
+        [entry for entry in value if isinstance(entry, Mapping)] if isinstance(value, list) else []
+    )
+
+
+def _ids(value: Any) -> list[int]:
+    if not isinstance(value, list):
+        return []
+    return [entry for entry in value if isinstance(entry, int) and not isinstance(entry, bool)]
 
 
 def _saved_input(saved: Mapping[str, Any]) -> _Input:
