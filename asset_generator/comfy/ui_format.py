@@ -366,7 +366,9 @@ def _class_layout(class_type: str, info: Mapping[str, Any]) -> _Layout:
         if spec.type not in _WIDGET_CONSTRUCTORS or spec.options.get("forceInput"):
             sockets.append(spec)
             continue
-        if spec.type in _UNMODELLED_WIDGET_TYPES or spec.options.get("file_upload") is True:
+        if spec.options.get("file_upload") is True:
+            problem = problem or f"a file upload widget ('{spec.name}')"
+        elif spec.type in _UNMODELLED_WIDGET_TYPES:
             problem = problem or f"a {spec.type} widget ('{spec.name}')"
         widget_inputs.append(spec)
         widgets.extend(_widgets_for(spec))
@@ -405,7 +407,7 @@ def _widgets_for(spec: _InputSpec) -> list[_WidgetSpec]:
     if spec.type == "INT":
         # useIntWidget.ts: a seed or noise_seed input gets the control even without the flag.
         if control if control is not None else spec.name in ("seed", "noise_seed"):
-            extra.append(_control_widget(control, "randomize"))
+            extra.append(_control_widget(control))
     elif spec.type == "COMBO":
         remote = options.get("remote")
         if isinstance(remote, Mapping) and remote.get("refresh_button"):
@@ -413,14 +415,15 @@ def _widgets_for(spec: _InputSpec) -> list[_WidgetSpec]:
             extra.append(_WidgetSpec("Auto-refresh after generation", False, True, False))
             extra.append(_WidgetSpec("refresh", True, True, _UNDEFINED))
         if control:
-            extra.append(_control_widget(control, "randomize"))
+            extra.append(_control_widget(control))
             extra.append(_WidgetSpec("control_filter_list", False, True, ""))
     return [main, *extra]
 
 
-def _control_widget(control: Any, fallback: str) -> _WidgetSpec:
+def _control_widget(control: Any) -> _WidgetSpec:
+    # scripts/widgets.ts addValueControlWidgets: kept in widgets_values, never sent.
     name = control if isinstance(control, str) else "control_after_generate"
-    return _WidgetSpec(name, in_prompt=False, stored=True, default=fallback)
+    return _WidgetSpec(name, in_prompt=False, stored=True, default="randomize")
 
 
 def _widget_default(spec: _InputSpec) -> Any:
@@ -550,7 +553,7 @@ class _Converter:
                 )
         self._apply_primitive_nodes()
         output: dict[str, dict[str, Any]] = {}
-        for node in self._execution_order():
+        for node in self._output_order():
             if not node.executes:
                 continue
             output[node.id] = {
@@ -894,7 +897,7 @@ class _Converter:
 
     # ---- what is sent
 
-    def _execution_order(self) -> list[_Node]:
+    def _output_order(self) -> list[_Node]:
         def order_key(node: _Node) -> tuple[int, int, str]:
             # Integer-like keys first, ascending, as a JavaScript object orders them.
             return (0, int(node.id), "") if node.id.isdigit() else (1, 0, "")
