@@ -38,6 +38,7 @@ from asset_generator.server.types import (
     Handle,
     ImageReady,
     NotAResult,
+    Notice,
     Prepared,
     Progress,
     Renewed,
@@ -109,6 +110,7 @@ class GenerationRun:
         save: SaveOptions,
         on_saved: Callable[[SavedImage], None] = lambda saved: None,
         debug: Callable[[str], None] = lambda message: None,
+        notice: Callable[[str], None] | None = None,
         owner: str | None = None,
         claimer: Claimer | None = None,
     ) -> None:
@@ -121,6 +123,8 @@ class GenerationRun:
         self.save = save
         self.on_saved = on_saved
         self.debug = debug
+        # Warnings from the server worth a line even without -v.
+        self.notice = notice or debug
         self.claimer = claimer or server.claimer()
         self.record: GenerationRecord | None = None
         self.prepared: Prepared | None = None
@@ -169,7 +173,7 @@ class GenerationRun:
             )
             return self.record
 
-        self.claimer.claim(ServerLedger(self.registry, self.key), record)
+        self.claimer.claim(ServerLedger(self.registry, self.key), record, prepared)
         assert self.record is not None
         self._saver = Saver(
             self.save,
@@ -221,6 +225,8 @@ class GenerationRun:
             self._discard(set(event.indices))
         elif isinstance(event, Renewed):
             self._update_record(handle=dict(event.handle))
+        elif isinstance(event, Notice):
+            self.notice(event.text)
 
     def _on_wait(self, event: Waiting) -> None:
         assert self.record is not None
@@ -350,6 +356,8 @@ class GenerationRun:
         latest = self.registry.read().generations.get(self.record.id)
         cancelled_here = self._self_cancelled or (latest is not None and latest.status == CANCELLED)
         ended = self._ended or Ended(types.DONE)
+        if ended.images is not None and self.prepared is not None:
+            self.prepared.expected = ended.images
         if ended.how == types.INTERRUPTED:
             return CANCELLED, ended.text or "the server interrupted the generation"
         if ended.how == types.FAILED:

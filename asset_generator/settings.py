@@ -349,6 +349,13 @@ def state_dir() -> Path:
     return user_state_path(APP_NAME, appauthor=False)
 
 
+def cache_dir() -> Path:
+    """Where large things that can be fetched again are kept (ComfyUI's node catalogue)."""
+    from platformdirs import user_cache_path
+
+    return user_cache_path(APP_NAME, appauthor=False)
+
+
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     explicit = environ.get(CONFIG_ENV)

@@ -32,7 +32,7 @@ def command() -> None:
 
 
 @command.command("image")
-@click.option("--prompt", "-p", required=True, help="What to generate.")
+@click.option("--prompt", "-p", help="What to generate (required, but for a ComfyUI --workflow).")
 @generation_options()
 @click.option("--seed", type=WholeNumber(-1, 2**63 - 1), help="Seed; -1 is random.")
 @click.option("--images", "-n", type=WholeNumber(1, 10000), help="How many images.")
@@ -68,16 +68,28 @@ def command() -> None:
 @global_options
 @click.pass_obj
 def image(
-    app: App, prompt: str, loras: tuple[str, ...], params: tuple[str, ...], **options: Any
+    app: App,
+    prompt: str | None,
+    loras: tuple[str, ...],
+    params: tuple[str, ...],
+    sets: tuple[str, ...],
+    workflow: str | None,
+    **options: Any,
 ) -> int:
     """Generate images from a prompt and save them.
 
     Only the parameters you set (here or in the config's [generate] table) are sent,
-    so the model's own defaults apply to the rest. Saved file paths are printed on
-    stdout, one per line; progress goes to stderr. Ctrl-C interrupts the generation
-    on the server before exiting (130; SIGTERM 143); a second Ctrl-C exits at once.
+    so the model's own defaults apply to the rest. On ComfyUI the built-in
+    text-to-image graph runs (it needs --model; unset options take its defaults: 512x512,
+    20 steps, cfg 7, euler, normal), or your own --workflow, whose nodes the options set
+    by meaning. Saved file paths are printed on stdout, one per line; progress goes to
+    stderr. Ctrl-C interrupts the generation on the server before exiting (130; SIGTERM
+    143); a second Ctrl-C exits at once.
     """
     from asset_generator.downloads import check_template
+
+    if not prompt and workflow is None:
+        raise click.UsageError("Missing option '--prompt' / '-p'.")
 
     postprocess = postprocess_from(app, options)
     template = options["filename_template"] or app.settings["generate.filename_template"]
@@ -97,6 +109,8 @@ def image(
         names=OPTIONS,
         loras=loras,
         params=params,
+        sets=sets,
+        workflow=workflow,
         no_save=options["no_save"],
     )
 
@@ -138,6 +152,7 @@ def _run(
     from asset_generator.registry import RegistryError
     from asset_generator.saving import SaveOptions
     from asset_generator.server.errors import ServerError
+    from asset_generator.workflows import WorkflowFileError
 
     def printed(saved: Any) -> None:
         if not app.output.is_json:
@@ -167,7 +182,10 @@ def _run(
     try:
         try:
             server = app.server()
-            prepared = server.prepare(request)
+            try:
+                prepared = server.prepare(request)
+            except WorkflowFileError as exc:
+                raise CommandError(str(exc), "file_error") from None
             for note in prepared.notes:
                 app.output.info(note)
             run = GenerationRun(
@@ -178,6 +196,7 @@ def _run(
                 save=SaveOptions(output_dir, template, overwrite, download, postprocess),
                 on_saved=printed,
                 debug=app.output.debug,
+                notice=app.output.warn,
             )
             record = run.register(prepared)
             sent = True

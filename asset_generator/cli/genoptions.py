@@ -12,7 +12,7 @@ from asset_generator.cli.completion import complete_lora, complete_model
 
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
-    from asset_generator.server.types import Lora, Request
+    from asset_generator.server.types import Lora, Request, SetInput, Workflow
 
 # The options a Request carries that `pipeline` passes on (seed and images are its own).
 RUN_OPTIONS = (
@@ -28,7 +28,7 @@ RUN_OPTIONS = (
 
 
 def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--negative-prompt`` … ``--param``: SwarmUI parameters, sent only when set.
+    """``--negative-prompt`` … ``--set``: generation options, sent only when set.
 
     ``scope``: words added to the repeatable options' help (" to every asset" for pipeline).
     """
@@ -63,6 +63,21 @@ def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Cal
             help=f"Any other SwarmUI parameter{scope} (repeatable); numbers and true/false "
             "are typed.",
         ),
+        click.option(
+            "--workflow",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help=f"ComfyUI: run this workflow{scope} (API format, or the web UI's saved "
+            "format); the options above set its nodes by meaning.",
+        ),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="NODE.INPUT=VALUE",
+            help=f"ComfyUI: set one input of a workflow node{scope} (NODE: id, title or "
+            "class; repeatable; applied last, so it wins).",
+        ),
     )
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -95,6 +110,32 @@ def config_defaults(app: App, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def parse_sets(items: tuple[str, ...]) -> tuple[SetInput, ...]:
+    """``--set NODE.INPUT=VALUE`` items; a usage error names the bad one."""
+    from asset_generator.workflows import parse_set
+
+    try:
+        return tuple(parse_set(item) for item in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
+
+
+def read_workflow_option(path: str | None) -> Workflow | None:
+    """``--workflow FILE`` read and parsed; exit 1 (``file_error``) naming the file if it
+    cannot be."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from asset_generator.cli.app import CommandError
+    from asset_generator.workflows import WorkflowFileError, read_workflow
+
+    try:
+        return read_workflow(Path(path).expanduser())
+    except WorkflowFileError as exc:
+        raise CommandError(str(exc), "file_error") from None
+
+
 def request_from(
     app: App,
     prompt: str | None,
@@ -103,6 +144,8 @@ def request_from(
     names: tuple[str, ...],
     loras: tuple[str, ...] = (),
     params: tuple[str, ...] = (),
+    sets: tuple[str, ...] = (),
+    workflow: str | None = None,
     no_save: bool = False,
 ) -> Request:
     """A Request from the command line's ``names`` options, the config's under them."""
@@ -113,6 +156,8 @@ def request_from(
         **{name: options.get(name) for name in names},
         loras=parse_loras(loras),
         params=parse_params(params),
+        workflow=read_workflow_option(workflow),
+        sets=parse_sets(sets),
         no_save=no_save,
         defaults=config_defaults(app, names),
     )

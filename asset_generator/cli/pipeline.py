@@ -19,6 +19,8 @@ from asset_generator.cli.genoptions import (
     config_defaults,
     generation_options,
     parse_params,
+    parse_sets,
+    read_workflow_option,
 )
 from asset_generator.cli.output import is_terminal
 from asset_generator.cli.postprocess import postprocess_from, postprocess_options
@@ -77,6 +79,8 @@ def command(
     spec_file: str | None,
     loras: tuple[str, ...],
     params: tuple[str, ...],
+    sets: tuple[str, ...],
+    workflow: str | None,
     **options: Any,
 ) -> int:
     """Generate a whole asset set from one YAML spec (the Go tool's format).
@@ -97,7 +101,7 @@ def command(
     if not given:
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
     postprocess = postprocess_from(app, options)
-    run_params = _run_params(app, params, loras, options)
+    run_params = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
     output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
     try:
         spec = load_spec(Path(given).expanduser())
@@ -129,7 +133,13 @@ def command(
 
 
 def _run_params(
-    app: App, params: tuple[str, ...], loras: tuple[str, ...], options: dict[str, Any]
+    app: App,
+    params: tuple[str, ...],
+    loras: tuple[str, ...],
+    options: dict[str, Any],
+    *,
+    sets: tuple[str, ...] = (),
+    workflow: str | None = None,
 ) -> list[tuple[str, Any]]:
     """Config [generate] defaults < --param < explicit options, as (name, value) pairs."""
     extra = parse_params(params)
@@ -138,6 +148,10 @@ def _run_params(
     pairs += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
     if loras:
         pairs.append(("loras", list(loras)))
+    if workflow is not None:
+        pairs.append(("workflow", read_workflow_option(workflow)))
+    if sets:
+        pairs.append(("set", list(parse_sets(sets))))
     return pairs
 
 

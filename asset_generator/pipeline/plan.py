@@ -333,6 +333,8 @@ def _sets(value: Any, where: str) -> list[SetInput]:
     """A ``set:`` map of ``"NODE.INPUT": value``, as `--set` takes them."""
     from asset_generator.workflows import parse_set
 
+    if isinstance(value, list) and all(isinstance(item, SetInput) for item in value):
+        return list(value)  # --set on the command line, already parsed
     if not isinstance(value, dict):
         raise SpecError(f"{where}: expected a map of NODE.INPUT: value")
     sets = []

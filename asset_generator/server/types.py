@@ -248,6 +248,13 @@ class Discarded:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the run (a node the server skipped)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Renewed:
     """Our work moved to a new handle (a stale SwarmUI session was replaced)."""
 
@@ -278,9 +285,23 @@ class Ended:
 
     how: str
     text: str | None = None
+    # How many result images the server made in all, when it says (ComfyUI announces each
+    # one); the run is then complete when every one of them was saved.
+    images: int | None = None
 
 
-Event = Accepted | Waiting | Progress | ImageReady | NotAResult | Discarded | Renewed | Tick | Ended
+Event = (
+    Accepted
+    | Waiting
+    | Progress
+    | ImageReady
+    | NotAResult
+    | Discarded
+    | Notice
+    | Renewed
+    | Tick
+    | Ended
+)
 
 
 # -- what the registry lends an adapter --------------------------------------------------------
@@ -310,7 +331,9 @@ class Claimer(Protocol):
     same transaction that picks the handle, so two processes never take the same one.
     """
 
-    def claim(self, ledger: Ledger, record: Callable[[Handle], Any]) -> Handle: ...
+    def claim(
+        self, ledger: Ledger, record: Callable[[Handle], Any], prepared: Prepared
+    ) -> Handle: ...
 
     def release(self, handle: Handle, *, cancelled: bool) -> None: ...
 

@@ -192,7 +192,7 @@ class SessionClaimer:
     def __init__(self, server: SwarmServer) -> None:
         self.server = server
 
-    def claim(self, ledger: Ledger, record: Callable[[Handle], Any]) -> Handle:
+    def claim(self, ledger: Ledger, record: Callable[[Handle], Any], prepared: Prepared) -> Handle:
         with ledger.change() as view:
             held = _resting(view, time.time())
             idle = next((s for s in reversed(sessions_of(view)) if s.id not in held), None)
@@ -223,7 +223,7 @@ class SessionPool:
         self._owned: set[str] = set()
         self._lock = threading.Lock()
 
-    def claim(self, ledger: Ledger, record: Callable[[Handle], Any]) -> Handle:
+    def claim(self, ledger: Ledger, record: Callable[[Handle], Any], prepared: Prepared) -> Handle:
         session_id = self._acquire(ledger)
         handle = {"session_id": session_id}
         with ledger.change() as view:
