@@ -33,6 +33,8 @@ MAX_HEADER_BYTES = 1024 * 1024
 MAX_DRAIN_BYTES = 1024 * 1024
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 READ_CHUNK = 65536
+# Request bodies are read in bigger pieces (uploads of up to hundreds of MB).
+BODY_CHUNK = 1024 * 1024
 
 
 class PeerGone(Exception):
@@ -60,6 +62,13 @@ class Exchange:
     async def drain(self) -> bool:
         """Skip an unread body; False when it is too big or the peer left."""
         return await drain(self.conn, self.reader, self.writer)
+
+    async def discard_body(self) -> None:
+        """Read and drop the rest of the body, however long (aiohttp's lingering read)."""
+        while self.conn.their_state is h11.SEND_BODY:
+            event = await next_event(self.conn, self.reader, self.writer, BODY_CHUNK)
+            if not isinstance(event, h11.Data | h11.EndOfMessage):
+                raise PeerGone("connection closed during the request body")
 
     @property
     def wants_websocket(self) -> bool:
@@ -379,7 +388,10 @@ class HttpTransport:
 
 
 async def next_event(
-    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    chunk: int = READ_CHUNK,
 ) -> Any:
     while True:
         event = conn.next_event()
@@ -387,7 +399,7 @@ async def next_event(
             return event
         if conn.they_are_waiting_for_100_continue:
             writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        data = await reader.read(READ_CHUNK)
+        data = await reader.read(chunk)
         conn.receive_data(data)
 
 
@@ -397,7 +409,7 @@ async def read_body(
     chunks: list[bytes] = []
     size = 0
     while True:
-        event = await next_event(conn, reader, writer)
+        event = await next_event(conn, reader, writer, BODY_CHUNK)
         if isinstance(event, h11.Data):
             size += len(event.data)
             if size > limit:
