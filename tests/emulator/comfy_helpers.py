@@ -64,6 +64,32 @@ def slow_graph(
     }
 
 
+def sd_graph(**changes: Any) -> dict[str, Any]:
+    """The built-in text-to-image graph (protocol §10) with a LoRA, at 64×64."""
+    graph: dict[str, Any] = {
+        "4": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "random-sd15.safetensors"}},
+        "10": {"class_type": "LoraLoader",
+               "inputs": {"lora_name": "random-lora.safetensors", "strength_model": 0.8,
+                          "strength_clip": 0.8, "model": ["4", 0], "clip": ["4", 1]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["10", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["10", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler",
+              "inputs": {"seed": 42, "steps": 2, "cfg": 7.0, "sampler_name": "euler",
+                         "scheduler": "normal", "denoise": 1.0, "model": ["10", 0],
+                         "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage",
+              "inputs": {"filename_prefix": unique("sd"), "images": ["8", 0]}},
+    }  # fmt: skip
+    for path, value in changes.items():
+        node, name = path.split(".")
+        graph[node]["inputs"][name] = value
+    return graph
+
+
 def unique(stem: str) -> str:
     """A file prefix no other run (or engineer) on a shared server uses."""
     return f"ag_{stem}_{uuid.uuid4().hex[:10]}"
@@ -90,9 +116,8 @@ class Socket:
         self.target = target
         self.client_id = client_id
         query = f"?clientId={client_id}" if client_id is not None else ""
-        self._client = httpx.Client(base_url=target.url, headers=target.headers, timeout=10)
         self._context = connect_ws(
-            f"{target.url}/ws{query}", self._client, max_message_size_bytes=16 * 1024 * 1024
+            f"{target.url}/ws{query}", target.http, max_message_size_bytes=16 * 1024 * 1024
         )
         self.ws = self._context.__enter__()
         self.frames: list[Frame] = []
@@ -111,7 +136,7 @@ class Socket:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                event = self.ws.receive(timeout=0.1)
+                event = self.ws.receive(timeout=0.02)
             except queue.Empty:
                 continue
             except (WebSocketDisconnect, Exception):
@@ -155,6 +180,15 @@ class Socket:
             timeout,
         )
 
+    def wait_closed(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.target.timeout)
+        with self._condition:
+            while not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("the socket is still open")
+                self._condition.wait(left)
+
     def of(self, prompt_id: str) -> list[Frame]:
         with self._condition:
             return [f for f in self.frames if f.prompt_id == prompt_id]
@@ -171,7 +205,6 @@ class Socket:
         self._stop.set()
         with contextlib.suppress(Exception):
             self._context.__exit__(None, None, None)
-        self._client.close()
         self._thread.join(5)
 
 
@@ -185,6 +218,8 @@ class Target:
     timeout: float
     # Multiplier for sleeps that let a real server act (interrupt latency, GC pauses).
     timing: float
+    # SlowSolidImage step_seconds for runs a test must catch while they run.
+    step: float = 0.02
     headers: dict[str, str] = field(default_factory=dict)
     submitted: list[str] = field(default_factory=list)
     sockets: list[Socket] = field(default_factory=list)

@@ -36,7 +36,7 @@ def comfy(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Target]:
             target.cleanup()
             emulator.stop()
     else:
-        target = Target(REAL_URL, None, timeout=300.0, timing=4.0)
+        target = Target(REAL_URL, None, timeout=300.0, timing=4.0, step=0.1)
         try:
             yield target
         finally:
