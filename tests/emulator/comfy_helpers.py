@@ -2,8 +2,9 @@
 
 The same test functions run against the project's emulator and, when
 ``ASSET_GENERATOR_TEST_COMFYUI_URL`` names a real ComfyUI (``comfyui-peer.md``), against that
-server: the ``comfy`` fixture is parametrised over both and skips the real one when the
-variable is unset. Tests that need an emulator-only hook call ``comfy.require_emulator()``.
+server: the ``comfy`` fixture (``tests/conftest.py``) is parametrised over both and skips the
+real one when the variable is unset. Tests that need an emulator-only hook use the
+``emulator_only`` fixture or call ``comfy.require_emulator()``.
 
 A real server is shared: every prompt a test submits is remembered, and when the test ends
 the pending ones are deleted and the running one is interrupted by its id. Nothing here sends
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import struct
 import threading
@@ -30,9 +30,6 @@ from httpx_ws import WebSocketDisconnect, connect_ws
 from wsproto.events import BytesMessage, TextMessage
 
 from asset_generator.emulator import ComfyEmulator
-
-# Read at import: the autouse isolation fixture removes ASSET_GENERATOR_* variables.
-REAL_URL = os.environ.get("ASSET_GENERATOR_TEST_COMFYUI_URL", "").rstrip("/")
 
 
 def slow_graph(
