@@ -38,7 +38,7 @@ class ComfyEmulator(ServedEmulator):
 
     async def _started(self) -> None:
         assert self._server is not None
-        self.config.port = self.port  # what /system_stats reports in argv
+        self._server.port = self.port  # what /system_stats reports in argv
         self._server.start()
 
     async def _shutdown(self) -> None:

@@ -51,6 +51,7 @@ class ComfyServer:
         self.last_node_id: str | None = None
         self.last_prompt_id: str | None = None
         self.number = 0
+        self.port = config.port  # the bound port, once listening
         self.interrupt = Interrupt()
         self.prompt_queue = PromptQueue(self)
         self.executor = PromptExecutor(

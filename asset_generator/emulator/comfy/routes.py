@@ -71,7 +71,7 @@ async def system_stats(server: ComfyServer, request: WebRequest) -> Answer:
                 "python_version": sys.version,
                 "pytorch_version": PYTORCH_VERSION,
                 "embedded_python": False,
-                "argv": ["main.py", "--cpu", "--listen", config.host, "--port", str(config.port)],
+                "argv": ["main.py", "--cpu", "--listen", config.host, "--port", str(server.port)],
             },
             "devices": [
                 {
