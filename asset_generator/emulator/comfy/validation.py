@@ -158,10 +158,9 @@ class Validator:
         inputs = prompt[unique_id]["inputs"]
         class_type = prompt[unique_id]["class_type"]
         class_inputs = self.catalog.input_types(class_type)
-        valid_inputs = [
-            *class_inputs.get("required", {}),
-            *(n for n in class_inputs.get("optional", {}) if n not in class_inputs["required"]),
-        ]
+        required = class_inputs.get("required", {})
+        optional = [n for n in class_inputs.get("optional", {}) if n not in required]
+        valid_inputs = [*required, *optional]
         node_class = NODE_CLASSES[class_type]
         validate_function_inputs = node_class.validate_args
         errors: list[Reason] = []
