@@ -46,10 +46,7 @@ def show(app: App, file: str) -> int:
     where = f"the workflow {workflow.path}"
     converted = ui_format.is_ui_format(workflow.document)
     try:
-        if converted:
-            document = _converted(app, workflow.document, where)
-        else:
-            document = workflow.document
+        document = _converted(app, workflow.document, where) if converted else workflow.document
         graph = check_api_format(document, where)
     except (WorkflowShapeError, WorkflowFileError) as exc:
         raise CommandError(str(exc), "file_error") from None
