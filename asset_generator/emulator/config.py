@@ -26,7 +26,11 @@ class FaultPoint:
     to be sent), ``"upgrade"`` for a WebSocket handshake about to be accepted (``status`` 101;
     a fault with a status or body answers that instead, as a proxy without WebSocket support
     does), or ``"ws"`` for one outgoing WebSocket message (``message`` is the JSON object,
-    ``index`` counts messages already sent on that socket).
+    ``index`` counts messages already sent on that socket). The ComfyUI emulator also asks at
+    ``"request"``, before a route's handler runs: a fault with a status or body answers in
+    the server's place and the handler never runs, as when a proxy in front answers itself
+    (the ``"http"`` point then follows for that answer); ``reset`` there drops the
+    connection unanswered, the handler not run either (a server gone from the network).
     """
 
     transport: str
