@@ -58,7 +58,8 @@ class Fault:
     body: bytes | None = None
     # HTTP: announce the full Content-Length but send only this many body bytes, then close.
     truncate_to: int | None = None
-    # HTTP: send the status line and headers, then nothing for this many seconds.
+    # HTTP: send the status line and headers, then nothing for this many seconds (an answer
+    # without a body is complete with its headers: nothing is withheld).
     stall_after_headers_seconds: float = 0.0
     # HTTP and WS: drop the TCP connection at this point without answering (no Close frame).
     reset: bool = False

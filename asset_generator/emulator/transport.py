@@ -279,7 +279,9 @@ class HttpTransport:
         reason = reason_phrase(answer.status)
         data = conn.send(h11.Response(status_code=answer.status, headers=headers, reason=reason))
         body = answer.body if method != "HEAD" else b""
-        if stall_seconds > 0:
+        # Only a body can be withheld: an empty one is complete with the headers, and the
+        # client may already send its next request on this connection.
+        if stall_seconds > 0 and body:
             writer.write(data)
             await writer.drain()
             data = b""
