@@ -56,7 +56,8 @@ class Fault:
     status: int | None = None
     headers: list[tuple[str, str]] | None = None
     body: bytes | None = None
-    # HTTP: announce the full Content-Length but send only this many body bytes, then close.
+    # HTTP: announce the full Content-Length but send only this many body bytes, then close
+    # (an answer without a body is complete with its headers: nothing is cut).
     truncate_to: int | None = None
     # HTTP: send the status line and headers, then nothing for this many seconds (an answer
     # without a body is complete with its headers: nothing is withheld).

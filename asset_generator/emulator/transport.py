@@ -256,7 +256,8 @@ class HttpTransport:
                     fault.headers if fault.headers is not None else answer.headers,
                     answer.close,
                 )
-            truncate_to = fault.truncate_to
+            # Only a body can be cut off: one without is complete with its headers.
+            truncate_to = fault.truncate_to if answer.body and request.method != "HEAD" else None
             stall = fault.stall_after_headers_seconds
             replaced = fault.status is not None or fault.body is not None
         if compress is not None and not replaced:
