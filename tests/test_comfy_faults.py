@@ -456,3 +456,55 @@ def test_every_fault_row_names_a_known_command() -> None:
     assert all(set(case.commands) <= set(ALL) for case in FAULTS)
     assert len({case.key for case in FAULTS}) == len(FAULTS)
     assert re.fullmatch(r"[a-z0-9-]+", "".join(case.key for case in FAULTS))
+
+
+def test_a_pipeline_whose_download_fails_leaves_none_of_its_queued_prompts(
+    cli: Runner, workdir: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    """Two of the pipeline's prompts in ComfyUI's queue (the default --parallel 2); the image of
+    the first to finish cannot be fetched, and from then on /queue answers garbage: the run
+    stops, and the other prompt (waiting, or just started) is deleted or interrupted by its
+    id all the same."""
+    broken = threading.Event()
+
+    def hook(point: FaultPoint) -> Fault | None:
+        if point.transport == "request" and point.route == "/view" and not broken.is_set():
+            broken.set()
+            return Fault(status=404, headers=[], body=b"")
+        if broken.is_set() and point.transport == "http" and point.route == "/queue":
+            return json_body(b'{"queue_running": [[0, "')
+        return None
+
+    emulator = ComfyEmulator(base_dir=tmp_path / "comfy", step_seconds=STEP_SECONDS,
+                             faults=hook).start()  # fmt: skip
+    try:
+        cli.url = emulator.url
+        _used_before(state_dir, emulator.url)
+        spec = workdir / "set.yaml"
+        # Either may be queued first (two workers race to submit); either way the other one
+        # is still in the queue, waiting, when the first one's image is announced.
+        spec.write_text(
+            "assets:\n  - name: Set\n    assets:\n"
+            "      - {id: one, prompt: first, params: {steps: 5}}\n"
+            "      - {id: two, prompt: second, params: {steps: 60}}\n"
+        )
+        result = cli(
+            "-f", "json", "--timeout", TIMEOUT, "pipeline", str(spec), "--model", MODEL,
+            "--base-seed", "1", "-o", "out", env={"ASSET_GENERATOR_API_KEY": TOKEN},
+        )  # fmt: skip
+        prompts, clients = _ours(state_dir)
+        assert len(prompts) == 2
+        sent = [c.time for c in emulator.calls("/prompt") if c.method == "POST"]
+        view = min(c.time for c in emulator.calls("/view"))
+        assert len(sent) == 2 and max(sent) < view
+        left = _left(emulator, prompts)
+        history = emulator.history()
+    finally:
+        emulator.stop()
+    seen = observe(result, names={}, secrets=(TOKEN, *prompts, *clients))
+    assert seen.exit == 1 and seen.code == "partial"
+    assert "cancelled" in result.json()["summary"] and left == "none"
+    # The first ran to its end (its image was what failed); the other never did.
+    ends = sorted(str(history.get(p, {}).get("status", {}).get("status_str")) for p in prompts)
+    assert ends in (["None", "success"], ["error", "success"]), ends
+    assert [c for c in emulator.calls("/view") if c.status == 200] == []
