@@ -220,4 +220,3 @@ def obeying_permissions(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             "or a filesystem that ignores modes)"
         )
     return prefix
-
