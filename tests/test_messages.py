@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Runner
+from PIL import Image
 
 from asset_generator.cli.app import ERROR_CODES
 
@@ -250,3 +251,51 @@ def test_no_arguments_at_all_is_the_help_and_a_usage_exit(cli: Runner) -> None:
     assert result.code == 2 and "Traceback" not in result.stderr
     assert "Usage: asset-generator" in result.stdout + result.stderr
     assert cli("-f").code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "names"),
+    [
+        (
+            ["downscale", "photo.png", "-w", "100", "-h", "100", "-o", "sq.png"],
+            "downscale",
+            "-l/--height",
+        ),
+        (["downscale", "photo.png", "-h", "100"], "downscale", "-l/--height"),
+        (["generate", "image", "-p", "a cat", "-h", "512"], "generate image", "--height"),
+        (["pipeline", "game.yaml", "-h", "512", "--dry-run"], "pipeline", "--height"),
+    ],
+)
+def test_h_with_a_value_is_a_usage_error_naming_the_height(
+    cli: Runner, workdir: Path, args: list[str], command: str, names: str
+) -> None:
+    Image.new("RGB", (300, 200)).save(workdir / "photo.png")
+    line = _usage_block(cli(*args), command)
+    assert line.startswith("Error: -h is the help option, not the height: ")
+    assert f"use {names} (e.g." in line
+    assert not (workdir / "sq.png").exists()
+    as_json = cli("-f", "json", *args)
+    assert as_json.code == 2
+    document = as_json.json()
+    assert document["ok"] is False and document["error"]["code"] == "usage_error"
+    assert names in document["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["downscale", "-h"],
+        ["downscale", "photo.png", "-h"],
+        ["downscale", "--help"],
+        ["downscale", "photo.png", "-w", "100", "--help", "100"],
+        ["generate", "image", "-h"],
+        ["generate", "-h"],
+        ["pipeline", "-h"],
+        ["crop", "photo.png", "-h"],
+        ["-h"],
+    ],
+)
+def test_a_lone_h_is_still_the_help(cli: Runner, args: list[str]) -> None:
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith("Usage: asset-generator")
