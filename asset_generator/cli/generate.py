@@ -14,7 +14,11 @@ import click
 from asset_generator.cli import FiniteFloatRange, WholeNumber, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.genoptions import generation_options
-from asset_generator.cli.postprocess import postprocess_from, postprocess_options
+from asset_generator.cli.postprocess import (
+    complete_directories,
+    postprocess_from,
+    postprocess_options,
+)
 from asset_generator.settings import MAX_SECONDS
 from asset_generator.swarm.params import OPTION_PARAMETERS
 
@@ -46,7 +50,13 @@ def command() -> None:
 @generation_options()
 @click.option("--seed", type=WholeNumber(-1, 2**63 - 1), help="Seed; -1 is random.")
 @click.option("--images", "-n", type=WholeNumber(1, 10000), help="How many images.")
-@click.option("--output-dir", "-o", metavar="DIR", help="Where to save images [default: .].")
+@click.option(
+    "--output-dir",
+    "-o",
+    metavar="DIR",
+    shell_complete=complete_directories,
+    help="Where to save images [default: .].",
+)
 @click.option(
     "--filename-template",
     metavar="TEMPLATE",

@@ -16,7 +16,12 @@ import click
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.genoptions import generation_options
-from asset_generator.cli.postprocess import postprocess_from, postprocess_options
+from asset_generator.cli.postprocess import (
+    complete_directories,
+    complete_files,
+    postprocess_from,
+    postprocess_options,
+)
 from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
@@ -33,12 +38,21 @@ SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 
 
 @click.command("pipeline")
-@click.argument("spec_argument", metavar="[SPEC.yaml]", required=False)
-@click.option("--file", "spec_file", metavar="SPEC.yaml", help="The pipeline spec (YAML).")
+@click.argument(
+    "spec_argument", metavar="[SPEC.yaml]", required=False, shell_complete=complete_files
+)
+@click.option(
+    "--file",
+    "spec_file",
+    metavar="SPEC.yaml",
+    shell_complete=complete_files,
+    help="The pipeline spec (YAML).",
+)
 @click.option(
     "--output-dir",
     "-o",
     metavar="DIR",
+    shell_complete=complete_directories,
     help=f"Where the asset tree goes [default: ./{DEFAULT_OUTPUT_DIR}].",
 )
 @click.option(

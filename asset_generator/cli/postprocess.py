@@ -197,6 +197,13 @@ def complete_files(ctx: click.Context, param: click.Parameter, incomplete: str) 
     return [CompletionItem(incomplete, type="file")]
 
 
+def complete_directories(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Tab completion of directory names (``-o/--output-dir``): the shell lists them."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="dir")]
+
+
 def check_outputs(
     inputs: tuple[str, ...], output: str | None, in_place: bool, *, guard_input: bool = True
 ) -> None:
