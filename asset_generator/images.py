@@ -95,6 +95,8 @@ class Result:
     size_after: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
     removed: list[str] = field(default_factory=list)
+    # What the output lost that the user did not ask for (16-bit colour written as 8-bit).
+    warnings: list[str] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class Result:
             "size_before": list(self.size_before) if self.size_before else None,
             "size_after": list(self.size_after) if self.size_after else None,
             "removed": self.removed,
+            "warnings": self.warnings,
         }
 
 
@@ -676,6 +679,13 @@ def process_file(
         if size != image.size:
             image, changed = resize(image, size, steps.downscale.filter), True
     result.size_after = image.size
+    if changed and _deep_colour_png(data):
+        # Pillow has no 16-bit colour mode: it reads RGB/RGBA/grey+alpha at 16 bits as 8.
+        # (16-bit grey is mode I;16 and keeps its depth.)
+        result.warnings.append(
+            f"{output}: written with 8 bits per channel; {source} has 16 "
+            "(Pillow reads 16-bit colour as 8-bit)"
+        )
     if changed:
         try:
             payload = encode(
@@ -695,6 +705,18 @@ def process_file(
         payload = data
     _write_output(source, output, payload, overwrite)
     return result
+
+
+# PNG colour types with more than one channel that Pillow reads at 8 bits when stored at 16.
+_DEEP_COLOUR_TYPES = (2, 4, 6)  # RGB, grey + alpha, RGBA
+
+
+def _deep_colour_png(data: bytes) -> bool:
+    """A PNG whose IHDR says 16 bits per channel of colour or grey+alpha."""
+    # Signature (8), IHDR length and type (8), width and height (8), then depth, colour type.
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 26:
+        return False
+    return data[24] == 16 and data[25] in _DEEP_COLOUR_TYPES
 
 
 def _metadata_labels(data: bytes) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import struct
+import zlib
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -651,3 +652,57 @@ def test_orientation_survives_stripping_png_and_webp_too(cli: Runner, workdir: P
     image.save(workdir / "p.jpg", exif=plain)
     assert cli("-f", "json", "strip-metadata", "p.jpg").json()["files"][0]["removed"] == ["EXIF"]
     assert b"Exif\x00" not in (workdir / "p.jpg").read_bytes()
+
+
+def deep_png(path: Path, colour_type: int = 2, size: tuple[int, int] = (20, 12)) -> Path:
+    """A PNG at 16 bits per channel (colour type 2 RGB, 6 RGBA), written by hand: Pillow
+    cannot write one."""
+    channels = {2: 3, 6: 4}[colour_type]
+    width, height = size
+    rows = []
+    for y in range(height):
+        border = y < 2 or y >= height - 2
+        row = b"".join(
+            struct.pack(
+                f">{channels}H",
+                *(
+                    [65535] * channels
+                    if border or x < 2
+                    else [x * 3000, y * 5000, 9999, 65535][:channels]
+                ),
+            )
+            for x in range(width)
+        )
+        rows.append(b"\x00" + row)
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(b"".join(rows))), (b"IEND", b"")]
+    path.write_bytes(images._png_bytes(chunks))
+    return path
+
+
+def test_16_bit_colour_written_as_8_bit_is_said_per_file(cli: Runner, workdir: Path) -> None:
+    deep_png(workdir / "rgb16.png")
+    deep_png(workdir / "rgba16.png", colour_type=6)
+    bordered(workdir / "plain.png")
+    result = cli("downscale", "rgb16.png", "rgba16.png", "plain.png", "-w", "10")
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {name}_downscaled.png: written with 8 bits per channel; {name}.png has 16 "
+        "(Pillow reads 16-bit colour as 8-bit)"
+        for name in ("rgb16", "rgba16")
+    ]
+    assert (workdir / "rgb16_downscaled.png").read_bytes()[24] == 8  # IHDR bit depth
+    crop = cli("-f", "json", "crop", "rgb16.png")
+    assert crop.code == 0, crop.stderr
+    (document,) = crop.json()["files"]
+    assert document["box"] == [2, 2, 20, 10]
+    assert document["warnings"] == [
+        "rgb16-cropped.png: written with 8 bits per channel; rgb16.png has 16 "
+        "(Pillow reads 16-bit colour as 8-bit)"
+    ]
+    assert "rgb16-cropped.png: written with 8 bits" in crop.stderr
+    # Nothing re-encoded, nothing lost, nothing said: strip-metadata copies the data as is.
+    stripped = cli("-f", "json", "strip-metadata", "rgb16.png")
+    assert stripped.json()["files"][0]["warnings"] == []
+    assert (workdir / "rgb16.png").read_bytes()[24] == 16

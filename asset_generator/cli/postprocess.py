@@ -25,6 +25,7 @@ EMPTY_RESULT: dict[str, Any] = {
     "size_before": None,
     "size_after": None,
     "removed": [],
+    "warnings": [],
     "error": None,
 }
 FILTER_NAMES = ("lanczos", "bicubic", "bilinear", "nearest")
@@ -264,6 +265,8 @@ def run_each(
         if not app.output.is_json:
             app.output.data(str(result.output))
             app.output.info(describe(result))
+        for warning in result.warnings:
+            app.output.warn(f"warning: {warning}")
     if not failed:
         if app.output.is_json:
             app.output.json({"ok": True, "files": documents})
