@@ -50,6 +50,11 @@ def one_line(text: str) -> str:
     return redact(_CONTROLS.sub("", _LINE_BREAKS.sub(" ", text.strip())))
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``many`` for a noun that does not just take an s)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
 class OutputBroken(Exception):
     """stdout cannot take our data: full or closed, or (``reader_gone``) its reader left."""
 

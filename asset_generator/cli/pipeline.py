@@ -184,7 +184,7 @@ def _seed_note(plan: Plan, origin: str) -> str:
 
 
 def _dry_run(app: App, plan: Plan, origin: str) -> int:
-    from asset_generator.cli.output import one_line
+    from asset_generator.cli.output import one_line, plural
 
     if app.output.is_json:
         app.output.json(
@@ -204,8 +204,9 @@ def _dry_run(app: App, plan: Plan, origin: str) -> int:
         app.output.data(f"    {one_line(asset.prompt)}")
     groups = len({a.group for a in plan.assets})
     app.output.info(
-        f"dry run: {len(plan.assets)} assets in {groups} groups, {_seed_note(plan, origin)}; "
-        f"{len(plan.warnings)} warning(s); nothing was sent or written"
+        f"dry run: {plural(len(plan.assets), 'asset')} in {plural(groups, 'group')}, "
+        f"{_seed_note(plan, origin)}; {plural(len(plan.warnings), 'warning')}; "
+        "nothing was sent or written"
     )
     return 0
 
@@ -228,6 +229,7 @@ def _run(
         _restore_signal_handlers,
         _Signalled,
     )
+    from asset_generator.cli.output import plural
     from asset_generator.downloads import DownloadError, prepare_directory
     from asset_generator.pipeline.manifest import GENERATE
     from asset_generator.pipeline.run import PipelineRun, SessionPool
@@ -271,7 +273,8 @@ def _run(
         state.pipelines[record.id] = record
     manifest.pipeline_id, manifest.base_seed, manifest.spec = record.id, plan.base_seed, spec_file
     app.output.info(
-        f"{record.id}: {len(plan.assets)} assets from {spec_file}, {_seed_note(plan, origin)}, "
+        f"{record.id}: {plural(len(plan.assets), 'asset')} from {spec_file}, "
+        f"{_seed_note(plan, origin)}, "
         f"{parallel} at once, into {output_dir}"
     )
     reporter = _make_reporter(app, len(plan.assets))

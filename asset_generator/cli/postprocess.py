@@ -273,7 +273,9 @@ def run_each(
         return 0
     if app.output.is_json:
         code = "partial" if failed < len(inputs) else "file_error"
-        message = f"{failed} of {len(inputs)} file(s) failed"
+        from asset_generator.cli.output import plural
+
+        message = f"{failed} of {plural(len(inputs), 'file')} failed"
         app.output.json(
             {"ok": False, "error": {"code": code, "message": message}, "files": documents}
         )
