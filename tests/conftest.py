@@ -175,6 +175,19 @@ def emulator(emulator_factory: Callable[..., Emulator], cli: Runner) -> Emulator
     return emu
 
 
+def assert_install_hint(line: str, extra: str) -> None:
+    """``line`` ends with a command that installs ``extra`` into this checkout's virtualenv.
+
+    The package is not on PyPI: ``pip install 'asset-generator[mcp]'`` would find nothing.
+    """
+    import shlex
+
+    command = shlex.split(line.rsplit(": ", 1)[1])
+    root = Path(__file__).resolve().parents[1]
+    assert command[1:] == ["-m", "pip", "install", "-e", f"{root}[{extra}]"], line
+    assert Path(command[0]).parent == Path(sys.executable).parent, line
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
     """Poll until ``predicate()`` is true; False on timeout (tests then assert on it)."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,28 @@ from asset_generator.settings import MAX_SECONDS
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def extra_hint(extra: str) -> str:
+    """How to add an optional extra to the Python that runs this program.
+
+    The package is not on PyPI, so ``pip install 'asset-generator[mcp]'`` cannot work: an
+    editable install (the README's) names its clone and interpreter exactly, anything else
+    gets the commands to run in the clone.
+    """
+    import shlex
+    from pathlib import Path
+
+    import asset_generator
+
+    clone = Path(asset_generator.__file__).resolve().parents[1]
+    if (clone / "pyproject.toml").is_file():
+        target = shlex.quote(f"{clone}[{extra}]")
+        return f"{shlex.quote(sys.executable)} -m pip install -e {target}"
+    return (
+        f"in a clone of asset-generator, pip install -e '.[{extra}]' into the Python that "
+        f"runs it, or pipx install --force '.[{extra}]'"
+    )
+
+
 class FiniteFloatRange(click.FloatRange):
     """A float range that also refuses nan and inf, which compare false with any bound."""
 
