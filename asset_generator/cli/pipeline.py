@@ -277,7 +277,8 @@ def _run(
         f"{_seed_note(plan, origin)}, "
         f"{parallel} at once, into {output_dir}"
     )
-    reporter = _make_reporter(app, len(plan.assets))
+    to_generate = sum(1 for verdict, _ in decisions.values() if verdict == GENERATE)
+    reporter = _make_reporter(app, len(plan.assets), to_generate)
     runner = PipelineRun(
         client,
         app.registry,
@@ -468,42 +469,117 @@ class _PlainReporter:
         pass
 
 
+class PipelineEta:
+    """Time left for the assets a run generates, from the work measured so far.
+
+    One asset is one unit of work: a finished generation counts 1, a running one the
+    fraction of its steps done. The rate is the work done since the first step was seen
+    over the time since then, so assets skipped or refused without a request (which
+    finish in no time) never make the run look fast, the first session's set-up does not
+    make it look slow, and the estimate moves with every step, not only when an asset
+    finishes.
+    """
+
+    # Less measured work than this (a few steps of one asset) says nothing yet.
+    MIN_WORK = 0.05
+
+    def __init__(self, to_generate: int, clock: Any = time.monotonic) -> None:
+        self.to_generate = to_generate
+        self._clock = clock
+        self._lock = threading.Lock()
+        # When the first step was seen, and the work done by then.
+        self._origin: tuple[float, float] | None = None
+        self._running: dict[int, float] = {}
+        self._finished = 0
+
+    def started(self, index: int) -> None:
+        with self._lock:
+            self._running[index] = 0.0
+
+    def progress(self, index: int, fraction: float) -> None:
+        with self._lock:
+            if index not in self._running:
+                return
+            self._running[index] = max(self._running[index], min(max(fraction, 0.0), 1.0))
+            if self._origin is None and self._running[index] > 0:
+                self._origin = (self._clock(), self._work())
+
+    def _work(self) -> float:
+        return self._finished + sum(self._running.values())
+
+    def finished(self, index: int) -> None:
+        """An asset ended; only one that was generating counts as work done."""
+        with self._lock:
+            if self._running.pop(index, None) is not None:
+                self._finished += 1
+
+    def seconds_left(self) -> float | None:
+        """The estimate, or None while too little was measured to tell."""
+        with self._lock:
+            if self._origin is None:
+                return None
+            since, before = self._origin
+            work = self._work()
+            elapsed = self._clock() - since
+        measured = work - before
+        if measured < self.MIN_WORK or elapsed <= 0:
+            return None
+        return max(0.0, self.to_generate - work) * elapsed / measured
+
+
+def _eta_column(eta: PipelineEta, overall: Any) -> Any:
+    """A rich column: the pipeline's time left on the overall row, nothing on an asset's."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if task.id != overall[0]:
+                return Text("")
+            left = eta.seconds_left()
+            if left is None:
+                return Text("eta -:--:--", style="progress.remaining")
+            minutes, seconds = divmod(round(left), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"eta {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+    return EtaColumn()
+
+
 class _RichReporter(_PlainReporter):
     """An overall bar (done/total, ETA) and one line per in-flight asset, on stderr."""
 
-    def __init__(self, app: App, total: int) -> None:
+    def __init__(self, app: App, total: int, to_generate: int) -> None:
         super().__init__(app)
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self._lock = threading.Lock()
         self._tasks: dict[int, Any] = {}
+        self._eta = PipelineEta(to_generate)
+        overall: list[Any] = [None]
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeRemainingColumn(),
+            _eta_column(self._eta, overall),
             console=app.output.stderr_console(),
             transient=True,
         )
-        self._overall = self._progress.add_task("assets", total=total)
+        self._overall = overall[0] = self._progress.add_task("assets", total=total)
         self._progress.start()
         self._stdout_terminal = _is_terminal(sys.stdout)
 
     def started(self, asset: PlannedAsset, generation_id: str) -> None:
         from asset_generator.cli.output import one_line
 
+        self._eta.started(asset.index)
         with self._lock:
             self._tasks[asset.index] = self._progress.add_task(
                 f"  {one_line(asset.id)[:30]} ({generation_id})", total=100
             )
 
     def progress(self, asset: PlannedAsset, fraction: float) -> None:
+        self._eta.progress(asset.index, fraction)
         with self._lock:
             task = self._tasks.get(asset.index)
         if task is not None:
@@ -519,6 +595,7 @@ class _RichReporter(_PlainReporter):
             self.app.output.data(path)
 
     def finished(self, result: AssetResult, done: int, total: int) -> None:
+        self._eta.finished(result.asset.index)
         with self._lock:
             task = self._tasks.pop(result.asset.index, None)
         if task is not None:
@@ -542,10 +619,10 @@ def _finished_line(result: AssetResult, done: int, total: int) -> str:
     return one_line(line)
 
 
-def _make_reporter(app: App, total: int) -> Any:
+def _make_reporter(app: App, total: int, to_generate: int) -> Any:
     if app.output.is_json or app.output.quiet or not app.output.interactive():
         return _PlainReporter(app)
-    return _RichReporter(app, total)
+    return _RichReporter(app, total, to_generate)
 
 
 def _is_terminal(stream: Any) -> bool:
