@@ -12,18 +12,15 @@ import base64
 import binascii
 import contextlib
 import errno
-import json
 import os
 import re
 import string
-import struct
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 TEMPLATE_FIELDS = ("index", "seed", "prompt", "model", "date", "time", "id")
 KNOWN_EXTENSIONS = {"png", "jpg", "jpeg", "webp", "gif", "mp4", "webm", "mov"}
@@ -31,7 +28,6 @@ MAX_NAME_BYTES = 180
 PROMPT_CHARS = 40
 # Characters SwarmUI itself strips from output names, plus path separators and controls.
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]+')
-_SEED_TEXT = re.compile(r"-?[0-9]{1,20}")
 
 
 class DownloadError(Exception):
@@ -277,44 +273,3 @@ def check_writable(directory: Path) -> None:
     os.close(handle)
     with contextlib.suppress(OSError):
         os.unlink(probe)
-
-
-def png_text_metadata(path: Path, limit: int = 4 * 1024 * 1024) -> dict[str, Any] | None:
-    """SwarmUI's ``parameters`` tEXt/iTXt chunk of a PNG, parsed as JSON, if present."""
-    try:
-        with path.open("rb") as handle:
-            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
-            while True:
-                header = handle.read(8)
-                if len(header) < 8:
-                    return None
-                length, kind = struct.unpack(">I4s", header)
-                if kind == b"IDAT" or kind == b"IEND" or length > limit:
-                    return None
-                data = handle.read(length)
-                handle.read(4)
-                if kind in (b"tEXt", b"iTXt"):
-                    key, _, value = data.partition(b"\x00")
-                    if key == b"parameters":
-                        if kind == b"iTXt":
-                            # compression flag, method, language tag, translated keyword
-                            value = value[2:].split(b"\x00", 2)[-1]
-                        parsed = json.loads(value.decode("utf-8", errors="replace"))
-                        return parsed if isinstance(parsed, dict) else None
-    # RecursionError: a hostile image whose metadata is deeply nested JSON ("[[[[...").
-    except (OSError, ValueError, struct.error, RecursionError):
-        return None
-
-
-def seed_from_metadata(metadata: Mapping[str, Any] | None) -> int | None:
-    """The real seed recorded in SwarmUI image metadata (``sui_image_params.seed``)."""
-    params = (metadata or {}).get("sui_image_params")
-    if isinstance(params, Mapping):
-        seed = params.get("seed")
-        if isinstance(seed, int) and not isinstance(seed, bool):
-            return seed
-        # ASCII digits only: "²".isdigit() is true, yet int("²") fails.
-        if isinstance(seed, str) and _SEED_TEXT.fullmatch(seed.strip()):
-            return int(seed)
-    return None

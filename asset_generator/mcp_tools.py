@@ -33,14 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asset_generator import __version__, jobs
 from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
-from asset_generator.swarm.params import OPTION_PARAMETERS
+from asset_generator.report import RECENT_FINISHED
+from asset_generator.server.types import LOADING
+from asset_generator.text import one_line
 
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
-    from asset_generator.generation import GenerationRun, Outcome, SavedImage
+    from asset_generator.generation import GenerationRun, Outcome
     from asset_generator.registry import GenerationRecord
+    from asset_generator.saving import SavedImage
     from asset_generator.steps import StepProgress
-    from asset_generator.swarm.client import Counters
 
 OWNER = "mcp"
 # A client cancel or a shutdown interrupts the generation's session within this bound.
@@ -48,8 +50,17 @@ INTERRUPT_BOUND_SECONDS = 3.0
 # How often a waiting tool call relays the generation's progress to the client.
 RELAY_SECONDS = 0.1
 PREVIEW_PIXELS = 256
-# The generate_image parameters that are SwarmUI parameters, by the id SwarmUI reads.
-PARAMETERS = {k: v for k, v in OPTION_PARAMETERS.items() if k not in ("sampler", "scheduler")}
+# The generate_image parameters that are generation options, by their config names.
+PARAMETERS = (
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "seed",
+    "images",
+)
 
 
 class ToolFailure(Exception):
@@ -160,15 +171,11 @@ class JobView:
         # Set once the run is registered: the Job needs the run, the run needs its view.
         self.job: Job | None = None
 
-    def state(self, state: str, counters: Counters) -> None:
+    def state(self, state: str, detail: str) -> None:
         if self.job is None:
             return
         self.job.state = RUNNING if state == RUNNING else QUEUED
-        if state in (RUNNING, "loading model"):
-            self.job.message = "running" if state == RUNNING else "waiting for a model to load"
-        else:
-            waiting = counters.waiting_backends
-            self.job.message = "queued, waiting for a backend" if waiting else "queued"
+        self.job.message = detail if state in (RUNNING, LOADING, QUEUED) else state
         self.job.note()
 
     def progress(self, steps: StepProgress) -> None:
@@ -197,14 +204,10 @@ class Tools:
 
     def server_name(self) -> str:
         """The server as messages and documents name it (credentials never shown)."""
-        from asset_generator.settings import describe_server
-
-        return describe_server(self.app.api_url)
+        return self.app.server_name
 
     def generations(self) -> jobs.Generations:
-        return jobs.Generations(
-            self.app.registry, self.app.server_key, self.app.client, self.app.output.debug
-        )
+        return self.app.generations()
 
     # -- generate_image -----------------------------------------------------------------------
 
@@ -213,8 +216,9 @@ class Tools:
     ) -> Job:
         """Register a generation (a session of its own) and follow it in a worker thread."""
         from asset_generator.downloads import DownloadError, check_template, prepare_directory
-        from asset_generator.generation import GenerationRun, SaveOptions
-        from asset_generator.swarm.params import build_request
+        from asset_generator.generation import GenerationRun
+        from asset_generator.saving import SaveOptions
+        from asset_generator.server.types import Lora, Request
 
         settings = self.app.settings
         template = settings["generate.filename_template"]
@@ -223,23 +227,26 @@ class Tools:
         except ValueError as exc:
             raise ToolFailure("usage_error", f"generate.filename_template: {exc}") from None
         directory = Path(output_dir or settings["generate.output_dir"]).expanduser().resolve()
-        try:
-            body = build_request(
-                prompt=prompt,
-                options={PARAMETERS[k]: v for k, v in options.items() if k in PARAMETERS},
-                defaults={v: settings[f"generate.{k}"] for k, v in PARAMETERS.items()},
-                loras=loras,
-            )
-        except ValueError as exc:
-            raise ToolFailure("usage_error", str(exc)) from None
+        request = Request(
+            prompt=prompt,
+            **{name: options.get(name) for name in PARAMETERS},
+            loras=tuple(Lora.parse(item) for item in loras),
+            defaults={
+                name: settings[f"generate.{name}"]
+                for name in PARAMETERS
+                if settings[f"generate.{name}"] is not None
+            },
+        )
         try:
             # Before anything reaches the server: a bad output directory must not cost a run.
             prepare_directory(directory)
         except DownloadError as exc:
             raise ToolFailure("file_error", str(exc)) from None
+        server = self.app.server()
+        prepared = server.prepare(request)
         view = JobView()
         run = GenerationRun(
-            self.app.client(),
+            server,
             self.app.registry,
             self.app.server_key,
             view=view,
@@ -247,7 +254,7 @@ class Tools:
             debug=self.app.output.debug,
             owner=OWNER,
         )
-        run.register(body, prompt)
+        run.register(prepared)
         job = view.job = Job(run)
         with self._lock:
             self.jobs[job.id] = job
@@ -261,19 +268,19 @@ class Tools:
         """The worker thread: follow to the end; on a failure stop our server work first."""
         from asset_generator.downloads import DownloadError
         from asset_generator.registry import RegistryError
-        from asset_generator.swarm.errors import SwarmError
+        from asset_generator.server.errors import ServerError
 
         run = job.run
         try:
             job.outcome = run.follow(None)
         except (DownloadError, RegistryError) as exc:
             job.failure = self._stop_after_failure(run, str(exc), "file_error")
-        except SwarmError as exc:
+        except ServerError as exc:
             job.failure = self._stop_after_failure(
                 run,
                 exc.message,
                 exc.code,
-                prefix="request failed: ",
+                prefix=f"{exc.phrase}: ",
                 details=server_details(exc, self.server_name()),
             )
         except BaseException as exc:
@@ -295,36 +302,36 @@ class Tools:
         prefix: str = "",
         details: dict[str, Any] | None = None,
     ) -> ToolFailure:
-        """Closing a connection stops nothing on SwarmUI (protocol §4.5): interrupt, record."""
+        """Closing a connection stops nothing on either server: record, interrupt, record."""
         import contextlib
 
         from asset_generator.registry import RegistryError
 
-        if run.interrupt(INTERRUPT_BOUND_SECONDS):
+        if run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS):
             problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
-        with contextlib.suppress(RegistryError):
-            run.mark(FAILED, problem)
+            with contextlib.suppress(RegistryError):
+                run.mark(FAILED, problem)
         shown = {**generation_result(run.outcome(problem)), **(details or {})}
         return ToolFailure(code, prefix + problem, shown)
 
     def stop(self, job: Job, reason: str) -> None:
-        """Mark ``job`` cancelled, interrupt its session (bounded), and let its thread end."""
+        """Stop ``job`` (marked cancelled, then interrupted, bounded) and let its thread end."""
         if job.done.is_set():
             return
         record = job.run.record
         if record is None:
             return
+        from asset_generator.jobs.stop import stop
         from asset_generator.registry import RegistryError
 
+        def interrupt(marked: list[GenerationRecord]) -> list[bool]:
+            return [job.run.interrupt(INTERRUPT_BOUND_SECONDS)]
+
         try:
-            # Marked first: a generation interrupted while queued ends without a word.
-            with self.app.registry.transaction() as state:
-                saved = state.generations.get(record.id)
-                if saved is not None and not saved.is_final:
-                    saved.finish(CANCELLED, reason)
+            stop(self.generations(), [record], reason=reason, interrupt=interrupt)
         except RegistryError as exc:
             self.app.output.warn(f"asset-generator mcp: {exc}")
-        job.run.interrupt(INTERRUPT_BOUND_SECONDS)
+            job.run.interrupt(INTERRUPT_BOUND_SECONDS)
         # Let its thread record how it ended (a second at most: the caller is waiting).
         job.done.wait(1.0)
 
@@ -368,7 +375,6 @@ class Tools:
 
     def status(self, generation_id: str | None) -> dict[str, Any]:
         """The records of this client on this server, with dead processes checked."""
-        from asset_generator.cli.status import RECENT_FINISHED
 
         generations = self.generations()
         if generation_id:
@@ -405,7 +411,7 @@ class Tools:
         job = self.jobs.get(record.id)
         if job is not None and job.run.images:
             return [image_result(i) for i in job.run.images]
-        return [file_result(Path(path)) for path in record.images if path]
+        return [file_result(Path(path), record.server_type) for path in record.images if path]
 
     def _live(self, record: GenerationRecord) -> dict[str, Any]:
         """A record with this process's fresher progress when it runs the generation."""
@@ -420,19 +426,15 @@ class Tools:
 
     def cancel(self, generation_id: str | None, cancel_all: bool) -> dict[str, Any]:
         """The ``cancel`` command's core: current, by id, or every session of this user."""
-        from asset_generator.settings import describe_server
-
         if cancel_all and generation_id:
             raise ToolFailure("usage_error", "give either generation_id or all, not both")
         generations = self.generations()
         if cancel_all:
-            result = jobs.cancel_all(generations, self.app.with_session)
+            result = jobs.cancel_all(generations)
         elif generation_id:
-            result = jobs.cancel_one(
-                generations, generation_id, server=describe_server(self.app.api_url)
-            )
+            result = jobs.cancel_one(generations, generation_id, server=self.server_name())
         else:
-            result = jobs.cancel_current(generations, server=describe_server(self.app.api_url))
+            result = jobs.cancel_current(generations, server=self.server_name())
         document = result.to_json()
         if result.notes:
             document["message"] = result.notes[0]
@@ -440,15 +442,17 @@ class Tools:
 
     # -- list_models, server_status ---------------------------------------------------------------
 
-    def models(self, subtype: str, path: str, depth: int) -> dict[str, Any]:
-        from asset_generator.cli.models import document
+    def models(self, subtype: str | None, path: str, depth: int) -> dict[str, Any]:
+        from asset_generator.report import list_models, models_document
 
-        return document(self.app, subtype, path, depth)
+        server = self.app.server()
+        listing = list_models(server, self.app.registry, self.app.server_key, subtype, path, depth)
+        return models_document(server, listing, path, depth)
 
     def server_status(self) -> dict[str, Any]:
-        from asset_generator.cli.status import gather
+        from asset_generator.report import gather
 
-        return gather(self.app, self.generations()).to_json()
+        return gather(self.app.server(), self.generations()).to_json()
 
 
 def image_result(saved: SavedImage) -> dict[str, Any]:
@@ -461,12 +465,14 @@ def image_result(saved: SavedImage) -> dict[str, Any]:
     }
 
 
-def file_result(path: Path) -> dict[str, Any]:
-    """An image another process saved: its seed is in SwarmUI's metadata, when still there."""
-    from asset_generator.downloads import png_text_metadata, seed_from_metadata
+def file_result(path: Path, server_type: str) -> dict[str, Any]:
+    """An image another process saved: its seed is in the server's metadata, when still there."""
+    from asset_generator.server import SERVER_TYPES, load
 
     width, height = image_size(path)
-    seed = seed_from_metadata(png_text_metadata(path)) if path.suffix.lower() == ".png" else None
+    kind = SERVER_TYPES.get(server_type)
+    reader: Any = load(kind.seed_reader) if kind is not None else None
+    seed = reader(path)[0] if reader is not None else None
     return {"path": str(path), "seed": seed, "width": width, "height": height}
 
 
@@ -532,29 +538,25 @@ def failure_of(exc: BaseException, server: str | None = None) -> ToolFailure:
         return ToolFailure("file_error", str(exc))
     if isinstance(exc, SettingsError):
         return ToolFailure("usage_error", str(exc))
-    if "asset_generator.swarm.errors" in sys.modules:
-        from asset_generator.swarm.errors import SessionFailed, SwarmError
+    if "asset_generator.server.errors" in sys.modules:
+        from asset_generator.server.errors import RequestError, ServerError
 
-        if isinstance(exc, SwarmError):
-            phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
+        if isinstance(exc, RequestError):
+            return ToolFailure("usage_error", exc.message)
+        if isinstance(exc, ServerError):
             details = server_details(exc, server) if server else None
-            return ToolFailure(exc.code, f"{phrase}: {exc.message}", details)
+            return ToolFailure(exc.code, f"{exc.phrase}: {exc.message}", details)
     traceback.print_exception(exc, file=sys.stderr)
     return ToolFailure("server_error", f"asset-generator failed: {type(exc).__name__}")
 
 
 def server_details(exc: Exception, server: str) -> dict[str, Any]:
     """``server`` and ``reachable``, the keys ``--format json`` puts next to a protocol error."""
-    from asset_generator.swarm.errors import ConnectionFailed, RequestTimeout, SessionFailed
-
-    cause = exc.cause if isinstance(exc, SessionFailed) else exc
     # A server that answered but refused us or said something odd is reachable.
-    return {"server": server, "reachable": not isinstance(cause, ConnectionFailed | RequestTimeout)}
+    return {"server": server, "reachable": getattr(exc, "reachable", True)}
 
 
 def error_result(failure: ToolFailure) -> CallToolResult:
-    from asset_generator.cli.output import one_line
-
     document = {
         **failure.details,
         "error": {"code": failure.code, "message": one_line(failure.message)},

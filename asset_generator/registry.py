@@ -1,12 +1,15 @@
-"""The session cache and generation registry (cli-contract §4).
+"""The generation registry (cli-contract §4): our work on every server, in one local file.
 
-SwarmUI cannot cancel one job: ``InterruptAll`` stops a *session*, and closing a connection
-stops nothing (swarmui-protocol.md §5). So every ``generate`` runs in a session of its own and
-records it here before it sends anything; ``cancel`` and ``status`` find the session again.
+Every ``generate`` records its work here *before* it sends anything, under a handle its server's
+adapter chose (a SwarmUI session, ComfyUI prompt ids), so ``cancel`` and ``status`` in any
+other process find it again: neither server can tell whose work is whose (a SwarmUI interrupt
+stops a whole session, ComfyUI has one queue for everyone), and closing a connection stops
+nothing on either. Each adapter also keeps its own memory here (``ServerState.adapter``).
 
 The file lives in the user *state* dir (losing it orphans running work), is rewritten
-atomically under a file lock, and is mode 0600 because a session id is a bearer credential
-(protocol §2.4). A corrupt file is set aside with a warning and rebuilt, never a crash.
+atomically under a file lock, and is mode 0600 because a handle can be a credential (a
+SwarmUI session id, protocol §2.4). A corrupt file is set aside with a warning and rebuilt,
+never a crash. Schema 1 files (before the server seam) are read and converted.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ T = TypeVar("T")
 
 FILE_NAME = "generations.json"
 LOCK_NAME = "generations.lock"
-SCHEMA = 1
+SCHEMA = 2
+# Files written before the seam: SwarmUI only, a session id per record.
+SCHEMA_SWARM_ONLY = 1
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -41,7 +46,6 @@ STATES = FINAL_STATES | {QUEUED, RUNNING}
 PROMPT_CHARS = 80
 KEEP_FINISHED_SECONDS = 7 * 24 * 3600
 KEEP_FINISHED_COUNT = 200
-KEEP_SESSIONS = 16
 LOCK_WAIT_SECONDS = 10.0
 # A cache written by another program (or damaged) must not smuggle in values that break us
 # later: a pid of 0 or -1 makes os.kill() probe whole process groups, a time beyond year
@@ -88,27 +92,21 @@ def new_pipeline_id() -> str:
     return "pipe_" + os.urandom(4).hex()
 
 
-@dataclass
-class GenerationRecord:
-    """One generation started by this client."""
+@dataclass(kw_only=True)
+class JobRecord:
+    """What every job of ours holds: who runs it where, and how it ended."""
 
     id: str
     server: str
     server_key: str
-    session_id: str
     pid: int
     host: str
-    prompt: str
     created: float
+    # Which kind of server runs it (server.SERVER_TYPES); schema-1 records were SwarmUI's.
+    server_type: str = "swarmui"
     status: str = QUEUED
-    progress: float = 0.0
-    images: list[str] = field(default_factory=list)
     error: str | None = None
     finished: float | None = None
-    # Which kind of process runs it when not the CLI itself (``"mcp"``); old caches lack it.
-    owner: str | None = None
-    # The pipe_ record of the pipeline this generation is one asset of.
-    pipeline_id: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -122,19 +120,44 @@ class GenerationRecord:
         self.status = status
         self.error = error
         self.finished = time.time()
+
+    def _times(self) -> dict[str, Any]:
+        return {
+            "created": _iso(self.created),
+            "finished": _iso(self.finished) if self.finished else None,
+        }
+
+
+@dataclass(kw_only=True)
+class GenerationRecord(JobRecord):
+    """One generation started by this client."""
+
+    # The adapter's identification of our work on the server: private (never in public()).
+    handle: dict[str, Any]
+    prompt: str
+    progress: float = 0.0
+    images: list[str] = field(default_factory=list)
+    # Which kind of process runs it when not the CLI itself (``"mcp"``); old caches lack it.
+    owner: str | None = None
+    # The pipe_ record of the pipeline this generation is one asset of.
+    pipeline_id: str | None = None
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        super().finish(status, error)
         if status == SUCCEEDED:
             self.progress = 100.0
 
     def public(self) -> dict[str, Any]:
-        """The record as shown to users and scripts: never the session id."""
+        """The record as shown to users and scripts: never the handle."""
+        times = self._times()
         return {
             "id": self.id,
             "server": self.server,
             "prompt": self.prompt,
             "status": self.status,
             "progress": round(self.progress, 1),
-            "created": _iso(self.created),
-            "finished": _iso(self.finished) if self.finished else None,
+            "created": times["created"],
+            "finished": times["finished"],
             "pid": self.pid,
             "images": list(self.images),
             "error": self.error,
@@ -146,7 +169,8 @@ class GenerationRecord:
     def from_dict(cls, data: Any) -> GenerationRecord:
         """A record as stored in the cache; ValueError/TypeError when it has the wrong shape."""
         record = _known_fields(cls, data, "a generation record")
-        _check_job(record, "generation", ("session_id", "prompt"))
+        _check_job(record, "generation", ("prompt",))
+        _expect(_is_handle(record.handle), "a generation's handle is not an object of text")
         _expect(
             _is_number(record.progress) and 0 <= record.progress <= 100,
             "a generation's progress is not a percentage",
@@ -155,7 +179,6 @@ class GenerationRecord:
             isinstance(record.images, list) and all(isinstance(i, str) for i in record.images),
             "a generation's images are not a list of paths",
         )
-        _expect(record.error is None or isinstance(record.error, str), "an error is not text")
         _expect(record.owner is None or isinstance(record.owner, str), "an owner is not text")
         _expect(
             record.pipeline_id is None or isinstance(record.pipeline_id, str),
@@ -167,43 +190,23 @@ class GenerationRecord:
 PIPELINE_COUNTS = ("succeeded", "skipped", "failed", "cancelled")
 
 
-@dataclass
-class PipelineRecord:
+@dataclass(kw_only=True)
+class PipelineRecord(JobRecord):
     """One ``pipeline`` run: its spec, where it writes, and how far it got."""
 
-    id: str
-    server: str
-    server_key: str
-    pid: int
-    host: str
     spec: str
     output_dir: str
     base_seed: int
     total: int
-    created: float
     status: str = RUNNING
     counts: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-    finished: float | None = None
-
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATES
 
     @property
     def done(self) -> int:
         return sum(self.counts.get(name, 0) for name in PIPELINE_COUNTS)
 
-    def process_alive(self) -> bool | None:
-        """As GenerationRecord.process_alive: None when it ran on another host."""
-        return process_alive(self.host, self.pid)
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.status = status
-        self.error = error
-        self.finished = time.time()
-
     def public(self) -> dict[str, Any]:
+        times = self._times()
         return {
             "id": self.id,
             "server": self.server,
@@ -214,8 +217,8 @@ class PipelineRecord:
             "total": self.total,
             "done": self.done,
             "counts": {name: self.counts.get(name, 0) for name in PIPELINE_COUNTS},
-            "created": _iso(self.created),
-            "finished": _iso(self.finished) if self.finished else None,
+            "created": times["created"],
+            "finished": times["finished"],
             "pid": self.pid,
             "error": self.error,
         }
@@ -233,7 +236,6 @@ class PipelineRecord:
             and all(isinstance(v, int) and not isinstance(v, bool) for v in record.counts.values()),
             "a pipeline's counts are not numbers",
         )
-        _expect(record.error is None or isinstance(record.error, str), "an error is not text")
         return record
 
 
@@ -244,9 +246,9 @@ def _known_fields(cls: type[T], data: Any, what: str) -> T:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _check_job(record: GenerationRecord | PipelineRecord, kind: str, text: tuple[str, ...]) -> None:
+def _check_job(record: JobRecord, kind: str, text: tuple[str, ...]) -> None:
     """What both record kinds must hold: text ids, a known status, a real pid, sane times."""
-    for name in ("id", "server", "server_key", "host", *text):
+    for name in ("id", "server", "server_key", "host", "server_type", *text):
         _expect(isinstance(getattr(record, name), str), f"a {kind}'s {name} is not text")
     _expect(
         isinstance(record.status, str) and record.status in STATES,
@@ -263,6 +265,22 @@ def _check_job(record: GenerationRecord | PipelineRecord, kind: str, text: tuple
         record.finished is None or _is_time(record.finished),
         f"a {kind} has an impossible finishing time",
     )
+    _expect(record.error is None or isinstance(record.error, str), "an error is not text")
+
+
+def _is_handle(value: Any) -> bool:
+    """A JSON object of text keys whose values are text, numbers or lists of text."""
+    if not isinstance(value, dict):
+        return False
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return False
+        if isinstance(item, list):
+            if not all(isinstance(i, str) for i in item):
+                return False
+        elif item is not None and not isinstance(item, str | int | float):
+            return False
+    return True
 
 
 def _expect(condition: bool, problem: str) -> None:
@@ -285,41 +303,12 @@ def _iso(stamp: float) -> str:
 
 
 @dataclass
-class CachedSession:
-    """A server session we created and may reuse."""
-
-    id: str
-    user_id: str | None = None
-    version: str | None = None
-    server_id: str | None = None
-    created: float = field(default_factory=time.time)
-
-    @classmethod
-    def from_info(cls, info: Any) -> CachedSession:
-        """From what GetNewSession answered (a swarm.client.SessionInfo)."""
-        return cls(info.session_id, info.user_id, info.version, info.server_id)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> CachedSession:
-        """A cached session as stored; ValueError/TypeError when it has the wrong shape."""
-        _expect(isinstance(data, dict), "a cached session is not an object")
-        names = {f.name for f in fields(cls)}
-        session = cls(**{k: v for k, v in data.items() if k in names})
-        _expect(isinstance(session.id, str) and bool(session.id), "a cached session has no id")
-        for name in ("user_id", "version", "server_id"):
-            value = getattr(session, name)
-            _expect(value is None or isinstance(value, str), f"a session's {name} is not text")
-        _expect(_is_time(session.created), "a cached session has an impossible creation time")
-        return session
-
-
-@dataclass
 class ServerState:
     """What we remember about one server + credential."""
 
-    sessions: list[CachedSession] = field(default_factory=list)
-    # None: not probed yet; False: answered bad_route (real SwarmUI has no such route).
-    interrupt_generation: bool | None = None
+    # The adapter's own memory (SwarmUI: sessions, route flags), opaque to everyone else.
+    adapter: dict[str, Any] = field(default_factory=dict)
+    # Model names `models list` saw, by kind, for shell completion.
     models: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -331,6 +320,8 @@ class State:
     servers: dict[str, ServerState] = field(default_factory=dict)
     # Absent from files written before pipelines existed; they load with none.
     pipelines: dict[str, PipelineRecord] = field(default_factory=dict)
+    # Which kind of server answered at each address (`--server-type auto`), by URL as shown.
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def server(self, key: str) -> ServerState:
         return self.servers.setdefault(key, ServerState())
@@ -340,23 +331,21 @@ class State:
         records = [r for r in self.generations.values() if r.server_key == key]
         return sorted(records, key=lambda r: r.created, reverse=True)
 
-    def holders(self, session_id: str) -> list[GenerationRecord]:
-        return [
-            r for r in self.generations.values() if r.session_id == session_id and not r.is_final
-        ]
-
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "generations": {k: asdict(v) for k, v in self.generations.items()},
             "servers": {k: asdict(v) for k, v in self.servers.items()},
             "pipelines": {k: asdict(v) for k, v in self.pipelines.items()},
+            "kinds": dict(self.kinds),
         }
 
     @classmethod
     def from_json(cls, data: Any) -> State:
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") not in (SCHEMA, SCHEMA_SWARM_ONLY):
             raise ValueError("not a registry document of this version")
+        if data["schema"] == SCHEMA_SWARM_ONLY:
+            data = _from_swarm_only(data)
         stored_generations = data.get("generations", {})
         stored_servers = data.get("servers", {})
         _expect(isinstance(stored_generations, dict), "generations is not an object")
@@ -369,10 +358,8 @@ class State:
         servers = {}
         for key, value in stored_servers.items():
             _expect(isinstance(value, dict), "a server entry is not an object")
-            sessions = value.get("sessions", [])
-            _expect(isinstance(sessions, list), "a server's sessions are not a list")
-            interrupt = value.get("interrupt_generation")
-            _expect(interrupt is None or isinstance(interrupt, bool), "a route flag is not a bool")
+            adapter = value.get("adapter", {})
+            _expect(isinstance(adapter, dict), "a server's adapter memory is not an object")
             models = value.get("models", {})
             _expect(
                 isinstance(models, dict)
@@ -383,9 +370,7 @@ class State:
                 "a server's model names are not lists of text",
             )
             servers[key] = ServerState(
-                sessions=[CachedSession.from_dict(s) for s in sessions],
-                interrupt_generation=interrupt,
-                models={k: list(v) for k, v in models.items()},
+                adapter=adapter, models={k: list(v) for k, v in models.items()}
             )
         stored_pipelines = data.get("pipelines", {})
         _expect(isinstance(stored_pipelines, dict), "pipelines is not an object")
@@ -394,41 +379,61 @@ class State:
             pipeline = PipelineRecord.from_dict(value)
             _expect(key == pipeline.id, "a pipeline is filed under another id")
             pipelines[key] = pipeline
-        return cls(generations, servers, pipelines)
+        kinds = data.get("kinds", {})
+        _expect(
+            isinstance(kinds, dict) and all(isinstance(v, str) for v in kinds.values()),
+            "the remembered server types are not text",
+        )
+        return cls(generations, servers, pipelines, dict(kinds))
 
     def prune(self, now: float | None = None) -> None:
-        """Drop old finished records and surplus cached sessions."""
+        """Drop old finished records (the newest KEEP_FINISHED_COUNT of each kind stay)."""
         now = time.time() if now is None else now
-        finished = sorted(
-            (r for r in self.generations.values() if r.is_final),
-            key=lambda r: r.finished or r.created,
-            reverse=True,
-        )
-        for index, record in enumerate(finished):
-            age = now - (record.finished or record.created)
-            if index >= KEEP_FINISHED_COUNT or age > KEEP_FINISHED_SECONDS:
-                del self.generations[record.id]
-        ended = sorted(
-            (p for p in self.pipelines.values() if p.is_final),
-            key=lambda p: p.finished or p.created,
-            reverse=True,
-        )
-        for index, pipeline in enumerate(ended):
-            age = now - (pipeline.finished or pipeline.created)
-            if index >= KEEP_FINISHED_COUNT or age > KEEP_FINISHED_SECONDS:
-                del self.pipelines[pipeline.id]
-        for server in self.servers.values():
-            held = {r.session_id for r in self.generations.values() if not r.is_final}
-            if len(server.sessions) > KEEP_SESSIONS:
-                keep = [s for s in server.sessions if s.id in held]
-                keep += [s for s in reversed(server.sessions) if s.id not in held]
-                server.sessions = keep[: max(KEEP_SESSIONS, len(held))]
+        for jobs in (self.generations, self.pipelines):
+            ended = sorted(
+                (r for r in jobs.values() if r.is_final),
+                key=lambda r: r.finished or r.created,
+                reverse=True,
+            )
+            for index, record in enumerate(ended):
+                age = now - (record.finished or record.created)
+                if index >= KEEP_FINISHED_COUNT or age > KEEP_FINISHED_SECONDS:
+                    del jobs[record.id]
+
+
+def _from_swarm_only(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 document in schema 2's shape: session ids become SwarmUI handles.
+
+    A generation may be running while the user upgrades; its record must still be found.
+    """
+    generations = data.get("generations", {})
+    _expect(isinstance(generations, dict), "generations is not an object")
+    converted: dict[str, Any] = {}
+    for key, value in generations.items():
+        _expect(isinstance(value, dict), "a generation record is not an object")
+        record = {k: v for k, v in value.items() if k != "session_id"}
+        session_id = value.get("session_id")
+        _expect(isinstance(session_id, str), "a generation's session_id is not text")
+        record["handle"] = {"session_id": session_id}
+        record["server_type"] = "swarmui"
+        converted[key] = record
+    servers: dict[str, Any] = {}
+    stored = data.get("servers", {})
+    _expect(isinstance(stored, dict), "servers is not an object")
+    for key, value in stored.items():
+        _expect(isinstance(value, dict), "a server entry is not an object")
+        adapter = {
+            name: value[name] for name in ("sessions", "interrupt_generation") if name in value
+        }
+        servers[key] = {"adapter": adapter, "models": value.get("models", {})}
+    return {**data, "generations": converted, "servers": servers}
 
 
 def cached_model_names(state: State, key: str, subtype: str = "Stable-Diffusion") -> list[str]:
     """Model names ``models list`` last saw on this server, for completion (no network).
 
-    ``key`` is the server key (``App.server_key``); ``subtype`` as in ListModels (``LoRA``...).
+    ``key`` is the server key (``App.server_key``); ``subtype`` the kind as the server names
+    it (SwarmUI's ``LoRA``, ComfyUI's ``loras``...).
     """
     server = state.servers.get(key)
     return list(server.models.get(subtype, ())) if server is not None else []
@@ -599,3 +604,34 @@ def active_under_other_credentials(state: State, server: str, key: str) -> list[
         and r.process_alive() is not False
     ]
     return sorted(records, key=lambda r: r.created, reverse=True)
+
+
+class LedgerView:
+    """One server's part of a loaded registry, as its adapter sees it (``types.LedgerView``)."""
+
+    def __init__(self, state: State, key: str) -> None:
+        self._state = state
+        self.cache = state.server(key).adapter
+        self.records = state.records_for(key)
+
+    def add(self, record: GenerationRecord) -> None:
+        self._state.generations[record.id] = record
+        self.records.insert(0, record)
+
+
+class ServerLedger:
+    """The registry lent to one server's adapter (``types.Ledger``): its memory, our records."""
+
+    def __init__(self, registry: Registry, key: str) -> None:
+        self.registry = registry
+        self.key = key
+
+    def read(self) -> LedgerView:
+        """A snapshot: changes to it are not kept."""
+        return LedgerView(self.registry.read(), self.key)
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[LedgerView]:
+        """Under the registry's lock; what the adapter changes is written back."""
+        with self.registry.transaction() as state:
+            yield LedgerView(state, self.key)

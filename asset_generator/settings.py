@@ -190,15 +190,23 @@ SETTINGS: tuple[Setting, ...] = (
         "api_url",
         _parse_url,
         "http://localhost:7801",
-        "Base URL of the SwarmUI server.",
+        "Base URL of the SwarmUI or ComfyUI server.",
         "url",
         ENV_PREFIX + "API_URL",
+    ),
+    Setting(
+        "server_type",
+        _parse_choice("auto", "swarmui", "comfyui"),
+        "auto",
+        "Which server --api-url is: auto (ask it once, remember the answer), swarmui, comfyui.",
+        "auto|swarmui|comfyui",
+        ENV_PREFIX + "SERVER_TYPE",
     ),
     Setting(
         "api_key",
         _parse_credential,
         None,
-        "SwarmUI login token, sent as the swarm_token cookie.",
+        "Login token: SwarmUI's swarm_token cookie; for ComfyUI, Authorization: Bearer.",
         "secret",
         ENV_PREFIX + "API_KEY",
         secret=True,
@@ -347,6 +355,13 @@ def state_dir() -> Path:
     from platformdirs import user_state_path
 
     return user_state_path(APP_NAME, appauthor=False)
+
+
+def cache_dir() -> Path:
+    """Where large things that can be fetched again are kept (ComfyUI's node catalogue)."""
+    from platformdirs import user_cache_path
+
+    return user_cache_path(APP_NAME, appauthor=False)
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:

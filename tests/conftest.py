@@ -202,6 +202,11 @@ def read_registry(state_dir: Path) -> dict[str, Any]:
     return json.loads((state_dir / "generations.json").read_text())
 
 
+def session_id_of(record: dict[str, Any]) -> str:
+    """The SwarmUI session a registry record (as read from the file) runs in."""
+    return record["handle"]["session_id"]
+
+
 # Drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set (PR_CAPBSET_DROP = 24),
 # then become the program: root then obeys file permissions like anyone else.
 OBEY_PERMISSIONS = """

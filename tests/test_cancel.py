@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Runner, read_registry, wait_for
+from conftest import Runner, read_registry, session_id_of, wait_for
 
 from asset_generator.emulator import Emulator, Fault, FaultPoint
 
@@ -82,7 +82,7 @@ def test_cancel_stops_the_running_generation_and_not_the_queued_one(
     wait_status(state_dir, "long one", "running")
     queued = cli.start("generate", "image", "--prompt", "short one", "--steps", "3")
     short = wait_status(state_dir, "short one", "queued")
-    assert wait_for(lambda: emu.session_status(short["session_id"])["waiting_backends"] == 1)
+    assert wait_for(lambda: emu.session_status(session_id_of(short))["waiting_backends"] == 1)
 
     result = cli("cancel")
     assert result.code == 0, result.stderr
@@ -100,8 +100,8 @@ def test_cancel_stops_the_running_generation_and_not_the_queued_one(
     saved = Path(workdir, out.strip())
     assert saved.is_file() and saved.read_bytes().startswith(b"\x89PNG")
     assert record_with_prompt(state_dir, "short one")["status"] == "succeeded"
-    assert short["session_id"] not in emu.interrupted_sessions()
-    assert long_record["session_id"] in emu.interrupted_sessions()
+    assert session_id_of(short) not in emu.interrupted_sessions()
+    assert session_id_of(long_record) in emu.interrupted_sessions()
 
 
 def test_cancel_probes_interrupt_generation_once(
@@ -132,7 +132,7 @@ def test_cancel_uses_interrupt_generation_where_the_server_has_it(
     assert finish(process)[0] == 1
     assert [c.status for c in emu.calls("InterruptGeneration")] == [200]
     assert emu.calls("InterruptAll") == []
-    assert record["session_id"] in emu.interrupted_sessions()
+    assert session_id_of(record) in emu.interrupted_sessions()
 
 
 def test_cancel_by_id_and_idempotent_after_finish(
@@ -169,7 +169,7 @@ def test_cancel_all_reaches_every_session_of_the_user_only(
     b1 = cli.start("generate", "image", "--prompt", "bob 1", "--steps", "3", env=bob)
     wait_status(state_dir, "alice 2", "queued")
     bob_record = wait_status(state_dir, "bob 1", "queued")
-    assert wait_for(lambda: emu.session_status(bob_record["session_id"])["waiting_backends"] == 1)
+    assert wait_for(lambda: emu.session_status(session_id_of(bob_record))["waiting_backends"] == 1)
 
     result = cli("cancel", "--all", "-f", "json", env=alice)
     assert result.code == 0, result.stderr
@@ -228,9 +228,9 @@ def test_ctrl_c_interrupts_the_session_on_the_server(
         code, _, err = finish(process)
         assert code == expected, err
         assert "Traceback" not in err
-        assert record["session_id"] in emu.interrupted_sessions()
+        assert session_id_of(record) in emu.interrupted_sessions()
         assert record_with_prompt(state_dir, prompt)["status"] == "cancelled"
-        assert wait_for(lambda r=record: emu.session_status(r["session_id"])["live_gens"] == 0)
+        assert wait_for(lambda r=record: emu.session_status(session_id_of(r))["live_gens"] == 0)
 
 
 def test_concurrent_generate_and_cancel_keep_every_record(
@@ -300,7 +300,7 @@ def test_images_that_arrived_before_the_cancel_are_kept(
 
     code, out, err = finish(process)
     assert code == 1
-    assert "Generation session interrupted." in err and "kept 1 image(s)" in err
+    assert "Generation session interrupted." in err and "kept 1 image that arrived" in err
     kept = [Path(workdir, line) for line in out.splitlines()]
     assert len(kept) == 1 and kept[0].read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in (workdir / "out").iterdir()) == [kept[0].name]
@@ -328,4 +328,4 @@ def test_a_cancel_that_lands_before_the_server_claims_the_request_is_not_lost(
     assert code == 1, err
     assert out == "" and list(workdir.iterdir()) == []
     assert record_with_prompt(state_dir, "early")["status"] == "cancelled"
-    assert emu.session_status(record["session_id"])["live_gens"] == 0
+    assert emu.session_status(session_id_of(record))["live_gens"] == 0

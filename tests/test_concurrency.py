@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import Runner, read_registry, wait_for
+from conftest import Runner, read_registry, session_id_of, wait_for
 
 GENERATE = 30
 CANCEL = 8
@@ -99,7 +99,7 @@ def test_fifty_processes_keep_every_record(
     assert [p.name for p in state_dir.iterdir() if p.name.startswith(".")] == []
     assert not list(state_dir.glob("generations.json.corrupt-*"))
     # Every generation the server saw belongs to a record (none started behind our back).
-    recorded_sessions = {record["session_id"] for record in records.values()}
+    recorded_sessions = {session_id_of(record) for record in records.values()}
     generate_calls = [c for c in emu.calls("GenerateText2ImageWS") if c.body is not None]
     assert {c.session_id for c in generate_calls} <= recorded_sessions
 
@@ -205,7 +205,7 @@ def test_queued_generation_interrupted_by_another_client_fails_naming_the_interr
     queued = cli.start("generate", "image", "--prompt", "queued", "--steps", "2")
     assert wait_for(lambda: _status_of(state_dir, "queued") == "queued")
     session = next(
-        r["session_id"]
+        session_id_of(r)
         for r in read_registry(state_dir)["generations"].values()
         if r["prompt"] == "queued"
     )

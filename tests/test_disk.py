@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Result, Runner, read_registry
+from conftest import Result, Runner, read_registry, session_id_of
 from conftest import run_prefixed as run
 
 from asset_generator.downloads import DownloadError, save_stream
@@ -160,7 +160,7 @@ def test_full_disk_while_saving_an_image_keeps_previous_files_and_stops_the_serv
     record = next(iter(read_registry(state_dir)["generations"].values()))
     assert record["status"] == "failed" and "cannot save" in record["error"]
     # The second image was not generated for nobody: our session was interrupted.
-    assert record["session_id"] in emu.interrupted_sessions()
+    assert session_id_of(record) in emu.interrupted_sessions()
     assert len(emu.saved_outputs()) == 1
 
 

@@ -340,7 +340,7 @@ def _seed_live_generation(emulator: Emulator, state_dir: Path, token: str) -> st
         id=new_generation_id(),
         server=url,
         server_key=server_key(url, f"{token}\0"),
-        session_id=session_id,
+        handle={"session_id": session_id},
         pid=os.getpid(),
         host=socket.gethostname(),
         prompt="seeded",

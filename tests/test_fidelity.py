@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Runner, read_registry, wait_for
+from conftest import Runner, read_registry, session_id_of, wait_for
 
 from asset_generator.emulator import Emulator
 from asset_generator.emulator.config import DEFAULT_MODELS
@@ -33,7 +33,7 @@ def session_of(state_dir: Path, prompt: str) -> str:
     assert wait_for(lambda: record_with_prompt(state_dir, prompt) is not None)
     found = record_with_prompt(state_dir, prompt)
     assert found is not None
-    return found["session_id"]
+    return session_id_of(found)
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
@@ -279,7 +279,7 @@ def test_cancel_falls_back_when_interrupt_generation_answers_oddly(
         assert sid in emu.interrupted_sessions()
         assert record_with_prompt(state_dir, prompt)["status"] == "cancelled"
         servers = read_registry(state_dir)["servers"]
-        assert [s["interrupt_generation"] for s in servers.values()] == [False]
+        assert [s["adapter"]["interrupt_generation"] for s in servers.values()] == [False]
     # Remembered: the second cancel went straight to InterruptAll on its session.
     assert len(emu.calls("InterruptGeneration")) == 1
     interrupts = emu.calls("InterruptAll")
@@ -358,12 +358,12 @@ def test_status_shows_the_restarted_servers_version_and_id(
     assert second.url == cli.url
     # The cached session still works on the restarted server (restored from its database)...
     cached = read_registry(state_dir)["servers"]
-    assert len(next(iter(cached.values()))["sessions"]) == 1
+    assert len(next(iter(cached.values()))["adapter"]["sessions"]) == 1
     # ...and is older than the facts may be: the minute has passed.
     with Registry(state_dir).transaction() as state:
         for server in state.servers.values():
-            for session in server.sessions:
-                session.created -= 120
+            for session in server.adapter["sessions"]:
+                session["created"] -= 120
     after = cli("status", "-f", "json").json()
     assert after["version"] == "0.9.8.2.GIT-new"
     assert after["server_id"] != before["server_id"]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
-from conftest import Runner, read_registry
+from conftest import Runner, read_registry, session_id_of
 
 from asset_generator.emulator import Emulator
 
@@ -173,7 +173,7 @@ def test_deadline_interrupts_our_session(cli: Runner, emulator_factory, workdir:
     assert "deadline" in result.stderr
     record = next(iter(read_registry(Path(_state(cli)))["generations"].values()))
     assert record["status"] == "cancelled"
-    assert record["session_id"] in emu.interrupted_sessions()
+    assert session_id_of(record) in emu.interrupted_sessions()
     assert [p for p in workdir.iterdir()] == []
 
 

@@ -29,6 +29,7 @@ from asset_generator.registry import (
     State,
     server_key,
 )
+from asset_generator.server.types import Lora, Request
 from asset_generator.swarm.params import build_request, expected_outputs, parse_lora, parse_param
 
 # -- settings -------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ def record(record_id: str, **changes: object) -> GenerationRecord:
         id=record_id,
         server="http://h:1",
         server_key="k",
-        session_id="s" * 40,
+        handle={"session_id": "s" * 40},
         pid=os.getpid(),
         host=os.uname().nodename,
         prompt="p",
@@ -180,16 +181,18 @@ def test_any_bytes_in_the_cache_file_never_crash(tmp_path_factory, data: bytes) 
 
 
 def test_only_what_was_set_is_sent_and_images_is_always_present() -> None:
-    body = build_request(prompt="a cat", options={"steps": None, "width": None}, defaults={})
+    body = build_request(Request(prompt="a cat", steps=None, width=None))
     assert body == {"prompt": "a cat", "images": 1}
 
 
 def test_explicit_beats_param_beats_config_after_name_normalisation() -> None:
     body = build_request(
-        prompt="x",
-        options={"cfgscale": 9.0},
-        defaults={"cfgscale": 5.0, "steps": 30},
-        extra=[("CFG_Scale", 7), ("steps", 12)],
+        Request(
+            prompt="x",
+            cfg_scale=9.0,
+            defaults={"cfg_scale": 5.0, "steps": 30},
+            params=(("CFG_Scale", 7), ("steps", 12)),
+        )
     )
     assert body["cfgscale"] == 9.0 and "CFG_Scale" not in body
     assert body["steps"] == 12
@@ -197,7 +200,7 @@ def test_explicit_beats_param_beats_config_after_name_normalisation() -> None:
 
 def test_loras_arrive_as_parallel_lists() -> None:
     body = build_request(
-        prompt="x", options={}, defaults={}, loras=["style/pixel-art:0.8", "detail v2"]
+        Request(prompt="x", loras=(Lora.parse("style/pixel-art:0.8"), Lora.parse("detail v2")))
     )
     assert body["loras"] == ["style/pixel-art", "detail v2"]
     assert body["loraweights"] == ["0.8", "1"]
@@ -218,7 +221,7 @@ def test_param_values_are_typed() -> None:
 
 
 def test_images_key_is_exact_even_from_param() -> None:
-    body = build_request(prompt="x", options={}, defaults={}, extra=[("Images", 3)])
+    body = build_request(Request(prompt="x", params=(("Images", 3),)))
     assert body["images"] == 3 and "Images" not in body
 
 

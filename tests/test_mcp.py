@@ -14,7 +14,14 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import PROGRAM, Runner, assert_install_hint, read_registry, wait_for
+from conftest import (
+    PROGRAM,
+    Runner,
+    assert_install_hint,
+    read_registry,
+    session_id_of,
+    wait_for,
+)
 
 from asset_generator.emulator import Emulator
 
@@ -182,7 +189,7 @@ def test_client_cancel_interrupts_the_generation_session(
                     await started.wait()
                 group.cancel_scope.cancel()
             [record] = read_registry(state_dir)["generations"].values()
-            assert await until(lambda: record["session_id"] in emu.interrupted_sessions())
+            assert await until(lambda: session_id_of(record) in emu.interrupted_sessions())
             assert await until(lambda: record_of(state_dir, record["id"])["status"] == "cancelled")
             # The server goes on serving after a cancelled call.
             status = await session.call_tool("generation_status", {"generation_id": record["id"]})
@@ -300,7 +307,7 @@ def test_mcp_generation_without_waiting_is_stopped_by_cli_cancel(
             stopped = await anyio.to_thread.run_sync(lambda: cli("cancel", generation_id))
             assert stopped.code == 0, stopped.stderr
             assert stopped.stdout.startswith(f"cancelled {generation_id}")
-            session_id = record_of(state_dir, generation_id)["session_id"]
+            session_id = session_id_of(record_of(state_dir, generation_id))
             assert session_id in emu.interrupted_sessions()
             with anyio.fail_after(20):
                 while (await state())["status"] != "cancelled":
@@ -459,7 +466,7 @@ def test_ending_the_server_interrupts_its_generations(
     try:
         server.initialize()
         generation_id = server.start_generation(state_dir, wait=how == "eof-during-call")
-        session_id = record_of(state_dir, generation_id)["session_id"]
+        session_id = session_id_of(record_of(state_dir, generation_id))
         assert wait_for(lambda: emu.session_status(session_id)["live_gens"] == 1)
         if how == "sigterm":
             server.proc.send_signal(signal.SIGTERM)

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import read_registry
+from conftest import read_registry, session_id_of
 
 from asset_generator.emulator import Emulator
 
@@ -109,7 +109,7 @@ def test_no_secret_or_session_id_in_results_or_logs(
         verbose=True,
     )
     assert all(result.is_error is False for result in results), results
-    sessions = [r["session_id"] for r in read_registry(state_dir)["generations"].values()]
+    sessions = [session_id_of(r) for r in read_registry(state_dir)["generations"].values()]
     shown = capsys.readouterr()
     assert "POST /API/GenerateText2ImageWS" in shown.err or "WS /API" in shown.err
     everything = shown.out + shown.err + "".join(r.model_dump_json() for r in results)

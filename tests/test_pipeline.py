@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Runner, read_registry, wait_for
+from conftest import Runner, read_registry, session_id_of, wait_for
 
 from asset_generator.emulator import Emulator, Fault, FaultPoint
 
@@ -155,7 +155,7 @@ def test_sessions_are_a_small_pool_reused_across_assets(
     # A slot each, plus the next asset of each slot queued ahead: never a session per asset.
     assert len(set(sessions)) <= 5 and emu.sessions_created <= 5
     registry = state(workdir)
-    assert len(registry["servers"][next(iter(registry["servers"]))]["sessions"]) <= 5
+    assert len(registry["servers"][next(iter(registry["servers"]))]["adapter"]["sessions"]) <= 5
 
 
 def test_rerun_skips_then_one_deleted_file_is_regenerated_then_force(
@@ -298,7 +298,7 @@ def test_cancel_from_another_process_stops_the_whole_pipeline(
     assert document["summary"]["not_started"] >= 2
     assert document["summary"]["succeeded"] == 0
     for g in flying:
-        assert g["session_id"] in emu.interrupted_sessions()
+        assert session_id_of(g) in emu.interrupted_sessions()
     assert state(workdir)["pipelines"][row["id"]]["status"] == "cancelled"
     manifest = json.loads((workdir / "pipeline-output/asset-generator-manifest.json").read_text())
     assert {e["status"] for e in manifest["assets"].values()} == {"cancelled"}
@@ -321,7 +321,7 @@ def test_cancel_one_asset_and_the_pipeline_goes_on(
     by_generation = {a["generation_id"]: a for a in document["assets"]}
     assert by_generation[victim["id"]]["status"] == "cancelled"
     assert document["summary"]["succeeded"] == 5
-    assert victim["session_id"] in emu.interrupted_sessions()
+    assert session_id_of(victim) in emu.interrupted_sessions()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
@@ -337,7 +337,7 @@ def test_signal_interrupts_every_in_flight_asset(
     assert process.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
     assert "Traceback" not in err
     for g in flying:
-        assert g["session_id"] in emu.interrupted_sessions()
+        assert session_id_of(g) in emu.interrupted_sessions()
     registry = state(workdir)
     assert {registry["generations"][g["id"]]["status"] for g in flying} == {"cancelled"}
     (pipe,) = registry["pipelines"].values()

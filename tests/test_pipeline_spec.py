@@ -85,14 +85,17 @@ assets:
       - {id: a, prompt: p, params: {cfg_scale: 7.5, loras: ["pixel:0.5"]}}
       - {id: b, prompt: p}
 """
+    from asset_generator.swarm.params import build_request
+
     plan = plan_of(text, run_params=[("steps", 30), ("height", 512)])
     a, b = plan.assets
-    assert a.body == {
+    # What SwarmUI is sent for each asset.
+    assert build_request(a.request) == {
         "seed": 1000, "prompt": "p", "steps": 6, "cfgscale": 7.5, "model": "base",
         "height": 512, "width": 640, "loras": ["pixel"], "loraweights": ["0.5"], "images": 1,
     }  # fmt: skip
-    assert b.body["cfgscale"] == 5 and b.body["steps"] == 6
-    assert "loras" not in b.body
+    assert b.request.cfg_scale == 5 and b.request.steps == 6
+    assert b.request.loras == ()
 
 
 def test_unknown_keys_are_warned_with_line_and_place() -> None:
@@ -228,7 +231,7 @@ def test_the_manifest_rewrites_only_what_changed_and_reads_back_true(tmp_path: P
     manifest.record(second, "failed", error="boom again")
     manifest.save()
     document = json.loads(manifest.path.read_text())
-    assert document["base_seed"] is None and document["version"] == 1
+    assert document["base_seed"] is None and document["version"] == 2
     entries = document["assets"]
     assert entries["a.png"]["generation_id"] == "gen_2"
     assert entries["b.png"]["error"] == "boom again" and entries["b.png"]["status"] == "failed"

@@ -31,8 +31,6 @@ from asset_generator.downloads import (
     decode_data_url,
     extension_of,
     inside,
-    png_text_metadata,
-    seed_from_metadata,
     target_name,
 )
 from asset_generator.registry import FILE_NAME, Registry, State
@@ -49,6 +47,7 @@ from asset_generator.swarm.client import (
 )
 from asset_generator.swarm.errors import SwarmError
 from asset_generator.swarm.http import Transport
+from asset_generator.swarm.metadata import png_text_metadata, seed_from_metadata
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -151,7 +150,6 @@ def assert_usable(state: State) -> None:
         record.is_final  # noqa: B018 - must not raise
         record.process_alive()
         state.records_for(record.server_key)
-        state.holders(record.session_id)
     document = state.to_json()
     text = json.dumps(document, allow_nan=False)
     assert State.from_json(json.loads(text)).to_json() == document

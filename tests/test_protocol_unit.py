@@ -204,7 +204,7 @@ def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_fli
             id="gen_late0001",
             server=URL,
             server_key="k",
-            session_id="s" * 40,
+            handle={"session_id": "s" * 40},
             pid=os.getpid(),
             host=os.uname().nodename,
             prompt="registered during the cancel",
@@ -217,8 +217,15 @@ def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_fli
             state.generations["gen_late0001"] = late_record()
         return json_reply(200, {"success": True})
 
-    client = client_for(handler)
-    generations = jobs.Generations(registry, "k", lambda: client)
-    result = jobs.cancel_all(generations, lambda call: call("s" * 40))
+    from asset_generator.registry import ServerLedger
+    from asset_generator.swarm.server import SwarmServer
+
+    ledger = ServerLedger(registry, "k")
+    with ledger.change() as view:
+        # A cached control session, so the only request is the InterruptAll itself.
+        view.cache["sessions"] = [{"id": "s" * 40, "user_id": "local", "created": time.time()}]
+    server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
+    generations = jobs.Generations(registry, "k", lambda: server)
+    result = jobs.cancel_all(generations)
     assert registry.read().generations["gen_late0001"].status == "cancelled"
     assert [r.id for r in result.cancelled] == ["gen_late0001"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Runner, read_registry, wait_for
+from conftest import Runner, read_registry, session_id_of, wait_for
 
 from asset_generator.emulator import Emulator, Fault, FaultPoint
 
@@ -79,7 +79,7 @@ def no_files(workdir: Path) -> list[str]:
 
 
 def assert_interrupted(emu: Emulator, record: dict, state_dir: Path) -> None:
-    session = record["session_id"]
+    session = session_id_of(record)
     assert wait_for(lambda: session in emu.interrupted_sessions(), timeout=10)
     assert wait_for(lambda: emu.session_status(session)["live_gens"] == 0, timeout=10)
     final = generations(state_dir)[record["id"]]
@@ -115,14 +115,14 @@ def test_while_queued_behind_another_generation(
     other = wait_record(state_dir, "blocker", "running")
     process = start(cli, "waiting", "--steps", "2")
     ours = wait_record(state_dir, "waiting", "queued")
-    assert wait_for(lambda: emu.session_status(ours["session_id"])["waiting_backends"] == 1)
+    assert wait_for(lambda: emu.session_status(session_id_of(ours))["waiting_backends"] == 1)
 
     err = stopped(process, sig)
     assert f"interrupted: stopping {ours['id']} on the server" in err
     assert_interrupted(emu, ours, state_dir)
     # Only our own session: the other generation keeps running.
-    assert other["session_id"] not in emu.interrupted_sessions()
-    assert emu.session_status(other["session_id"])["live_gens"] == 1
+    assert session_id_of(other) not in emu.interrupted_sessions()
+    assert emu.session_status(session_id_of(other))["live_gens"] == 1
     assert no_files(workdir) == []
     stopped(blocker, signal.SIGTERM)
 
@@ -201,7 +201,7 @@ def test_second_ctrl_c_exits_at_once(
     # Marked cancelled before exiting: `status` must not call it a failure.
     assert generations(state_dir)[ours["id"]]["status"] == "cancelled"
     # The interrupt had reached the server; only its answer was not waited for.
-    assert ours["session_id"] in emu.interrupted_sessions()
+    assert session_id_of(ours) in emu.interrupted_sessions()
     assert no_files(workdir) == []
 
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import PROGRAM, Runner, read_registry, wait_for
+from conftest import PROGRAM, Runner, read_registry, session_id_of, wait_for
 
 from asset_generator.emulator import Emulator
 
@@ -111,10 +111,10 @@ def test_status_shows_our_live_generation_and_asks_for_dead_ones(
     emu.reset_log()
     document = cli("status", "-f", "json").json()
     assert [g["status"] for g in document["generations"]] == ["running"]
-    assert record["session_id"] in {c.session_id for c in emu.calls("GetCurrentStatus")}
+    assert session_id_of(record) in {c.session_id for c in emu.calls("GetCurrentStatus")}
 
     assert cli("cancel", record["id"], "-q").code == 0
-    assert wait_for(lambda: emu.session_status(record["session_id"])["waiting_gens"] == 0)
+    assert wait_for(lambda: emu.session_status(session_id_of(record))["waiting_gens"] == 0)
     document = cli("status", "-f", "json").json()
     assert [g["status"] for g in document["generations"]] == ["cancelled"]
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAM, Runner, read_registry, wait_for
+from conftest import PROGRAM, Runner, read_registry, session_id_of, wait_for
 from test_disk import make_read_only, read_only, run  # noqa: F401
 
 from asset_generator.emulator import Emulator
@@ -96,7 +96,7 @@ def test_stdout_filling_up_mid_run_stops_the_server_work(
     assert text.strip().splitlines()[-1].startswith("cannot write to standard output")
     (record,) = records(state_dir)
     assert record["status"] == "failed"
-    assert wait_for(lambda: record["session_id"] in emu.interrupted_sessions())
+    assert wait_for(lambda: session_id_of(record) in emu.interrupted_sessions())
     # The image whose path could not be printed is saved whole, and the record names it.
     (saved,) = images_in(workdir / "out")
     assert saved.read_bytes().startswith(b"\x89PNG") and saved.read_bytes().endswith(
@@ -122,7 +122,7 @@ def test_a_reader_that_goes_away_ends_it_quietly_and_stops_the_server(
     assert err == b""
     (record,) = records(state_dir)
     assert record["status"] == "cancelled"
-    assert wait_for(lambda: record["session_id"] in emu.interrupted_sessions())
+    assert wait_for(lambda: session_id_of(record) in emu.interrupted_sessions())
     saved = images_in(workdir / "out")
     assert 1 <= len(saved) < 4
     assert all(p.read_bytes().endswith(b"IEND\xaeB`\x82") for p in saved)

@@ -78,12 +78,22 @@ def _global(*decls: str, **attrs: Any) -> Callable[[Callable[..., Any]], Callabl
 
 
 GLOBAL_OPTIONS = (
-    _global("--api-url", metavar="URL", help="SwarmUI server [env ASSET_GENERATOR_API_URL]."),
+    _global(
+        "--api-url",
+        metavar="URL",
+        help="SwarmUI or ComfyUI server [env ASSET_GENERATOR_API_URL].",
+    ),
+    _global(
+        "--server-type",
+        type=click.Choice(["auto", "swarmui", "comfyui"], case_sensitive=False),
+        help="Which server --api-url is; auto asks it once and remembers "
+        "[env ASSET_GENERATOR_SERVER_TYPE; default auto].",
+    ),
     _global(
         "--api-key",
         metavar="TOKEN",
-        help="Login token, sent as the swarm_token cookie; never printed "
-        "[env ASSET_GENERATOR_API_KEY].",
+        help="Login token: SwarmUI's swarm_token cookie, or Authorization: Bearer for "
+        "ComfyUI; never printed [env ASSET_GENERATOR_API_KEY].",
     ),
     _global(
         "--auth-header",
@@ -181,6 +191,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "asset_generator.cli.strip_metadata",
         "Remove embedded metadata from PNG, JPEG and WebP images, in place.",
     ),
+    "workflow": ("asset_generator.cli.workflow", "Look at ComfyUI workflows before running them."),
 }
 
 
@@ -285,7 +296,7 @@ def _refuse_h_as_height(
 @global_options
 @click.version_option(__version__, "--version", prog_name="asset-generator")
 def cli() -> None:
-    """Drive a self-hosted SwarmUI server from the terminal, scripts and cron.
+    """Drive a self-hosted SwarmUI or ComfyUI server from the terminal, scripts and cron.
 
     Start generations and whole asset sets (pipeline), see what is running, and
     cancel the current generation or everything queued, with exit codes scripts
@@ -337,6 +348,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             return _dispatch(app, argv)
+        except _AskAgain:
+            # The server type remembered for this address no longer fits (another server
+            # listens there now): forget it and run the command once more, asking afresh.
+            app.close()
+            app = App()
+            app.flags["_asked_again"] = True
+            return _dispatch(app, argv)
         except OSError as exc:
             # click's own output (--help, usage errors) also writes to stdout.
             broken = _stdout_broken(exc)
@@ -347,6 +365,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return _broken_stdout(exc)
     finally:
         app.close()
+
+
+class _AskAgain(Exception):
+    """The remembered server type was wrong; the command is run again once."""
 
 
 def _stdout_broken(exc: OSError) -> Exception | None:
@@ -443,10 +465,25 @@ def _dispatch(app: App, argv: Sequence[str] | None) -> int:
     except RegistryError as exc:
         return _fail(app, str(exc), "file_error")
     except Exception as exc:
+        if _wrong_type_remembered(app, exc):
+            app.forget_type()
+            raise _AskAgain from None
         handled = _protocol_failure(app, exc)
         if handled is None:
             raise
         return handled
+
+
+def _wrong_type_remembered(app: App, exc: Exception) -> bool:
+    """The answer looks like another kind of server than the one remembered for the URL."""
+    if not app.type_remembered or app.flags.get("_asked_again"):
+        return False
+    if "asset_generator.server.errors" not in sys.modules:
+        return False
+    from asset_generator.server.errors import NotFound
+
+    cause = getattr(exc, "cause", exc)
+    return isinstance(cause, NotFound)
 
 
 def _format_after_the_error(app: App, argv: Sequence[str] | None) -> None:
@@ -480,28 +517,22 @@ def _usage_failure(app: App, message: str) -> int:
 
 
 def _protocol_failure(app: App, exc: Exception) -> int | None:
-    """Map protocol errors to the contract's phrases; None for anything else (a real bug)."""
-    if "asset_generator.swarm.errors" not in sys.modules:
+    """Map server errors to the contract's phrases; None for anything else (a real bug)."""
+    if "asset_generator.server.errors" not in sys.modules:
         return None
-    from asset_generator.settings import describe_server
-    from asset_generator.swarm.errors import (
-        ConnectionFailed,
-        RequestTimeout,
-        SessionFailed,
-        SwarmError,
-    )
+    from asset_generator.server.errors import RequestError, ServerError
 
-    if not isinstance(exc, SwarmError):
+    if isinstance(exc, RequestError):
+        return _usage_failure(app, exc.message)
+    if not isinstance(exc, ServerError):
         return None
-    cause = exc.cause if isinstance(exc, SessionFailed) else exc
     details = {
-        "server": describe_server(app.api_url),
+        "server": app.server_name,
         # A server that answered but could not be used (refused us, said something odd) is
         # reachable; the exit code is 1 all the same.
-        "reachable": not isinstance(cause, ConnectionFailed | RequestTimeout),
+        "reachable": exc.reachable,
     }
-    phrase = "failed to get session" if isinstance(exc, SessionFailed) else "request failed"
-    return _fail(app, f"{phrase}: {exc.message}", exc.code, details)
+    return _fail(app, f"{exc.phrase}: {exc.message}", exc.code, details)
 
 
 def _terminate(signum: int, frame: Any) -> None:

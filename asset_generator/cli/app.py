@@ -1,4 +1,4 @@
-"""App: resolved settings, output, session cache and client factory, shared by every command.
+"""App: resolved settings, output, registry and the server's adapter, shared by every command.
 
 Everything is built lazily: global options may still arrive after the leaf command's name,
 and ``cancel`` with nothing to do must not import httpx or touch the network.
@@ -6,18 +6,16 @@ and ``cancel`` with nothing to do must not import httpx or touch the network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from asset_generator import settings
 from asset_generator.cli.output import Output, register_secret
-from asset_generator.registry import CachedSession, Registry, server_key
+from asset_generator.registry import Registry, server_key
 
 if TYPE_CHECKING:
-    from asset_generator.swarm.client import SwarmClient
-
-T = TypeVar("T")
+    from asset_generator.jobs import Generations
+    from asset_generator.server.types import Server
 
 
 # cli-contract §3: the only codes a JSON failure may carry. README.md and CANCEL_COMMAND.md list
@@ -89,7 +87,10 @@ class App:
         self.flags: dict[str, Any] = {}
         # The innermost command's context, for usage errors raised after parsing.
         self.context: Any = None
-        self._client: SwarmClient | None = None
+        self._server: Server | None = None
+        # The server type came from the registry's memory (`--server-type auto`): if the
+        # server answers like another kind, it is asked again (cli.run does that, once).
+        self.type_remembered = False
 
     # -- settings and output ------------------------------------------------------------------
 
@@ -97,9 +98,8 @@ class App:
     def settings(self) -> settings.Resolved:
         from pathlib import Path
 
-        values = {key: self.flags.get(key) for key in ("api_url", "api_key", "auth_header")}
-        values["format"] = self.flags.get("format")
-        values["timeout"] = self.flags.get("timeout")
+        keys = ("api_url", "api_key", "auth_header", "server_type", "format", "timeout")
+        values = {key: self.flags.get(key) for key in keys}
         config = self.flags.get("config")
         resolved = settings.resolve(
             values,
@@ -132,6 +132,11 @@ class App:
     def api_url(self) -> str:
         return self.settings["api_url"]
 
+    @property
+    def server_name(self) -> str:
+        """The server as shown to the user (no credentials)."""
+        return settings.describe_server(self.api_url)
+
     @cached_property
     def server_key(self) -> str:
         credential = f"{self.settings['api_key'] or ''}\0{self.settings['auth_header'] or ''}"
@@ -141,73 +146,104 @@ class App:
     def registry(self) -> Registry:
         return Registry(settings.state_dir(), warn=self.output.warn)
 
+    def generations(self) -> Generations:
+        """Our records on the configured server; its adapter is made only when one needs it."""
+        from asset_generator.jobs import Generations
+
+        return Generations(self.registry, self.server_key, self.server, self.output.debug)
+
     # -- the server -----------------------------------------------------------------------------
 
-    def client(self) -> SwarmClient:
-        """The client for the configured server, created on first use."""
-        if self._client is None:
-            from asset_generator.swarm.client import SwarmClient
-            from asset_generator.swarm.http import Credentials, Transport
+    def known_type(self) -> str | None:
+        """The server type without asking the server: the setting, else the registry's memory
+        of the address, else the type our own records there were made on."""
+        wanted = self.settings["server_type"]
+        if wanted != "auto":
+            return wanted
+        return self._remembered_type()
 
-            transport = Transport(
-                self.api_url,
-                Credentials(self.settings["api_key"], self.settings["auth_header"]),
-                timeout=self.settings["timeout"],
-                log=self.output.exchange,
-            )
-            self._client = SwarmClient(transport)
-        return self._client
+    def _remembered_type(self) -> str | None:
+        from asset_generator.server import SERVER_TYPES
+
+        state = self.registry.read()
+        remembered = state.kinds.get(self.server_name)
+        if remembered in SERVER_TYPES:
+            return remembered
+        ours = state.records_for(self.server_key)
+        if ours and ours[0].server_type in SERVER_TYPES:
+            # Written before the type was remembered per address (schema-1 records, say).
+            return ours[0].server_type
+        return None
+
+    def server(self) -> Server:
+        """The adapter for the configured server, made (and, if need be, identified) once."""
+        if self._server is None:
+            self._server = self._connect()
+        return self._server
+
+    def _connect(self) -> Server:
+        wanted = self.settings["server_type"]
+        if wanted != "auto":
+            return self._adapter(wanted)
+        remembered = self._remembered_type()
+        if remembered is not None:
+            self.type_remembered = True
+            return self._adapter(remembered)
+        return self._identify()
+
+    def _identify(self) -> Server:
+        """Ask the server what it is (cli-contract §7) and remember the answer for its URL.
+
+        SwarmUI's GetNewSession is asked first: it is the very request a SwarmUI command needs
+        next (its session is kept), and ComfyUI answers it with a bare 405. Any other failure
+        (down, refused, unauthorised) is the command's own and is raised as it is.
+        """
+        from asset_generator.server import PROBE_ORDER, SERVER_TYPES
+        from asset_generator.server.errors import BadResponse
+
+        for name in PROBE_ORDER:
+            adapter = self._adapter(name)
+            # Held here so that close() closes it whatever the probe raises.
+            self._server = adapter
+            if adapter.probe():  # type: ignore[attr-defined]
+                self.remember_type(name)
+                self.output.debug(f"{self.server_name} is {SERVER_TYPES[name].label}")
+                return adapter
+            adapter.close()
+            self._server = None
+        raise BadResponse(
+            f"{self.server_name} answered neither as SwarmUI nor as ComfyUI; is --api-url the "
+            "address of one of them? (--server-type skips the question)"
+        )
+
+    def _adapter(self, name: str) -> Server:
+        import importlib
+
+        from asset_generator.registry import ServerLedger
+        from asset_generator.server import SERVER_TYPES
+
+        module_name, _, class_name = SERVER_TYPES[name].adapter.partition(":")
+        adapter_class = getattr(importlib.import_module(module_name), class_name)
+        return adapter_class(
+            self.api_url,
+            ServerLedger(self.registry, self.server_key),
+            api_key=self.settings["api_key"],
+            auth_header=self.settings["auth_header"],
+            timeout=self.settings["timeout"],
+            log=self.output.exchange,
+            debug=self.output.debug,
+        )
+
+    def remember_type(self, name: str) -> None:
+        with self.registry.transaction() as state:
+            state.kinds[self.server_name] = name
+
+    def forget_type(self) -> None:
+        """The remembered type no longer fits: the next command asks the server again."""
+        with self.registry.transaction() as state:
+            state.kinds.pop(self.server_name, None)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def new_session(self) -> CachedSession:
-        """Create a server session and remember it for reuse."""
-        session = CachedSession.from_info(self.client().new_session())
-        with self.registry.transaction() as state:
-            state.server(self.server_key).sessions.append(session)
-        return session
-
-    def forget_session(self, session_id: str) -> None:
-        with self.registry.transaction() as state:
-            server = state.server(self.server_key)
-            server.sessions = [s for s in server.sessions if s.id != session_id]
-
-    def cached_session(self) -> CachedSession | None:
-        sessions = self.registry.read().server(self.server_key).sessions
-        return sessions[-1] if sessions else None
-
-    def control_session(self, fresh_within: float | None = None) -> CachedSession:
-        """A session for status, cancel and models: a cached one, else a new one.
-
-        ``fresh_within``: the newest cached session only if it was made that many seconds
-        ago or less, else a new one. Its version and server id describe the server process
-        that made it, and a session outlives a restart (protocol §9.23).
-        """
-        if fresh_within is None:
-            return self.cached_session() or self.new_session()
-        import time
-
-        sessions = self.registry.read().server(self.server_key).sessions
-        newest = max(sessions, key=lambda s: s.created, default=None)
-        if newest is not None and time.time() - newest.created <= fresh_within:
-            return newest
-        return self.new_session()
-
-    def with_session(self, call: Callable[[str], T], *, fresh_within: float | None = None) -> T:
-        """Run ``call(session_id)`` on the control session (see ``control_session``).
-
-        On 401 ``invalid_session_id`` (server restarted without persistence, or the session was
-        purged) get a new session and retry once, as protocol §3.3 prescribes.
-        """
-        from asset_generator.swarm.errors import InvalidSession
-
-        session = self.control_session(fresh_within)
-        try:
-            return call(session.id)
-        except InvalidSession:
-            self.output.debug("the cached session is no longer valid; getting a new one")
-            self.forget_session(session.id)
-            return call(self.new_session().id)
+        if self._server is not None:
+            self._server.close()
+            self._server = None

@@ -9,11 +9,10 @@ import click
 from asset_generator import jobs
 from asset_generator.cli import FiniteFloatRange, global_options
 from asset_generator.cli.app import App, CommandError
-from asset_generator.jobs import Generations
-from asset_generator.settings import MAX_SECONDS, describe_server
+from asset_generator.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
-    from asset_generator.pipeline.control import PipelineCancel
+    from asset_generator.jobs.pipelines import PipelineCancel
 
 
 def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
@@ -29,9 +28,10 @@ def _complete_id(ctx: click.Context, param: click.Parameter, incomplete: str) ->
     "--all",
     "cancel_all",
     is_flag=True,
-    help="Interrupt every session of this server user: all queued and running work. "
-    "On a server without accounts every client is the same user, so this stops "
-    "everyone's generations, browser tabs included.",
+    help="Stop everything the server lets a client stop. SwarmUI: every session of this "
+    "server user, all queued and running work; on a server without accounts every client "
+    "is the same user, browser tabs included. ComfyUI: the whole queue, anyone's prompts "
+    "(ComfyUI has no users).",
 )
 @click.option(
     "--wait",
@@ -56,7 +56,9 @@ def command(
     With no argument, cancels the current generation started by this client: the one
     the server is running, else the newest still queued. Other generations of ours keep
     going. SwarmUI has no per-job cancel, so each generation runs in a session of its
-    own and cancel interrupts that session; the server stops it at the next step.
+    own and cancel interrupts that session; on ComfyUI our pending prompts are deleted
+    from the queue and our running one is interrupted by its id. The server stops it at
+    the next step.
 
     Exit 0 when the interrupt was delivered or there was nothing to cancel ("no active
     generation"), 1 on any error. See CANCEL_COMMAND.md for scripts and cron.
@@ -67,22 +69,17 @@ def command(
     given = ctx.get_parameter_source("wait_timeout") is click.core.ParameterSource.COMMANDLINE
     if given and not wait:
         raise click.UsageError("--wait-timeout only applies with --wait")
-    generations = Generations(app.registry, app.server_key, app.client, app.output.debug)
+    generations = app.generations()
     timeout = wait_timeout if wait else None
     try:
         if cancel_all:
-            result = jobs.cancel_all(generations, app.with_session, wait_timeout=timeout)
+            result = jobs.cancel_all(generations, wait_timeout=timeout)
         elif generation_id:
             result = jobs.cancel_one(
-                generations,
-                generation_id,
-                server=describe_server(app.api_url),
-                wait_timeout=timeout,
+                generations, generation_id, server=app.server_name, wait_timeout=timeout
             )
         else:
-            result = jobs.cancel_current(
-                generations, server=describe_server(app.api_url), wait_timeout=timeout
-            )
+            result = jobs.cancel_current(generations, server=app.server_name, wait_timeout=timeout)
     except jobs.CancelError as exc:
         raise CommandError(exc.message, exc.code) from None
     _report(app, result)

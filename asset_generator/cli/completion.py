@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 SHELLS = ("bash", "zsh", "fish")
 PROG_NAME = "asset-generator"
 COMPLETE_VAR = "_ASSET_GENERATOR_COMPLETE"
-# The ListModels subtype whose names `--model` takes.
-MODEL_SUBTYPE = "Stable-Diffusion"
-LORA_SUBTYPE = "LoRA"
 
 
 def script(shell: str) -> str:
@@ -81,7 +78,7 @@ def complete_model(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
     """Complete ``--model`` from the names `models list` cached for this server."""
-    return _items(_cached_names(ctx, MODEL_SUBTYPE), incomplete)
+    return _items(_cached_names(ctx, "model_kind"), incomplete)
 
 
 def complete_lora(
@@ -93,7 +90,7 @@ def complete_lora(
     """
     if ":" in incomplete:
         return []
-    return _items(_cached_names(ctx, LORA_SUBTYPE), incomplete)
+    return _items(_cached_names(ctx, "lora_kind"), incomplete)
 
 
 JOB_PREFIXES = ("gen_", "pipe_")
@@ -161,16 +158,22 @@ def _probe(ctx: click.Context) -> App:
     return probe
 
 
-def _cached_names(ctx: click.Context, subtype: str) -> list[str]:
+def _cached_names(ctx: click.Context, which: str) -> list[str]:
+    """Names cached for the server's model (``model_kind``) or LoRA (``lora_kind``) kind.
+
+    The server's type comes from the setting or the registry's memory, never the network.
+    """
     from asset_generator.registry import cached_model_names
+    from asset_generator.server import DEFAULT_TYPE, SERVER_TYPES
 
     # The global options typed so far pick the server (and its credential).
     probe = _probe(ctx)
     try:
         key = probe.server_key
+        kind = SERVER_TYPES.get(probe.known_type() or DEFAULT_TYPE, SERVER_TYPES[DEFAULT_TYPE])
     except SettingsError:
         return []
-    return cached_model_names(probe.registry.read(), key, subtype)
+    return cached_model_names(probe.registry.read(), key, getattr(kind, which))
 
 
 def _items(names: list[str], incomplete: str) -> list[CompletionItem]:

@@ -1,10 +1,8 @@
-"""``generate image``: start a generation in a session of its own and save what it makes."""
+"""``generate image``: start a generation (its work recorded first) and save what it makes."""
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -13,31 +11,23 @@ import click
 
 from asset_generator.cli import FiniteFloatRange, WholeNumber, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
-from asset_generator.cli.genoptions import generation_options
+from asset_generator.cli.genoptions import generation_options, request_from
 from asset_generator.cli.postprocess import (
     complete_directories,
     postprocess_from,
     postprocess_options,
 )
+from asset_generator.cli.signals import INTERRUPT_BOUND_SECONDS, SIGNAL_EXIT, Signalled
+from asset_generator.registry import CANCELLED, FAILED, SUCCEEDED
+from asset_generator.server.types import OPTIONS
 from asset_generator.settings import MAX_SECONDS
-from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
     from asset_generator.images import PostProcess
+    from asset_generator.server.types import Request
 
-# Options whose values are SwarmUI parameters, by the id SwarmUI reads.
-PARAMETER_OPTIONS = OPTION_PARAMETERS
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-INTERRUPT_BOUND_SECONDS = 3.0
-
-
-class _Signalled(BaseException):
-    """Raised in the main thread by our SIGINT/SIGTERM handler."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+__all__ = ["SIGNAL_EXIT", "command"]
 
 
 @click.group("generate")
@@ -46,7 +36,7 @@ def command() -> None:
 
 
 @command.command("image")
-@click.option("--prompt", "-p", required=True, help="What to generate.")
+@click.option("--prompt", "-p", help="What to generate (required, but for a ComfyUI --workflow).")
 @generation_options()
 @click.option("--seed", type=WholeNumber(-1, 2**63 - 1), help="Seed; -1 is random.")
 @click.option("--images", "-n", type=WholeNumber(1, 10000), help="How many images.")
@@ -88,32 +78,31 @@ def command() -> None:
 @global_options
 @click.pass_obj
 def image(
-    app: App, prompt: str, loras: tuple[str, ...], params: tuple[str, ...], **options: Any
+    app: App,
+    prompt: str | None,
+    loras: tuple[str, ...],
+    params: tuple[str, ...],
+    sets: tuple[str, ...],
+    workflow: str | None,
+    **options: Any,
 ) -> int:
     """Generate images from a prompt and save them.
 
     Only the parameters you set (here or in the config's [generate] table) are sent,
-    so the model's own defaults apply to the rest. Saved file paths are printed on
-    stdout, one per line; progress goes to stderr. Ctrl-C interrupts the generation
-    on the server before exiting (130; SIGTERM 143); a second Ctrl-C exits at once.
+    so the model's own defaults apply to the rest. On ComfyUI the built-in
+    text-to-image graph runs (it needs --model; unset options take its defaults: 512x512,
+    20 steps, cfg 7, euler, normal), or your own --workflow, whose nodes the options set
+    by meaning. Saved file paths are printed on stdout, one per line; progress goes to
+    stderr. Ctrl-C interrupts the generation on the server before exiting (130; SIGTERM
+    143); a second Ctrl-C exits at once.
     """
     from asset_generator.downloads import check_template
-    from asset_generator.swarm.params import build_request, parse_lora, parse_param
+
+    if not prompt and workflow is None:
+        raise click.UsageError("Missing option '--prompt' / '-p'.")
 
     postprocess = postprocess_from(app, options)
-    config = {s: app.settings[f"generate.{s}"] for s in _config_names()}
-    chosen = {name: options.get(name) for name in PARAMETER_OPTIONS}
-    try:
-        extra = [parse_param(item) for item in params]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--param") from None
-    try:
-        [parse_lora(item) for item in loras]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--lora") from None
-    template = options["filename_template"]
-    if template is None:
-        template = config["filename_template"]
+    template = options["filename_template"] or app.settings["generate.filename_template"]
     try:
         check_template(template)
     except ValueError as exc:
@@ -123,43 +112,39 @@ def image(
     if postprocess is not None and options["no_download"]:
         # Often the config's [generate] keys: worth a word, not a refusal.
         app.output.warn("--no-download saves no file, so no image is post-processed")
-    body = build_request(
-        prompt=prompt,
-        options={PARAMETER_OPTIONS[k]: v for k, v in chosen.items()},
-        defaults={PARAMETER_OPTIONS[k]: config.get(k) for k in PARAMETER_OPTIONS if k in config},
-        extra=extra,
+    request = request_from(
+        app,
+        prompt,
+        options,
+        names=OPTIONS,
         loras=loras,
+        params=params,
+        sets=sets,
+        workflow=workflow,
         no_save=options["no_save"],
     )
-    deadline = options["deadline"] or config["deadline"]
-    output_dir = Path(options["output_dir"] or config["output_dir"]).expanduser()
-    overwrite = options["overwrite"] if options["overwrite"] is not None else config["overwrite"]
-    no_progress = options["no_progress"]
-    show_progress = not (config["no_progress"] if no_progress is None else no_progress)
+
+    def setting(name: str) -> Any:
+        given = options[name]
+        return given if given is not None else app.settings[f"generate.{name}"]
+
+    no_progress = setting("no_progress")
     return _run(
         app,
-        body,
-        prompt,
-        output_dir=output_dir,
+        request,
+        output_dir=Path(options["output_dir"] or app.settings["generate.output_dir"]).expanduser(),
         template=template,
-        overwrite=bool(overwrite),
+        overwrite=bool(setting("overwrite")),
         download=not options["no_download"],
-        deadline=deadline,
-        show_progress=show_progress,
+        deadline=options["deadline"] or app.settings["generate.deadline"],
+        show_progress=not no_progress,
         postprocess=postprocess,
     )
 
 
-def _config_names() -> list[str]:
-    from asset_generator.settings import SETTINGS
-
-    return [s.name for s in SETTINGS if s.section == "generate"]
-
-
 def _run(
     app: App,
-    body: dict[str, Any],
-    prompt: str,
+    request: Request,
     *,
     output_dir: Path,
     template: str,
@@ -169,27 +154,20 @@ def _run(
     show_progress: bool,
     postprocess: PostProcess | None = None,
 ) -> int:
+    from asset_generator.cli import signals
     from asset_generator.cli.output import OutputBroken, stdout_closed
     from asset_generator.cli.progress import SilentView, make_view
     from asset_generator.downloads import DownloadError
-    from asset_generator.generation import DeadlinePassed, GenerationRun, SaveOptions
+    from asset_generator.generation import DeadlinePassed, GenerationRun
     from asset_generator.registry import RegistryError
-    from asset_generator.swarm.errors import SwarmError
-    from asset_generator.swarm.params import expected_outputs
+    from asset_generator.saving import SaveOptions
+    from asset_generator.server.errors import ServerError
+    from asset_generator.workflows import WorkflowFileError
 
     def printed(saved: Any) -> None:
         if not app.output.is_json:
-            app.output.data(str(saved.path) if saved.path else saved.server_path or "")
+            app.output.data(saved.shown() if saved.path or saved.server_path else "")
 
-    run = GenerationRun(
-        app.client(),
-        app.registry,
-        app.server_key,
-        view=SilentView(),
-        save=SaveOptions(output_dir, template, overwrite, download, postprocess),
-        on_saved=printed,
-        debug=app.output.debug,
-    )
     if stdout_closed():
         # Started with `>&-`: the paths (or the JSON document) would have nowhere to go.
         raise OutputBroken("cannot write to standard output: it is closed")
@@ -201,54 +179,81 @@ def _run(
             check_writable(output_dir)
         except DownloadError as exc:
             raise CommandError(str(exc), "file_error") from None
-    previous = _install_signal_handlers(run)
+    if app.known_type() in (None, "swarmui"):
+        # Before the first request (on first use, identifying the server is one): a name
+        # SwarmUI cannot take is refused with nothing sent, as on any SwarmUI server.
+        from asset_generator.swarm.params import refuse_unsendable_loras
+
+        refuse_unsendable_loras(request)
+    run: GenerationRun | None = None
     sent = False
+    # From here on a signal stops what we started, even the first question to the server.
+    previous = signals.install(lambda signum: _leave_at_once(run, signum))
     try:
         try:
-            record = run.register(body, prompt)
-            sent = True
-            run.view = make_view(
-                app.output, record.id, expected_outputs(body), enabled=show_progress
+            server = app.server()
+            try:
+                prepared = server.prepare(request)
+            except WorkflowFileError as exc:
+                raise CommandError(str(exc), "file_error") from None
+            for note in prepared.notes:
+                app.output.info(note)
+            run = GenerationRun(
+                server,
+                app.registry,
+                app.server_key,
+                view=SilentView(),
+                save=SaveOptions(output_dir, template, overwrite, download, postprocess),
+                on_saved=printed,
+                debug=app.output.debug,
+                notice=app.output.warn,
             )
+            record = run.register(prepared)
+            sent = True
+            run.view = make_view(app.output, record.id, prepared.expected, enabled=show_progress)
             deadline_at = time.monotonic() + deadline if deadline else None
             try:
                 outcome = run.follow(deadline_at)
             finally:
                 run.view.close()
-        except _Signalled as stop:
-            _stop_on_signal(app, run, stop.signum)
+        except Signalled as stop:
+            _stop_on_signal(app, run, stop)
         except DeadlinePassed:
+            assert run is not None
             passed = f"deadline of {deadline:g} s passed"
-            run.interrupt(INTERRUPT_BOUND_SECONDS)
-            run.mark("cancelled", passed)
+            run.stop(CANCELLED, passed, INTERRUPT_BOUND_SECONDS)
             name = run.record.id if run.record else "the generation"
             _fail_with(
                 app, run.outcome(passed), f"{passed}; interrupted {name} on the server", "timeout"
             )
         except (DownloadError, RegistryError) as exc:
+            if run is None:
+                raise
             _stop_after_failure(app, run, str(exc), "file_error", sent=sent)
         except OutputBroken as exc:
+            if run is None:
+                raise
             _stop_after_broken_stdout(run, exc)
-        except SwarmError as exc:
-            if not sent:
+        except ServerError as exc:
+            if not sent or run is None:
                 raise
             _stop_after_failure(
-                app, run, exc.message, exc.code, sent=True, prefix="request failed: "
+                app, run, exc.message, exc.code, sent=True, prefix=f"{exc.phrase}: "
             )
         except BaseException as exc:
             # Anything else (server gone): the record must not stay "running", and a cache we
             # cannot write must not hide the original error.
-            if run.record is not None and not run.record.is_final:
+            if run is not None and run.record is not None and not run.record.is_final:
                 with contextlib.suppress(RegistryError):
-                    run.mark("failed", str(getattr(exc, "message", exc)) or type(exc).__name__)
+                    run.mark(FAILED, str(getattr(exc, "message", exc)) or type(exc).__name__)
             raise
     finally:
-        _restore_signal_handlers(previous)
+        signals.restore(previous)
     return _report(app, outcome)
 
 
 def _report(app: App, outcome: Outcome) -> int:
-    if outcome.status == "succeeded":
+    if outcome.status == SUCCEEDED:
         if app.output.is_json:
             app.output.json(_document(outcome))
         return 0
@@ -259,35 +264,33 @@ def _report(app: App, outcome: Outcome) -> int:
             app.output.error(problem)
         _fail_with(app, outcome, problems[-1], "file_error")
     if outcome.images:
-        app.output.info(f"{outcome.record.id}: kept {len(outcome.images)} image(s) that arrived")
+        app.output.info(f"{outcome.record.id}: kept {_images(len(outcome.images))} that arrived")
     _fail_with(app, outcome, _failure_text(app, outcome), _failure_code(outcome))
+
+
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
 
 
 def _failure_text(app: App, outcome: Outcome) -> str:
     text = outcome.error or outcome.status
-    if outcome.status == "cancelled":
+    if outcome.status == CANCELLED:
         # Never a network failure (cli-contract §3): say who can have stopped it.
         return (
-            f"cancelled: {outcome.record.id} was cancelled on {app.client().server} by "
+            f"cancelled: {outcome.record.id} was cancelled on {app.server_name} by "
             f"`asset-generator cancel`, the web UI or another client "
             f"({_saved_count(outcome)} saved): {text}"
         )
-    return f"request failed: {app.client().server} ({outcome.record.id} {outcome.status}): {text}"
+    return f"request failed: {app.server_name} ({outcome.record.id} {outcome.status}): {text}"
 
 
 def _saved_count(outcome: Outcome) -> str:
-    expected = _expected(outcome.params)
+    expected = outcome.expected
     return f"{len(outcome.images)} of {expected}" if expected else str(len(outcome.images))
 
 
-def _expected(body: dict[str, Any]) -> int:
-    from asset_generator.swarm.params import expected_outputs
-
-    return expected_outputs(body) if body else 0
-
-
 def _failure_code(outcome: Outcome) -> str:
-    return "cancelled" if outcome.status == "cancelled" else "server_error"
+    return "cancelled" if outcome.status == CANCELLED else "server_error"
 
 
 def _fail_with(app: App, outcome: Outcome, message: str, code: str) -> NoReturn:
@@ -297,7 +300,7 @@ def _fail_with(app: App, outcome: Outcome, message: str, code: str) -> NoReturn:
 
 def _document(outcome: Outcome) -> dict[str, Any]:
     return {
-        "ok": outcome.status == "succeeded",
+        "ok": outcome.status == SUCCEEDED,
         "id": outcome.record.id,
         "status": outcome.status,
         "error": outcome.error,
@@ -312,53 +315,40 @@ def _document(outcome: Outcome) -> dict[str, Any]:
 def _stop_after_failure(
     app: App, run: GenerationRun, problem: str, code: str, *, sent: bool, prefix: str = ""
 ) -> None:
-    """Something broke after registering: stop our session on the server, then exit 1.
+    """Something broke after registering: stop our work on the server, then exit 1.
 
     A full disk or unwritable cache, or a stream that broke (socket dropped, garbage, a
-    timeout): closing a connection cancels nothing on SwarmUI (protocol §4.5), so without
-    the interrupt the server would go on generating images nobody will save.
+    timeout): closing a connection cancels nothing on either server, so without the
+    interrupt the server would go on generating images nobody will save.
     """
-    from asset_generator.registry import RegistryError
-
     if run.record is None:
         raise CommandError(problem, code)
-    if sent and run.interrupt(INTERRUPT_BOUND_SECONDS):
+    if sent and run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS):
         problem = f"{problem}; stopped {run.record.id} on the server"
-    with contextlib.suppress(RegistryError):
-        run.mark("failed", problem)
+        run.mark(FAILED, problem)
     _fail_with(app, run.outcome(problem), prefix + problem, code)
 
 
 def _stop_after_broken_stdout(run: GenerationRun, problem: Exception) -> NoReturn:
-    """stdout broke mid-run: stop our session on the server, record why, let main() say it.
+    """stdout broke mid-run: stop our work on the server, record why, let main() say it.
 
     A reader that went away (`| head -1`) is the user ending the run, like a Ctrl-C; a full
     or closed stdout is a failure (cli-contract §3). Images already saved stay as they are.
     """
     from asset_generator.cli.output import OutputBroken
-    from asset_generator.registry import RegistryError
 
     if run.record is not None and not run.record.is_final:
-        run.interrupt(INTERRUPT_BOUND_SECONDS)
         gone = isinstance(problem, OutputBroken) and problem.reader_gone
-        with contextlib.suppress(RegistryError):
-            run.mark("cancelled" if gone else "failed", str(problem))
+        run.stop(CANCELLED if gone else FAILED, str(problem), INTERRUPT_BOUND_SECONDS)
     raise problem
 
 
-def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
-    """First SIGINT/SIGTERM: interrupt our session (bounded), record it, exit 130/143."""
-    code = SIGNAL_EXIT.get(signal.Signals(signum), 130)
-    name = signal.Signals(signum).name
-    if run.record is not None:
+def _stop_on_signal(app: App, run: GenerationRun | None, stop: Signalled) -> None:
+    """First SIGINT/SIGTERM: stop our work (bounded), record it, exit 130/143."""
+    if run is not None and run.record is not None:
         app.output.error(f"interrupted: stopping {run.record.id} on the server")
-        stopped = run.interrupt(INTERRUPT_BOUND_SECONDS)
-        from asset_generator.registry import RegistryError
-
-        # The exit status must still say "stopped by a signal" when the cache is unwritable.
-        with contextlib.suppress(RegistryError):
-            run.mark("cancelled", f"stopped by {name}")
-        saved = f"{len(run.images)} of {run.steps.expected} saved"
+        stopped = run.stop(CANCELLED, f"stopped by {stop.name}", INTERRUPT_BOUND_SECONDS)
+        saved = f"{len(run.images)} of {run.expected} saved"
         if stopped:
             app.output.info(f"{run.record.id}: {saved}; the server stopped the rest")
         else:
@@ -366,62 +356,36 @@ def _stop_on_signal(app: App, run: GenerationRun, signum: int) -> None:
                 f"{run.record.id}: {saved}; the server did not confirm the interrupt and may "
                 f"still be running it: stop it with `asset-generator cancel {run.record.id}`"
             )
-        details = _document(run.outcome(f"stopped by {name}")) if app.output.is_json else None
+        details = _document(run.outcome(f"stopped by {stop.name}")) if app.output.is_json else None
         raise Stopped(
-            code, f"stopped by {name}; {run.record.id} interrupted on the server", details
+            stop.exit_code,
+            f"stopped by {stop.name}; {run.record.id} interrupted on the server",
+            details,
         )
     app.output.error("interrupted")
-    raise Stopped(code, f"stopped by {name} before anything was sent")
+    raise Stopped(stop.exit_code, f"stopped by {stop.name} before anything was sent")
 
 
-def _install_signal_handlers(run: GenerationRun | None = None) -> dict[int, Any]:
-    """SIGINT/SIGTERM raise _Signalled; a second one exits at once (marking ``run`` first)."""
-
-    def first(signum: int, frame: Any) -> None:
-        # A second signal while we are cleaning up exits at once.
-        for sig in SIGNAL_EXIT:
-            signal.signal(sig, second)
-        raise _Signalled(signum)
-
-    def second(signum: int, frame: Any) -> None:
-        import os
-
-        record = run.record if run is not None else None
-        line = "interrupted again: exiting without waiting"
-        if run is not None and record is not None and not record.is_final:
-            _mark_cancelled_quickly(run, f"stopped by a second {signal.Signals(signum).name}")
-            line += (
-                f"; the server may still be running {record.id}: stop it with "
-                f"`asset-generator cancel {record.id}`"
-            )
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        os._exit(SIGNAL_EXIT.get(signal.Signals(signum), 130))
-
-    previous = {}
-    for sig in SIGNAL_EXIT:
-        previous[sig] = signal.signal(sig, first)
-    return previous
-
-
-def _mark_cancelled_quickly(run: GenerationRun, reason: str) -> None:
-    """Record the cancel, waiting a moment at most: the user asked to leave now.
-
-    In a thread, because the signal may have landed while this very thread holds the
-    registry lock; the record is then left to `status`, which asks the server.
-    """
+def _leave_at_once(run: GenerationRun | None, signum: int) -> str | None:
+    """A second signal: record the cancel (a moment at most), and say what may still run."""
+    import signal
     import threading
 
+    record = run.record if run is not None else None
+    if run is None or record is None or run.stop_confirmed:
+        return None
+    reason = f"stopped by a second {signal.Signals(signum).name}"
+
     def mark() -> None:
+        # In a thread: the signal may have landed while this very thread holds the registry
+        # lock; the record is then left to `status`, which asks the server.
         with contextlib.suppress(Exception):
-            run.mark("cancelled", reason)
+            run.mark(CANCELLED, reason)
 
     worker = threading.Thread(target=mark, daemon=True)
     worker.start()
     worker.join(1.5)
-
-
-def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    return (
+        f"the server may still be running {record.id}: stop it with "
+        f"`asset-generator cancel {record.id}`"
+    )

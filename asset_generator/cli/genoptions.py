@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from asset_generator.cli import FiniteFloatRange, WholeNumber
 from asset_generator.cli.completion import complete_lora, complete_model
 
+if TYPE_CHECKING:
+    from asset_generator.cli.app import App
+    from asset_generator.server.types import Lora, Request, SetInput, Workflow
+
+# The options a Request carries that `pipeline` passes on (seed and images are its own).
+RUN_OPTIONS = (
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "sampler",
+    "scheduler",
+)
+
 
 def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--negative-prompt`` … ``--param``: SwarmUI parameters, sent only when set.
+    """``--negative-prompt`` … ``--set``: generation options, sent only when set.
 
     ``scope``: words added to the repeatable options' help (" to every asset" for pipeline).
     """
@@ -47,6 +63,21 @@ def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Cal
             help=f"Any other SwarmUI parameter{scope} (repeatable); numbers and true/false "
             "are typed.",
         ),
+        click.option(
+            "--workflow",
+            metavar="FILE",
+            type=click.Path(dir_okay=False),
+            help=f"ComfyUI: run this workflow{scope} (API format, or the web UI's saved "
+            "format); the options above set its nodes by meaning.",
+        ),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="NODE.INPUT=VALUE",
+            help=f"ComfyUI: set one input of a workflow node{scope} (NODE: id, title or "
+            "class; repeatable; applied last, so it wins).",
+        ),
     )
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,3 +86,78 @@ def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Cal
         return command
 
     return decorate
+
+
+def parse_loras(items: tuple[str, ...]) -> tuple[Lora, ...]:
+    from asset_generator.server.types import Lora
+
+    return tuple(Lora.parse(item) for item in items)
+
+
+def parse_params(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    """``--param KEY=VALUE`` items, typed; a usage error names the bad one."""
+    from asset_generator.server.types import parse_assignment
+
+    try:
+        return tuple(parse_assignment(item) for item in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from None
+
+
+def config_defaults(app: App, names: tuple[str, ...]) -> dict[str, Any]:
+    """The config's ``[generate]`` values of ``names`` that are set."""
+    values = {name: app.settings[f"generate.{name}"] for name in names}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def parse_sets(items: tuple[str, ...]) -> tuple[SetInput, ...]:
+    """``--set NODE.INPUT=VALUE`` items; a usage error names the bad one."""
+    from asset_generator.workflows import parse_set
+
+    try:
+        return tuple(parse_set(item) for item in items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from None
+
+
+def read_workflow_option(path: str | None) -> Workflow | None:
+    """``--workflow FILE`` read and parsed; exit 1 (``file_error``) naming the file if it
+    cannot be."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from asset_generator.cli.app import CommandError
+    from asset_generator.workflows import WorkflowFileError, read_workflow
+
+    try:
+        return read_workflow(Path(path).expanduser())
+    except WorkflowFileError as exc:
+        raise CommandError(str(exc), "file_error") from None
+
+
+def request_from(
+    app: App,
+    prompt: str | None,
+    options: dict[str, Any],
+    *,
+    names: tuple[str, ...],
+    loras: tuple[str, ...] = (),
+    params: tuple[str, ...] = (),
+    sets: tuple[str, ...] = (),
+    workflow: str | None = None,
+    no_save: bool = False,
+) -> Request:
+    """A Request from the command line's ``names`` options, the config's under them."""
+    from asset_generator.server.types import Request
+
+    return Request(
+        prompt=prompt,
+        **{name: options.get(name) for name in names},
+        loras=parse_loras(loras),
+        params=parse_params(params),
+        workflow=read_workflow_option(workflow),
+        sets=parse_sets(sets),
+        no_save=no_save,
+        defaults=config_defaults(app, names),
+    )

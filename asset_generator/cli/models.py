@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from asset_generator.cli import WholeNumber, global_options
 from asset_generator.cli.app import App
 from asset_generator.cli.output import one_line as printable
-from asset_generator.registry import remember_model_names
+from asset_generator.report import list_models, models_document
 
 if TYPE_CHECKING:
-    from asset_generator.swarm.client import ModelListing
+    from asset_generator.server.types import ModelListing
 
-# SwarmUI's model sub-types and the pseudo-type Wildcards (swarmui-protocol.md §7). The server
-# matches them case-sensitively and answers anything else "Invalid sub-type.", so another
-# spelling is corrected here and an unknown one is a usage error naming these.
+# SwarmUI's model sub-types (swarmui-protocol.md §7); ComfyUI maps them to its folders.
 SUBTYPES = (
     "Stable-Diffusion",
     "VAE",
@@ -30,13 +28,6 @@ SUBTYPES = (
 MAX_DEPTH = 20
 
 
-class Subtype(click.Choice):
-    """A model type in any case; the error lists the types as SwarmUI spells them."""
-
-    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
-        return f"{value!r} is not a model type; the types are: {', '.join(SUBTYPES)}."
-
-
 @click.group("models")
 def command() -> None:
     """List the models the server offers."""
@@ -45,11 +36,10 @@ def command() -> None:
 @command.command("list")
 @click.option(
     "--subtype",
-    type=Subtype(SUBTYPES, case_sensitive=False),
-    default="Stable-Diffusion",
-    show_default=True,
     metavar="TYPE",
-    help=f"Model type: {', '.join(SUBTYPES)}.",
+    help=f"Model type: {', '.join(SUBTYPES)}; on ComfyUI these map to its folders "
+    "(checkpoints, loras, vae, embeddings, controlnet), and a folder name works as is "
+    "[default: Stable-Diffusion, ComfyUI's checkpoints].",
 )
 @click.option(
     "--path",
@@ -67,59 +57,36 @@ def command() -> None:
 )
 @global_options
 @click.pass_obj
-def list_command(app: App, subtype: str, folder: str, depth: int) -> int:
+def list_command(app: App, subtype: str | None, folder: str, depth: int) -> int:
     """List models: name, title, architecture, resolution, loaded.
 
     Names are shown exactly as the server knows them (with the file extension); pass
     them to `generate image --model` or `--lora` as they are. The names are also
     cached locally, so shell completion of --model works without the network.
     """
-    subtype, listing = fetch_listing(app, subtype, folder, depth)
+    if subtype is not None and app.known_type() in (None, "swarmui"):
+        # SwarmUI matches sub-types case-sensitively and answers anything else "Invalid
+        # sub-type.": another spelling is corrected, an unknown one refused before any request.
+        spelled = next((s for s in SUBTYPES if s.lower() == subtype.lower()), None)
+        if spelled is None and app.known_type() == "swarmui":
+            raise click.BadParameter(
+                f"{subtype!r} is not a model type; the types are: {', '.join(SUBTYPES)}.",
+                param_hint="'--subtype'",
+            )
+        subtype = spelled or subtype
+    server = app.server()
+    listing = list_models(server, app.registry, app.server_key, subtype, folder, depth)
     if app.output.is_json:
-        app.output.json(_document(app, listing, subtype, folder, depth))
+        app.output.json(models_document(server, listing, folder, depth))
     elif not app.output.quiet:
-        _print_table(app, listing, subtype, folder)
+        _print_table(app, listing, folder)
     return 0
 
 
-def fetch_listing(app: App, subtype: str, folder: str, depth: int) -> tuple[str, ModelListing]:
-    """``ListModels`` on the control session; the names are cached for completion."""
-    subtype = next((s for s in SUBTYPES if s.lower() == subtype.lower()), subtype)
-    listing = app.with_session(
-        lambda session: app.client().models(session, subtype=subtype, path=folder, depth=depth)
-    )
-    complete = folder.strip("/\\") == "" and depth == MAX_DEPTH
-    with app.registry.transaction() as state:
-        remember_model_names(
-            state, app.server_key, subtype, [m.name for m in listing.models], complete=complete
-        )
-    return subtype, listing
-
-
-def document(app: App, subtype: str, folder: str, depth: int) -> dict[str, Any]:
-    """The ``models list --format json`` document (also the MCP ``list_models`` result)."""
-    subtype, listing = fetch_listing(app, subtype, folder, depth)
-    return _document(app, listing, subtype, folder, depth)
-
-
-def _document(
-    app: App, listing: ModelListing, subtype: str, folder: str, depth: int
-) -> dict[str, Any]:
-    return {
-        "ok": True,
-        "server": app.client().server,
-        "subtype": subtype,
-        "path": folder,
-        "depth": depth,
-        "folders": list(listing.folders),
-        "models": [m.raw for m in listing.models],
-    }
-
-
-def _print_table(app: App, listing: ModelListing, subtype: str, folder: str) -> None:
+def _print_table(app: App, listing: ModelListing, folder: str) -> None:
     if not listing.models:
         where = f" in folder {printable(folder)!r}" if folder else ""
-        app.output.info(f"no {subtype} models{where} on {app.client().server}")
+        app.output.info(f"no {listing.kind} models{where} on {app.server_name}")
         return
     from rich.table import Table
 

@@ -7,47 +7,18 @@ import errno
 import io
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 import click
 
-_LINE_BREAKS = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from asset_generator.text import one_line, redact, register_secret
 
+__all__ = ["Output", "OutputBroken", "one_line", "redact", "register_secret"]
 
 # Lines piped elsewhere are not wrapped at any terminal width.
 UNWRAPPED_WIDTH = 4096
-
-# Credentials of this run: never shown, even if a server or library echoes them back.
-_SECRETS: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Redact ``value`` (and, for ``Bearer xyz``-style headers, ``xyz``) from messages."""
-    if not value:
-        return
-    _SECRETS.add(value)
-    last = value.split()[-1]
-    if len(last) >= 8:
-        _SECRETS.add(last)
-
-
-def redact(text: str) -> str:
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def one_line(text: str) -> str:
-    """``text`` as one printable line: server error texts may span lines or carry escapes.
-
-    Scripts match the first line of stderr, and a hostile server must not be able to move
-    the cursor or recolour the user's terminal.
-    """
-    return redact(_CONTROLS.sub("", _LINE_BREAKS.sub(" ", text.strip())))
 
 
 def plural(count: int, noun: str, many: str | None = None) -> str:
@@ -245,13 +216,14 @@ class Output:
             markup=False,
             emoji=False,
             highlight=False,
-            no_color=bool(os.environ.get("NO_COLOR")) or not _is_terminal(sys.stdout),
+            no_color=bool(os.environ.get("NO_COLOR")) or not is_terminal(sys.stdout),
             soft_wrap=False,
             **({"color_system": None} if os.environ.get("NO_COLOR") else {}),
         )
 
 
-def _is_terminal(stream: TextIO | None) -> bool:
+def is_terminal(stream: TextIO | None) -> bool:
+    """True when ``stream`` is a terminal (a closed or odd stream is not)."""
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 import time
@@ -15,24 +14,30 @@ import click
 
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
-from asset_generator.cli.genoptions import generation_options
+from asset_generator.cli.genoptions import (
+    RUN_OPTIONS,
+    config_defaults,
+    generation_options,
+    parse_params,
+    parse_sets,
+    read_workflow_option,
+)
+from asset_generator.cli.output import is_terminal
 from asset_generator.cli.postprocess import (
     complete_directories,
     complete_files,
     postprocess_from,
     postprocess_options,
 )
-from asset_generator.swarm.params import OPTION_PARAMETERS
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
+    from asset_generator.pipeline.manifest import Manifest
     from asset_generator.pipeline.plan import Plan, PlannedAsset
-    from asset_generator.pipeline.run import AssetResult
+    from asset_generator.pipeline.run import AssetResult, PipelineRun
+    from asset_generator.registry import PipelineRecord
 
 DEFAULT_OUTPUT_DIR = "pipeline-output"
-# `generate image` options a pipeline passes on, by config name → SwarmUI id (seed and
-# images are the pipeline's own).
-RUN_OPTIONS = {k: v for k, v in OPTION_PARAMETERS.items() if k not in ("seed", "images")}
 MAX_PARALLEL = 256
 SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 
@@ -88,12 +93,15 @@ def command(
     spec_file: str | None,
     loras: tuple[str, ...],
     params: tuple[str, ...],
+    sets: tuple[str, ...],
+    workflow: str | None,
     **options: Any,
 ) -> int:
     """Generate a whole asset set from one YAML spec (the Go tool's format).
 
     Each asset is a generation of its own, up to --parallel at once, so SwarmUI keeps
-    every backend busy. A manifest in the output directory makes reruns skip assets
+    every backend busy (on ComfyUI, the next assets wait in its queue). A manifest in
+    the output directory makes reruns skip assets
     already done. Saved paths go to stdout, one per line. Exit 0 only when every asset
     succeeded or was skipped; 1 otherwise; 130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
     """
@@ -107,7 +115,7 @@ def command(
     if not given:
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
     postprocess = postprocess_from(app, options)
-    run_params = _run_params(app, params, loras, options)
+    run_params = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
     output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
     try:
         spec = load_spec(Path(given).expanduser())
@@ -139,28 +147,29 @@ def command(
 
 
 def _run_params(
-    app: App, params: tuple[str, ...], loras: tuple[str, ...], options: dict[str, Any]
+    app: App,
+    params: tuple[str, ...],
+    loras: tuple[str, ...],
+    options: dict[str, Any],
+    *,
+    sets: tuple[str, ...] = (),
+    workflow: str | None = None,
 ) -> list[tuple[str, Any]]:
-    """Config [generate] defaults < --param < explicit options, as (SwarmUI id, value)."""
-    from asset_generator.swarm.params import parse_param
-
-    try:
-        extra = [parse_param(item) for item in params]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--param") from None
-    pairs: list[tuple[str, Any]] = []
-    for name, swarm_id in RUN_OPTIONS.items():
-        value = app.settings[f"generate.{name}"]
-        if value is not None:
-            pairs.append((swarm_id, value))
+    """Config [generate] defaults < --param < explicit options, as (name, value) pairs."""
+    extra = parse_params(params)
+    pairs: list[tuple[str, Any]] = list(config_defaults(app, RUN_OPTIONS).items())
     pairs += extra
-    pairs += [(RUN_OPTIONS[n], options[n]) for n in RUN_OPTIONS if options.get(n) is not None]
+    pairs += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
     if loras:
         pairs.append(("loras", list(loras)))
+    if workflow is not None:
+        pairs.append(("workflow", read_workflow_option(workflow)))
+    if sets:
+        pairs.append(("set", list(parse_sets(sets))))
     return pairs
 
 
-def _base_seed(given: int, manifest: Any) -> tuple[int, str]:
+def _base_seed(given: int, manifest: Manifest) -> tuple[int, str]:
     """The base seed and where it came from: given, the manifest (resume), or random."""
     if given >= 0:
         return given, "given"
@@ -218,21 +227,17 @@ def _run(
     app: App,
     spec_file: str,
     plan: Plan,
-    manifest: Any,
+    manifest: Manifest,
     origin: str,
     options: dict[str, Any],
     postprocess: PostProcess | None,
 ) -> int:
-    from asset_generator.cli.generate import (
-        SIGNAL_EXIT,
-        _install_signal_handlers,
-        _restore_signal_handlers,
-        _Signalled,
-    )
+    from asset_generator.cli import signals
     from asset_generator.cli.output import plural
+    from asset_generator.cli.signals import Signalled
     from asset_generator.downloads import DownloadError, prepare_directory
     from asset_generator.pipeline.manifest import GENERATE
-    from asset_generator.pipeline.run import PipelineRun, SessionPool
+    from asset_generator.pipeline.run import PipelineRun
     from asset_generator.registry import (
         CANCELLED,
         FAILED,
@@ -247,20 +252,26 @@ def _run(
         prepare_directory(output_dir)
     except DownloadError as exc:
         raise CommandError(str(exc), "file_error") from None
-    client = app.client()
-    pool = SessionPool(client, app.registry, app.server_key)
     decisions = {
         a.index: manifest.decide(a, force=options["force"], overwrite=options["overwrite"])
         for a in plan.assets
     }
-    # A rerun with every asset done sends nothing at all: not even ListBackends.
-    needs_server = any(verdict == GENERATE for verdict, _ in decisions.values())
-    backends = _server_backends(app, pool) if needs_server else 0
-    parallel = options["parallel"] or max(1, backends)
+    # A rerun with every asset done sends nothing at all: not even a question to the server.
+    needed = [a for a in plan.assets if decisions[a.index][0] == GENERATE]
+    server = app.server() if needed else None
+    # Every request translated before the first is sent: a spec the server cannot take
+    # fails here, whole, not asset by asset.
+    prepared = {a.index: server.prepare(a.request) for a in needed} if server else {}
+    parallel, queue_ahead = options["parallel"] or 1, False
+    if server is not None:
+        default, ahead_from = server.parallelism()  # type: ignore[attr-defined]
+        parallel = options["parallel"] or default
+        queue_ahead = ahead_from and parallel >= default
     record = PipelineRecord(
         id=new_pipeline_id(),
-        server=client.server,
+        server=app.server_name,
         server_key=app.server_key,
+        server_type=server.type if server is not None else app.known_type() or "swarmui",
         pid=os.getpid(),
         host=this_host(),
         spec=str(Path(spec_file).resolve()),
@@ -280,39 +291,39 @@ def _run(
     to_generate = sum(1 for verdict, _ in decisions.values() if verdict == GENERATE)
     reporter = _make_reporter(app, len(plan.assets), to_generate)
     runner = PipelineRun(
-        client,
+        server,  # type: ignore[arg-type]
         app.registry,
         app.server_key,
         plan,
         record,
         manifest,
+        prepared=prepared,
         parallel=parallel,
         force=options["force"],
         overwrite=options["overwrite"],
         continue_on_error=options["continue_on_error"],
         reporter=reporter,
-        pool=pool,
-        queue_ahead=backends > 0 and parallel >= backends,
+        claimer=server.pool() if server is not None else None,  # type: ignore[attr-defined]
+        queue_ahead=queue_ahead,
         debug=app.output.debug,
         decisions=decisions,
         postprocess=postprocess,
     )
     started = time.monotonic()
-    previous = _install_signal_handlers()
+    previous = signals.install()
     try:
         try:
             results = runner.run()
-        except _Signalled as stop:
-            name = signal.Signals(stop.signum).name
+        except Signalled as stop:
             reporter.close()
             app.output.error(f"interrupted: stopping the in-flight assets of {record.id}")
-            runner.abandon(f"stopped by {name}")
+            runner.abandon(f"stopped by {stop.name}")
             results = [runner.results[a.index] for a in plan.assets]
-            _finish_record(app, record, CANCELLED, f"stopped by {name}")
+            _finish_record(app, record, CANCELLED, f"stopped by {stop.name}")
             document = _document(record, spec_file, output_dir, parallel, results, ok=False)
             raise Stopped(
-                SIGNAL_EXIT.get(signal.Signals(stop.signum), 130),
-                f"stopped by {name}; {record.id}'s in-flight assets interrupted on the server",
+                stop.exit_code,
+                f"stopped by {stop.name}; {record.id}'s in-flight assets interrupted on the server",
                 document if app.output.is_json else None,
             ) from None
         except (RegistryError, DownloadError) as exc:
@@ -323,14 +334,14 @@ def _run(
         finally:
             reporter.close()
     finally:
-        _restore_signal_handlers(previous)
+        signals.restore(previous)
     return _conclude(app, runner, record, spec_file, parallel, results, started)
 
 
 def _conclude(
     app: App,
-    runner: Any,
-    record: Any,
+    runner: PipelineRun,
+    record: PipelineRecord,
     spec_file: str,
     parallel: int,
     results: list[AssetResult],
@@ -374,7 +385,7 @@ def _conclude(
     raise CommandError(f"{record.id} incomplete: {counts}{why}", "partial", details=document)
 
 
-def _finish_record(app: App, record: Any, status: str, error: str | None) -> None:
+def _finish_record(app: App, record: PipelineRecord, status: str, error: str | None) -> None:
     from asset_generator.registry import CANCELLED, RegistryError
 
     with contextlib.suppress(RegistryError), app.registry.transaction() as state:
@@ -388,29 +399,6 @@ def _finish_record(app: App, record: Any, status: str, error: str | None) -> Non
         saved.finish(status, error if saved.status != CANCELLED else saved.error or error)
 
 
-def _server_backends(app: App, pool: Any) -> int:
-    """How many generation backends the server has (ListBackends when permitted), else 0."""
-    from asset_generator.swarm.errors import APIError
-
-    session_id = pool.acquire()
-    try:
-        backends = app.client().backends(session_id)
-    except APIError as exc:
-        app.output.debug(f"cannot list the server's backends ({exc.text}); one asset at a time")
-        return 0
-    finally:
-        pool.release(session_id)
-    usable = [
-        b
-        for b in backends
-        if b.enabled
-        and b.status in ("running", "loading", "waiting")
-        # Text-model backends (protocol §6.3) generate no images.
-        and b.type not in ("localllama", "simpleremotellm")
-    ]
-    return len(usable)
-
-
 def _summary(results: list[AssetResult]) -> dict[str, int]:
     summary = {"total": len(results), **dict.fromkeys(SUMMARY_KEYS, 0)}
     for result in results:
@@ -419,7 +407,7 @@ def _summary(results: list[AssetResult]) -> dict[str, int]:
 
 
 def _document(
-    record: Any,
+    record: PipelineRecord,
     spec_file: str,
     output_dir: Path,
     parallel: int,
@@ -567,7 +555,7 @@ class _RichReporter(_PlainReporter):
         )
         self._overall = overall[0] = self._progress.add_task("assets", total=total)
         self._progress.start()
-        self._stdout_terminal = _is_terminal(sys.stdout)
+        self._stdout_terminal = is_terminal(sys.stdout)
 
     def started(self, asset: PlannedAsset, generation_id: str) -> None:
         from asset_generator.cli.output import one_line
@@ -623,10 +611,3 @@ def _make_reporter(app: App, total: int, to_generate: int) -> Any:
     if app.output.is_json or app.output.quiet or not app.output.interactive():
         return _PlainReporter(app)
     return _RichReporter(app, total, to_generate)
-
-
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False

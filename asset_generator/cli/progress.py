@@ -9,25 +9,15 @@ import contextlib
 from typing import Any
 
 from asset_generator.cli.output import Output
-from asset_generator.generation import SavedImage, View
+from asset_generator.generation import View
+from asset_generator.saving import SavedImage
 from asset_generator.steps import StepProgress
-from asset_generator.swarm.client import Counters
-
-
-def _describe(state: str, counters: Counters) -> str:
-    if state == "running":
-        return "running"
-    if state == "loading model":
-        return "waiting for a model to load"
-    if counters.waiting_backends:
-        return "queued, waiting for a backend"
-    return "queued"
 
 
 class SilentView:
     """``-q`` or ``--no-progress``: nothing at all."""
 
-    def state(self, state: str, counters: Counters) -> None:
+    def state(self, state: str, detail: str) -> None:
         pass
 
     def progress(self, steps: StepProgress) -> None:
@@ -48,8 +38,8 @@ class PlainView(SilentView):
         self._id = generation_id
         self._last = ""
 
-    def state(self, state: str, counters: Counters) -> None:
-        text = _describe(state, counters)
+    def state(self, state: str, detail: str) -> None:
+        text = detail
         # Between "waiting for a backend" and "running" the server briefly reports plain
         # "queued" again; a log should read as progress, not flip-flop.
         if text == self._last or (text == "queued" and self._last not in ("", "running")):
@@ -127,8 +117,8 @@ class RichView(SilentView):
         more = f", {self._hidden} more running" if self._hidden > 0 else ""
         return f"{done}/{self._expected} saved{more}"
 
-    def state(self, state: str, counters: Counters) -> None:
-        self._state = _describe(state, counters)
+    def state(self, state: str, detail: str) -> None:
+        self._state = detail
         self._progress.update(self._overall, description=self._overall_text())
 
     def progress(self, steps: StepProgress) -> None:

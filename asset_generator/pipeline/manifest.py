@@ -16,8 +16,12 @@ from typing import Any
 
 from asset_generator.pipeline.plan import MANIFEST_NAME, PlannedAsset
 
-VERSION = 1
+VERSION = 2
+# Manifests written before the server seam kept each asset's SwarmUI request body.
+VERSION_SWARM_BODIES = 1
 SKIP, GENERATE, BLOCKED = "skip", "generate", "blocked"
+# Those bodies' SwarmUI ids for the options whose config names differ.
+_SWARM_IDS = {"cfgscale": "cfg_scale", "negativeprompt": "negative_prompt"}
 
 
 @dataclass
@@ -73,13 +77,16 @@ class Manifest:
             return cls(path, problem=f"cannot read {path}: {exc.strerror}")
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("version") != VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            if version not in (VERSION, VERSION_SWARM_BODIES):
                 raise ValueError("not a manifest of this version")
             entries = {}
             for key, value in data.get("assets", {}).items():
                 entry = Entry(**value)
                 if not isinstance(entry.seed, int) or not isinstance(entry.params, dict):
                     raise ValueError("an entry has the wrong shape")
+                if version == VERSION_SWARM_BODIES:
+                    entry.params = _from_swarm_body(entry.params)
                 entries[str(key)] = entry
             base = data.get("base_seed")
             return cls(
@@ -194,6 +201,22 @@ class Manifest:
             text = json.dumps(asdict(entry), ensure_ascii=False, separators=(", ", ": "))
             self._encoded[key] = text
         return text
+
+
+def _from_swarm_body(body: dict[str, Any]) -> dict[str, Any]:
+    """An entry of a version-1 manifest in the user's words, so a rerun after the upgrade
+    still knows its assets as done (``server.types.Request.describe``)."""
+    params: dict[str, Any] = {}
+    weights = body.get("loraweights")
+    for key, value in body.items():
+        if key in ("images", "loraweights"):
+            continue
+        if key == "loras" and isinstance(value, list):
+            given = weights if isinstance(weights, list) and len(weights) == len(value) else []
+            params["loras"] = [f"{name}:{given[i] if given else 1}" for i, name in enumerate(value)]
+            continue
+        params[_SWARM_IDS.get(key, key)] = value
+    return params
 
 
 def file_sha256(path: Path) -> str | None:

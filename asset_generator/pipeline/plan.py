@@ -1,7 +1,8 @@
-"""The plan of a pipeline run: per asset its prompt, seed, path and request body.
+"""The plan of a pipeline run: per asset its prompt, seed, path and request.
 
 One function, ``make_plan``, serves both ``--dry-run`` and the real run, so what a dry run
-prints is what the run sends.
+prints is what the run sends. The plan speaks the user's words (``server.types.Request``);
+the server's adapter translates each asset's request when it runs.
 """
 
 from __future__ import annotations
@@ -14,18 +15,35 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from asset_generator.pipeline.spec import Asset, Group, Spec, SpecError
-from asset_generator.swarm.params import OPTION_PARAMETERS
+from asset_generator.server.types import Lora, Request, SetInput, Workflow
 
 MANIFEST_NAME = "asset-generator-manifest.json"
 MAX_SEED = 2**63 - 1
-# `params:` keys that are `generate image` options by their config name, to SwarmUI ids.
-CONFIG_NAMES = {k: v for k, v in OPTION_PARAMETERS.items() if k not in ("seed", "images")}
+# `params:` keys that are `generate image` options, by their config name.
+OPTION_NAMES = (
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "cfg_scale",
+    "sampler",
+    "scheduler",
+)
 _INTEGER_PARAMS = {"width", "height", "steps"}
-_NUMBER_PARAMS = {"cfgscale"}
-_TEXT_PARAMS = {"negativeprompt", "model", "sampler", "scheduler"}
+_NUMBER_PARAMS = {"cfg_scale"}
+_TEXT_PARAMS = {"negative_prompt", "model", "sampler", "scheduler"}
 # Set by the pipeline itself: one image per asset, the planned seed, the planned prompt.
 _OWN_PARAMS = {"images", "seed", "prompt"}
+# ComfyUI's: a workflow file (relative to the spec) and `--set` values, NODE.INPUT: value.
+_WORKFLOW, _SET = "workflow", "set"
 _UNSAFE_PART = re.compile(r"[\x00-\x1f\x7f\\]")
+_NOT_LETTERS = re.compile(r"[^a-z]")
+# A key's letters, lower-cased, name the same option however it is spelt (cfg_scale, CFGScale).
+_BY_LETTERS = {
+    _NOT_LETTERS.sub("", name): name
+    for name in (*OPTION_NAMES, *_OWN_PARAMS, "loras", "loraweights", _WORKFLOW, _SET)
+}
 
 
 @dataclass
@@ -40,12 +58,12 @@ class PlannedAsset:
     seed: int
     relative_path: str
     path: Path
-    body: dict[str, Any]
+    request: Request
 
     @property
     def params(self) -> dict[str, Any]:
         """The request without prompt and seed: what the manifest compares besides them."""
-        return {k: v for k, v in self.body.items() if k not in ("prompt", "seed")}
+        return self.request.describe()
 
     def public(self) -> dict[str, Any]:
         return {
@@ -81,13 +99,20 @@ def make_plan(
 ) -> Plan:
     """Plan every asset; SpecError for paths outside ``output_dir`` or impossible seeds.
 
-    ``run_params``: (SwarmUI id, value) pairs from the config and the command line, the
-    outermost level of ``params:`` (the spec's own levels are nearer and win).
+    ``run_params``: (name, value) pairs from the config and the command line, the
+    outermost level of ``params:`` (the spec's own levels are nearer and win); names are
+    option names (``cfg_scale``), ``loras``, or free server parameters.
     """
     when = time.time() if when is None else when
     warnings = list(spec.warnings)
     assets: list[PlannedAsset] = []
-    base = _params_level(dict(run_params), "the command line", spec.file, warnings, checked=False)
+    latest: dict[str, tuple[str, Any]] = {}
+    for key, value in run_params:
+        latest[_canonical(key)] = (key, value)
+    base = _params_level(
+        dict(latest.values()), "the command line", spec.file, warnings, checked=False,
+        base=Path.cwd(),
+    )  # fmt: skip
     top = _params_level(spec.params, "params", spec.file, warnings)
 
     def walk(
@@ -158,27 +183,30 @@ def _plan_asset(
     suffix: str | None,
     when: float,
 ) -> PlannedAsset:
-    from asset_generator.swarm.params import build_request, clean_name, parse_lora
-
     prompt = compose_prompt(asset.prompt, {**metadata, **asset.metadata}, prefix, suffix)
     merged: dict[str, tuple[str, Any]] = {}
     for level in levels:
         for key, value in level.items():
-            merged[clean_name(key)] = (key, value)
+            merged[_canonical(key)] = (key, value)
     loras = merged.pop("loras", (None, None))[1]
     merged.pop("loraweights", None)
-    body = build_request(
+    workflow = merged.pop(_WORKFLOW, (None, None))[1]
+    sets = merged.pop(_SET, (None, None))[1]
+    options = {name: merged.pop(name)[1] for name in OPTION_NAMES if name in merged}
+    request = Request(
         prompt=prompt,
-        options={"seed": seed},
-        defaults={},
-        extra=list(merged.values()),
-        loras=[f"{name}:{weight}" for name, weight in map(parse_lora, loras or [])],
+        seed=seed,
+        loras=tuple(Lora.parse(item) for item in loras or ()),
+        params=tuple(merged.values()),
+        workflow=workflow,
+        sets=tuple(sets or ()),
+        **options,
     )
     filename = asset.filename or default_filename(asset.id)
     if not filename:
         raise SpecError(f"{spec.file} line {asset.line} ({asset.place}): empty file name")
     if "{" in filename:
-        filename = _render(spec, asset, filename, seed, prompt, body, when)
+        filename = _render(spec, asset, filename, seed, prompt, request, when)
     relative = directory / _relative(filename, f"{asset.place}.filename", spec)
     if not relative.name or relative == PurePosixPath():
         raise SpecError(f"{spec.file} line {asset.line} ({asset.place}): no file name")
@@ -191,8 +219,13 @@ def _plan_asset(
         seed=seed,
         relative_path=relative.as_posix(),
         path=output_dir / relative,
-        body=body,
+        request=request,
     )
+
+
+def _canonical(key: str) -> str:
+    """The option a ``params:`` key names however it is spelt; a free parameter as it is."""
+    return _BY_LETTERS.get(_NOT_LETTERS.sub("", key.lower()), key)
 
 
 def _render(
@@ -201,7 +234,7 @@ def _render(
     filename: str,
     seed: int,
     prompt: str,
-    body: dict[str, Any],
+    request: Request,
     when: float,
 ) -> str:
     """``filename`` with ``--filename-template`` fields; ``{id}`` is the asset id here."""
@@ -211,8 +244,8 @@ def _render(
         check_template(filename)
     except ValueError as exc:
         raise SpecError(f"{spec.file} line {asset.line} ({asset.place}.filename): {exc}") from None
-    model = body.get("model") if isinstance(body.get("model"), str) else None
-    fields = NameFields(0, seed, prompt, model, asset.id, when)
+    model = request.option("model")
+    fields = NameFields(0, seed, prompt, model if isinstance(model, str) else None, asset.id, when)
     return fields.render(filename)
 
 
@@ -232,40 +265,87 @@ def _relative(text: str, place: str, spec: Spec) -> PurePosixPath:
 
 
 def _params_level(
-    params: dict[str, Any], place: str, file: str, warnings: list[str], *, checked: bool = True
+    params: dict[str, Any],
+    place: str,
+    file: str,
+    warnings: list[str],
+    *,
+    checked: bool = True,
+    base: Path | None = None,
 ) -> dict[str, Any]:
-    """One ``params:`` map in SwarmUI ids, types checked; SpecError for a wrong type."""
-    from asset_generator.swarm.params import clean_name
+    """One ``params:`` map, types checked; SpecError for a wrong type.
 
+    ``base``: the directory a ``workflow`` path is relative to (the spec file's).
+    """
     level: dict[str, Any] = {}
     for key, value in params.items():
-        name = CONFIG_NAMES.get(key, key)
-        cleaned = clean_name(name)
+        name = _canonical(key)
         where = f"{file} ({place}.{key})"
-        if cleaned in _OWN_PARAMS and checked:
+        if name in _OWN_PARAMS and checked:
             warnings.append(
-                f"warning: {where}: ignored; the pipeline sets {cleaned} itself "
+                f"warning: {where}: ignored; the pipeline sets {name} itself "
                 "(one image per asset, seeds from --base-seed and seed_offset)"
             )
             continue
-        if cleaned == "loras":
+        if name == "loras":
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise SpecError(f"{where}: expected a list of NAME[:WEIGHT] texts")
             level["loras"] = list(items)
             continue
-        if cleaned in _INTEGER_PARAMS and (isinstance(value, bool) or not isinstance(value, int)):
+        if name == _WORKFLOW:
+            level[_WORKFLOW] = (
+                value
+                if isinstance(value, Workflow)
+                else _workflow(value, where, base if base is not None else Path(file).parent)
+            )
+            continue
+        if name == _SET:
+            level[_SET] = _sets(value, where)
+            continue
+        if name in _INTEGER_PARAMS and (isinstance(value, bool) or not isinstance(value, int)):
             raise SpecError(f"{where}: expected a whole number, found {value!r}")
-        if cleaned in _NUMBER_PARAMS and (
+        if name in _NUMBER_PARAMS and (
             isinstance(value, bool) or not isinstance(value, int | float)
         ):
             raise SpecError(f"{where}: expected a number, found {value!r}")
-        if cleaned in _TEXT_PARAMS and not isinstance(value, str):
+        if name in _TEXT_PARAMS and not isinstance(value, str):
             raise SpecError(f"{where}: expected text, found {value!r}")
         if isinstance(value, dict) or value is None:
             raise SpecError(f"{where}: expected a value or a list, found {value!r}")
-        level[name] = value
+        level[name if name in OPTION_NAMES else key] = value
     return level
+
+
+def _workflow(value: Any, where: str, base: Path) -> Workflow:
+    """A ``workflow:`` file (relative to the spec), read and parsed once for every asset."""
+    from asset_generator.workflows import WorkflowFileError, read_workflow
+
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"{where}: expected the path of a workflow file")
+    try:
+        return read_workflow(base / Path(value).expanduser())
+    except WorkflowFileError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _sets(value: Any, where: str) -> list[SetInput]:
+    """A ``set:`` map of ``"NODE.INPUT": value``, as `--set` takes them."""
+    from asset_generator.workflows import parse_set
+
+    if isinstance(value, list) and all(isinstance(item, SetInput) for item in value):
+        return list(value)  # --set on the command line, already parsed
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: expected a map of NODE.INPUT: value")
+    sets = []
+    for target, item in value.items():
+        if isinstance(item, dict | list) or item is None:
+            raise SpecError(f"{where}.{target}: expected a value, found {item!r}")
+        try:
+            sets.append(parse_set(f"{target}={item}", typed=item))
+        except ValueError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+    return sets
 
 
 def _check_paths(spec: Spec, assets: list[PlannedAsset]) -> None:

@@ -1,13 +1,13 @@
 """Running a plan: up to ``parallel`` assets at once, each one ``GenerationRun`` of its own.
 
-Every asset is a generation with its own record (tied to the ``pipe_`` record) on a session
-that no other in-flight asset uses, so ``cancel gen_…`` stops that asset alone (SwarmUI
-interrupts per session, protocol §5.4). Sessions come from a small pool, never one per asset
-(protocol §9 pitfall 3).
+Every asset is a generation with its own record (tied to the ``pipe_`` record) under a handle
+no other in-flight asset shares, so ``cancel gen_…`` stops that asset alone: the server's
+claimer hands them out (SwarmUI: a small pool of sessions, never one per asset, protocol §9
+pitfall 3; ComfyUI: prompt ids of their own).
 
-An asset counts as done once its image is saved. SwarmUI then keeps the socket open ~2 s
-(``socket_intention: close``, protocol §4.5); that tail drains in the asset's thread while the
-next asset already runs, so no backend waits for it.
+An asset counts as done once its image is saved. A server may keep its stream open a little
+longer (SwarmUI's ``socket_intention: close``, protocol §4.5); that tail drains in the asset's
+thread while the next asset already runs, so no backend waits for it.
 """
 
 from __future__ import annotations
@@ -20,23 +20,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from asset_generator.generation import SESSION_REST_SECONDS, GenerationRun, SaveOptions
+from asset_generator.downloads import DownloadError
+from asset_generator.generation import GenerationRun
+from asset_generator.jobs.generations import Generations
+from asset_generator.jobs.stop import stop
 from asset_generator.pipeline.manifest import BLOCKED, SKIP, Manifest
 from asset_generator.pipeline.plan import Plan, PlannedAsset
 from asset_generator.registry import (
     CANCELLED,
     FAILED,
     SUCCEEDED,
-    CachedSession,
+    GenerationRecord,
     PipelineRecord,
     Registry,
     RegistryError,
 )
+from asset_generator.saving import SaveOptions
+from asset_generator.server.errors import ServerError
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
+    from asset_generator.server.types import Claimer, Prepared, Server
     from asset_generator.steps import StepProgress
-    from asset_generator.swarm.client import Counters, SwarmClient
 
 SKIPPED, NOT_STARTED = "skipped", "not_started"
 INTERRUPT_BOUND_SECONDS = 3.0
@@ -81,54 +86,6 @@ class Reporter(Protocol):
     def finished(self, result: AssetResult, done: int, total: int) -> None: ...
 
 
-class SessionPool:
-    """A few server sessions, each held by at most one in-flight asset."""
-
-    def __init__(self, client: SwarmClient, registry: Registry, key: str) -> None:
-        self.client = client
-        self.registry = registry
-        self.key = key
-        self._free: list[tuple[float, str]] = []
-        self._owned: set[str] = set()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> str:
-        """A free session of ours, an idle cached one, or a new one."""
-        with self._lock:
-            now = time.monotonic()
-            for index, (ready, session_id) in enumerate(self._free):
-                if ready <= now:
-                    del self._free[index]
-                    return session_id
-            session_id = self._idle_cached()
-            if session_id is None:
-                info = self.client.new_session()
-                with self.registry.transaction() as state:
-                    state.server(self.key).sessions.append(CachedSession.from_info(info))
-                session_id = info.session_id
-            self._owned.add(session_id)
-            return session_id
-
-    def release(self, session_id: str, *, rest: bool = False) -> None:
-        """Give a session back; ``rest``: a cancel aimed at its last asset may still land."""
-        with self._lock:
-            ready = time.monotonic() + (SESSION_REST_SECONDS if rest else 0.0)
-            self._free.append((ready, session_id))
-
-    def _idle_cached(self) -> str | None:
-        state = self.registry.read()
-        now = time.time()
-        held = {
-            r.session_id
-            for r in state.generations.values()
-            if not r.is_final or now - (r.finished or now) < SESSION_REST_SECONDS
-        }
-        for session in reversed(state.server(self.key).sessions):
-            if session.id not in held and session.id not in self._owned:
-                return session.id
-        return None
-
-
 class AssetRun(GenerationRun):
     """A GenerationRun whose record is settled the moment its image is saved."""
 
@@ -146,7 +103,7 @@ class _AssetView:
         self.reporter = reporter
         self.asset = asset
 
-    def state(self, state: str, counters: Counters) -> None:
+    def state(self, state: str, detail: str) -> None:
         pass
 
     def progress(self, steps: StepProgress) -> None:
@@ -168,9 +125,10 @@ class _Worker:
         self.go = threading.Event()
         self.abort = False
         self.run: AssetRun | None = None
-        self.session_id: str | None = None
         self.thread: threading.Thread | None = None
         self.reported = False
+        # Its handle went back to the claimer (SwarmUI: the session serves the next asset).
+        self.released = False
 
 
 class PipelineRun:
@@ -178,25 +136,26 @@ class PipelineRun:
 
     def __init__(
         self,
-        client: SwarmClient,
+        server: Server,
         registry: Registry,
         key: str,
         plan: Plan,
         record: PipelineRecord,
         manifest: Manifest,
         *,
+        prepared: dict[int, Prepared],
         parallel: int,
         force: bool,
         overwrite: bool,
         continue_on_error: bool,
         reporter: Reporter,
-        pool: SessionPool,
+        claimer: Claimer,
         queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
         decisions: dict[int, tuple[str, str]] | None = None,
         postprocess: PostProcess | None = None,
     ) -> None:
-        self.client = client
+        self.server = server
         self.registry = registry
         self.key = key
         self.plan = plan
@@ -207,8 +166,10 @@ class PipelineRun:
         self.overwrite = overwrite
         self.continue_on_error = continue_on_error
         self.reporter = reporter
-        self.pool = pool
-        # Send the next asset of each slot ahead, to wait in SwarmUI's queue: only when
+        self.claimer = claimer
+        # Each asset's request as its server takes it (translated before the run starts).
+        self.prepared = prepared
+        # Send the next asset of each slot ahead, to wait in the server's queue: only when
         # --parallel covers every backend, so it never runs more at once than asked.
         self.queue_ahead = queue_ahead
         self.debug = debug
@@ -382,16 +343,12 @@ class PipelineRun:
     # -- one asset ------------------------------------------------------------------------------
 
     def _work(self, worker: _Worker) -> None:
-        """Thread body: one asset from session to saved file; reports through the queue."""
-        from asset_generator.downloads import DownloadError
-        from asset_generator.swarm.errors import SwarmError
-
+        """Thread body: one asset from its claim to the saved file; reports through the queue."""
         asset = worker.asset
         status, error = FAILED, None
         try:
-            worker.session_id = self.pool.acquire()
             run = AssetRun(
-                self.client,
+                self.server,
                 self.registry,
                 self.key,
                 view=_AssetView(self.reporter, asset),
@@ -404,12 +361,11 @@ class PipelineRun:
                 ),
                 on_saved=lambda saved: self._saved(worker),
                 debug=self.debug,
+                claimer=self.claimer,
             )
             worker.run = run
             asset.path.parent.mkdir(parents=True, exist_ok=True)
-            record = run.register(
-                asset.body, asset.prompt, session_id=worker.session_id, pipeline_id=self.record.id
-            )
+            record = run.register(self.prepared[asset.index], pipeline_id=self.record.id)
             worker.go.wait()
             if worker.abort or self.stopping or self._pipeline_cancelled():
                 # Stopped (or a cancel of the whole pipeline came) before the request was sent.
@@ -421,16 +377,14 @@ class PipelineRun:
             if run.settled:
                 return
             status, error = outcome.status, outcome.error
-        except (SwarmError, DownloadError, RegistryError, OSError) as exc:
+        except (ServerError, DownloadError, RegistryError, OSError) as exc:
             error = str(getattr(exc, "message", None) or exc)
             if worker.run is not None and worker.run.settled:
-                # The socket broke while draining: the asset is done, and its session may
-                # already serve the next asset, so nothing is interrupted.
+                # The stream broke while draining: the asset is done, and its place on the
+                # server may already serve the next asset, so nothing is interrupted.
                 return
             if worker.run is not None and worker.run.record is not None:
-                worker.run.interrupt(INTERRUPT_BOUND_SECONDS)
-                with contextlib.suppress(RegistryError):
-                    worker.run.mark(FAILED, error)
+                worker.run.stop(FAILED, error, INTERRUPT_BOUND_SECONDS)
                 status = worker.run.record.status
         finally:
             if not (worker.run is not None and worker.run.settled):
@@ -458,11 +412,10 @@ class PipelineRun:
         self._events.put(("done", worker, status, run.record.error if run.record else None))
 
     def _release(self, worker: _Worker, *, rest: bool) -> None:
-        session_id = worker.run.record.session_id if worker.run and worker.run.record else None
-        session_id = session_id or worker.session_id
-        if session_id is not None:
-            self.pool.release(session_id, rest=rest)
-            worker.session_id = None
+        record = worker.run.record if worker.run is not None else None
+        if record is not None and not worker.released:
+            worker.released = True
+            self.claimer.release(record.handle, cancelled=rest)
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -482,10 +435,10 @@ class PipelineRun:
             self.stop_inflight("the pipeline was cancelled")
 
     def stop_inflight(self, reason: str) -> None:
-        """Mark every in-flight asset cancelled and interrupt its session (bounded, at once).
+        """Stop every in-flight asset (marked cancelled, then interrupted, bounded, at once).
 
         ``stopping`` is set first: an asset registering meanwhile either sees it and never
-        sends, or was registered before and is marked below (and so interrupts itself).
+        sends, or was registered before and is marked here (and so interrupts itself).
         """
         self.stopping = True
         standby, self._standby = self._standby, []
@@ -493,28 +446,34 @@ class PipelineRun:
             if not waiting.go.is_set():
                 waiting.abort = True
                 waiting.go.set()
-        workers = [
-            w
+        runs = {
+            w.run.record.id: w.run
             for w in self._inflight.values()
             if w.run and w.run.record and w.go.is_set() and not w.abort
-        ]
-        if not workers:
+        }
+        if not runs:
             return
-        ids = [w.run.record.id for w in workers if w.run and w.run.record]
-        with contextlib.suppress(RegistryError), self.registry.transaction() as state:
-            for record_id in ids:
-                saved = state.generations.get(record_id)
-                if saved is not None and not saved.is_final:
-                    saved.finish(CANCELLED, reason)
-        threads = [
-            threading.Thread(target=w.run.interrupt, args=(INTERRUPT_BOUND_SECONDS,), daemon=True)
-            for w in workers
-            if w.run is not None
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(INTERRUPT_BOUND_SECONDS + 0.5)
+        records = [run.record for run in runs.values() if run.record is not None]
+
+        def interrupt(marked: list[GenerationRecord]) -> list[bool]:
+            threads = [
+                threading.Thread(
+                    target=runs[r.id].interrupt, args=(INTERRUPT_BOUND_SECONDS,), daemon=True
+                )
+                for r in marked
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(INTERRUPT_BOUND_SECONDS + 0.5)
+            return [True] * len(marked)
+
+        generations = Generations(self.registry, self.key, lambda: self.server, self.debug)
+        try:
+            stop(generations, records, reason=reason, interrupt=interrupt)
+        except RegistryError:
+            # The marks could not be written: the interrupts matter more.
+            interrupt(records)
 
     def abandon(self, reason: str) -> None:
         """After a signal: stop everything in flight, wait a little, record the rest."""

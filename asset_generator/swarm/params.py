@@ -8,8 +8,10 @@ parameter; we compare names the same way when deciding which source wins.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
+
+from asset_generator.server.types import Lora, Request, parse_assignment, typed_value
 
 _NOT_LETTERS = re.compile(r"[^a-z]")
 
@@ -35,39 +37,33 @@ def clean_name(name: str) -> str:
 
 
 def parse_param_value(text: str) -> Any:
-    """Type a ``--param KEY=VALUE`` value: booleans, integers and decimals become JSON ones."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if re.fullmatch(r"[+-]?\d+", text.strip()):
-        return int(text)
-    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", text.strip()):
-        return float(text)
-    return text
+    """Type a ``--param KEY=VALUE`` value (``server.types.typed_value``)."""
+    return typed_value(text)
 
 
 def parse_param(item: str) -> tuple[str, Any]:
     """``KEY=VALUE`` → (key, typed value); raises ValueError on a malformed item."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip() or not clean_name(key):
+    key, value = parse_assignment(item)
+    if not clean_name(key):
         raise ValueError(f"{item!r} is not KEY=VALUE")
-    return key.strip(), parse_param_value(value)
+    return key, value
 
 
 def parse_lora(item: str) -> tuple[str, str]:
-    """``NAME[:WEIGHT]`` → (name, weight text). A colon not followed by a number is a name.
+    """``NAME[:WEIGHT]`` → (name, weight text); ValueError for a name SwarmUI cannot take."""
+    lora = Lora.parse(item)
+    return check_lora_name(lora.name), lora.weight
 
-    Raises ValueError for a name SwarmUI cannot receive (see ``check_lora_name``).
-    """
-    name, sep, weight = item.rpartition(":")
-    if sep and name:
+
+def refuse_unsendable_loras(request: Request) -> None:
+    """RequestError (exit 2) for a LoRA name SwarmUI cannot receive; nothing is sent."""
+    from asset_generator.server.errors import RequestError
+
+    for lora in request.loras:
         try:
-            float(weight)
-        except ValueError:
-            pass
-        else:
-            return check_lora_name(name), weight.strip()
-    return check_lora_name(item), "1"
+            check_lora_name(lora.name)
+        except ValueError as exc:
+            raise RequestError(f"Invalid value for '--lora': {exc}", "--lora") from None
 
 
 def check_lora_name(name: str) -> str:
@@ -86,20 +82,11 @@ def check_lora_name(name: str) -> str:
     return name
 
 
-def build_request(
-    *,
-    prompt: str,
-    options: Mapping[str, Any],
-    defaults: Mapping[str, Any],
-    extra: Iterable[tuple[str, Any]] = (),
-    loras: Iterable[str] = (),
-    no_save: bool = False,
-) -> dict[str, Any]:
-    """Merge config defaults < ``--param`` < explicit options into one request body.
+def build_request(request: Request) -> dict[str, Any]:
+    """One T2I body: config defaults < ``--param`` < explicit options (protocol §4.2).
 
-    Keys in ``options``/``defaults`` are SwarmUI ids (``cfgscale``...); None means unset and
-    is not sent, so the model's own defaults apply. ``images`` is a required route
-    argument (protocol §4.2), so it is always present.
+    Unset options are not sent, so the model's own defaults apply. ``images`` is a required
+    route argument (protocol §4.2), so it is always present.
     """
     body: dict[str, Any] = {}
 
@@ -109,21 +96,20 @@ def build_request(
             del body[existing]
         body[key] = value
 
-    for key, value in defaults.items():
+    for name, swarm_id in OPTION_PARAMETERS.items():
+        value = request.defaults.get(name)
         if value is not None:
-            put(key, value)
-    for key, value in extra:
+            put(swarm_id, value)
+    for key, value in request.params:
         put(key, value)
-    for key, value in options.items():
-        if value is not None:
-            put(key, value)
-    put("prompt", prompt)
-    lora_items = [parse_lora(item) for item in loras]
-    if lora_items:
+    for name, value in request.given().items():
+        put(OPTION_PARAMETERS[name], value)
+    put("prompt", request.prompt or "")
+    if request.loras:
         # JSON arrays are joined with "\n|||\n" server-side (names with commas are refused).
-        put("loras", [name for name, _ in lora_items])
-        put("loraweights", [weight for _, weight in lora_items])
-    if no_save:
+        put("loras", [lora.name for lora in request.loras])
+        put("loraweights", [lora.weight for lora in request.loras])
+    if request.no_save:
         put("donotsave", True)
     # ``images`` is read as a route argument by its exact, case-sensitive key (protocol §1.6).
     counts = [k for k in body if clean_name(k) == "images"]

@@ -1,17 +1,19 @@
 """Pipelines seen from other processes: which is running, how far, and how to stop one.
 
-A pipeline is stopped by marking its ``pipe_`` record and its in-flight ``gen_`` records
-cancelled in one transaction, then interrupting those generations' sessions. The pipeline
-process polls its record and starts nothing more; an asset it registers after the mark sees
-the mark and never sends its request.
+A pipeline is stopped by marking its ``pipe_`` record cancelled, then stopping its in-flight
+``gen_`` records (``stop``: marked, then interrupted on the server). The pipeline process
+polls its record and starts nothing more; an asset it registers after the mark sees the mark
+and never sends its request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from asset_generator.jobs.generations import CANCEL_REQUESTED, Generations
+from asset_generator.jobs.stop import stop
 from asset_generator.registry import (
     CANCELLED,
     FAILED,
@@ -20,11 +22,7 @@ from asset_generator.registry import (
     Registry,
 )
 
-if TYPE_CHECKING:
-    from asset_generator.jobs import Generations
-
 ORPHANED = "the pipeline process ended without recording a result"
-CANCEL_REQUESTED = "cancelled by request"
 
 
 @dataclass
@@ -93,20 +91,14 @@ def in_flight(registry: Registry, pipeline_id: str) -> list[GenerationRecord]:
     return sorted(records, key=lambda r: r.created)
 
 
-def cancel_pipeline(
-    registry: Registry,
-    generations: Generations,
-    pipeline_id: str,
-    wait_stopped: Callable[[list[str]], None] | None = None,
-) -> PipelineCancel | None:
-    """Mark the pipeline and its in-flight assets cancelled, then interrupt their sessions.
+def cancel_pipeline(generations: Generations, pipeline_id: str) -> PipelineCancel | None:
+    """Mark the pipeline cancelled, then stop its in-flight assets.
 
     None when there is no such pipeline (the caller checks it is one of this server and
-    credentials). A pipeline already finished is left as it is
-    (``was_active`` False): cancel stays idempotent. ``wait_stopped``: called with the
-    interrupted sessions, for ``cancel --wait``.
+    credentials). A pipeline already finished is left as it is (``was_active`` False):
+    cancel stays idempotent.
     """
-    marked: list[GenerationRecord] = []
+    registry = generations.registry
     with registry.transaction() as state:
         pipeline = state.pipelines.get(pipeline_id)
         if pipeline is None:
@@ -114,15 +106,9 @@ def cancel_pipeline(
         if pipeline.is_final:
             return PipelineCancel(pipeline, [], was_active=False)
         pipeline.finish(CANCELLED, CANCEL_REQUESTED)
-        for record in state.generations.values():
-            if record.pipeline_id == pipeline_id and not record.is_final:
-                record.finish(CANCELLED, CANCEL_REQUESTED)
-                marked.append(record)
-    for record in marked:
-        generations.interrupt(record)
-    if wait_stopped is not None and marked:
-        wait_stopped(sorted({r.session_id for r in marked}))
-    return PipelineCancel(pipeline, marked, was_active=True)
+    flying = in_flight(registry, pipeline_id)
+    stopped = stop(generations, flying).stopped if flying else []
+    return PipelineCancel(pipeline, stopped, was_active=True)
 
 
 def current_job(
