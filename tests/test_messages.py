@@ -323,7 +323,9 @@ def test_counts_are_singular_or_plural_never_s_in_parentheses(cli: Runner, workd
 
     package = Path(asset_generator.__file__).parent
     offenders = []
-    for path in sorted(package.rglob("*.py")):
+    # The emulators reproduce the servers' own texts ("Invalid status value(s)"), as they are.
+    ours = [p for p in sorted(package.rglob("*.py")) if "emulator" not in p.parts]
+    for path in ours:
         for node in ast.walk(ast.parse(path.read_text())):
             text = node.value if isinstance(node, ast.Constant) else None
             if isinstance(text, str) and re.search(r"[a-z]\(s\)", text.replace("http(s)", "")):
