@@ -112,11 +112,12 @@ def test_the_eta_on_a_terminal_starts_sensible_and_counts_down(
     numeric = [(t, done, left) for t, done, total, left in frames if left is not None]
     assert numeric, frames
     # Starts sensible: the first estimate is not the "no time left" that four instant skips
-    # would suggest, and is within a factor of three of the time that was really left.
+    # would suggest, and is within a factor of three of the time that was really left
+    # (give or take the display's whole seconds and a busy machine's jitter).
     first_time, _, first_left = numeric[0]
     really_left = end - first_time
     assert first_left >= 1, frames
-    assert really_left / 3 <= first_left <= really_left * 3 + 1, (first_left, really_left, frames)
+    assert really_left / 3 - 1 <= first_left <= really_left * 3 + 2, (really_left, frames)
     # Moves: between two finished assets (same done count) it counts down at least once.
     assert any(
         done_a == done_b and left_b < left_a

@@ -461,24 +461,27 @@ class PipelineEta:
     """Time left for the assets a run generates, from the work measured so far.
 
     One asset is one unit of work: a finished generation counts 1, a running one the
-    fraction of its steps done. The rate is the work done since the first step was seen
-    over the time since then, so assets skipped or refused without a request (which
-    finish in no time) never make the run look fast, the first session's set-up does not
-    make it look slow, and the estimate moves with every step, not only when an asset
-    finishes.
+    fraction of its steps done. The rate is measured from steps only: each asset's work
+    after the first step it reported, over the time since the first step of the run. So
+    assets skipped or refused without a request (which finish in no time) never make the
+    run look fast, session set-up and queueing before the first step never make it look
+    slow, and the estimate moves with every step, not only when an asset finishes.
     """
 
-    # Less measured work than this (a few steps of one asset) says nothing yet.
+    # Less measured work than this (a step of one asset) says nothing yet.
     MIN_WORK = 0.05
 
     def __init__(self, to_generate: int, clock: Any = time.monotonic) -> None:
         self.to_generate = to_generate
         self._clock = clock
         self._lock = threading.Lock()
-        # When the first step was seen, and the work done by then.
-        self._origin: tuple[float, float] | None = None
+        self._first_step: float | None = None
         self._running: dict[int, float] = {}
+        # The fraction each asset had reached at its first reported step: a step that
+        # arrives just after the run's first one was mostly done before it.
+        self._baseline: dict[int, float] = {}
         self._finished = 0
+        self._measured_finished = 0.0
 
     def started(self, index: int) -> None:
         with self._lock:
@@ -488,31 +491,38 @@ class PipelineEta:
         with self._lock:
             if index not in self._running:
                 return
-            self._running[index] = max(self._running[index], min(max(fraction, 0.0), 1.0))
-            if self._origin is None and self._running[index] > 0:
-                self._origin = (self._clock(), self._work())
-
-    def _work(self) -> float:
-        return self._finished + sum(self._running.values())
+            fraction = max(self._running[index], min(max(fraction, 0.0), 1.0))
+            self._running[index] = fraction
+            if fraction > 0 and index not in self._baseline:
+                self._baseline[index] = fraction
+                if self._first_step is None:
+                    self._first_step = self._clock()
 
     def finished(self, index: int) -> None:
         """An asset ended; only one that was generating counts as work done."""
         with self._lock:
-            if self._running.pop(index, None) is not None:
-                self._finished += 1
+            if self._running.pop(index, None) is None:
+                return
+            self._finished += 1
+            baseline = self._baseline.pop(index, None)
+            if baseline is not None:
+                self._measured_finished += 1.0 - baseline
 
     def seconds_left(self) -> float | None:
         """The estimate, or None while too little was measured to tell."""
         with self._lock:
-            if self._origin is None:
+            if self._first_step is None:
                 return None
-            since, before = self._origin
-            work = self._work()
-            elapsed = self._clock() - since
-        measured = work - before
+            measured = self._measured_finished + sum(
+                fraction - self._baseline[index]
+                for index, fraction in self._running.items()
+                if index in self._baseline
+            )
+            done = self._finished + sum(self._running.values())
+            elapsed = self._clock() - self._first_step
         if measured < self.MIN_WORK or elapsed <= 0:
             return None
-        return max(0.0, self.to_generate - work) * elapsed / measured
+        return max(0.0, self.to_generate - done) * elapsed / measured
 
 
 def _eta_column(eta: PipelineEta, overall: Any) -> Any:

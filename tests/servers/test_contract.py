@@ -33,9 +33,7 @@ def test_progress_reaches_the_registry_and_cancel_stops_it(
     backend: Backend, cli: Runner, state_dir: Path
 ):
     process = cli.start(*backend.slow("contract slow"), "-o", "out")
-    record = wait_record(
-        state_dir, "contract slow", lambda r: r["progress"] > 0, backend.patience
-    )
+    record = wait_record(state_dir, "contract slow", lambda r: r["progress"] > 0, backend.patience)
     assert record["status"] == "running"
     assert backend.running_on_server(record)
     result = cli("cancel", "-f", "json", timeout=backend.patience)
