@@ -296,7 +296,7 @@ class ComfyServer:
         prompt_text = (
             request.prompt
             or self._prompt_in(graph, places)
-            or (request.workflow.path.name if request.workflow else "")
+            or (request.workflow.path.stem if request.workflow else "")
         )
         model = values.get("model") or self._model_in(graph, places)
         parameters = {

@@ -10,8 +10,12 @@ import json
 import signal
 from pathlib import Path
 
-from backends import Backend, backend, record_of, wait_record  # noqa: F401 - backend: fixture
+import backends
+from backends import Backend, record_of, wait_record
 from conftest import Runner, read_registry
+
+# The fixture every scenario takes: each server of backends.py in turn.
+backend = backends.backend
 
 
 def test_generate_saves_the_image_and_records_it(backend: Backend, cli: Runner, state_dir: Path):
