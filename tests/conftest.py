@@ -6,6 +6,7 @@ import compileall
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,13 @@ PROGRAM = _program()
 # about 40 ms of CPU per run of the program, 4 s per worker. The caches go to the
 # (git-ignored) __pycache__ directories, as a plain `python -m pytest` would write them.
 sys.dont_write_bytecode = False
+
+# A runner started in the background by a non-interactive shell (`pytest &`, nohup, some CI
+# wrappers) ignores SIGINT, and every program a test starts would inherit that: the tests
+# that press Ctrl-C would then wait on a program that cannot hear it, and leave it running.
+# The program is meant to meet SIGINT as a terminal delivers it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config: pytest.Config) -> None:
