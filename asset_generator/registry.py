@@ -187,7 +187,10 @@ class GenerationRecord(JobRecord):
         return record
 
 
-PIPELINE_COUNTS = ("succeeded", "skipped", "failed", "cancelled")
+# How a pipeline's assets stand: made (or already there), failed, cancelled, in flight (sent,
+# not ended) and not started. Only the first two are "done"; the others are counted apart.
+PIPELINE_COUNTS = ("succeeded", "skipped", "failed", "cancelled", "in_flight", "not_started")
+DONE_COUNTS = ("succeeded", "skipped")
 
 
 @dataclass(kw_only=True)
@@ -203,10 +206,35 @@ class PipelineRecord(JobRecord):
 
     @property
     def done(self) -> int:
-        return sum(self.counts.get(name, 0) for name in PIPELINE_COUNTS)
+        """Assets whose file is made: succeeded or skipped (never failed or cancelled)."""
+        return sum(self.counts.get(name, 0) for name in DONE_COUNTS)
+
+    def tally(self) -> dict[str, int]:
+        """Every count of PIPELINE_COUNTS; what no count covers has not started.
+
+        Records written before "in_flight" and "not_started" were counted hold only the ended
+        assets: the rest of the total is then not started (or in flight, while it runs).
+        """
+        tally = {name: self.counts.get(name, 0) for name in PIPELINE_COUNTS}
+        counted = sum(tally.values())
+        if "not_started" not in self.counts:
+            tally["not_started"] = max(self.total - counted, 0)
+        return tally
+
+    def progress_text(self) -> str:
+        """``3/12 done, 1 failed, 2 in flight, 6 not started``: done counts made assets only."""
+        tally = self.tally()
+        words = [f"{self.done}/{self.total} done"]
+        words += [
+            f"{tally[name]} {name.replace('_', ' ')}"
+            for name in ("failed", "cancelled", "in_flight", "not_started")
+            if tally[name]
+        ]
+        return ", ".join(words)
 
     def public(self) -> dict[str, Any]:
         times = self._times()
+        tally = self.tally()
         return {
             "id": self.id,
             "server": self.server,
@@ -216,7 +244,10 @@ class PipelineRecord(JobRecord):
             "status": self.status,
             "total": self.total,
             "done": self.done,
-            "counts": {name: self.counts.get(name, 0) for name in PIPELINE_COUNTS},
+            "failed": tally["failed"],
+            "cancelled": tally["cancelled"],
+            "not_started": tally["not_started"],
+            "counts": tally,
             "created": times["created"],
             "finished": times["finished"],
             "pid": self.pid,

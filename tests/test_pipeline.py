@@ -347,6 +347,66 @@ def test_signal_interrupts_every_in_flight_asset(
     assert not list((workdir / "pipeline-output").rglob("*.part"))
 
 
+def slow_interrupts(point: FaultPoint) -> Fault | None:
+    """A faults hook: InterruptAll answers after 3 s, so a stop takes its time."""
+    if point.transport == "http" and (point.route or "").lower() == "interruptall":
+        return Fault(delay_seconds=3.0)
+    return None
+
+
+def test_a_second_ctrl_c_records_the_same_states_as_one(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    # One cause, one state: a Ctrl-C pressed twice (the second while the first still waits
+    # for the server) leaves the pipeline and its assets cancelled, as one Ctrl-C does, never
+    # failed as a process that died without a word.
+    import time
+
+    emu = emulator_factory(backends=2, step_seconds=0.1, default_steps=100, faults=slow_interrupts)
+    cli.url = emu.url
+    process = start_long(cli, workdir)
+    flying = wait_running(workdir, 2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted again" in err and "Traceback" not in err
+    # `status` settles what a dead process left unfinished: nothing may be left to it.
+    status = cli("status", "-f", "json")
+    (row,) = status.json()["pipelines"]
+    assert row["status"] == "cancelled", row
+    # The assets sent (running, or queued ahead at the server) are cancelled, the rest not
+    # started; none is done.
+    assert row["done"] == row["failed"] == 0, row
+    assert row["cancelled"] >= 2 and row["cancelled"] + row["not_started"] == 6, row
+    registry = state(workdir)
+    gens = [g for g in registry["generations"].values() if g["pipeline_id"] == row["id"]]
+    assert {g["id"] for g in flying} <= {g["id"] for g in gens}
+    assert {g["status"] for g in gens} == {"cancelled"}
+    manifest = json.loads((workdir / "pipeline-output/asset-generator-manifest.json").read_text())
+    assert {e["status"] for e in manifest["assets"].values()} == {"cancelled"}
+    assert len(manifest["assets"]) == row["cancelled"]
+
+
+def test_failed_assets_are_never_counted_as_done(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=2, faults=fail_prompts("card 2"))
+    cli.url = emu.url
+    result = cli("pipeline", spec(workdir, many(5)), "--parallel", "1")
+    assert result.code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert lines[0].startswith("[1/5 done] succeeded c00")
+    assert lines[2].startswith("[2/5 done, 1 failed] failed c02")
+    assert not any("3/5 done" in line for line in lines), lines
+    (row,) = cli("status", "-f", "json").json()["pipelines"]
+    assert row["status"] == "failed"
+    assert (row["done"], row["failed"], row["cancelled"], row["not_started"]) == (2, 1, 0, 2)
+    assert row["counts"] == {"succeeded": 2, "skipped": 0, "failed": 1, "cancelled": 0,
+                             "in_flight": 0, "not_started": 2}  # fmt: skip
+
+
 BAD_SPECS = {
     "yaml error": "assets:\n  - name: [unclosed\n",
     "no assets": "groups: []\n",

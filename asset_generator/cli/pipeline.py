@@ -292,7 +292,7 @@ def _run(
         postprocess=postprocess,
     )
     started = time.monotonic()
-    previous = signals.install()
+    previous = signals.install(lambda signum: _leave_at_once(app, runner, signum))
     try:
         try:
             results = runner.run()
@@ -301,7 +301,7 @@ def _run(
             app.output.error(f"interrupted: stopping the in-flight assets of {record.id}")
             runner.abandon(f"stopped by {stop.name}")
             results = [runner.results[a.index] for a in plan.assets]
-            _finish_record(app, record, CANCELLED, f"stopped by {stop.name}")
+            _finish_record(app, runner, CANCELLED, f"stopped by {stop.name}")
             document = _document(record, spec_file, output_dir, parallel, results, ok=False)
             raise Stopped(
                 stop.exit_code,
@@ -311,7 +311,7 @@ def _run(
         except (RegistryError, DownloadError) as exc:
             reporter.close()
             runner.abandon(str(exc))
-            _finish_record(app, record, FAILED, str(exc))
+            _finish_record(app, runner, FAILED, str(exc))
             raise CommandError(str(exc), "file_error") from None
         finally:
             reporter.close()
@@ -337,13 +337,13 @@ def _conclude(
     counts = ", ".join(f"{summary[k]} {k.replace('_', ' ')}" for k in SUMMARY_KEYS if summary[k])
     elapsed = time.monotonic() - started
     if ok:
-        _finish_record(app, record, SUCCEEDED, None)
+        _finish_record(app, runner, SUCCEEDED, None)
         app.output.info(f"{record.id}: {counts} in {elapsed:.1f} s")
         if app.output.is_json:
             app.output.json(document)
         return 0
     if runner.cancelled:
-        _finish_record(app, record, CANCELLED, "cancelled by request")
+        _finish_record(app, runner, CANCELLED, "cancelled by request")
         raise CommandError(
             f"cancelled: {record.id} was cancelled (by `asset-generator cancel`, the web UI "
             f"or another client); {counts}",
@@ -354,22 +354,25 @@ def _conclude(
         # `cancel gen_…` of one asset: the rest went on, but the set is not whole because
         # someone cancelled, which the contract reports as `cancelled`, not as a failure.
         ids = ", ".join(r.asset.id for r in results if r.status == CANCELLED)
-        _finish_record(app, record, CANCELLED, f"assets cancelled: {ids}")
+        _finish_record(app, runner, CANCELLED, f"assets cancelled: {ids}")
         raise CommandError(
             f"cancelled: {ids} of {record.id} (by `asset-generator cancel`, the web UI or "
             f"another client); {counts}",
             "cancelled",
             details=document,
         )
-    _finish_record(app, record, FAILED, runner.stop_reason or "some assets failed")
+    _finish_record(app, runner, FAILED, runner.stop_reason or "some assets failed")
     first = next((r for r in results if r.status == "failed"), None)
     why = f"; first failure: {first.asset.id}: {first.error}" if first else ""
     raise CommandError(f"{record.id} incomplete: {counts}{why}", "partial", details=document)
 
 
-def _finish_record(app: App, record: PipelineRecord, status: str, error: str | None) -> None:
+def _finish_record(app: App, runner: PipelineRun, status: str, error: str | None) -> None:
+    """Record how the pipeline ended, with every asset counted by how it ended."""
     from asset_generator.registry import CANCELLED, RegistryError
 
+    record = runner.record
+    record.counts = runner.final_counts()
     with contextlib.suppress(RegistryError), app.registry.transaction() as state:
         saved = state.pipelines.get(record.id)
         if saved is None:
@@ -379,6 +382,36 @@ def _finish_record(app: App, record: PipelineRecord, status: str, error: str | N
         if saved.status == CANCELLED and status != CANCELLED:
             return
         saved.finish(status, error if saved.status != CANCELLED else saved.error or error)
+
+
+def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
+    """A second signal: record the pipeline and its unfinished assets as the first signal
+    would have (cancelled; a moment at most), and say what may still run on the server."""
+    import signal
+
+    from asset_generator.registry import CANCELLED
+
+    reason = f"stopped by a second {signal.Signals(signum).name}"
+    unconfirmed: list[str] = []
+
+    def record() -> None:
+        # In a thread: the signal may have landed while this very thread holds the registry
+        # lock; what cannot be written then is left to `status`.
+        with contextlib.suppress(Exception):
+            unconfirmed.extend(runner.leave(reason))
+            _finish_record(app, runner, CANCELLED, reason)
+
+    worker = threading.Thread(target=record, daemon=True)
+    worker.start()
+    worker.join(1.5)
+    words = f"{runner.record.id} recorded cancelled"
+    if unconfirmed:
+        words += (
+            f"; the server may still be running {', '.join(unconfirmed)}: stop "
+            f"{'it' if len(unconfirmed) == 1 else 'them'} with `asset-generator cancel "
+            f"{unconfirmed[0]}`{' (one id at a time)' if len(unconfirmed) > 1 else ''}"
+        )
+    return words
 
 
 def _summary(results: list[AssetResult]) -> dict[str, int]:
@@ -430,10 +463,10 @@ class _PlainReporter:
         if not self.app.output.is_json:
             self.app.output.data(path)
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None:
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
         if self.app.output.is_json:
             return
-        self.app.output.info(_finished_line(result, done, total))
+        self.app.output.info(_finished_line(result, tally))
 
     def close(self) -> None:
         pass
@@ -446,7 +479,6 @@ class _RichReporter(_PlainReporter):
         super().__init__(app)
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeRemainingColumn,
@@ -457,12 +489,12 @@ class _RichReporter(_PlainReporter):
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            MofNCompleteColumn(),
             TimeRemainingColumn(),
             console=app.output.stderr_console(),
             transient=True,
         )
-        self._overall = self._progress.add_task("assets", total=total)
+        # Its words count done, failed and cancelled apart; the bar fills as assets end.
+        self._overall = self._progress.add_task(f"assets 0/{total} done", total=total)
         self._progress.start()
         self._stdout_terminal = is_terminal(sys.stdout)
 
@@ -489,23 +521,35 @@ class _RichReporter(_PlainReporter):
         else:
             self.app.output.data(path)
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None:
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
         with self._lock:
             task = self._tasks.pop(result.asset.index, None)
         if task is not None:
             self._progress.remove_task(task)
-        self._progress.update(self._overall, completed=done)
+        counts = tally.tally()
+        ended = tally.total - counts["in_flight"] - counts["not_started"]
+        self._progress.update(
+            self._overall, completed=ended, description=f"assets {_counted(tally)}"
+        )
         if result.status not in ("succeeded", "skipped") and not self.app.output.quiet:
-            self._progress.console.print(_finished_line(result, done, total), soft_wrap=True)
+            self._progress.console.print(_finished_line(result, tally), soft_wrap=True)
 
     def close(self) -> None:
         self._progress.stop()
 
 
-def _finished_line(result: AssetResult, done: int, total: int) -> str:
+def _counted(tally: PipelineRecord) -> str:
+    """``3/12 done`` and, apart, the failed and cancelled ones: never counted as done."""
+    counts = tally.tally()
+    words = [f"{tally.done}/{tally.total} done"]
+    words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts[name]]
+    return ", ".join(words)
+
+
+def _finished_line(result: AssetResult, tally: PipelineRecord) -> str:
     from asset_generator.cli.output import one_line
 
-    line = f"[{done}/{total}] {result.status} {result.asset.id}: {result.asset.path}"
+    line = f"[{_counted(tally)}] {result.status} {result.asset.id}: {result.asset.path}"
     if result.generation_id:
         line += f" ({result.generation_id})"
     if result.error:

@@ -43,12 +43,15 @@ if TYPE_CHECKING:
     from asset_generator.server.types import Claimer, Prepared, Server
     from asset_generator.steps import StepProgress
 
-SKIPPED, NOT_STARTED = "skipped", "not_started"
+SKIPPED, NOT_STARTED, IN_FLIGHT = "skipped", "not_started", "in_flight"
+# How an asset can end in a run (NOT_STARTED aside).
+ENDED = (SUCCEEDED, SKIPPED, FAILED, CANCELLED)
 INTERRUPT_BOUND_SECONDS = 3.0
 # After a stop, in-flight assets get this long to wind down (their interrupt lands, the
 # socket ends) before the pipeline reports them cancelled and exits.
 DRAIN_BOUND_SECONDS = 5.0
 CANCEL_POLL_SECONDS = 0.25
+NOT_SENT = "the pipeline stopped before this asset was sent"
 
 
 @dataclass
@@ -83,7 +86,9 @@ class Reporter(Protocol):
 
     def saved(self, path: str) -> None: ...
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None: ...
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+        """``result`` ended; ``tally`` counts the pipeline's assets so far (``progress_text``)."""
+        ...
 
 
 class AssetRun(GenerationRun):
@@ -190,7 +195,6 @@ class PipelineRun:
         self._standby: list[_Worker] = []
         self._ahead = self.parallel if queue_ahead else 1
         self._threads: list[threading.Thread] = []
-        self._done = 0
         self._last_poll = 0.0
         self._counts_due = False
         self._counts_at = 0.0
@@ -268,6 +272,7 @@ class PipelineRun:
             # With every backend in use, a request queued at the server cannot start before
             # one frees: sending the standby now leaves no gap at all (queue_ahead).
             self._standby.append(self._start(pending.pop(), go=self.queue_ahead, slot=False))
+        self._recount()
 
     def _start(self, asset: PlannedAsset, *, go: bool, slot: bool) -> _Worker:
         worker = _Worker(asset)
@@ -313,14 +318,32 @@ class PipelineRun:
             error=error,
             kept_file=kept_file,
         )
-        self._done += 1
         self._count(status)
-        self.reporter.finished(result, self._done, len(self.plan.assets))
+        self.reporter.finished(result, self.record)
 
     def _count(self, status: str) -> None:
         self.record.counts[status] = self.record.counts.get(status, 0) + 1
         self._counts_due = True
+        self._recount()
         self._publish_counts()
+
+    def _recount(self) -> None:
+        """Count the assets in flight (sent, not ended) and those not started, apart from
+        the ended ones: a failed or cancelled asset is never counted as done."""
+        counts = self.record.counts
+        ended = sum(counts.get(name, 0) for name in ENDED)
+        flying = sum(1 for w in self._inflight.values() if w.go.is_set() and not w.abort)
+        waiting = max(len(self.plan.assets) - ended - flying, 0)
+        if (counts.get(IN_FLIGHT), counts.get(NOT_STARTED)) != (flying, waiting):
+            counts[IN_FLIGHT], counts[NOT_STARTED] = flying, waiting
+            self._counts_due = True
+
+    def final_counts(self) -> dict[str, int]:
+        """The counts once the run is over, from every asset's result (nothing in flight)."""
+        counts = dict.fromkeys((*ENDED, IN_FLIGHT, NOT_STARTED), 0)
+        for result in self.results.values():
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return {name: count for name, count in counts.items() if count}
 
     def _publish_counts(self, *, now: bool = False) -> None:
         """Copy the counts to the registry for `status`, at most every CANCEL_POLL_SECONDS.
@@ -369,7 +392,7 @@ class PipelineRun:
             worker.go.wait()
             if worker.abort or self.stopping or self._pipeline_cancelled():
                 # Stopped (or a cancel of the whole pipeline came) before the request was sent.
-                run.mark(CANCELLED, "the pipeline stopped before this asset was sent")
+                run.mark(CANCELLED, NOT_SENT)
                 status, error = NOT_STARTED, None
                 return
             self.reporter.started(asset, record.id)
@@ -455,12 +478,12 @@ class PipelineRun:
             return
         records = [run.record for run in runs.values() if run.record is not None]
 
+        def confirm(run: AssetRun) -> None:
+            run.stop_confirmed = run.interrupt(INTERRUPT_BOUND_SECONDS)
+
         def interrupt(marked: list[GenerationRecord]) -> list[bool]:
             threads = [
-                threading.Thread(
-                    target=runs[r.id].interrupt, args=(INTERRUPT_BOUND_SECONDS,), daemon=True
-                )
-                for r in marked
+                threading.Thread(target=confirm, args=(runs[r.id],), daemon=True) for r in marked
             ]
             for thread in threads:
                 thread.start()
@@ -490,3 +513,37 @@ class PipelineRun:
         for worker in list(self._inflight.values()):
             self._settle(worker, CANCELLED, reason)
         self.drain(max(deadline - time.monotonic(), 0.5))
+
+    def leave(self, reason: str) -> list[str]:
+        """A second signal: record every unfinished asset cancelled at once, without a request.
+
+        The same states as a stop that had time: an asset that was sent ends ``cancelled``
+        (record and manifest), one that was not stays ``not_started``. Returns the generation
+        ids whose interrupt the server has not confirmed: their work may still run there.
+        """
+        unconfirmed = []
+        for worker in list(self._inflight.values()):
+            run = worker.run
+            if run is None or run.record is None:
+                continue
+            sent = worker.go.is_set() and not worker.abort
+            if not run.record.is_final:
+                with contextlib.suppress(RegistryError):
+                    run.mark(CANCELLED, reason if sent else NOT_SENT)
+            if not sent or worker.reported:
+                continue
+            if not run.stop_confirmed and not run.settled:
+                unconfirmed.append(run.record.id)
+            # A settled asset (its image saved) keeps how it ended; the rest are cancelled.
+            status = run.record.status if run.record.is_final else CANCELLED
+            error = run.record.error if run.record.is_final else reason
+            worker.reported = True
+            result = self.results[worker.asset.index]
+            result.generation_id = run.record.id
+            result.status, result.error = status, error
+            self.manifest.record(
+                result.asset, status, generation_id=run.record.id, error=error,
+                kept_file=bool(run.images),
+            )  # fmt: skip
+        self._save_manifest()
+        return unconfirmed
