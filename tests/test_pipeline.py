@@ -143,6 +143,31 @@ def test_nested_spec_runs_every_asset_on_every_backend(
     assert {e["status"] for e in manifest["assets"].values()} == {"succeeded"}
 
 
+def test_the_command_line_wins_over_the_spec_and_the_config_stays_below_it(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=3)
+    cli.url = emu.url
+    assert cli("config", "set", "generate.steps", "9").code == 0
+    assert cli("config", "set", "generate.sampler", "euler").code == 0
+    result = cli("pipeline", spec(workdir), "--steps", "7", "--dry-run", "-f", "json")
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "command line" in line]
+    assert warnings == [
+        "warning: the command line (--steps) overrides the spec's params for 6 of 6 assets"
+    ]
+    assert {a["params"]["steps"] for a in result.json()["assets"]} == {7}
+    ran = cli("pipeline", spec(workdir), "--steps", "7", "-q")
+    assert ran.code == 0, ran.stderr
+    assert {b["steps"] for b in sent(emu)} == {7}
+    assert {b["sampler"] for b in sent(emu)} == {"euler"}
+    emu.reset_log()
+    # Without the option the spec's steps: 3 stands over the config's 9.
+    again = cli("pipeline", spec(workdir), "--force", "-q")
+    assert again.code == 0, again.stderr
+    assert {b["steps"] for b in sent(emu)} == {3}
+
+
 def test_sessions_are_a_small_pool_reused_across_assets(
     cli: Runner, emulator_factory, workdir: Path
 ) -> None:

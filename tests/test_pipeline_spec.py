@@ -87,7 +87,8 @@ assets:
 """
     from asset_generator.swarm.params import build_request
 
-    plan = plan_of(text, run_params=[("steps", 30), ("height", 512)])
+    # The config's [generate] values stay below the spec's.
+    plan = plan_of(text, defaults=[("steps", 30), ("height", 512)])
     a, b = plan.assets
     # What SwarmUI is sent for each asset.
     assert build_request(a.request) == {
@@ -96,6 +97,38 @@ assets:
     }  # fmt: skip
     assert b.request.cfg_scale == 5 and b.request.steps == 6
     assert b.request.loras == ()
+
+
+def test_the_command_line_wins_over_the_spec_with_one_warning() -> None:
+    text = """\
+params: {steps: 4, cfg_scale: 5}
+assets:
+  - name: g
+    params: {steps: 6}
+    assets:
+      - {id: a, prompt: p, params: {cfg_scale: 7.5, loras: ["pixel:0.5"], sampler: dpm}}
+      - {id: b, prompt: p}
+      - {id: c, prompt: p, params: {steps: 20, cfg_scale: 7.5}}
+"""
+    plan = plan_of(
+        text,
+        defaults=[("steps", 30), ("height", 512)],
+        overrides=[("steps", 20), ("cfg_scale", 7.5), ("loras", ["detail"]), ("width", 640)],
+    )
+    a, b, c = plan.assets
+    # As helm --set wins over a values file: every asset gets the command line's values.
+    assert a.request.steps == b.request.steps == c.request.steps == 20
+    assert a.request.cfg_scale == b.request.cfg_scale == 7.5
+    assert [str(lora) for lora in b.request.loras] == ["detail:1"]
+    assert a.request.width == 640 and a.request.sampler == "dpm" and a.request.height == 512
+    # One line for the whole plan, counting the assets whose spec value was replaced by a
+    # different one (c already had these values), naming the options as typed.
+    (warning,) = [w for w in plan.warnings if "command line" in w]
+    assert warning == (
+        "warning: the command line (--steps, --cfg-scale, --lora) overrides the spec's "
+        "params for 2 of 3 assets"
+    )
+    assert not [w for w in plan_of(text, overrides=[("width", 64)]).warnings if "command" in w]
 
 
 def test_unknown_keys_are_warned_with_line_and_place() -> None:

@@ -88,8 +88,10 @@ def command(
     Each asset is a generation of its own, up to --parallel at once, so SwarmUI keeps
     every backend busy (on ComfyUI, the next assets wait in its queue). A manifest in
     the output directory makes reruns skip assets
-    already done. Saved paths go to stdout, one per line. Exit 0 only when every asset
-    succeeded or was skipped; 1 otherwise; 130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
+    already done. Generation options given here apply to every asset and win over the
+    spec's params: (a warning counts the assets they changed). Saved paths go to stdout,
+    one per line. Exit 0 only when every asset succeeded or was skipped; 1 otherwise;
+    130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
     """
     from asset_generator.pipeline.manifest import Manifest
     from asset_generator.pipeline.plan import make_plan
@@ -101,7 +103,7 @@ def command(
     if not given:
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
     postprocess = postprocess_from(app, options)
-    run_params = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
+    defaults, overrides = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
     output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
     try:
         spec = load_spec(Path(given).expanduser())
@@ -119,7 +121,8 @@ def command(
             base_seed=base_seed,
             style_prefix=options["style_prefix"],
             style_suffix=options["style_suffix"],
-            run_params=run_params,
+            defaults=defaults,
+            overrides=overrides,
         )
     except SpecError as exc:
         raise CommandError(f"bad spec: {exc}", "bad_spec") from None
@@ -140,19 +143,19 @@ def _run_params(
     *,
     sets: tuple[str, ...] = (),
     workflow: str | None = None,
-) -> list[tuple[str, Any]]:
-    """Config [generate] defaults < --param < explicit options, as (name, value) pairs."""
-    extra = parse_params(params)
-    pairs: list[tuple[str, Any]] = list(config_defaults(app, RUN_OPTIONS).items())
-    pairs += extra
-    pairs += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
+) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """The config's [generate] values (below the spec) and the command line's (above it:
+    --param, then the explicit options, which win over it), as (name, value) pairs."""
+    defaults = list(config_defaults(app, RUN_OPTIONS).items())
+    overrides: list[tuple[str, Any]] = list(parse_params(params))
+    overrides += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
     if loras:
-        pairs.append(("loras", list(loras)))
+        overrides.append(("loras", list(loras)))
     if workflow is not None:
-        pairs.append(("workflow", read_workflow_option(workflow)))
+        overrides.append(("workflow", read_workflow_option(workflow)))
     if sets:
-        pairs.append(("set", list(parse_sets(sets))))
-    return pairs
+        overrides.append(("set", list(parse_sets(sets))))
+    return defaults, overrides
 
 
 def _base_seed(given: int, manifest: Manifest) -> tuple[int, str]:
