@@ -231,6 +231,55 @@ def test_changed_prompt_regenerates_only_that_asset(
     assert [b["prompt"] for b in sent(emu)] == ["a young birch, painterly, misty"]
 
 
+def test_a_rerun_says_why_it_regenerates_and_the_dry_run_shows_it_first(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=2)
+    cli.url = emu.url
+    first = cli("pipeline", spec(workdir), "--base-seed", "1")
+    assert first.code == 0, first.stderr
+    # A first run into an empty directory has nothing to explain.
+    assert "regenerat" not in first.stderr
+    spec(workdir, GAME.replace("an old oak", "a young birch").replace("height: 256", "height: 384"))
+    out = workdir / "pipeline-output"
+    (out / "characters/mage.png").unlink()
+    (out / "characters/hero.png").write_bytes(b"touched up by hand")
+    emu.reset_log()
+
+    dry = cli("pipeline", "game.yaml", "--dry-run")
+    assert dry.code == 0, dry.stderr
+    reasons = [line for line in dry.stderr.splitlines() if line.startswith("would ")]
+    assert reasons == [
+        "would regenerate 1 asset: file missing: mage",
+        "would regenerate 1 asset: prompt changed: tree",
+        "would regenerate 1 asset: parameters changed (height): entrance",
+        "would fail 1 asset: file altered since it was made; --overwrite replaces it: hero",
+        "would skip 2 assets: done with the same prompt, seed and parameters: rogue, path",
+    ]
+    assert "world/forest/tree.png  [generate: prompt changed]" in dry.stdout
+    assert "characters/rogue.png  [skip]" in dry.stdout
+    as_json = cli("pipeline", "game.yaml", "--dry-run", "-f", "json").json()
+    actions = {a["id"]: (a["action"], a["reasons"]) for a in as_json["assets"]}
+    assert actions["mage"] == ("generate", ["missing"])
+    assert actions["entrance"] == ("generate", ["params"])
+    assert actions["hero"] == ("blocked", ["altered"])
+    assert actions["rogue"] == ("skip", [])
+    assert emu.requests == []
+
+    run = cli("pipeline", "game.yaml", "--continue-on-error")
+    assert run.code == 1
+    assert "regenerating 1 asset: prompt changed: tree" in run.stderr.splitlines()
+    assert "failing 1 asset: file altered since it was made; --overwrite replaces it: hero" in (
+        run.stderr.splitlines()
+    )
+    assert not any(line.startswith("would ") for line in run.stderr.splitlines())
+    assert sorted(b["prompt"] for b in sent(emu)) == [
+        "a cave entrance, painterly, calm",
+        "a fire mage, pixel art, fire",
+        "a young birch, painterly, misty",
+    ]
+
+
 def test_a_foreign_file_in_the_way_is_never_overwritten(
     cli: Runner, emulator_factory, workdir: Path
 ) -> None:

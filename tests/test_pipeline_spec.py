@@ -271,3 +271,45 @@ def test_the_manifest_rewrites_only_what_changed_and_reads_back_true(tmp_path: P
     again = Manifest.load(tmp_path)
     assert again.problem is None
     assert again.entries["a.png"].sha256 == hashlib.sha256(b"two").hexdigest()
+
+
+def test_the_manifest_says_why_an_asset_is_made_again(tmp_path: Path) -> None:
+    from asset_generator.pipeline.manifest import Manifest
+
+    text = "assets:\n  - {name: g, assets: [{id: a, prompt: p}, {id: b, prompt: q}]}\n"
+    made = make_plan(parse_spec(text, "s.yaml"), output_dir=tmp_path, base_seed=3)
+    manifest = Manifest.load(tmp_path)
+    for asset in made.assets:
+        asset.path.write_bytes(asset.id.encode())
+        manifest.record(asset, "succeeded")
+
+    def why(plan, *, force: bool = False, overwrite: bool = False) -> list[tuple]:
+        return [
+            (d.verdict, d.reasons, d.changed)
+            for d in (manifest.decide(a, force=force, overwrite=overwrite) for a in plan.assets)
+        ]
+
+    assert why(made) == [("skip", (), ()), ("skip", (), ())]
+    assert why(made, force=True) == [("generate", ("force",), ())] * 2
+    reseeded = make_plan(parse_spec(text, "s.yaml"), output_dir=tmp_path, base_seed=4)
+    assert why(reseeded) == [("generate", ("seed",), ())] * 2
+    stepped = make_plan(parse_spec(text, "s.yaml"), output_dir=tmp_path, base_seed=3,
+                        overrides=[("steps", 9), ("width", 64)])  # fmt: skip
+    assert why(stepped)[0] == ("generate", ("params",), ("width", "steps"))
+    manifest.postprocess = {"strip_metadata": True}
+    assert why(made)[0] == ("generate", ("postprocess",), ())
+    manifest.postprocess = None
+    manifest.entries.clear()
+    manifest.record(made.assets[0], "succeeded")
+    manifest.record(made.assets[1], "failed", error="boom", kept_file=True)
+    assert why(made)[1] == ("generate", ("unfinished",), ())
+    made.assets[0].path.write_bytes(b"edited")
+    assert why(made)[0] == ("blocked", ("altered",), ())
+    assert why(made, overwrite=True)[0] == ("generate", ("altered",), ())
+    more = make_plan(
+        parse_spec(text.replace("}]}", "}, {id: c, prompt: r}]}"), "s.yaml"),
+        output_dir=tmp_path, base_seed=3,
+    )  # fmt: skip
+    assert why(more)[2] == ("generate", ("new",), ())
+    made.assets[0].path.unlink()
+    assert why(made)[0] == ("generate", ("missing",), ())

@@ -27,7 +27,7 @@ from asset_generator.cli.postprocess import postprocess_from, postprocess_option
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
-    from asset_generator.pipeline.manifest import Manifest
+    from asset_generator.pipeline.manifest import Decision, Manifest
     from asset_generator.pipeline.plan import Plan, PlannedAsset
     from asset_generator.pipeline.run import AssetResult, PipelineRun
     from asset_generator.registry import PipelineRecord
@@ -130,9 +130,17 @@ def command(
         plan.warnings.append(f"warning: {manifest.problem}")
     for warning in plan.warnings:
         app.output.warn(warning)
+    # What each asset needs, and why (each verdict may cost a file hash): the same for the
+    # dry run, which shows it, and the run.
+    decisions = {
+        a.index: manifest.decide(a, force=options["force"], overwrite=options["overwrite"])
+        for a in plan.assets
+    }
+    for line in _reasons(plan, manifest, decisions, dry_run=options["dry_run"]):
+        app.output.info(line)
     if options["dry_run"]:
-        return _dry_run(app, plan, origin)
-    return _run(app, given, plan, manifest, origin, options, postprocess)
+        return _dry_run(app, plan, origin, decisions)
+    return _run(app, given, plan, manifest, origin, options, postprocess, decisions)
 
 
 def _run_params(
@@ -178,11 +186,57 @@ def _seed_note(plan: Plan, origin: str) -> str:
     return f"base seed {plan.base_seed}"
 
 
+def _reasons(
+    plan: Plan, manifest: Manifest, decisions: dict[int, Decision], *, dry_run: bool
+) -> list[str]:
+    """Why assets are made again (or blocked): one line per reason, with a count and ids.
+
+    The first run into a directory has nothing to explain; a rerun says what changed since
+    (prompt, seed, parameters, post-processing), which files went missing or were altered,
+    and which assets did not succeed last time. A dry run also says what it would skip.
+    """
+    from asset_generator.cli.output import one_line
+    from asset_generator.pipeline.manifest import BLOCKED, GENERATE, PARAMS, REASONS, SKIP
+
+    if not manifest.entries:
+        return []
+    found: dict[tuple[str, str], list[str]] = {}
+    changed: dict[str, None] = {}
+    for asset in plan.assets:
+        decision = decisions[asset.index]
+        changed.update(dict.fromkeys(decision.changed))
+        for reason in decision.reasons or ((SKIP,) if decision.verdict == SKIP else ()):
+            found.setdefault((decision.verdict, reason), []).append(asset.id)
+    verbs = {
+        GENERATE: "would regenerate" if dry_run else "regenerating",
+        BLOCKED: "would fail" if dry_run else "failing",
+        SKIP: "would skip" if dry_run else None,
+    }
+    words = {
+        **REASONS,
+        PARAMS: f"{REASONS[PARAMS]} ({', '.join(changed)})",
+        SKIP: "done with the same prompt, seed and parameters",
+    }
+    lines = []
+    for verdict, verb in verbs.items():
+        for reason, text in words.items():
+            ids = found.get((verdict, reason))
+            if not ids or verb is None:
+                continue
+            if verdict == BLOCKED:
+                text += "; --overwrite replaces it"
+            shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
+            noun = "asset" if len(ids) == 1 else "assets"
+            lines.append(one_line(f"{verb} {len(ids)} {noun}: {text}: {shown}"))
+    return lines
+
+
 # -- dry run -----------------------------------------------------------------------------------
 
 
-def _dry_run(app: App, plan: Plan, origin: str) -> int:
+def _dry_run(app: App, plan: Plan, origin: str, decisions: dict[int, Decision]) -> int:
     from asset_generator.cli.output import one_line
+    from asset_generator.pipeline.manifest import NEW, REASONS
 
     if app.output.is_json:
         app.output.json(
@@ -190,14 +244,24 @@ def _dry_run(app: App, plan: Plan, origin: str) -> int:
                 "ok": True,
                 "dry_run": True,
                 "base_seed": plan.base_seed,
-                "assets": [a.public() for a in plan.assets],
+                "assets": [
+                    {
+                        **a.public(),
+                        "action": decisions[a.index].verdict,
+                        "reasons": list(decisions[a.index].reasons),
+                    }
+                    for a in plan.assets
+                ],
             }
         )
         return 0
     for asset in plan.assets:
+        decision = decisions[asset.index]
+        words = ", ".join(REASONS[r] for r in decision.reasons if r != NEW)
+        action = decision.verdict + (f": {words}" if words else "")
         app.output.data(
             f"{one_line(asset.group)}  {one_line(asset.id)}  seed {asset.seed}  "
-            f"{one_line(str(asset.path))}"
+            f"{one_line(str(asset.path))}  [{action}]"
         )
         app.output.data(f"    {one_line(asset.prompt)}")
     groups = len({a.group for a in plan.assets})
@@ -219,6 +283,7 @@ def _run(
     origin: str,
     options: dict[str, Any],
     postprocess: PostProcess | None,
+    decisions: dict[int, Decision],
 ) -> int:
     from asset_generator.cli import signals
     from asset_generator.cli.signals import Signalled
@@ -239,12 +304,8 @@ def _run(
         prepare_directory(output_dir)
     except DownloadError as exc:
         raise CommandError(str(exc), "file_error") from None
-    decisions = {
-        a.index: manifest.decide(a, force=options["force"], overwrite=options["overwrite"])
-        for a in plan.assets
-    }
     # A rerun with every asset done sends nothing at all: not even a question to the server.
-    needed = [a for a in plan.assets if decisions[a.index][0] == GENERATE]
+    needed = [a for a in plan.assets if decisions[a.index].verdict == GENERATE]
     server = app.server() if needed else None
     # Every request translated before the first is sent: a spec the server cannot take
     # fails here, whole, not asset by asset.

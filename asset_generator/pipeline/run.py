@@ -24,7 +24,7 @@ from asset_generator.downloads import DownloadError
 from asset_generator.generation import GenerationRun
 from asset_generator.jobs.generations import Generations
 from asset_generator.jobs.stop import stop
-from asset_generator.pipeline.manifest import BLOCKED, SKIP, Manifest
+from asset_generator.pipeline.manifest import BLOCKED, SKIP, Decision, Manifest
 from asset_generator.pipeline.plan import Plan, PlannedAsset
 from asset_generator.registry import (
     CANCELLED,
@@ -157,7 +157,7 @@ class PipelineRun:
         claimer: Claimer,
         queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
-        decisions: dict[int, tuple[str, str]] | None = None,
+        decisions: dict[int, Decision] | None = None,
         postprocess: PostProcess | None = None,
     ) -> None:
         self.server = server
@@ -205,9 +205,10 @@ class PipelineRun:
         """Skip what is done, generate the rest; returns every asset's result in plan order."""
         pending: list[PlannedAsset] = []
         for asset in self.plan.assets:
-            verdict, why = self.decisions.get(asset.index) or self.manifest.decide(
+            decision = self.decisions.get(asset.index) or self.manifest.decide(
                 asset, force=self.force, overwrite=self.overwrite
             )
+            verdict, why = decision.verdict, decision.why
             if verdict == SKIP:
                 self._finish(self.results[asset.index], SKIPPED, None)
             elif verdict == BLOCKED:
