@@ -460,6 +460,10 @@ def _from_swarm_only(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "generations": converted, "servers": servers}
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def cached_model_names(state: State, key: str, subtype: str = "Stable-Diffusion") -> list[str]:
     """Model names ``models list`` last saw on this server, for completion (no network).
 
@@ -554,7 +558,9 @@ class Registry:
                 f"cannot read the session cache {self.path}: {exc.strerror}"
             ) from None
         try:
-            return State.from_json(json.loads(raw))
+            # NaN and Infinity are not JSON (we never write them): a file holding one anywhere,
+            # even in an adapter's opaque memory, could not be written back.
+            return State.from_json(json.loads(raw, parse_constant=_not_json))
         # RecursionError: json.loads of a deeply nested document (e.g. "[[[[...").
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
