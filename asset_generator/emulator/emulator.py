@@ -103,6 +103,11 @@ class Emulator:
         wanted = route.lower()
         return [record for record in self._recorder.snapshot() if record.route == wanted]
 
+    def server_errors(self) -> list[str]:
+        """The error lines SwarmUI would have logged (the WebSocket endings it logs, so far)."""
+        with self._server.registry.lock:
+            return list(self._server.errors)
+
     def reset_log(self) -> None:
         """Forget the requests recorded so far."""
         self._recorder.clear()

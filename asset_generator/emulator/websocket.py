@@ -3,6 +3,12 @@
 Outgoing JSON goes through a single FIFO so messages from concurrent generation tasks keep
 their order; a peer that vanished turns sends into no-ops (SwarmUI only logs the failure and
 keeps generating, ``API.cs``).
+
+How the peer ended decides what SwarmUI logs, so it is kept: a Close frame from the peer
+(``close_received``) is what .NET's ManagedWebSocket reports as a normal receive and never
+answers by itself (the answer is the route's CloseAsync when the route ends); a connection
+that ends without one (``vanished``) makes the next receive throw ConnectionClosedPrematurely
+and aborts the socket, after which every send throws.
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ class WebSocketChannel:
         self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
         self._peer_closed = asyncio.Event()
+        # The peer sent a Close frame; or its connection ended without one.
+        self.close_received = False
+        self.vanished = False
+        # The route already logged the failure this socket met (API.cs logs once).
+        self.failure_logged = False
         self._dead = False
         self._sent = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,17 +115,23 @@ class WebSocketChannel:
                     elif isinstance(event, Ping):
                         await self._write_event(event.response())
                     elif isinstance(event, CloseConnection):
-                        if self._ws.state is not ConnectionState.CLOSED:
-                            # A reply to the peer's Close, or ours after a framing error.
-                            reply = CloseConnection(code=event.code)
-                            if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                                reply = event.response()
-                            await self._write_event(reply)
+                        if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                            # The peer's Close: answered when the route ends (close()).
+                            self.close_received = True
+                        elif self._ws.state is not ConnectionState.CLOSED:
+                            # Ours after a framing error.
+                            await self._write_event(CloseConnection(code=event.code))
+                        else:
+                            self.close_received = True
                         return
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
+                    self.vanished = True
                     return
-        except (ConnectionError, OSError, LocalProtocolError):
+        except (ConnectionError, OSError):
+            self.vanished = True
+            return
+        except LocalProtocolError:
             return
         finally:
             self._peer_closed.set()
@@ -140,6 +157,9 @@ class WebSocketChannel:
                 self._outgoing.task_done()
 
     async def _send_one(self, document: dict[str, Any]) -> None:
+        if self.close_received:
+            # Sent into a connection the peer has left: Kestrel drops it without an error.
+            return
         text = json_text(document)
         fault = None
         if self._fault_hook is not None and self._fault_point is not None:
@@ -183,9 +203,15 @@ class WebSocketChannel:
             self._writer.transport.abort()
 
     async def close(self, code: int = 1000) -> None:
-        """Send everything queued, then Close ``code``, wait for the peer's Close, hang up."""
+        """Send everything queued, then Close ``code``, wait for the peer's Close, hang up.
+
+        After the peer's own Close, ours answers it and nothing is awaited (CloseAsync in the
+        CloseReceived state).
+        """
         await self.flush()
-        if self._ws.state is ConnectionState.OPEN and not self._dead:
+        if self._ws.state is ConnectionState.REMOTE_CLOSING and not self._dead:
+            await self._write_event(CloseConnection(code=code))
+        elif self._ws.state is ConnectionState.OPEN and not self._dead:
             await self._write_event(CloseConnection(code=code))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._peer_closed.wait(), CLOSE_WAIT_SECONDS)
