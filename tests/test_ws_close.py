@@ -16,11 +16,24 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_for
+from conftest import Runner, wait_for
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from asset_generator.emulator import Emulator
+
+
+def test_a_loop_of_generates_reuses_one_session(cli: Runner, emulator_factory) -> None:
+    # Leaving early must not leave sessions behind: a session nobody cancelled serves the
+    # next run at once (protocol §9 pitfall 3).
+    emu = emulator_factory(step_seconds=0.01, default_steps=2)
+    cli.url = emu.url
+    for _ in range(4):
+        result = cli("generate", "image", "-p", "again", "-o", "out", "--overwrite", "-q")
+        assert result.code == 0, result.stderr
+    assert emu.sessions_created == 1
+    assert emu.server_errors() == []
+
 
 # -- the emulator logs what SwarmUI logs --------------------------------------------------------
 

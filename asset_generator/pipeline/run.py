@@ -436,10 +436,9 @@ class PipelineRun:
         self._events.put(("done", worker, status, run.record.error if run.record else None))
 
     def _release(self, worker: _Worker, *, rest: bool) -> None:
-        record = worker.run.record if worker.run is not None else None
-        if record is not None and not worker.released:
+        if worker.run is not None and not worker.released:
             worker.released = True
-            self.claimer.release(record.handle, cancelled=rest)
+            worker.run.release(cancelled=rest)
 
     # -- stopping -------------------------------------------------------------------------------
 

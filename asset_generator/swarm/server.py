@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asset_generator.downloads import decode_data_url, extension_of
+from asset_generator.registry import CANCELLED
 from asset_generator.server import types
 from asset_generator.server.errors import RequestError
 from asset_generator.server.types import (
@@ -79,7 +80,11 @@ SILENCE_LIMIT = 120.0
 CLOSE_WAIT_LIMIT = 10.0
 POLL_SECONDS = 0.25
 # A cancel aimed at a generation that has just ended may still be on its way to the server;
-# its session is not given to a new generation until that cancel has surely landed.
+# its session is not given to a new generation until that cancel has surely landed. Only
+# sessions an interrupt may still reach rest: a generation that ended cancelled, or one that
+# an interrupt of ours or a cancel another process marked touched before it ended (a cancel
+# marks the record first, then interrupts; jobs.stop). The others serve the next run at once,
+# so a script that loops over `generate` reuses one session (protocol §9 pitfall 3).
 SESSION_REST_SECONDS = 10.0
 # Sessions kept in the cache beyond those our generations hold.
 KEEP_SESSIONS = 16
@@ -177,13 +182,36 @@ def session_of(handle: Handle) -> str:
 
 
 def _resting(view: LedgerView, now: float) -> set[str]:
-    """Sessions an unfinished generation holds, or one that ended moments ago."""
-    return {
+    """Sessions an unfinished generation holds, or that an interrupt may still reach."""
+    held = {
         session_of(r.handle)
         for r in view.records
         if r.server_type == "swarmui"
-        and (not r.is_final or now - (r.finished or now) < SESSION_REST_SECONDS)
+        and (
+            not r.is_final
+            or (r.status == CANCELLED and now - (r.finished or now) < SESSION_REST_SECONDS)
+        )
     }
+    resting = view.cache.get("resting")
+    if isinstance(resting, dict):
+        held |= {
+            str(session)
+            for session, until in resting.items()
+            if isinstance(until, int | float) and until > now
+        }
+    return held
+
+
+def _rest(view: LedgerView, session_id: str, now: float) -> None:
+    """Keep ``session_id`` from new generations for SESSION_REST_SECONDS (expired rests go)."""
+    resting = view.cache.get("resting")
+    kept = {
+        str(session): until
+        for session, until in (resting.items() if isinstance(resting, dict) else ())
+        if isinstance(until, int | float) and until > now
+    }
+    kept[session_id] = now + SESSION_REST_SECONDS
+    view.cache["resting"] = kept
 
 
 class SessionClaimer:
@@ -207,7 +235,11 @@ class SessionClaimer:
         return handle
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
-        """Nothing to do: the registry tells the next generation the session is free."""
+        """``cancelled``: an interrupt may still reach the session, so it rests a while; else
+        the registry already tells the next generation that the session is free."""
+        if cancelled:
+            with self.server.ledger.change() as view:
+                _rest(view, session_of(handle), time.time())
 
 
 class SessionPool:
