@@ -16,11 +16,37 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Runner, wait_for
+from conftest import Runner, read_registry, wait_for
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from asset_generator.emulator import Emulator
+
+# Much longer than any generation here: a client that waited for it would time the test out.
+LONG_GRACE = 20.0
+
+
+def test_generate_exits_before_the_close_grace_and_swarmui_logs_nothing(
+    cli: Runner, emulator_factory, state_dir
+) -> None:
+    emu = emulator_factory(step_seconds=0.05, default_steps=80, ws_close_grace_seconds=LONG_GRACE)
+    cli.url = emu.url
+    process = cli.start("generate", "image", "-p", "a lighthouse", "-o", "out")
+
+    # While it runs, another shell's `status` shows its progress: the live WebSocket stays.
+    def progressing() -> bool:
+        rows = cli("status", "-f", "json").json()["generations"]
+        return any(r["status"] == "running" and 0 < r["progress"] < 100 for r in rows)
+
+    assert wait_for(progressing, timeout=20), "status never showed the generation's progress"
+    out, err = process.communicate(timeout=LONG_GRACE / 2)
+    assert process.returncode == 0, err
+    assert out.strip().startswith("out/")
+    (record,) = read_registry(state_dir)["generations"].values()
+    assert record["status"] == "succeeded"
+    # The socket ended with our Close frame, inside the grace: nothing for SwarmUI to log.
+    assert emu.server_errors() == []
+    assert len(emu.calls("GenerateText2ImageWS")) == 1
 
 
 def test_a_loop_of_generates_reuses_one_session(cli: Runner, emulator_factory) -> None:

@@ -5,9 +5,8 @@ no other in-flight asset shares, so ``cancel gen_…`` stops that asset alone: t
 claimer hands them out (SwarmUI: a small pool of sessions, never one per asset, protocol §9
 pitfall 3; ComfyUI: prompt ids of their own).
 
-An asset counts as done once its image is saved. A server may keep its stream open a little
-longer (SwarmUI's ``socket_intention: close``, protocol §4.5); that tail drains in the asset's
-thread while the next asset already runs, so no backend waits for it.
+An asset counts as done once its image is saved: its bookkeeping (record, manifest) follows
+in its thread while the next asset already runs, so no backend waits for it.
 """
 
 from __future__ import annotations
@@ -242,11 +241,8 @@ class PipelineRun:
         return [self.results[a.index] for a in self.plan.assets]
 
     def drain(self, bound: float = DRAIN_BOUND_SECONDS) -> None:
-        """Wait (bounded) for finished assets' sockets to close, as SwarmUI closes them.
-
-        Hanging up first would make SwarmUI log an error per asset, and a socket still being
-        read when the client closes would block the process's exit.
-        """
+        """Wait (bounded) for the assets' threads to end: each closes its socket with a Close
+        frame (a hang-up without one would make SwarmUI log an error per asset)."""
         deadline = time.monotonic() + bound
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
@@ -404,7 +400,7 @@ class PipelineRun:
         except (ServerError, DownloadError, RegistryError, OSError) as exc:
             error = str(getattr(exc, "message", None) or exc)
             if worker.run is not None and worker.run.settled:
-                # The stream broke while draining: the asset is done, and its place on the
+                # The stream broke after the image: the asset is done, and its place on the
                 # server may already serve the next asset, so nothing is interrupted.
                 return
             if worker.run is not None and worker.run.record is not None:

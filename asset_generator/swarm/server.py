@@ -75,9 +75,6 @@ T = TypeVar("T")
 # keep-alive Pongs every 30 s, so a socket silent for much longer than that is dead even if
 # TCP has not noticed.
 SILENCE_LIMIT = 120.0
-# After socket_intention:close SwarmUI closes within ~2 s; a server that keeps the socket
-# open longer has nothing more for us, and the run ends on what arrived.
-CLOSE_WAIT_LIMIT = 10.0
 POLL_SECONDS = 0.25
 # A cancel aimed at a generation that has just ended may still be on its way to the server;
 # its session is not given to a new generation until that cancel has surely landed. Only
@@ -738,23 +735,18 @@ class SwarmRun:
     def _read_socket(self, ws: WebSocket, *, allow_renew: bool) -> Iterator[Event | _Stale]:
         """Messages until the server closes; a _Stale when the session must be renewed."""
         last_message = time.monotonic()
-        closing_since: float | None = None
         accepted = False
         while True:
-            now = time.monotonic()
             try:
                 message = ws.receive(timeout=POLL_SECONDS)
             except ConnectionFailed:
-                # A connection dropped once the request is over (every image in, or the
-                # server said it is closing) loses nothing; earlier it is a failure.
-                if closing_since is None and self._images < self._expected:
+                # A connection dropped once every image is in loses nothing; earlier it is a
+                # failure.
+                if self._images < self._expected:
                     raise
                 self.server.debug("the server dropped the WebSocket after the generation ended")
                 return
             except RequestTimeout:
-                if closing_since is not None and now - closing_since > CLOSE_WAIT_LIMIT:
-                    self.server.debug("the server did not close the WebSocket; ending the read")
-                    return
                 # Kestrel's keep-alive Pongs count: while SwarmUI is still launching a large
                 # batch it sends no keep_alive message for minutes (T2IAPI.cs), only those.
                 if time.monotonic() - max(last_message, ws.last_heard) > SILENCE_LIMIT:
@@ -767,11 +759,16 @@ class SwarmRun:
             if message is None:
                 return
             last_message = time.monotonic()
-            if message.get("socket_intention") == "close" and closing_since is None:
-                closing_since = last_message
-            # After socket_intention:close the server idles ~2 s, sends a last status and
-            # closes. We read on to its Close: hanging up first makes SwarmUI log an error
-            # for every generation (its final send fails; protocol §9 pitfall 18).
+            if message.get("socket_intention") == "close":
+                # Every image, error and discard of the request is in: SwarmUI sends this
+                # when the socket has no request left, then idles 2 s for another one, sends
+                # a last status and closes (T2IAPI.cs GenerateText2ImageWS). We close first,
+                # with a Close frame: SwarmUI's reader takes it as the end of the socket
+                # (no log), and its last sends go nowhere without an error (Kestrel drops
+                # writes once the peer has gone). Only a hang-up *without* a Close frame
+                # makes its reader fail, an error in SwarmUI's log per generation (API.cs,
+                # Utilities.RunCheckedTask; protocol §9 pitfall 18).
+                return
             event = parse_event(message)
             if (
                 isinstance(event, ErrorEvent)
