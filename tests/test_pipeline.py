@@ -666,3 +666,41 @@ def test_post_processing_options_apply_to_every_asset_and_a_failure_fails_that_a
     ]
     with Image.open(wide) as image:
         assert image.size == (32, 16)
+
+
+def on_glibc() -> bool:
+    import os
+
+    try:
+        return "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not on_glibc(), reason="the C allocator's arenas are glibc's")
+def test_a_pipeline_keeps_the_c_allocator_to_one_arena(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    # Each asset's threads would otherwise allocate from arenas of their own, which keep what
+    # they once held: peak memory grew with the number of assets (PERFORMANCE.md, issue 19).
+    import os
+    import sys
+
+    emu = emulator_factory(backends=3)
+    name = spec(workdir, many(9))
+    code = (
+        "import atexit, ctypes, sys\n"
+        "atexit.register(lambda: ctypes.CDLL(None).malloc_stats())\n"
+        "from asset_generator.cli import main\n"
+        "sys.argv = ['asset-generator', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "pipeline", name, "-q"],
+        cwd=workdir, env={**os.environ, "ASSET_GENERATOR_API_URL": emu.url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 9
+    arenas = [line for line in done.stderr.splitlines() if line.startswith("Arena ")]
+    assert arenas == ["Arena 0:"], done.stderr
