@@ -182,12 +182,26 @@ def _latest(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _merge(levels: list[dict[str, Any]]) -> dict[str, tuple[str, Any]]:
-    """Levels outermost first, by canonical name: the nearer level's value wins."""
+    """Levels outermost first, by canonical name: the nearer level's value wins.
+
+    ``set:`` maps merge across levels, as metadata does: a nearer level's NODE.INPUT wins.
+    """
     merged: dict[str, tuple[str, Any]] = {}
     for level in levels:
         for key, value in level.items():
-            merged[_canonical(key)] = (key, value)
+            name = _canonical(key)
+            if name == _SET and name in merged:
+                value = _merged_sets([merged[name][1], value])
+            merged[name] = (key, value)
     return merged
+
+
+def _merged_sets(lists: list[list[SetInput]]) -> list[SetInput]:
+    """``set`` inputs of several levels, outermost first: one per NODE.INPUT, the last wins."""
+    sets: dict[tuple[str, str], SetInput] = {}
+    for items in lists:
+        sets.update({(item.node, item.input): item for item in items})
+    return list(sets.values())
 
 
 def _replaced(spec_params: dict[str, tuple[str, Any]], above: dict[str, Any]) -> list[str]:
@@ -256,7 +270,8 @@ def _plan_asset(
     merged = dict(params)
     for name, (key, value) in above.items():
         if name == _SET and _SET in merged:
-            value = [*merged[_SET][1], *value]
+            # Applied after the spec's, input by input: the command line's NODE.INPUT wins.
+            value = _merged_sets([merged[_SET][1], value])
         merged[name] = (key, value)
     loras = merged.pop("loras", (None, None))[1]
     merged.pop("loraweights", None)
