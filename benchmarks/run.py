@@ -6,15 +6,19 @@ the same run on the same interpreter: ``python -c "import click"`` for help and 
 ``python -c "import click, platformdirs"`` for a cancel with nothing to do, and a stdlib
 ``http.client`` script making the same number of requests for the network commands. It also
 prints how many HTTP requests each command made (the emulator counts them), the peak memory of
-a 50-image download, and whether each budget of PERFORMANCE.md holds. Tests never time
-anything; this script is where time is measured.
+a 50-image download, how long `generate image` lives after its last path, the pipeline's wall,
+busy and peak-memory figures on SwarmUI and its queue depth on ComfyUI, and whether each
+budget of PERFORMANCE.md holds. Tests never time anything; this script is where time is
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +61,18 @@ PIPELINE_ASSETS = 40
 PIPELINE_BACKENDS = 4
 PIPELINE_STEPS = 10
 PIPELINE_STEP_SECONDS = 0.05
+
+
+COMFY_ASSETS = 20
+COMFY_STEPS = 10
+COMFY_STEP_SECONDS = 0.03
+
+
+def _execution_span(entry: dict) -> tuple[float, float]:
+    """(start, end) of one prompt in ComfyUI's history, in seconds (its timestamps are ms)."""
+    stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
+    end = next(stamps[e] for e in ("execution_success", "execution_error") if e in stamps)
+    return stamps["execution_start"] / 1000, end / 1000
 
 
 def pipeline_spec(count: int) -> str:
@@ -124,6 +140,7 @@ class Bench:
         self.stdlib_floors: list[float] = []
         self.pipeline_lines: list[str] = []
         self.leaving_lines: list[str] = []
+        self.comfy_lines: list[str] = []
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None
@@ -370,8 +387,6 @@ class Bench:
         self, count: int, extra: list[str], step_seconds: float = PIPELINE_STEP_SECONDS
     ) -> tuple[float, dict[str, float], int]:
         """One fresh pipeline run: wall seconds, the emulator's backend usage, peak RSS (KiB)."""
-        import shutil
-
         spec = self.temp / f"pipeline-{count}.yaml"
         spec.write_text(pipeline_spec(count))
         out = self.temp / "pipeline-out"
@@ -396,6 +411,54 @@ class Bench:
             usage = emu.backend_usage()
         seconds, rss = done.stdout.split()
         return float(seconds), usage, int(rss)
+
+    # -- pipeline on ComfyUI ----------------------------------------------------------------------
+
+    def comfy_pipeline(self) -> None:
+        """20 assets on the ComfyUI emulator: does the queue stay --parallel deep?
+
+        ComfyUI runs one prompt at a time; the pipeline keeps the next ones waiting in its queue
+        (--parallel, 2 there) so that the GPU never waits on the client. Measured from
+        ComfyUI's own history: the ideal is the sum of the prompts' execution times, the gap
+        the time from one prompt's end (execution_success) to the next one's start.
+        """
+        from asset_generator.emulator import ComfyEmulator
+
+        figures = {}
+        for label, extra in (("default", []), ("serial", ["--parallel", "1"])):
+            spec = self.temp / "comfy-pipeline.yaml"
+            spec.write_text(pipeline_spec(COMFY_ASSETS))
+            out = self.temp / "comfy-out"
+            shutil.rmtree(out, ignore_errors=True)
+            with ComfyEmulator(step_seconds=COMFY_STEP_SECONDS) as emu:
+                started = time.perf_counter()
+                subprocess.run(
+                    [*PROGRAM, "pipeline", str(spec), "-q", "-o", str(out), "--base-seed", "1",
+                     "--model", "sd15/v1-5-pruned-emaonly", "--steps", str(COMFY_STEPS), *extra],
+                    env={**self.env, "ASSET_GENERATOR_API_URL": emu.url},
+                    stdout=subprocess.DEVNULL, check=True,
+                )  # fmt: skip
+                wall = time.perf_counter() - started
+                spans = sorted(_execution_span(entry) for entry in emu.history().values())
+            ideal = sum(end - start for start, end in spans)
+            gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(spans)]
+            figures[label] = (wall, ideal, statistics.mean(gaps), max(gaps), len(spans))
+        wall, ideal, gap, worst, count = figures["default"]
+        serial = figures["serial"]
+        self.comfy_lines = [
+            f"`pipeline` on ComfyUI: {COMFY_ASSETS} assets x {COMFY_STEPS} steps x "
+            f"{COMFY_STEP_SECONDS * 1000:.0f} ms on the ComfyUI emulator ({count} prompts run):",
+            "",
+            "| figure | default --parallel (2) | --parallel 1 | budget | holds |",
+            "| --- | ---: | ---: | --- | --- |",
+            f"| gap between prompts, mean | {gap * 1000:.0f} ms | {serial[2] * 1000:.0f} ms | "
+            f"<= 50 ms | {'yes' if gap <= 0.05 else 'NO'} |",
+            f"| gap between prompts, largest | {worst * 1000:.0f} ms | {serial[3] * 1000:.0f} ms "
+            "| | |",
+            f"| ideal (sum of the prompts' execution) | {ideal:.2f} s | {serial[1]:.2f} s | | |",
+            f"| wall (the whole command) | {wall:.2f} s | {serial[0]:.2f} s | | |",
+            f"| wall / ideal | {wall / ideal:.2f}x | {serial[0] / serial[1]:.2f}x | | |",
+        ]
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -483,6 +546,8 @@ class Bench:
             lines += ["", *self.leaving_lines]
         if self.pipeline_lines:
             lines += ["", *self.pipeline_lines]
+        if self.comfy_lines:
+            lines += ["", *self.comfy_lines]
         if memory:
             lines += [
                 "",
@@ -497,7 +562,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per figure (median)")
     parser.add_argument("--no-memory", action="store_true", help="skip the 50-image download")
-    parser.add_argument("--only-pipeline", action="store_true", help="just the pipeline row")
+    parser.add_argument("--only-pipeline", action="store_true", help="just the pipeline rows")
     parser.add_argument(
         "--only-exit", action="store_true", help="just `generate image`'s time to exit"
     )
@@ -508,6 +573,7 @@ def main() -> int:
         print(bench.report(None))
         return 0
     bench.pipeline()
+    bench.comfy_pipeline()
     if args.only_pipeline:
         print(bench.report(None))
         return 0
