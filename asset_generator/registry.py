@@ -221,17 +221,6 @@ class PipelineRecord(JobRecord):
             tally["not_started"] = max(self.total - counted, 0)
         return tally
 
-    def progress_text(self) -> str:
-        """``3/12 done, 1 failed, 2 in flight, 6 not started``: done counts made assets only."""
-        tally = self.tally()
-        words = [f"{self.done}/{self.total} done"]
-        words += [
-            f"{tally[name]} {name.replace('_', ' ')}"
-            for name in ("failed", "cancelled", "in_flight", "not_started")
-            if tally[name]
-        ]
-        return ", ".join(words)
-
     def public(self) -> dict[str, Any]:
         times = self._times()
         tally = self.tally()

@@ -109,7 +109,7 @@ class Reporter(Protocol):
     def saved(self, path: str) -> None: ...
 
     def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
-        """``result`` ended; ``tally`` counts the pipeline's assets so far (``progress_text``)."""
+        """``result`` ended; ``tally`` counts the pipeline's assets so far (``tally()``)."""
         ...
 
 
