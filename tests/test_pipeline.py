@@ -279,6 +279,16 @@ def test_a_rerun_says_why_it_regenerates_and_the_dry_run_shows_it_first(
         "a young birch, painterly, misty",
     ]
 
+    # An asset added to the spec is new, not regenerated.
+    spec(
+        workdir,
+        GAME.replace(
+            "      - id: rogue\n", "      - {id: bard, prompt: a bard}\n      - id: rogue\n"
+        ),
+    )
+    added = cli("pipeline", "game.yaml", "--dry-run")
+    assert "would make 1 asset: new in the spec (not in the manifest): bard" in added.stderr
+
 
 def test_a_foreign_file_in_the_way_is_never_overwritten(
     cli: Runner, emulator_factory, workdir: Path

@@ -196,7 +196,14 @@ def _reasons(
     and which assets did not succeed last time. A dry run also says what it would skip.
     """
     from asset_generator.cli.output import one_line
-    from asset_generator.pipeline.manifest import BLOCKED, GENERATE, PARAMS, REASONS, SKIP
+    from asset_generator.pipeline.manifest import (
+        BLOCKED,
+        GENERATE,
+        NEW,
+        PARAMS,
+        REASONS,
+        SKIP,
+    )
 
     if not manifest.entries:
         return []
@@ -225,9 +232,10 @@ def _reasons(
                 continue
             if verdict == BLOCKED:
                 text += "; --overwrite replaces it"
+            said = ("would make" if dry_run else "making") if reason == NEW else verb
             shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
             noun = "asset" if len(ids) == 1 else "assets"
-            lines.append(one_line(f"{verb} {len(ids)} {noun}: {text}: {shown}"))
+            lines.append(one_line(f"{said} {len(ids)} {noun}: {text}: {shown}"))
     return lines
 
 
