@@ -17,7 +17,7 @@ from terminal import Terminal
 
 from asset_generator.cli.pipeline import PipelineEta
 
-ETA = re.compile(r"^assets\s.*?\s(\d+)/(\d+)\s+eta (-|\d+):(--|\d\d):(--|\d\d)\s*$")
+ETA = re.compile(r"^assets (\d+)/(\d+) done\b.*\seta (-|\d+):(--|\d\d):(--|\d\d)\s*$")
 
 
 class Clock:
