@@ -21,6 +21,11 @@ __all__ = ["Output", "OutputBroken", "one_line", "redact", "register_secret"]
 UNWRAPPED_WIDTH = 4096
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``many`` for a noun that does not just take an s)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
 class OutputBroken(Exception):
     """stdout cannot take our data: full or closed, or (``reader_gone``) its reader left."""
 
