@@ -183,14 +183,22 @@ class MatrixDoc:
         found = Matrix(expected=self.parse())
         yield found
         if UPDATE and found.observed:
-            text = self.path.read_text(encoding="utf-8")
-            merged = {**found.expected, **found.observed}
-            if self.begin in text:
-                head, rest = text.split(self.begin, 1)
-                tail = rest.split(self.end, 1)[1]
-            else:
-                head, tail = text.rstrip("\n") + "\n\n", "\n"
-            self.path.write_text(head + self.render(cases, merged) + tail, encoding="utf-8")
+            # Under a lock and from the file as it is now: each xdist worker runs some of the
+            # cells and writes back its own on top of the others'.
+            import fcntl
+            import tempfile
+
+            lock_path = Path(tempfile.gettempdir()) / "asset-generator-fault-matrix.lock"
+            with open(lock_path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                text = self.path.read_text(encoding="utf-8")
+                merged = {**self.parse(), **found.observed}
+                if self.begin in text:
+                    head, rest = text.split(self.begin, 1)
+                    tail = rest.split(self.end, 1)[1]
+                else:
+                    head, tail = text.rstrip("\n") + "\n\n", "\n"
+                self.path.write_text(head + self.render(cases, merged) + tail, encoding="utf-8")
 
     def check(self, matrix: Matrix, key: str, command: str, seen: Observed) -> None:
         """Record what a cell saw; outside update mode, it must be the document's row."""
