@@ -485,8 +485,8 @@ def test_a_pipeline_whose_download_fails_leaves_none_of_its_queued_prompts(
         # is still in the queue, waiting, when the first one's image is announced.
         spec.write_text(
             "assets:\n  - name: Set\n    assets:\n"
-            "      - {id: one, prompt: first, params: {steps: 5}}\n"
-            "      - {id: two, prompt: second, params: {steps: 60}}\n"
+            "      - {id: one, prompt: first, params: {steps: 50}}\n"
+            "      - {id: two, prompt: second, params: {steps: 50}}\n"
         )
         result = cli(
             "-f", "json", "--timeout", TIMEOUT, "pipeline", str(spec), "--model", MODEL,
