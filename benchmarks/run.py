@@ -553,8 +553,10 @@ class Bench:
                 for n, w, k in rows
             ),
             "",
-            f"Each prompt after the first adds {marginal * 1000:.0f} ms of client overhead "
-            "(its submit, its download and save, its records).",
+            f"Each prompt after the first adds {marginal * 1000:+.0f} ms of client overhead: all "
+            "N are queued at once, so each one's download, save and records overlap the "
+            "server's work on the next; the overhead is the command's start-up and the last "
+            "image's download and save.",
         ]
 
     # -- pipeline -------------------------------------------------------------------------------
