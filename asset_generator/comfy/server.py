@@ -247,10 +247,14 @@ class ComfyServer:
         """The version seen in this process, else the one remembered for this server (its
         first use or last `status` saw it), else asked."""
         if self._version is None:
-            remembered = self.ledger.read().cache.get("version")
-            if isinstance(remembered, str):
-                return version_tuple(remembered)
+            remembered = self._remembered_version()
+            if remembered is not None:
+                return remembered
         return self.version()
+
+    def _remembered_version(self) -> tuple[int, ...] | None:
+        remembered = self.ledger.read().cache.get("version")
+        return version_tuple(remembered) if isinstance(remembered, str) else None
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -550,8 +554,8 @@ class ComfyServer:
         pending), then interrupt each by id, which stops it only if it is the one running.
 
         Only where the interrupt is known to be targeted (``/api/jobs``, or ComfyUI 0.3.57 and
-        later, seen in this process or remembered from an earlier one): before 0.3.57 every
-        interrupt is global and only the queue can tell that ours is the one running. Every
+        later, as the server says now or, if it cannot, as it said before): before 0.3.57
+        every interrupt is global and only the queue can tell that ours is the one running. Every
         request is tried, and ``cause`` raised if any of them failed (the stop is then not
         confirmed, though the server may have acted on it).
         """
@@ -562,9 +566,12 @@ class ComfyServer:
         except ServerError:
             failed = True
         try:
-            targeted = self._known_version() >= TARGETED_INTERRUPT
+            # Asked afresh here, since no /queue guards the interrupt: the remembered version
+            # only when the server cannot say (a server made older since, behind a proxy that
+            # garbles every answer, is the one case this could still misjudge).
+            targeted = self.version() >= TARGETED_INTERRUPT
         except ServerError:
-            targeted = False
+            targeted = (self._remembered_version() or (0,)) >= TARGETED_INTERRUPT
         for prompt_id in ids:
             try:
                 if self._cancel_job(prompt_id, timeout):
