@@ -48,6 +48,7 @@ from asset_generator.server.types import (
     Waiting,
 )
 from asset_generator.steps import StepProgress
+from asset_generator.text import plural
 
 RECORD_WRITE_INTERVAL = 1.0
 
@@ -310,19 +311,36 @@ class GenerationRun:
     def stop(self, status: str, reason: str, timeout: float = 3.0) -> bool:
         """Record how the run ends, then stop our work on the server (bounded).
 
-        The mark comes first, as every stop of ours does it (``jobs.stop``); a registry that
-        cannot be written must not keep the interrupt from being sent. True when the server
-        took the interrupt.
+        The mark comes first, as every stop of ours does it (``jobs.stop``), and says the
+        interrupt is unconfirmed until the server takes it; a registry that cannot be written
+        must not keep the interrupt from being sent. A run whose every image is saved has
+        succeeded, whatever stops it now (printing the last path can fail). True when the
+        server took the interrupt.
         """
         if self.record is None:
             return False
+        complete = self.complete
+        if complete:
+            status, reason = self._classify_complete()
         with contextlib.suppress(RegistryError):
-            self.mark(status, reason)
+            self.mark(status, reason, unconfirmed=not complete)
         self.stop_confirmed = self.interrupt(timeout)
+        if self.stop_confirmed and not complete:
+            with contextlib.suppress(RegistryError):
+                self._confirm()
         return self.stop_confirmed
 
-    def mark(self, status: str, error: str | None = None) -> None:
-        """Record how the generation ended; a cancel recorded by another process stands."""
+    @property
+    def complete(self) -> bool:
+        """Every image the run expects is saved."""
+        return self.prepared is not None and len(self.images) >= self.expected
+
+    def mark(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
+        """Record how the generation ended; a cancel recorded by another process stands.
+
+        ``unconfirmed``: an interrupt of our work is about to be sent (or was lost); without
+        it the work is over, which confirms any cancel of it.
+        """
         assert self.record is not None
         with self.registry.transaction() as state:
             saved = state.generations.get(self.record.id)
@@ -334,8 +352,16 @@ class GenerationRun:
             saved.progress = max(saved.progress, self.steps.percent)
             if saved.status == CANCELLED and status != SUCCEEDED:
                 status, error = CANCELLED, saved.error or error
-            saved.finish(status, error)
+            saved.finish(status, error, unconfirmed=unconfirmed)
             self.record = saved
+
+    def _confirm(self) -> None:
+        assert self.record is not None
+        with self.registry.transaction() as state:
+            saved = state.generations.get(self.record.id)
+            if saved is not None:
+                saved.confirm()
+        self.record.confirm()
 
     def _conclude(self) -> Outcome:
         assert self.record is not None
@@ -364,19 +390,25 @@ class GenerationRun:
             return (CANCELLED if cancelled_here else FAILED), ended.text
         done, expected = len(self.images), self.expected
         if done >= expected:
-            if self.postprocess_errors:
-                more = len(self.postprocess_errors) - 1
-                suffix = f" (and {more} more image{'s' if more > 1 else ''})" if more else ""
-                return FAILED, self.postprocess_errors[0] + suffix
-            return SUCCEEDED, None
+            return self._classify_complete()
         if cancelled_here:
-            return CANCELLED, f"the generation was cancelled after {done} of {expected} images"
+            return CANCELLED, (
+                f"the generation was cancelled after {done} of {plural(expected, 'image')}"
+            )
         causes = getattr(self.server, "silent_causes", "a failure on the server")
         return FAILED, (
-            f"the generation ended without images for {expected - done} of its {expected} "
-            f"outputs and without an error message; {causes} ends a generation this way; "
-            "the server's log says which"
+            f"the generation ended without images for {expected - done} of its "
+            f"{plural(expected, 'output')} and without an error message; {causes} ends a "
+            "generation this way; the server's log says which"
         )
+
+    def _classify_complete(self) -> tuple[str, str | None]:
+        """Every image saved: succeeded, unless post-processing one of them failed."""
+        if self.postprocess_errors:
+            more = len(self.postprocess_errors) - 1
+            suffix = f" (and {plural(more, 'more image', 'more images')})" if more else ""
+            return FAILED, self.postprocess_errors[0] + suffix
+        return SUCCEEDED, None
 
     def outcome(self, error: str | None) -> Outcome:
         assert self.record is not None
@@ -405,7 +437,8 @@ class GenerationRun:
         self._last_write = time.monotonic()
         with self.registry.transaction() as state:
             saved = state.generations.get(self.record.id)
-            if saved is not None and not saved.is_final:
+            # A record that ended (marked cancelled by another process, say) keeps its status.
+            if saved is not None and not saved.ended:
                 for name, value in changes.items():
                     setattr(saved, name, value)
         if saved is not None and saved.status == CANCELLED:
