@@ -167,29 +167,57 @@ def quit_watch(term: Terminal) -> None:
     assert "Traceback" not in term.raw.decode(errors="replace")
 
 
-@pytest.mark.parametrize(("columns", "lines"), [(80, 24), (120, 35)])
-def test_watch_fits_the_terminal(cli, busy_server, columns: int, lines: int) -> None:
-    term = watch(cli, columns, lines)
+def test_watch_fits_the_terminal_as_status_shows_it(cli, busy_server) -> None:
+    term = watch(cli, 120, 35)
     term.run_until(lambda: False, timeout=1.2)
     screen = term.display()
     quit_watch(term)
     assert screen[0] == "every 1 s; Ctrl-C to quit"
+    assert screen[2].split() == ["server", busy_server.url]
     # Model names are shortened on their line, never folded into 8-character pieces.
     rows = [line for line in screen if "comfyui_selfstart" in line]
-    assert rows and all(" OfficialStableD" in line for line in rows[:2]), screen
+    assert len(rows) == 4 and all(" OfficialStableD" in line for line in rows)
     assert not any(
         line.strip().startswith(("Diffusion", "_base", "safetensors")) for line in screen
     )
-    # Our table ends on the screen: the running generations are shown, the rest counted.
+    # Room for all: the five latest finished ones, as `status` shows them, and no cut.
     text = "\n".join(screen)
     assert "running 0" in text and "running 1" in text
+    assert sum("finished" in line for line in screen) == 5
+    assert not any("more generations" in line for line in screen)
+
+
+@pytest.mark.parametrize(("columns", "lines"), [(80, 24), (100, 16), (80, 12), (60, 8), (80, 6)])
+def test_a_short_pane_shows_our_running_work_first(
+    cli, busy_server, columns: int, lines: int
+) -> None:
+    # Issue 19 item 13: "N more" while the server's static lines took the room.
+    term = watch(cli, columns, lines)
+    term.run_until(lambda: False, timeout=1.2)
+    screen = term.display()
+    quit_watch(term)
     filled = [line for line in screen if line]
+    text = "\n".join(screen)
+    # Our running work comes first, right below the table header (and the hint, if any).
+    header = next(i for i, line in enumerate(filled) if line.startswith("GENERATION"))
+    assert header <= 1, text
+    assert {filled[header + 1].split()[-1], filled[header + 2].split()[-1]} == {"0", "1"}
+    assert all(" running " in filled[header + n] for n in (1, 2)), text
+    # The server is one line below our work, not its block of facts.
+    assert not any(line.startswith(("server id", "user ", "features")) for line in screen)
+    assert sum(line.startswith(busy_server.url) for line in screen) == 1, text
+    # Nothing of ours is counted away while a blank line or the hint still takes room.
+    cut = [line for line in filled if line.startswith("… ") and "more generations" in line]
+    if cut:
+        first, last = screen.index(filled[0]), screen.index(filled[-1])
+        assert "" not in screen[first:last] and "Ctrl-C to quit" not in text, text
     if lines == 24:
-        assert filled[-1].startswith("… ") and "more generations" in filled[-1], text
+        # Room for every generation `status` shows, and for the backends below the server.
+        assert not cut and sum("finished" in line for line in screen) == 5
+        assert screen[0] == "every 1 s; Ctrl-C to quit"
+        assert sum("comfyui_selfstart" in line for line in screen) == 4
     else:
-        # Room for all: the five latest finished ones, as `status` shows them, and no cut.
-        assert sum("finished" in line for line in screen) == 5
-        assert not any("more generations" in line for line in screen)
+        assert len(filled) <= lines - 1
 
 
 def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
@@ -199,7 +227,7 @@ def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
     screen = term.display()
     quit_watch(term)
     text = "\n".join(screen)
-    assert text.count("Ctrl-C to quit") == 1 and text.count("reachable") == 1, text
+    assert text.count("Ctrl-C to quit") == 1 and text.count(busy_server.url) == 1, text
     assert "running 0" in text or "running 1" in text
 
 
@@ -220,6 +248,9 @@ def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workd
     saved = saved_files(workdir / "out")
     assert 1 <= len(saved) < 3
     assert screen[-1] == "" and f"{len(saved)} of 3 saved; the server stopped the rest" in text
+    # The bars left on the screen say the run stopped, not that it is running (item 13).
+    overall = next(line for line in screen if OVERALL.match(line))
+    assert overall.split()[1] == "stopped" and "running" not in overall, text
     # -v lines are whole lines above the bars too.
     assert any(line.startswith("> GET /View/") for line in screen), text
     assert not any(BAR in line and "> " in line for frame in term.frames for line in frame)

@@ -561,7 +561,13 @@ class SwarmServer:
                 else f"backend list not shown ({backends_error or 'refused'}); the roll-up is above"
             ),
         )
-        return Facts(document=document, rows=rows, tables=[table], response_ms=elapsed[-1])
+        return Facts(
+            document=document,
+            rows=rows,
+            tables=[table],
+            response_ms=elapsed[-1],
+            brief=("version", "backends"),
+        )
 
     def workers(self) -> int:
         """How many generation backends the server has (ListBackends when permitted), else 0."""
