@@ -231,6 +231,31 @@ def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
     assert "running 0" in text or "running 1" in text
 
 
+def test_watch_shows_the_restarted_servers_version(cli, emulator_factory, tmp_path) -> None:
+    # Issue 19 item 7: a restart seen by --watch shows the new process's facts at once.
+    sessions = tmp_path / "sessions.json"
+    first = emulator_factory(sessions_file=sessions, version="0.9.8.1.GIT-old")
+    cli.url = first.url
+    term = Terminal(120, 35)
+    term.start("status", "--watch", cwd=cli.cwd, env=cli.env())
+    assert term.run_until(lambda: "0.9.8.1.GIT-old" in term.text())
+    old_id = next(line for line in term.display() if line.startswith("server id")).split()[-1]
+    port = first.port
+    first.stop()
+    assert term.run_until(lambda: "reachable  no: " in term.text())
+    second = emulator_factory(sessions_file=sessions, version="0.9.8.2.GIT-new", port=port)
+    assert term.run_until(lambda: "0.9.8.2.GIT-new" in term.text(), timeout=10), term.text()
+    term.run_until(lambda: False, timeout=2.5)
+    screen = term.display()
+    quit_watch(term)
+    server_id = next(line for line in screen if line.startswith("server id")).split()[-1]
+    assert server_id != old_id
+    # One new session for the new process, then reused frame after frame (and after).
+    assert second.sessions_created == 1
+    assert cli("status", "-f", "json").json()["server_id"] == server_id
+    assert second.sessions_created == 1
+
+
 def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workdir: Path) -> None:
     # At full width the echoed "^C" wrapped and the last redraw left the bars twice.
     emu = emulator_factory(backends=2, step_seconds=0.05)
