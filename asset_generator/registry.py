@@ -148,13 +148,21 @@ class GenerationRecord(JobRecord):
     # The pipe_ record of the pipeline this generation is one asset of.
     pipeline_id: str | None = None
     # When we recorded a stop (a cancel) whose interrupt the server has not been seen to take;
-    # None once it is confirmed. Until then the work may still run: the record is not final,
-    # so `cancel` sends the interrupt again and `status` asks the server (jobs.stop).
+    # None once it is confirmed (jobs.stop).
     cancel_unconfirmed: float | None = None
 
     @property
     def is_final(self) -> bool:
-        return self.ended and self.cancel_unconfirmed is None
+        """Finished, and nothing of it can still be running on the server.
+
+        A cancel not yet confirmed is the generating process's to finish while it lives (it
+        honours the mark, interrupts its own work and records how it ended); once that
+        process is gone the work may still run, so the record stays active: `cancel` sends
+        the interrupt again and `status` asks the server.
+        """
+        if self.cancel_unconfirmed is None:
+            return self.ended
+        return self.ended and self.process_alive() is True
 
     def finish(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
         """End the record; ``unconfirmed``: an interrupt of its work is on its way (or lost)."""
