@@ -139,6 +139,8 @@ class GenerationRun:
         self._first_image: float | None = None
         self._last_write = 0.0
         self._self_cancelled = False
+        # When the server took the request (wall clock, as registry marks are).
+        self._accepted_at: float | None = None
         # stop() had the server take its interrupt (until then our work may still run there).
         self.stop_confirmed = False
 
@@ -208,6 +210,7 @@ class GenerationRun:
                 self._look_for_cancel()
         elif isinstance(event, Accepted):
             # The server holds the request now: a cancel that came before it reached nothing.
+            self._accepted_at = time.time()
             self._look_for_cancel()
         elif isinstance(event, Waiting):
             self._on_wait(event)
@@ -266,9 +269,12 @@ class GenerationRun:
     # -- a cancel from another process -----------------------------------------------------------
 
     def _marked_cancelled(self) -> bool:
+        return self._cancel_mark() is not None
+
+    def _cancel_mark(self) -> GenerationRecord | None:
         assert self.record is not None
         latest = self.registry.read().generations.get(self.record.id)
-        return latest is not None and latest.status == CANCELLED
+        return latest if latest is not None and latest.status == CANCELLED else None
 
     def _look_for_cancel(self) -> None:
         """Stop our own work once if another process marked us cancelled.
@@ -281,12 +287,29 @@ class GenerationRun:
         if self._self_cancelled or self.record is None:
             return
         try:
-            marked = self._marked_cancelled()
+            mark = self._cancel_mark()
         except RegistryError as exc:
             self.debug(f"could not check for a cancel: {exc}")
             return
-        if marked:
-            self._cancel_ourselves()
+        if mark is not None:
+            self._honour(mark)
+
+    def _honour(self, mark: GenerationRecord) -> None:
+        """Interrupt our work for a cancel another process recorded, unless its own
+        interrupt is known to have reached the server after the server held our request."""
+        if self._self_cancelled:
+            return
+        landed = (
+            mark.cancel_unconfirmed is None
+            and self._accepted_at is not None
+            and mark.finished is not None
+            and mark.finished > self._accepted_at
+        )
+        if landed:
+            self._self_cancelled = True
+            self.debug("this generation was cancelled from another process")
+            return
+        self._cancel_ourselves()
 
     def _cancel_ourselves(self) -> None:
         if not self._self_cancelled:
@@ -442,4 +465,4 @@ class GenerationRun:
                 for name, value in changes.items():
                     setattr(saved, name, value)
         if saved is not None and saved.status == CANCELLED:
-            self._cancel_ourselves()
+            self._honour(saved)
