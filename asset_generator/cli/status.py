@@ -53,8 +53,10 @@ def command(app: App, watch: bool, limit: int, show_all: bool) -> int:
     with their live state and progress.
 
     Exit 0 when the server answered, 1 otherwise, so `asset-generator status -q &&
-    ...` works in scripts. Reuses a cached server session: a status loop does not
-    pile up sessions on the server.
+    ...` works in scripts; a server that does not answer still gets our generations
+    and pipelines as this client last recorded them (their live state unknown). A
+    cancel the server has not confirmed shows as "cancel sent, not confirmed". Reuses
+    a cached server session: a status loop does not pile up sessions on the server.
     """
     generations = app.generations()
     if watch:

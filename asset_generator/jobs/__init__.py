@@ -27,6 +27,7 @@ from asset_generator.registry import (
     active_under_other_credentials,
 )
 from asset_generator.server import types
+from asset_generator.text import plural
 
 __all__ = [
     "CANCEL_REQUESTED",
@@ -117,7 +118,7 @@ def _refuse_if_other_credentials(generations: Generations, server: str) -> None:
     ids = ", ".join(r.id for r in elsewhere[:3]) + (", …" if count > 3 else "")
     these = "it was" if count == 1 else "they were"
     raise CancelError(
-        f"nothing cancelled: {count} generation{'s' if count > 1 else ''} of this client on "
+        f"nothing cancelled: {plural(count, 'generation')} of this client on "
         f"{server} ({ids}) {'runs' if count == 1 else 'run'} under other credentials; pass the "
         f"--api-key (or --auth-header) {these} started with to reach "
         f"{'it' if count == 1 else 'them'}",
