@@ -139,7 +139,7 @@ class GenerationRun:
         self._first_image: float | None = None
         self._last_write = 0.0
         self._self_cancelled = False
-        # When the server took the request (wall clock, as registry marks are).
+        # When the server took the request (wall clock, to compare with a mark's time).
         self._accepted_at: float | None = None
         # stop() had the server take its interrupt (until then our work may still run there).
         self.stop_confirmed = False
@@ -269,9 +269,10 @@ class GenerationRun:
     # -- a cancel from another process -----------------------------------------------------------
 
     def _marked_cancelled(self) -> bool:
-        return self._cancel_mark() is not None
+        return self._mark() is not None
 
-    def _cancel_mark(self) -> GenerationRecord | None:
+    def _mark(self) -> GenerationRecord | None:
+        """Our record as saved, if another process marked it cancelled."""
         assert self.record is not None
         latest = self.registry.read().generations.get(self.record.id)
         return latest if latest is not None and latest.status == CANCELLED else None
@@ -287,35 +288,30 @@ class GenerationRun:
         if self._self_cancelled or self.record is None:
             return
         try:
-            mark = self._cancel_mark()
+            mark = self._mark()
         except RegistryError as exc:
             self.debug(f"could not check for a cancel: {exc}")
             return
         if mark is not None:
-            self._honour(mark)
+            self._cancel_ourselves(mark)
 
-    def _honour(self, mark: GenerationRecord) -> None:
-        """Interrupt our work for a cancel another process recorded, unless its own
-        interrupt is known to have reached the server after the server held our request."""
+    def _cancel_ourselves(self, mark: GenerationRecord) -> None:
+        """Interrupt our own work for a mark another process made, unless its own interrupt
+        reached the server: a mark made after the server took the request, whose interrupt
+        the server confirmed, needs no second one. An unconfirmed one may have been lost."""
         if self._self_cancelled:
             return
-        landed = (
-            mark.cancel_unconfirmed is None
-            and self._accepted_at is not None
-            and mark.finished is not None
-            and mark.finished > self._accepted_at
+        self._self_cancelled = True
+        landed = mark.cancel_unconfirmed is None and (
+            self._accepted_at is not None and (mark.finished or 0) > self._accepted_at
         )
         if landed:
-            self._self_cancelled = True
-            self.debug("this generation was cancelled from another process")
+            self.debug(
+                "this generation was cancelled from another process after the server took it"
+            )
             return
-        self._cancel_ourselves()
-
-    def _cancel_ourselves(self) -> None:
-        if not self._self_cancelled:
-            self._self_cancelled = True
-            self.debug("this generation was cancelled from another process; interrupting it")
-            self.interrupt()
+        self.debug("this generation was cancelled from another process; interrupting it")
+        self.interrupt()
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -465,4 +461,4 @@ class GenerationRun:
                 for name, value in changes.items():
                     setattr(saved, name, value)
         if saved is not None and saved.status == CANCELLED:
-            self._honour(saved)
+            self._cancel_ourselves(saved)
