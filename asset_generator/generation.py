@@ -51,6 +51,9 @@ from asset_generator.steps import StepProgress
 from asset_generator.text import plural
 
 RECORD_WRITE_INTERVAL = 1.0
+# How long a run waits for another process's cancel to be confirmed before interrupting its
+# work itself (that interrupt may have been lost); the bound every stop of ours keeps.
+CONFIRM_GRACE_SECONDS = 3.0
 
 
 class DeadlinePassed(Exception):
@@ -141,6 +144,8 @@ class GenerationRun:
         self._self_cancelled = False
         # When the server took the request (wall clock, to compare with a mark's time).
         self._accepted_at: float | None = None
+        # Until when another process's unconfirmed cancel may still be confirmed (monotonic).
+        self._confirm_by: float | None = None
         # stop() had the server take its interrupt (until then our work may still run there).
         self.stop_confirmed = False
 
@@ -205,6 +210,9 @@ class GenerationRun:
         return self._conclude()
 
     def _handle(self, event: types.Event) -> None:
+        if self._confirm_by is not None:
+            # Another process's interrupt is on its way: see whether the server took it.
+            self._look_for_cancel()
         if isinstance(event, Tick):
             if event.look:
                 self._look_for_cancel()
@@ -294,22 +302,31 @@ class GenerationRun:
             return
         if mark is not None:
             self._cancel_ourselves(mark)
+        else:
+            # The mark was taken back (its interrupt could not be sent): we go on.
+            self._confirm_by = None
 
     def _cancel_ourselves(self, mark: GenerationRecord) -> None:
         """Interrupt our own work for a mark another process made, unless its own interrupt
         reached the server: a mark made after the server took the request, whose interrupt
-        the server confirmed, needs no second one. An unconfirmed one may have been lost."""
+        the server confirmed, needs no second one (one interrupt per cancel). One still on its
+        way gets CONFIRM_GRACE_SECONDS; after that it may have been lost, and we send ours."""
         if self._self_cancelled:
             return
-        self._self_cancelled = True
-        landed = mark.cancel_unconfirmed is None and (
-            self._accepted_at is not None and (mark.finished or 0) > self._accepted_at
-        )
-        if landed:
+        after = self._accepted_at is not None and (mark.finished or 0) > self._accepted_at
+        if after and mark.cancel_unconfirmed is None:
+            self._self_cancelled = True
+            self._confirm_by = None
             self.debug(
                 "this generation was cancelled from another process after the server took it"
             )
             return
+        if after and self._confirm_by is None:
+            self._confirm_by = time.monotonic() + CONFIRM_GRACE_SECONDS
+        if after and self._confirm_by is not None and time.monotonic() < self._confirm_by:
+            return
+        self._self_cancelled = True
+        self._confirm_by = None
         self.debug("this generation was cancelled from another process; interrupting it")
         self.interrupt()
 
