@@ -2,8 +2,9 @@
 
 An interrupt that never reaches the server (a proxy restarting, a dropped connection) cannot
 be made with the emulator's faults, which act on answers after the handler ran. The relay
-forwards bytes both ways; a request whose first line names a route in ``lose`` is not
-forwarded: after ``hold`` seconds the connection is dropped, as a dying proxy would.
+forwards bytes both ways; a request whose first line names a route in ``lose`` (the last path
+segment, alone or after its method: ``"InterruptAll"``, ``"POST queue"``) is not forwarded:
+after ``hold`` seconds the connection is dropped, as a dying proxy would.
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ class Relay:
         parts = line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             return False
-        route = parts[1].rsplit("/", 1)[-1].lower()
-        if route in {name.lower() for name in self.lose}:
-            self.lost.append(route)
+        # The last path segment ("InterruptAll", "interrupt", "cancel"), or "METHOD segment".
+        route = parts[1].split("?", 1)[0].rsplit("/", 1)[-1].lower()
+        wanted = {name.lower() for name in self.lose}
+        if route in wanted or f"{parts[0].lower()} {route}" in wanted:
+            self.lost.append(f"{parts[0]} {route}")
             return True
         return False
 

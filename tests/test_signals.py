@@ -268,7 +268,7 @@ def test_a_lost_interrupt_is_sent_again_by_cancel(
         _, err = process.communicate(timeout=30)
         assert process.returncode == 130 and "Traceback" not in err
         assert f"`asset-generator cancel {gen}`" in err.strip().splitlines()[-1], err
-        assert relay.lost == ["interruptall"]
+        assert relay.lost == ["POST interruptall"]
         # Still generating on the server: the record is cancelled, the cancel unconfirmed.
         session = session_id_of(ours)
         assert emu.session_status(session)["live_gens"] == 1

@@ -220,6 +220,45 @@ def test_a_short_pane_shows_our_running_work_first(
         assert len(filled) <= lines - 1
 
 
+def test_a_short_pane_on_comfyui_shows_our_prompt_first(cli, workdir: Path, tmp_path) -> None:
+    import json
+
+    from asset_generator.emulator import ComfyEmulator
+
+    with ComfyEmulator(base_dir=tmp_path / "comfy") as comfy:
+        cli.url = comfy.url
+        graph = {
+            "1": {"class_type": "SlowSolidImage",
+                  "inputs": {"steps": 400, "step_seconds": 0.05, "width": 16, "height": 16,
+                             "red": 0.1, "green": 0.2, "blue": 0.3}},
+            "2": {"class_type": "SaveImage",
+                  "inputs": {"images": ["1", 0], "filename_prefix": "watch"}},
+        }  # fmt: skip
+        for name in ("quick a", "quick b", "quick c", "long one"):
+            graph["1"]["inputs"]["steps"] = 400 if name == "long one" else 1
+            (workdir / f"{name}.json").write_text(json.dumps(graph))
+        for name in ("quick a", "quick b", "quick c"):
+            assert cli("generate", "image", "--workflow", f"{name}.json", "-o", "o").code == 0
+        running = cli.start("generate", "image", "--workflow", "long one.json", "-o", "o")
+        try:
+            term = Terminal(80, 8)
+            term.start("status", "--watch", cwd=cli.cwd, env=cli.env())
+            assert term.run_until(lambda: "long one" in term.text() and "1 running" in term.text())
+            screen = term.display()
+            quit_watch(term)
+        finally:
+            running.kill()
+            running.wait()
+    text = "\n".join(screen)
+    filled = [line for line in screen if line]
+    header = next(i for i, line in enumerate(filled) if line.startswith("GENERATION"))
+    assert header <= 1 and "long one" in filled[header + 1] and " running " in filled[header + 1]
+    # ComfyUI's line: version and the queue, how much of it is ours.
+    (brief,) = [line for line in screen if line.startswith(comfy.url)]
+    assert "version 0.3.64" in brief and "queue 1 running (1 ours)" in brief, text
+    assert not any(line.startswith(("python", "pytorch", "DEVICE")) for line in screen)
+
+
 def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
     term = watch(cli, 120, 35)
     term.resize(60, 20)

@@ -208,7 +208,8 @@ def _run(
                 outcome = run.follow(deadline_at)
                 ended = outcome.status
             except BaseException as exc:
-                ended = _ending_words(exc)
+                # Stopped after its last image (while the server closes, say): done all the same.
+                ended = SUCCEEDED if run.complete else _ending_words(exc)
                 raise
             finally:
                 # The last frame stays on the screen: it must say how the run ended.
@@ -346,7 +347,9 @@ def _stop_on_signal(app: App, run: GenerationRun | None, stop: Signalled) -> Non
         app.output.error(f"interrupted: stopping {run.record.id} on the server")
         stopped = run.stop(CANCELLED, f"stopped by {stop.name}", INTERRUPT_BOUND_SECONDS)
         saved = f"{len(run.images)} of {run.expected} saved"
-        if stopped:
+        if run.complete:
+            app.output.info(f"{run.record.id}: {saved}")
+        elif stopped:
             app.output.info(f"{run.record.id}: {saved}; the server stopped the rest")
         else:
             app.output.error(

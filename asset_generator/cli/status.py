@@ -173,6 +173,8 @@ def _our_work(
     ``finished`` / ``active``: how many of each kind of generation to show (None: all of
     them), the rest counted on one line; ``ended_pipelines``: show finished pipelines too.
     """
+    from rich.text import Text
+
     running = [row for row in report.pipelines if row["status"] not in FINISHED]
     ended = [row for row in report.pipelines if row["status"] in FINISHED]
     parts: list[Any] = [_pipeline_line(row) for row in running]
@@ -183,7 +185,9 @@ def _our_work(
         parts.append(_generations(shown))
     hidden = len(report.generations) - len(shown)
     if hidden:
-        parts.append(f"… {plural(hidden, 'more generation', 'more generations')} {LISTS_THEM}")
+        more = f"… {plural(hidden, 'more generation', 'more generations')} {LISTS_THEM}"
+        # One line however narrow the terminal: the count is what matters.
+        parts.append(Text(more, no_wrap=True, overflow="ellipsis"))
     elif not report.generations and not report.older_not_shown:
         parts.append("no generations started by this client on this server")
     # A frame cut to the screen (--watch) already says what it left out.
