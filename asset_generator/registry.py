@@ -321,6 +321,17 @@ def _is_handle(value: Any) -> bool:
     return True
 
 
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a JSON value (json.loads accepts them, JSON does not)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
+
+
 def _expect(condition: bool, problem: str) -> None:
     if not condition:
         raise ValueError(problem)
@@ -398,6 +409,8 @@ class State:
             _expect(isinstance(value, dict), "a server entry is not an object")
             adapter = value.get("adapter", {})
             _expect(isinstance(adapter, dict), "a server's adapter memory is not an object")
+            # Opaque to us, but written back: NaN or Infinity would make the file invalid JSON.
+            _expect(_finite(adapter), "a server's adapter memory holds a number JSON cannot")
             models = value.get("models", {})
             _expect(
                 isinstance(models, dict)
