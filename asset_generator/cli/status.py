@@ -112,8 +112,8 @@ def render(report: Report) -> Any:
     return Group(*_server_block(report), "", *_our_work(report))
 
 
-def _server_block(report: Report, table_rows: int | None = None) -> list[Any]:
-    """Server facts and tables; ``table_rows`` cuts each table (0: only how many rows)."""
+def _server_block(report: Report) -> list[Any]:
+    """Server facts and tables (or, for a server that did not answer, why not)."""
     from rich.table import Table
 
     facts = Table.grid(padding=(0, 2))
@@ -128,7 +128,7 @@ def _server_block(report: Report, table_rows: int | None = None) -> list[Any]:
         facts.add_row(label, printable(value))
     parts: list[Any] = [facts]
     for table in report.facts.tables:
-        parts += ["", *_table(table, table_rows)]
+        parts += ["", *_table(table)]
     parts += [printable(line) for line in report.facts.lines]
     return parts
 
@@ -218,15 +218,13 @@ def _pipeline_line(row: dict[str, Any]) -> str:
     )
 
 
-def _table(table: FactTable, max_rows: int | None) -> list[Any]:
-    """One table of server facts, cut to ``max_rows`` (0: only how many there are)."""
+def _table(table: FactTable) -> list[Any]:
+    """One table of server facts, whole: a short terminal leaves it out instead (``_fit``)."""
     from rich.table import Table
     from rich.text import Text
 
     if table.unavailable is not None:
         return [printable(table.unavailable)]
-    if max_rows == 0 and table.rows:
-        return [f"{len(table.rows)} {table.name} {LISTS_THEM}"]
     if not table.rows:
         return [table.empty]
     shown = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
@@ -235,13 +233,12 @@ def _table(table: FactTable, max_rows: int | None) -> list[Any]:
         # line, never chopped into pieces.
         shown.add_column(name, no_wrap=name != table.elastic)
     elastic = table.columns.index(table.elastic) if table.elastic in table.columns else None
-    for row in table.rows[:max_rows]:
+    for row in table.rows:
         cells: list[Any] = [printable(cell) for cell in row]
         if elastic is not None:
             cells[elastic] = Text(cells[elastic], no_wrap=True, overflow="ellipsis")
         shown.add_row(*cells)
-    hidden = len(table.rows) - len(table.rows[:max_rows])
-    return [shown, *([f"… {hidden} more {table.name} {LISTS_THEM}"] if hidden else [])]
+    return [shown]
 
 
 def _generations(records: list[GenerationRecord]) -> Any:
@@ -383,7 +380,7 @@ def _shorter_frames(report: Report, first: Any) -> Iterator[Any]:
         below: list[Any] = [*gap, *brief] if server else []
         if server and with_tables:
             for table in tables:
-                below += [*gap, *_table(table, None)]
+                below += [*gap, *_table(table)]
         return Group(*([HINT, *gap] if hint else []), *work, *below)
 
     yield first
