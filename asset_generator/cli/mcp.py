@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import extra_hint, global_options
 from asset_generator.cli.app import App, CommandError
 
 if TYPE_CHECKING:
     from asset_generator.mcp_tools import Tools
 
-MISSING_EXTRA = "the mcp command needs the MCP SDK: pip install 'asset-generator[mcp]'"
+MISSING_EXTRA = "the mcp command needs the MCP SDK (the mcp extra): {hint}"
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -28,7 +28,8 @@ def command(app: App) -> int:
     generate_image, generation_status, cancel_generation, list_models and
     server_status. They share this client's registry: what an agent starts,
     `status` shows and `cancel` stops, and the other way round. Needs the
-    optional extra: pip install 'asset-generator[mcp]'.
+    optional mcp extra: in the clone, pip install -e '.[mcp]' (or pipx install
+    --force '.[mcp]').
     """
     try:
         import mcp  # noqa: F401
@@ -39,7 +40,7 @@ def command(app: App) -> int:
         # 2.x has no MCPServer): either way the extra is what makes the command work.
         if exc.name is not None and exc.name != "mcp" and not exc.name.startswith("mcp."):
             raise
-        raise CommandError(MISSING_EXTRA, "unavailable") from None
+        raise CommandError(MISSING_EXTRA.format(hint=extra_hint("mcp")), "unavailable") from None
     import anyio
 
     # Settings first: a broken config file is one line on stderr, not a server that fails

@@ -142,7 +142,8 @@ class HttpTransport:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._listener is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._listener.wait_closed()
 
     # -- connection loop ----------------------------------------------------------------------
 
@@ -337,6 +338,7 @@ class HttpTransport:
         max_message_bytes: int,
         keepalive_seconds: float = 0.0,
         dumps: Callable[[dict[str, Any]], str] = json_text,
+        answer_close: bool = True,
     ) -> None:
         """Send the 101, then run ``serve`` on the socket until it returns; hang up after."""
         request, conn, writer = exchange.request, exchange.conn, exchange.writer
@@ -376,6 +378,7 @@ class HttpTransport:
             fault_point=fault_point,
             fault_hook=self.settings.faults,
             dumps=dumps,
+            answer_close=answer_close,
         )
         channel.start()
         try:
