@@ -13,17 +13,12 @@ from typing import Any, TextIO
 
 import click
 
-from asset_generator.text import one_line, redact, register_secret
+from asset_generator.text import one_line, plural, redact, register_secret
 
-__all__ = ["Output", "OutputBroken", "one_line", "redact", "register_secret"]
+__all__ = ["Output", "OutputBroken", "one_line", "plural", "redact", "register_secret"]
 
 # Lines piped elsewhere are not wrapped at any terminal width.
 UNWRAPPED_WIDTH = 4096
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """``1 image``, ``2 images`` (``many`` for a noun that does not just take an s)."""
-    return f"{count} {noun if count == 1 else many or noun + 's'}"
 
 
 class OutputBroken(Exception):
