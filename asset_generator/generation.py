@@ -334,6 +334,13 @@ class GenerationRun:
         self.debug("this generation was cancelled from another process; interrupting it")
         self.interrupt()
 
+    @property
+    def stopped_on_server(self) -> bool:
+        """Whether stopping found work of ours on the server and stopped it, so a message may
+        say so. A run that does not tell (SwarmUI: an interrupt of our own session always
+        stops what the request started) is taken to have, once it exists."""
+        return self.live is not None and bool(getattr(self.live, "stopped_on_server", True))
+
     # -- ending -------------------------------------------------------------------------------
 
     def interrupt(self, timeout: float = 3.0) -> bool:

@@ -307,7 +307,7 @@ class Tools:
 
         from asset_generator.registry import RegistryError
 
-        if run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS):
+        if run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and run.stopped_on_server:
             problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
             with contextlib.suppress(RegistryError):
                 run.mark(FAILED, problem)

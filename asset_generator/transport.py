@@ -80,6 +80,13 @@ class Access:
     refused: str
     # The server kind as hints name it: "is SwarmUI running at …?".
     product: str
+    # Add "(HTTP 401)" / "(HTTP 403)" to the sentence (the adapter's own messages do).
+    show_status: bool = False
+    # The sentence for a 401 that asks for a user name and password (WWW-Authenticate: Basic,
+    # a proxy's basic auth) when our credentials are not those; None: ``refused`` stands.
+    basic_challenge: str | None = None
+    # What to check, as the end of a longer sentence ("check --api-key").
+    fix: str = "check the credentials"
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ class Answer:
     raw: bytes
     content_type: str
     path: str
+    # The WWW-Authenticate header of a 401 (what a proxy asks for), else "".
+    challenge: str = ""
 
     @property
     def empty(self) -> bool:
@@ -153,17 +162,20 @@ class Transport:
         body: Any = None,
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        shown: str | None = None,
     ) -> Answer:
         """One request (``body`` sent as JSON when given); the answer read whole, capped.
 
         Raises ConnectionFailed, RequestTimeout or BadResponse (an answer too large). Any HTTP
-        status is returned: what it means is the caller's protocol.
+        status is returned: what it means is the caller's protocol. ``shown``: how messages
+        and ``-v`` name the path when it holds something private (a job's id), else ``path``.
         """
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         headers = dict(self.access.headers)
         if content is not None:
             headers["Content-Type"] = "application/json"
-        shown = path if not params else f"{path}?{urlencode(params)}"
+        shown_as = shown or path
+        shown = shown_as if not params else f"{shown_as}?{urlencode(params)}"
         started = time.monotonic()
         status: int | None = None
         try:
@@ -176,13 +188,14 @@ class Transport:
                 timeout=self._timeout(timeout),
             ) as response:
                 status = response.status_code
-                raw = self._read_capped(response, MAX_JSON_BYTES, path)
+                raw = self._read_capped(response, MAX_JSON_BYTES, shown_as)
                 content_type = response.headers.get("content-type", "")
+                challenge = response.headers.get("www-authenticate", "")
         except httpx.HTTPError as exc:
-            raise self._translate(exc, path) from None
+            raise self._translate(exc, shown_as) from None
         finally:
             self._note(method, shown, status, started)
-        return Answer(status, raw, content_type, path)
+        return Answer(status, raw, content_type, shown_as, challenge)
 
     def post_json(
         self, path: str, body: dict[str, Any], *, timeout: float | None = None
@@ -208,7 +221,7 @@ class Transport:
         status, raw, path = answer.status, answer.raw, answer.path
         if status == 401 and not raw.lstrip().startswith(b"{"):
             # A server-wide gate or a proxy answers a bare text 401.
-            raise AuthFailed(self.access.refused)
+            raise self.refusal(status, answer.challenge)
         if 300 <= status < 400:
             raise BadResponse(
                 f"{self.server} answered {path} with a redirect (HTTP {status}); "
@@ -249,7 +262,7 @@ class Transport:
                 if status != 200:
                     detail = self._error_detail(response)
                     if status == 401:
-                        raise AuthFailed(self.access.refused)
+                        raise self.refusal(status, response.headers.get("www-authenticate", ""))
                     failure = NotFound if status == 404 else BadResponse
                     raise failure(
                         f"{self.server} could not serve {shown_path(shown)} (HTTP {status}{detail})"
@@ -304,12 +317,21 @@ class Transport:
             status = exc.response.status_code
             self._note("WS", path, status, started)
             if status == 401:
-                raise AuthFailed(self.access.refused) from None
+                challenge = exc.response.headers.get("www-authenticate", "")
+                raise self.refusal(status, challenge) from None
             raise WebSocketRefused(
                 f"{self.server} refused the WebSocket upgrade (HTTP {status})"
             ) from None
         except httpx.HTTPError as exc:
             raise self._translate(exc, path) from None
+
+    def refusal(self, status: int, challenge: str = "") -> AuthFailed:
+        """Our credentials refused (HTTP 401 or 403): the sentence that names what to fix."""
+        text = self.access.refused
+        basic = challenge.strip().lower().startswith("basic")
+        if status == 401 and basic and self.access.basic_challenge:
+            text = self.access.basic_challenge
+        return AuthFailed(f"{text} (HTTP {status})" if self.access.show_status else text)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -432,6 +454,11 @@ def _short_reason(exc: BaseException) -> str:
         return "unknown host"
     if "reset" in lowered:
         return "connection reset"
+    if "without sending complete message body" in lowered:
+        # httpx adds the byte counts ("received 7 bytes, expected 610"): noise to a user.
+        return "the answer was cut off"
+    if "disconnected without sending a response" in lowered:
+        return "no answer"
     text = text.splitlines()[0] if text else text
     return text[:200]
 

@@ -57,6 +57,25 @@ with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
         client.post("/API/GetNewSession", json={}).read()
 """
 
+# ComfyUI's floors: the same imports and the same number of requests, on a route ComfyUI has.
+COMFY_HTTPX_FLOOR = """
+import click, platformdirs, httpx, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
+    for _ in range(count):
+        client.get("/queue").read()
+"""
+
+COMFY_HTTP_FLOOR = """
+import http.client, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+conn = http.client.HTTPConnection(host, port, timeout=10)
+for _ in range(count):
+    conn.request("GET", "/queue")
+    conn.getresponse().read()
+"""
+COMFY_MODEL = "random-sd15.safetensors"
+
 PIPELINE_ASSETS = 40
 PIPELINE_BACKENDS = 4
 PIPELINE_STEPS = 10
@@ -141,6 +160,7 @@ class Bench:
         self.pipeline_lines: list[str] = []
         self.leaving_lines: list[str] = []
         self.comfy_lines: list[str] = []
+        self.comfy_generate_lines: list[str] = []
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None
@@ -350,6 +370,195 @@ class Bench:
             f"{'yes' if sessions == 1 else 'NO'} |",
         ]
 
+    # -- ComfyUI --------------------------------------------------------------------------------
+
+    def comfy_rows(self) -> None:
+        """`cancel -q` (one running) and `status -f json` on the ComfyUI emulator, each against
+        its floor as for SwarmUI, with and without 50 ms added to every answer."""
+        plain = self._comfy_network()
+        slow = self._comfy_network(latency=0.05)
+        for name, (seconds, count, floor, stdlib) in plain.items():
+            budget, holds = self._budget(
+                name.removeprefix("ComfyUI "), seconds, floor, count, slow[name][0]
+            )
+            self.rows.append(
+                Row(
+                    name,
+                    seconds,
+                    f"httpx x{max(count, 1)}",
+                    floor,
+                    count,
+                    budget,
+                    holds,
+                    slow[name][0],
+                    stdlib,
+                )
+            )
+
+    def _comfy_network(self, latency: float = 0.0) -> dict[str, tuple[float, int, float, float]]:
+        """Median time, request count, httpx floor and stdlib floor of each ComfyUI command."""
+        from asset_generator.emulator import ComfyEmulator
+
+        figures: dict[str, tuple[float, int, float, float]] = {}
+        base = self.temp / "comfy-server"
+        # A step every half second: the generation to cancel and the emulator stay off the
+        # CPU the measured `cancel` needs.
+        with ComfyEmulator(base_dir=base, step_seconds=0.5, latency_seconds=latency) as emu:
+            env = {"ASSET_GENERATOR_API_URL": emu.url}
+            # A first use: the type, the version and the jobs-API probe are remembered.
+            self.cli("status", "-q", env=env)
+            self._comfy_cancel_running(emu, env, warm=True)
+            count = self._comfy_cancel_running(emu, env, verbose=True)[1]
+            runs = [self._comfy_cancel_running(emu, env, count) for _ in range(self.repeat)]
+            figures["ComfyUI cancel -q (1 running)"] = (
+                statistics.median(r[0] for r in runs),
+                count,
+                statistics.median(r[2] for r in runs),
+                statistics.median(r[3] for r in runs),
+            )
+        with ComfyEmulator(base_dir=base, step_seconds=0.01, latency_seconds=latency) as emu:
+            env = {"ASSET_GENERATOR_API_URL": emu.url}
+            self.cli("status", "-q", env=env)
+            emu.reset_log()
+            self.cli("status", "-f", "json", env=env)
+            count = len(emu.requests)
+
+            def floor(code: str) -> Callable[[], None]:
+                return lambda: self.python(code, "127.0.0.1", str(emu.port), str(count))
+
+            seconds, httpx_floor = paired_medians(
+                lambda: self.cli("status", "-f", "json", env=env),
+                floor(COMFY_HTTPX_FLOOR),
+                self.repeat,
+            )
+            stdlib = statistics.median(_timed(floor(COMFY_HTTP_FLOOR)) for _ in range(3))
+            figures["ComfyUI status -f json"] = (seconds, count, httpx_floor, stdlib)
+        return figures
+
+    def _comfy_cancel_running(
+        self,
+        emu: object,
+        env: dict[str, str],
+        floor_requests: int = 2,
+        *,
+        warm: bool = False,
+        verbose: bool = False,
+    ) -> tuple[float, int, float, float]:
+        """Start a long generation, wait until it runs, time `cancel -q`, reap it.
+
+        The request count is read from a `-v` run's exchange lines (the generating process
+        reads /queue and /history too once its prompt is interrupted, in the same window).
+        """
+        process = subprocess.Popen(
+            [
+                *PROGRAM,
+                "generate",
+                "image",
+                "-p",
+                "victim",
+                "--model",
+                COMFY_MODEL,
+                "--steps",
+                "500",
+                "-q",
+                "-o",
+                str(self.temp / "comfy-out"),
+            ],
+            env={**self.env, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_running(process.pid)
+        port = str(emu.port)  # type: ignore[attr-defined]
+        floor = stdlib = 0.0
+        if not warm and not verbose:
+            floor = _timed(
+                lambda: self.python(COMFY_HTTPX_FLOOR, "127.0.0.1", port, str(floor_requests))
+            )
+            stdlib = _timed(
+                lambda: self.python(COMFY_HTTP_FLOOR, "127.0.0.1", port, str(floor_requests))
+            )
+        started = time.perf_counter()
+        done = self.cli("cancel", *(["-v"] if verbose else ["-q"]), env=env)
+        elapsed = time.perf_counter() - started
+        process.wait(timeout=30)
+        count = sum(1 for line in done.stderr.splitlines() if line.startswith("> "))
+        return elapsed, count, floor, stdlib
+
+    def _wait_running(self, pid: int) -> None:
+        state = Path(self.env["XDG_STATE_HOME"]) / "asset-generator" / "generations.json"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                records = json.loads(state.read_text())["generations"].values()
+            except (OSError, ValueError, KeyError):
+                records = []
+            if any(r["pid"] == pid and r["status"] == "running" for r in records):
+                return
+            time.sleep(0.01)
+
+    def comfy_generate(self) -> None:
+        """`generate image` on the ComfyUI emulator: the wall time minus the server's work
+        (each prompt's execution_start to execution_success, from /history), i.e. what the
+        client adds per prompt: start-up, the socket, the submit, the download, the save."""
+        from asset_generator.emulator import ComfyEmulator
+
+        rows = []
+        with ComfyEmulator(base_dir=self.temp / "comfy-gen", step_seconds=0.05) as emu:
+            env = {"ASSET_GENERATOR_API_URL": emu.url}
+            self.cli("status", "-q", env=env)
+            seed = 0
+            for prompts in (1, 4):
+                walls, works = [], []
+                for _ in range(self.repeat + 1):
+                    seed += prompts  # a new seed each run: a repeated one is served from cache
+                    before = set(emu.history())
+                    wall = _timed(
+                        lambda prompts=prompts, seed=seed: self.cli(
+                            "generate",
+                            "image",
+                            "-p",
+                            "bench",
+                            "--model",
+                            COMFY_MODEL,
+                            "--steps",
+                            "10",
+                            "--seed",
+                            str(seed),
+                            "-n",
+                            str(prompts),
+                            "-q",
+                            "-o",
+                            str(self.temp / "comfy-gen-out"),
+                            "--overwrite",
+                            env=env,
+                        )
+                    )
+                    entries = [v for k, v in emu.history().items() if k not in before]
+                    walls.append(wall)
+                    works.append(sum(_work_seconds(entry) for entry in entries))
+                wall, work = statistics.median(walls[1:]), statistics.median(works[1:])
+                rows.append((prompts, wall, work))
+        (_, wall1, work1), (_, wall4, work4) = rows
+        marginal = ((wall4 - work4) - (wall1 - work1)) / 3
+        self.comfy_generate_lines = [
+            "`generate image` on the ComfyUI emulator (built-in graph, 10 steps x 50 ms; the "
+            "server's work is each prompt's execution_start to execution_success in /history):",
+            "",
+            "| prompts (-n) | wall | server's work | client overhead | per prompt |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            *(
+                f"| {n} | {w * 1000:.0f} ms | {k * 1000:.0f} ms | {(w - k) * 1000:.0f} ms | "
+                f"{(w - k) / n * 1000:.0f} ms |"
+                for n, w, k in rows
+            ),
+            "",
+            f"Each prompt after the first adds {marginal * 1000:+.0f} ms of client overhead: all "
+            "N are queued at once, so each one's download, save and records overlap the "
+            "server's work on the next; the overhead is the command's start-up and the last "
+            "image's download and save.",
+        ]
+
     # -- pipeline -------------------------------------------------------------------------------
 
     def pipeline(self) -> None:
@@ -548,6 +757,8 @@ class Bench:
             lines += ["", *self.pipeline_lines]
         if self.comfy_lines:
             lines += ["", *self.comfy_lines]
+        if self.comfy_generate_lines:
+            lines += ["", *self.comfy_generate_lines]
         if memory:
             lines += [
                 "",
@@ -558,6 +769,19 @@ class Bench:
         return "\n".join(lines)
 
 
+def _timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def _work_seconds(entry: dict) -> float:
+    """A history entry's execution time: execution_start to its last message (ms stamps)."""
+    stamps = {kind: data.get("timestamp") for kind, data in entry["status"]["messages"]}
+    start, end = stamps.get("execution_start"), stamps.get("execution_success")
+    return (end - start) / 1000 if start and end else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per figure (median)")
@@ -566,8 +790,16 @@ def main() -> int:
     parser.add_argument(
         "--only-exit", action="store_true", help="just `generate image`'s time to exit"
     )
+    parser.add_argument(
+        "--only-comfyui", action="store_true", help="just the ComfyUI cancel, status, generate rows"
+    )
     args = parser.parse_args()
     bench = Bench(args.repeat)
+    if args.only_comfyui:
+        bench.comfy_rows()
+        bench.comfy_generate()
+        print(bench.report(None))
+        return 0
     if args.only_exit:
         bench.exit_after_path()
         print(bench.report(None))
@@ -580,6 +812,8 @@ def main() -> int:
     bench.local()
     bench.network_rows()
     bench.exit_after_path()
+    bench.comfy_rows()
+    bench.comfy_generate()
     memory = None if args.no_memory else bench.memory()
     print(bench.report(memory))
     return 0

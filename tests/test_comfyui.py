@@ -695,3 +695,26 @@ def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_f
     rerun = cli("pipeline", str(spec), "-f", "json")
     assert rerun.code == 0 and rerun.json()["summary"]["skipped"] == 4
     assert len(sent(comfy)) == 4
+
+
+def test_a_cancel_goes_by_the_version_the_first_use_saw(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    """Whether an interrupt can target one prompt depends on the version: identification
+    remembers it, so a cancel needs only the queue and the interrupt (issue 18 performance)."""
+    assert cli("status", "-q").code == 0  # identifies the server: type and version remembered
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "versioned", steps=400))
+    record = wait_record(state_dir, "versioned", "running")
+    cli("cancel", "-q")  # the first one also learns that /api/jobs is not there
+    finish(process)
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "again", steps=400))
+    record = wait_record(state_dir, "again", "running")
+    before = len(comfy.requests)
+    result = cli("cancel", "-v")
+    assert result.code == 0, result.stderr
+    finish(process)
+    asked = [line.split()[1:3] for line in result.stderr.splitlines() if line.startswith("> ")]
+    assert asked == [["GET", "/queue"], ["POST", "/interrupt"]], result.stderr
+    (prompt_id,) = record["handle"]["prompt_ids"]
+    mine = [c for c in comfy.requests[before:] if ours(c) and c.route == "/interrupt"]
+    assert [c.body for c in mine] == [{"prompt_id": prompt_id}]

@@ -15,52 +15,33 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import Runner
+from fault_matrix import (
+    GATEWAY_TIMEOUT_PAGE,
+    HTML_PAGE,
+    TIMEOUT,
+    FaultCase,
+    Hook,
+    Matrix,
+    MatrixDoc,
+    assert_nothing_half_written,
+    json_body,
+    observe,
+)
 
 from asset_generator.emulator import Emulator, EmulatorConfig, Fault, FaultPoint
 from asset_generator.registry import GenerationRecord, Registry, new_generation_id, server_key
 
-DOC = Path(__file__).resolve().parent.parent / "RELIABILITY.md"
-BEGIN = "<!-- BEGIN FAULT MATRIX -->"
-END = "<!-- END FAULT MATRIX -->"
-PIPE = "\\|"  # a literal | inside a Markdown table cell
-UPDATE = os.environ.get("ASSET_GENERATOR_UPDATE_DOCS") == "1"
-TIMEOUT = "1"  # --timeout for every cell: slow faults take one second, not thirty
-HTML_PAGE = (
-    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
-    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
-)
-GATEWAY_TIMEOUT_PAGE = b"<html><head><title>504 Gateway Time-out</title></head><body></body></html>"
+DOC = MatrixDoc("FAULT MATRIX", "tests/test_faults.py")
 
 
-def _unreachable_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class FaultCase:
-    """One misbehaviour: what it models and the emulator hook that produces it."""
-
-    key: str
-    title: str
-    hook: Callable[[FaultPoint], Fault | None]
-    # Commands the fault can reach at all (WebSocket and image faults only touch generate).
-    commands: tuple[str, ...] = ()
-    # The other host a redirect points to, started per cell (it must receive nothing).
-    redirect: bool = False
-
-
-def _http(make: Callable[[FaultPoint], Fault | None]) -> Callable[[FaultPoint], Fault | None]:
+def _http(make: Hook) -> Hook:
     """Apply to every HTTP answer and handshake except GetNewSession.
 
     Sessions are exempt so each command reaches its own calls; the ``session`` row covers
@@ -76,7 +57,7 @@ def _http(make: Callable[[FaultPoint], Fault | None]) -> Callable[[FaultPoint], 
     return hook
 
 
-def _ws(make: Callable[[dict], Fault | None]) -> Callable[[FaultPoint], Fault | None]:
+def _ws(make: Callable[[dict], Fault | None]) -> Hook:
     def hook(point: FaultPoint) -> Fault | None:
         if point.transport != "ws" or point.message is None:
             return None
@@ -85,12 +66,8 @@ def _ws(make: Callable[[dict], Fault | None]) -> Callable[[FaultPoint], Fault | 
     return hook
 
 
-def _image_path(path: str) -> Callable[[FaultPoint], Fault | None]:
+def _image_path(path: str) -> Hook:
     return _ws(lambda m: Fault(replace_message={**m, "image": path}) if "image" in m else None)
-
-
-def _json_body(body: bytes, status: int = 200) -> Fault:
-    return Fault(status=status, headers=[("Content-Type", "application/json")], body=body)
 
 
 ALL = ("generate", "status", "cancel", "cancel --all", "models list")
@@ -137,13 +114,13 @@ FAULTS = [
     FaultCase(
         "truncated-json",
         "JSON cut off in the middle (complete HTTP answer)",
-        _http(lambda p: _json_body(b'{"status": {"waiting_gens": 0, "live_')),
+        _http(lambda p: json_body(b'{"status": {"waiting_gens": 0, "live_')),
         ALL,
     ),
     FaultCase(
         "not-utf8",
         "A body of bytes that are not UTF-8",
-        _http(lambda p: _json_body(b"\xff\xfe\x00\x9c\x80 binary")),
+        _http(lambda p: json_body(b"\xff\xfe\x00\x9c\x80 binary")),
         ALL,
     ),
     FaultCase(
@@ -167,7 +144,7 @@ FAULTS = [
     FaultCase(
         "huge-json",
         "A JSON body far larger than any real answer (40 MiB)",
-        _http(lambda p: _json_body(b'{"pad":"' + b"x" * (40 * 1024 * 1024) + b'"}')),
+        _http(lambda p: json_body(b'{"pad":"' + b"x" * (40 * 1024 * 1024) + b'"}')),
         ALL,
     ),
     FaultCase(
@@ -181,7 +158,7 @@ FAULTS = [
         "odd-error",
         "An `error` answer with an unknown `error_id`, several lines and a terminal escape",
         _http(
-            lambda p: _json_body(
+            lambda p: json_body(
                 json.dumps(
                     {
                         "error": "Backend exploded.\n- reason one\n- \x1b[31mreason two",
@@ -195,7 +172,7 @@ FAULTS = [
     FaultCase(
         "error-not-text",
         "An `error` key whose value is not text",
-        _http(lambda p: _json_body(b'{"error": {"nested": [1, 2]}, "error_id": 7}')),
+        _http(lambda p: json_body(b'{"error": {"nested": [1, 2]}, "error_id": 7}')),
         ALL,
     ),
     FaultCase(
@@ -255,78 +232,10 @@ ARGS = {
 }
 
 
-@dataclass
-class Observed:
-    exit: int
-    code: str
-    line: str
-
-
-@dataclass
-class Matrix:
-    """The document's rows, and what this run saw (written back in update mode)."""
-
-    expected: dict[tuple[str, str], Observed] = field(default_factory=dict)
-    observed: dict[tuple[str, str], Observed] = field(default_factory=dict)
-
-
-ROW = re.compile(r"^\| `(?P<cmd>[^`]+)` \| (?P<exit>\d+) \| (?P<code>[^|]*) \| (?P<line>.*) \|$")
-
-
-def _parse_doc() -> dict[tuple[str, str], Observed]:
-    rows: dict[tuple[str, str], Observed] = {}
-    if not DOC.exists():
-        return rows
-    text = DOC.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        return rows
-    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    fault = None
-    for raw in section.splitlines():
-        heading = re.match(r"^### `([^`]+)`", raw)
-        if heading:
-            fault = heading.group(1)
-            continue
-        row = ROW.match(raw)
-        if row and fault:
-            code = row["code"].strip().strip("`").replace("—", "")
-            line = row["line"].strip()
-            line = line[1:-1] if line.startswith("`") and line.endswith("`") else ""
-            rows[(fault, row["cmd"])] = Observed(int(row["exit"]), code, line.replace(PIPE, "|"))
-    return rows
-
-
-def _render(observed: dict[tuple[str, str], Observed]) -> str:
-    parts = [
-        BEGIN,
-        "",
-        "<!-- Generated: ASSET_GENERATOR_UPDATE_DOCS=1 python -m pytest tests/test_faults.py -->",
-    ]
-    for case in FAULTS:
-        parts += ["", f"### `{case.key}` — {case.title}", ""]
-        parts += ["| command | exit | JSON `error.code` | stderr |", "| --- | --- | --- | --- |"]
-        for command in case.commands:
-            seen = observed.get((case.key, command))
-            if seen is None:
-                continue
-            code = f"`{seen.code}`" if seen.code else "—"
-            escaped = seen.line.replace("|", PIPE)
-            line = f"`{escaped}`" if seen.line else "(nothing)"
-            parts.append(f"| `{command}` | {seen.exit} | {code} | {line} |")
-    parts += ["", END]
-    return "\n".join(parts)
-
-
 @pytest.fixture(scope="module")
 def matrix() -> Iterator[Matrix]:
-    found = Matrix(expected=_parse_doc())
-    yield found
-    if UPDATE and found.observed:
-        text = DOC.read_text(encoding="utf-8")
-        merged = {**found.expected, **found.observed}
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        DOC.write_text(head + _render(merged) + tail, encoding="utf-8")
+    with DOC.collecting(FAULTS) as found:
+        yield found
 
 
 def _seed_live_generation(emulator: Emulator, state_dir: Path, token: str) -> str:
@@ -400,50 +309,15 @@ def test_fault(
         if other is not None:
             other.stop()
 
-    assert "Traceback" not in result.stderr, result.stderr
-    # generate reports its progress on stderr, one plain line per state change ("gen_…: …");
-    # besides those, exactly one line.
-    lines = [x for x in result.stderr.splitlines() if not re.match(r"gen_[0-9a-f]{8}: ", x)]
-    expected_lines = 0 if result.code == 0 else 1
-    assert len(lines) == expected_lines, f"unexpected stderr: {result.stderr!r}"
-    line = lines[0].replace(emulator.url, "<server>") if lines else ""
+    names = {emulator.url: "<server>", r"re:gen_[0-9a-f]{8}": "gen_…"}
     if other is not None:
-        line = line.replace(other.url, "<other host>")
-    line = re.sub(r"gen_[0-9a-f]{8}", "gen_…", line)
-    assert token not in result.stderr + result.stdout
-    code = ""
-    if result.stdout.strip():
-        document = json.loads(result.stdout)  # exactly one JSON document
-        if result.code != 0:
-            assert document["ok"] is False
-            assert document["error"]["message"] in lines[0]
-            code = document["error"]["code"]
-    else:
-        assert result.code == 0
-    if result.code != 0:
-        assert "<server>" in line or "session" in line, f"the message must name the server: {line}"
+        names = {emulator.url: "<server>", other.url: "<other host>", **names}
+    seen = observe(result, names=names, secrets=(token,))
+    if seen.exit != 0:
+        assert "<server>" in seen.line or "session" in seen.line, (
+            f"the message must name the server: {seen.line}"
+        )
     # Redirects are never followed: the other host sees nothing, so no cookie can leak there.
     assert received == []
-    _assert_nothing_half_written(workdir, state_dir)
-
-    seen = Observed(result.code, code, line)
-    matrix.observed[(case.key, command)] = seen
-    if not UPDATE:
-        expected = matrix.expected.get((case.key, command))
-        assert expected is not None, (
-            f"RELIABILITY.md has no row for {case.key} / {command}; regenerate it "
-            "(ASSET_GENERATOR_UPDATE_DOCS=1 python -m pytest tests/test_faults.py)"
-        )
-        assert seen == expected, "RELIABILITY.md is out of date for this cell (regenerate it)"
-
-
-def _assert_nothing_half_written(workdir: Path, state_dir: Path) -> None:
-    leftovers = [p.name for p in workdir.rglob("*") if p.name.endswith(".part")]
-    assert leftovers == []
-    outside = [p for p in workdir.parent.parent.rglob("escaped.png")]
-    assert outside == [] and not Path("/tmp/escaped.png").exists()
-    path = state_dir / "generations.json"
-    if path.exists():
-        document = json.loads(path.read_text())
-        live = [r for r in document["generations"].values() if r["status"] in ("queued", "running")]
-        assert all(r["prompt"] == "seeded" for r in live), live
+    assert_nothing_half_written(workdir, state_dir)
+    DOC.check(matrix, case.key, command, seen)

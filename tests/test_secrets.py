@@ -221,3 +221,151 @@ def test_credentials_a_header_cannot_carry_are_refused_without_echoing_them(
     assert result.code == 2 and "Traceback" not in result.stderr
     assert "cannot carry" in result.stderr and value not in result.stderr
     assert emulator.requests == []
+
+
+# -- ComfyUI: the token, the header, and our prompt ids and client ids ---------------------------
+
+
+def _comfy_workflow(workdir: Path, name: str, steps: int) -> str:
+    graph = {
+        "1": {"class_type": "SlowSolidImage",
+              "inputs": {"steps": steps, "step_seconds": 0.02, "width": 8, "height": 8,
+                         "red": 1.0, "green": 0.0, "blue": 0.0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": name}},
+    }  # fmt: skip
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(graph))
+    return str(path)
+
+
+def _comfy_ui_workflow(workdir: Path) -> str:
+    """The web UI's saved format: converted with the server's /object_info (cached on disk)."""
+    document = {
+        "nodes": [
+            {"id": 1, "type": "SlowSolidImage", "mode": 0, "inputs": [],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
+             "widgets_values": [2, 0.02, 8, 8, 0.0, 1.0, 0.0, 0, False]},
+            {"id": 2, "type": "SaveImage", "mode": 0,
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 1}], "outputs": [],
+             "widgets_values": ["ui"]},
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
+    }  # fmt: skip
+    path = workdir / "saved.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_comfyui_never_shows_the_token_the_header_or_our_prompt_and_client_ids(
+    cli: Runner, tmp_path: Path, workdir: Path, state_dir: Path, config_dir: Path
+) -> None:
+    from asset_generator.emulator import ComfyEmulator
+
+    token = "tok-" + secrets.token_hex(12)
+    # Two gates: one that wants the token as a Bearer header, one that wants our header
+    # (--auth-header wins over --api-key, cli-contract §7).
+    by_token = ComfyEmulator(
+        base_dir=tmp_path / "server-a", required_authorization=f"Bearer {token}"
+    ).start()
+    by_header = ComfyEmulator(
+        base_dir=tmp_path / "server-b", required_authorization=AUTH_HEADER
+    ).start()
+    results: list[tuple[tuple[str, ...], Result]] = []
+    try:
+        with_token = {"ASSET_GENERATOR_API_KEY": token, "ASSET_GENERATOR_SERVER_TYPE": "auto"}
+        with_header = {**with_token, "ASSET_GENERATOR_AUTH_HEADER": AUTH_HEADER}
+
+        def run(server: ComfyEmulator, env: dict[str, str], *args: str, expect: int = 0) -> Result:
+            result = cli(*args, env={"ASSET_GENERATOR_API_URL": server.url, **env})
+            results.append((args, result))
+            assert result.code == expect, (args, result.stderr)
+            return result
+
+        for server, env in ((by_token, with_token), (by_header, with_header)):
+            run(server, env, "-v", "status")  # identified on first use (with -v)
+            run(server, env, "status", "-f", "json", "-v")
+            run(server, env, "models", "list", "-v")
+            run(server, env, "models", "list", "--subtype", "LoRA", "-f", "json", "-v")
+            run(server, env, "-v", "generate", "image", "-p", "one", "--model",
+                "random-sd15", "--steps", "2", "-o", "out")  # fmt: skip
+            run(server, env, "generate", "image", "--workflow",
+                _comfy_workflow(workdir, "wf", 2), "-f", "json", "-v",
+                "-o", "out")  # fmt: skip
+            run(server, env, "workflow", "show", _comfy_ui_workflow(workdir), "-f", "json", "-v")
+            run(server, env, "generate", "image", "--workflow", _comfy_ui_workflow(workdir),
+                "-v", "-o", "out")  # fmt: skip
+            # One running, one waiting behind it: status shows them, cancel stops them.
+            long = cli.start(
+                "generate", "image", "-p", "long", "--model", "random-sd15", "--steps", "500",
+                "-n", "2", "-o", "out", "-v",
+                env={"ASSET_GENERATOR_API_URL": server.url, **env},
+            )  # fmt: skip
+            assert wait_for(
+                lambda server=server: any(
+                    r["prompt"] == "long" and r["status"] == "running" and r["server"] == server.url
+                    for r in read_registry(state_dir)["generations"].values()
+                )
+            ), (long.poll(), read_registry(state_dir))
+            run(server, env, "status", "-v")
+            run(server, env, "status", "-f", "json", "-v")
+            cancelled = run(server, env, "cancel", "-v", "-f", "json", "--wait").json()
+            out, err = long.communicate(timeout=30)
+            results.append((("generate", "long"), Result(long.returncode, out, err)))
+            run(server, env, "cancel", cancelled["cancelled"][0]["id"], "-v")
+            run(server, env, "cancel", "-v")
+            run(server, env, "cancel", "--all", "-v", "-f", "json")
+            spec = workdir / "set.yaml"
+            spec.write_text(
+                "params: {steps: 2}\nassets:\n  - name: S\n    assets:\n"
+                "      - {id: a, prompt: first}\n      - {id: b, prompt: second}\n"
+            )
+            run(server, env, "pipeline", str(spec), "--model", "random-sd15", "-v",
+                "-o", "pipe", "--base-seed", "3")  # fmt: skip
+            run(server, env, "pipeline", str(spec), "--model", "random-sd15", "-f", "json",
+                "-o", "pipe", "--force")  # fmt: skip
+        # Wrong credentials print the most.
+        wrong = {"ASSET_GENERATOR_API_KEY": WRONG_TOKEN}
+        run(by_token, wrong, "status", "-v", expect=1)
+        run(by_token, wrong, "generate", "image", "--workflow",
+            _comfy_workflow(workdir, "refused", 2), "-v", "-f", "json", expect=1)  # fmt: skip
+        run(by_header, {**with_token, "ASSET_GENERATOR_AUTH_HEADER": WRONG_HEADER},
+            "cancel", "--all", "-v", expect=1)  # fmt: skip
+        received = by_token.requests + by_header.requests
+    finally:
+        by_token.stop()
+        by_header.stop()
+
+    handles = [r["handle"] for r in read_registry(state_dir)["generations"].values()]
+    prompt_ids = {p for h in handles for p in h["prompt_ids"]}
+    client_ids = {h["client_id"] for h in handles}
+    # Every id the server saw from us is one the registry holds.
+    sent = {c.body["prompt_id"] for c in received if c.route == "/prompt" and c.method == "POST"
+            and isinstance(c.body, dict)}  # fmt: skip
+    assert sent and sent <= prompt_ids
+    hidden = {"token": token, "header": AUTH_HEADER, "header secret": AUTH_HEADER.split()[1]}
+    hidden |= {"wrong token": WRONG_TOKEN, "wrong header": WRONG_HEADER}
+    hidden |= {f"prompt id {p[:8]}…": p for p in prompt_ids}
+    hidden |= {f"client id {c[:8]}…": c for c in client_ids}
+    for args, result in results:
+        for what, value in hidden.items():
+            assert value not in result.stdout, f"{what} on stdout of {args}"
+            assert value not in result.stderr, f"{what} on stderr of {args}"
+    servers = (tmp_path / "server-a", tmp_path / "server-b")  # the servers' own files
+    written = list(files_under(tmp_path, skip=(state_dir, *servers)))
+    assert any(p.suffix == ".png" for p in written)
+    catalogue = list((tmp_path / "home" / "xdg_cache_home").rglob("*-object_info.json"))
+    assert len(catalogue) == 2 and all(p in written for p in catalogue)
+    for path in written:
+        content = path.read_bytes()
+        for what, value in hidden.items():
+            assert value.encode() not in content, f"{what} in {path}"
+    # Not even a hash of a credential names a file outside the state directory.
+    from asset_generator.registry import server_key
+
+    keys = {server_key(s.url, f"{token}\0{h}") for s in (by_token, by_header)
+            for h in ("", AUTH_HEADER)}  # fmt: skip
+    assert not any(k in str(p) for p in written for k in keys)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    for name in ("generations.json", "generations.lock"):
+        assert mode(state_dir / name) == 0o600, name
+    assert not (config_dir / "config.toml").exists()

@@ -329,7 +329,8 @@ def _stop_after_failure(
     """
     if run.record is None:
         raise CommandError(problem, code)
-    if sent and run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and not run.complete:
+    stopped = sent and run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and not run.complete
+    if stopped and run.stopped_on_server:
         problem = f"{problem}; stopped {run.record.id} on the server"
         run.mark(FAILED, problem)
     _fail_with(app, run.outcome(problem), prefix + problem, code)

@@ -13,11 +13,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from asset_generator import transport as base
-from asset_generator.server.errors import APIError, AuthFailed, BadResponse, NotFound
+from asset_generator.server.errors import (
+    APIError,
+    AuthFailed,
+    BadResponse,
+    NotFound,
+    ServerError,
+)
 from asset_generator.transport import Answer, WebSocket
 
 # How a long list of allowed values (a combo of every checkpoint, say) is shortened in messages.
 MAX_CHOICES_SHOWN = 8
+# How messages and -v show a path that holds one of our prompt ids (a handle, kept private).
+HIDDEN_ID = "<prompt id>"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,19 @@ class WorkflowRejected(APIError):
     code = "server_error"
 
 
+class NotQueued(ServerError):
+    """``POST /prompt`` was answered, but not with 200: the prompt is not in the queue.
+
+    Carries the error that says why, with its code and phrase.
+    """
+
+    def __init__(self, cause: ServerError) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
+        self.code = cause.code
+        self.phrase = cause.phrase
+
+
 class ComfyClient:
     """Calls to one ComfyUI server over a Transport."""
 
@@ -87,8 +108,15 @@ class ComfyClient:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        answer = self.transport.request("GET", path, params=params)
+    def _get(
+        self,
+        path: str,
+        params: dict[str, str] | None = None,
+        *,
+        shown: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        answer = self.transport.request("GET", path, params=params, shown=shown, timeout=timeout)
         self._refuse(answer)
         return self.transport.json_value(answer)
 
@@ -102,11 +130,17 @@ class ComfyClient:
 
     def _refuse(self, answer: Answer) -> None:
         """A proxy's or ComfyUI-Login's refusal; ComfyUI itself checks no credentials (§9)."""
-        if answer.status in (401, 403):
-            # A bare 403 is also ComfyUI's answer to a foreign Origin header (§9); we send none.
+        if answer.status == 403 and answer.empty:
+            # ComfyUI's own answer to an Origin header that is not its address (§9, pitfall
+            # 27). We send none; a proxy in front that passes a browser's on may.
             raise AuthFailed(
-                f"{self.server} {self.transport.access.refused} (HTTP {answer.status})"
+                f"{self.server} refused {answer.path} with an empty 403, ComfyUI's answer to "
+                "an Origin header that is not its own address: a proxy in front may be adding "
+                "one (drop it there, or start ComfyUI with --enable-cors-header); a token "
+                f"proxy answers so too: {self.transport.access.fix}"
             )
+        if answer.status in (401, 403):
+            raise self.transport.refusal(answer.status, answer.challenge)
         if answer.status == 413:
             raise BadResponse(
                 f"{self.server} refused {answer.path}: the request is larger than the server "
@@ -120,7 +154,10 @@ class ComfyClient:
                 "server?"
             )
         text = base.describe_body(answer.raw, answer.content_type)
-        raise BadResponse(f"{self.server} answered {answer.path} with {text}, HTTP {answer.status}")
+        raise BadResponse(
+            f"{self.server} answered {answer.path} with {text}, HTTP {answer.status}; is a "
+            "proxy in the way, or is this not a ComfyUI server?"
+        )
 
     # -- identity and status --------------------------------------------------------------------
 
@@ -139,15 +176,15 @@ class ComfyClient:
             )
         return document
 
-    def queue(self) -> Queue:
-        document = self._get("/queue")
+    def queue(self, *, timeout: float | None = None) -> Queue:
+        document = self._get("/queue", timeout=timeout)
         if not isinstance(document, dict):
             raise BadResponse(f"{self.server} answered /queue with JSON that is not an object")
         return Queue(_items(document.get("queue_running")), _items(document.get("queue_pending")))
 
     def history(self, prompt_id: str) -> HistoryEntry | None:
         """A finished prompt's entry; None for unknown, deleted, pending or running (§6.2)."""
-        document = self._get(f"/history/{prompt_id}")
+        document = self._get(f"/history/{prompt_id}", shown=f"/history/{HIDDEN_ID}")
         if not isinstance(document, dict):
             raise BadResponse(f"{self.server} answered /history with JSON that is not an object")
         entry = document.get(prompt_id)
@@ -173,10 +210,23 @@ class ComfyClient:
     def submit(self, graph: dict[str, Any], *, client_id: str, prompt_id: str) -> dict[str, Any]:
         """``POST /prompt``; the node errors of a partly valid prompt (200) are returned.
 
-        Raises WorkflowRejected (HTTP 400) with every failing node named.
+        Raises WorkflowRejected (HTTP 400) with every failing node named, and NotQueued for
+        any other answer but 200: the server (or a proxy in front) refused the prompt, so it
+        is not queued. Any other error (a timeout, a lost or broken answer) leaves open
+        whether it was.
         """
         body = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
         answer = self.transport.request("POST", "/prompt", body=body)
+        try:
+            return self._submitted(answer, graph)
+        except WorkflowRejected:
+            raise
+        except ServerError as exc:
+            if answer.status == 200:
+                raise
+            raise NotQueued(exc) from None
+
+    def _submitted(self, answer: Answer, graph: dict[str, Any]) -> dict[str, Any]:
         self._refuse(answer)
         if answer.status == 400:
             document = self._json_or_none(answer)
@@ -191,14 +241,14 @@ class ComfyClient:
         errors = document.get("node_errors")
         return errors if isinstance(errors, dict) else {}
 
-    def delete(self, prompt_ids: list[str]) -> None:
+    def delete(self, prompt_ids: list[str], *, timeout: float | None = None) -> None:
         """``POST /queue {"delete": […]}``: removes pending prompts only (§5.2)."""
         if prompt_ids:
-            self._post("/queue", {"delete": list(prompt_ids)})
+            self._post("/queue", {"delete": list(prompt_ids)}, timeout=timeout)
 
-    def clear(self) -> None:
+    def clear(self, *, timeout: float | None = None) -> None:
         """``POST /queue {"clear": true}``: every pending prompt, anyone's (§5.2)."""
-        self._post("/queue", {"clear": True})
+        self._post("/queue", {"clear": True}, timeout=timeout)
 
     def interrupt(self, prompt_id: str | None, *, timeout: float | None = None) -> None:
         """``POST /interrupt``: targeted with a prompt id (≥ 0.3.57), else global (§5.1)."""
@@ -207,7 +257,11 @@ class ComfyClient:
     def cancel_job(self, prompt_id: str, *, timeout: float | None = None) -> bool | None:
         """``POST /api/jobs/{id}/cancel`` (newer servers, §6.6): None where it does not exist."""
         answer = self.transport.request(
-            "POST", f"/api/jobs/{prompt_id}/cancel", body={}, timeout=timeout
+            "POST",
+            f"/api/jobs/{prompt_id}/cancel",
+            body={},
+            timeout=timeout,
+            shown=f"/api/jobs/{HIDDEN_ID}/cancel",
         )
         self._refuse(answer)
         if answer.status in (404, 405) and not answer.raw.lstrip().startswith(b"{"):

@@ -25,6 +25,7 @@ from asset_generator.comfy import workflow as graphs
 from asset_generator.comfy.client import (
     ComfyClient,
     HistoryEntry,
+    NotQueued,
     OutputImage,
     Queue,
     WorkflowRejected,
@@ -34,6 +35,7 @@ from asset_generator.comfy.metadata import seed_of_file
 from asset_generator.server import types
 from asset_generator.server.errors import (
     AuthFailed,
+    BadResponse,
     ConnectionFailed,
     NotFound,
     RequestError,
@@ -60,6 +62,7 @@ from asset_generator.server.types import (
     Tick,
     Waiting,
 )
+from asset_generator.settings import describe_server
 from asset_generator.workflows import WorkflowFileError
 
 POLL_SECONDS = 0.25
@@ -171,16 +174,34 @@ class ComfyServer:
             headers["Authorization"] = auth_header
         if auth_header:
             refused = "refused the Authorization header; check --auth-header"
+            fix = "check --auth-header"
         elif api_key:
             refused = "refused the token sent as Authorization: Bearer; check --api-key"
+            fix = "check --api-key"
         else:
             refused = (
                 "requires credentials (a proxy or ComfyUI-Login in front of it) and none were "
                 "sent; pass --api-key (sent as a Bearer token) or --auth-header"
             )
+            fix = "pass --api-key or --auth-header"
+        shown = describe_server(api_url.rstrip("/"))
+        basic = None
+        if not (auth_header or "").lower().startswith("basic "):
+            basic = (
+                f"{shown} asks for a user name and password (a proxy's basic auth): pass "
+                '--auth-header "Basic <base64 of user:password>"'
+            )
+        access = base.Access(
+            headers,
+            f"{shown} {refused}",
+            "ComfyUI",
+            show_status=True,
+            basic_challenge=basic,
+            fix=fix,
+        )
         transport_ = base.Transport(
             api_url,
-            base.Access(headers, refused, "ComfyUI"),
+            access,
             timeout=timeout,
             log=log,
             transport=transport,
@@ -212,12 +233,28 @@ class ComfyServer:
     def _remember(self, stats: dict[str, Any]) -> dict[str, Any]:
         version = stats["system"].get("comfyui_version")
         self._version = str(version) if version is not None else None
+        if self._version is not None and self.ledger.read().cache.get("version") != self._version:
+            # Kept for later runs: a cancel then needs no /system_stats (see _known_version).
+            self._remember_cache("version", self._version)
         return stats
 
     def version(self) -> tuple[int, ...]:
         if self._version is None:
             self._remember(self.client.system_stats())
         return version_tuple(self._version)
+
+    def _known_version(self) -> tuple[int, ...]:
+        """The version seen in this process, else the one remembered for this server (its
+        first use or last `status` saw it), else asked."""
+        if self._version is None:
+            remembered = self._remembered_version()
+            if remembered is not None:
+                return remembered
+        return self.version()
+
+    def _remembered_version(self) -> tuple[int, ...] | None:
+        remembered = self.ledger.read().cache.get("version")
+        return version_tuple(remembered) if isinstance(remembered, str) else None
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -429,13 +466,17 @@ class ComfyServer:
         return fresh
 
     def _object_info_path(self) -> Path | None:
+        """One file per server address. Not per credential, unlike the registry: the
+        catalogue is the same whoever asks, and the cache directory is not private, so
+        nothing derived from a token (not even its hash) goes into its names."""
         directory = self._cache_dir
         if directory is None:
             from asset_generator import settings
 
             directory = settings.cache_dir() / "comfyui"
-        key = getattr(self.ledger, "key", None)
-        return directory / f"{key or 'server'}-{OBJECT_INFO_FILE}"
+        from asset_generator.registry import server_key
+
+        return directory / f"{server_key(self.name, None)}-{OBJECT_INFO_FILE}"
 
     def claimer(self) -> PromptClaimer:
         return PromptClaimer()
@@ -475,49 +516,114 @@ class ComfyServer:
         self.stop_prompts([p for handle in handles for p in prompt_ids(handle)], timeout)
         return [True for _ in handles]
 
-    def stop_prompts(self, ids: list[str], timeout: float | None = None) -> tuple[int, int]:
+    def stop_prompts(self, ids: list[str], timeout: float | None = None) -> set[str]:
         """Delete those of ``ids`` that are pending, then interrupt the one running, by id;
         checked through ``/queue`` afterwards (every cancel answers 200, hit or miss, §5).
+        ``timeout`` bounds each request.
 
-        Returns how many were pending and running.
+        Returns the ids it found queued or running and stopped (with a ``/queue`` that cannot
+        be read, every id: see ``_stop_unseen``).
         """
         if not ids:
-            return 0, 0
-        queue = self.client.queue()
+            return set()
+        try:
+            queue = self.client.queue(timeout=timeout)
+        except (AuthFailed, NotFound):
+            raise
+        except ServerError as exc:
+            # A proxy mangling answers, a server too slow for --timeout, a connection cut
+            # mid-answer: the server may well act on what we send. Act without the queue.
+            return self._stop_unseen(ids, exc, timeout)
         pending = [p for p in ids if queue.state_of(p) == "pending"]
         running = [p for p in ids if queue.state_of(p) == "running"]
         # Deleted first: an interrupt first would let the next one of ours start (§5.3).
-        self.client.delete(pending)
+        self.client.delete(pending, timeout=timeout)
         for prompt_id in running:
             self._interrupt_running(prompt_id, timeout)
         if pending:
-            after = self.client.queue()
+            after = self.client.queue(timeout=timeout)
             started = [p for p in pending if after.state_of(p) == "running"]
             still = [p for p in pending if after.state_of(p) == "pending"]
-            self.client.delete(still)
+            self.client.delete(still, timeout=timeout)
             for prompt_id in started:
                 self._interrupt_running(prompt_id, timeout)
-        return len(pending), len(running)
+        return set(pending) | set(running)
+
+    def _stop_unseen(self, ids: list[str], cause: ServerError, timeout: float | None) -> set[str]:
+        """Stop ``ids`` without seeing the queue: delete them all (a no-op for any that is not
+        pending), then interrupt each by id, which stops it only if it is the one running.
+
+        Only where the interrupt is known to be targeted (``/api/jobs``, or ComfyUI 0.3.57 and
+        later, as the server says now or, if it cannot, as it said before): before 0.3.57
+        every interrupt is global and only the queue can tell that ours is the one running. Every
+        request is tried, and ``cause`` raised if any of them failed (the stop is then not
+        confirmed, though the server may have acted on it).
+        """
+        self.debug(f"could not read the queue ({cause.message}); stopping our prompts by id")
+        failed = False
+        try:
+            self.client.delete(list(ids), timeout=timeout)
+        except ServerError:
+            failed = True
+        try:
+            # Asked afresh here, since no /queue guards the interrupt: the remembered version
+            # only when the server cannot say (a server made older since, behind a proxy that
+            # garbles every answer, is the one case this could still misjudge).
+            targeted = self.version() >= TARGETED_INTERRUPT
+        except ServerError:
+            targeted = (self._remembered_version() or (0,)) >= TARGETED_INTERRUPT
+        for prompt_id in ids:
+            try:
+                if self._cancel_job(prompt_id, timeout):
+                    continue
+            except ServerError:
+                failed = True  # whether the server has the jobs API stays unknown
+            if not targeted:
+                failed = True
+                continue
+            try:
+                self.client.interrupt(prompt_id, timeout=timeout)
+            except ServerError:
+                failed = True
+        if failed:
+            raise cause
+        return set(ids)
+
+    def _cancel_job(self, prompt_id: str, timeout: float | None) -> bool:
+        """``/api/jobs/{id}/cancel`` where the server has it (remembered); False where not."""
+        known = self.ledger.read().cache.get("jobs_api")
+        if known is False:
+            return False
+        try:
+            done = self.client.cancel_job(prompt_id, timeout=timeout)
+        except BadResponse as exc:
+            if isinstance(exc, NotFound):
+                raise
+            # Answered, but not readably: whether the route exists stays unknown.
+            self.debug(f"could not read the jobs API's answer ({exc.message})")
+            return False
+        if done is None:
+            self._remember_cache("jobs_api", False)
+            return False
+        if known is None:
+            self._remember_cache("jobs_api", True)
+        return True
 
     def _interrupt_running(self, prompt_id: str, timeout: float | None) -> None:
         """Interrupt our running prompt and nobody else's (§5.1, §6.6).
 
         ``/api/jobs/{id}/cancel`` where the server has it (atomic), else the targeted
         ``/interrupt``; a server before 0.3.57 only has the global one, sent only when
-        ``/queue`` shows our prompt running just before.
+        ``/queue`` shows our prompt running just before. ``/queue`` showed it running just
+        now, so a version remembered from an earlier run is safe to go by: on a server that
+        was since made older, the interrupt it sends stops that same prompt.
         """
-        known = self.ledger.read().cache.get("jobs_api")
-        if known is not False:
-            done = self.client.cancel_job(prompt_id, timeout=timeout)
-            if done is not None:
-                if known is None:
-                    self._remember_cache("jobs_api", True)
-                return
-            self._remember_cache("jobs_api", False)
-        if self.version() >= TARGETED_INTERRUPT:
+        if self._cancel_job(prompt_id, timeout):
+            return
+        if self._known_version() >= TARGETED_INTERRUPT:
             self.client.interrupt(prompt_id, timeout=timeout)
             return
-        if self.client.queue().state_of(prompt_id) != "running":
+        if self.client.queue(timeout=timeout).state_of(prompt_id) != "running":
             self.debug(
                 f"{self.name} is older than 0.3.57: our prompt is no longer running, so "
                 "no interrupt was sent (every interrupt there stops whatever runs)"
@@ -535,19 +641,38 @@ class ComfyServer:
 
     def cancel_all(self, ours: list[Handle]) -> Reach:
         """Clear the queue, then interrupt what runs (in that order, §5.3): anyone's prompts."""
-        queue = self.client.queue()
         mine = {p for handle in ours for p in prompt_ids(handle)}
-        running = list(queue.running)
-        pending = list(queue.pending)
+        scope = "ComfyUI has no users: --all reaches every client's prompts"
+        try:
+            queue = self.client.queue()
+        except (AuthFailed, NotFound):
+            raise
+        except ServerError as exc:
+            # Only the counts need the queue: --all stops everything whatever it holds.
+            self.debug(f"could not read the queue ({exc.message}); clearing it unseen")
+            failed = False
+            for call in (self.client.clear, lambda: self.client.interrupt(None)):
+                try:
+                    call()
+                except ServerError:
+                    failed = True
+            if failed:
+                raise exc from None
+            return Reach(
+                "server",
+                f"cleared the queue and interrupted what ran on {self.name} (its queue could "
+                f"not be read first, so how many prompts that stopped is unknown; {scope})",
+            )
         self.client.clear()
         self.client.interrupt(None)
+        running = list(queue.running)
+        pending = list(queue.pending)
         ours_stopped = sum(1 for item in running + pending if item.prompt_id in mine)
         text = (
             f"cleared the queue and interrupted what ran on {self.name}: "
             f"{len(running)} running and {len(pending)} pending "
             f"{'prompt' if len(running) + len(pending) == 1 else 'prompts'} stopped, "
-            f"{ours_stopped} of them ours (ComfyUI has no users: --all reaches every "
-            "client's prompts)"
+            f"{ours_stopped} of them ours ({scope})"
         )
         return Reach("server", text)
 
@@ -693,7 +818,9 @@ class _Prompt:
     id: str
     graph: graphs.Graph
     seed: int | None
-    state: str = "new"  # new, queued, running, done, failed, interrupted, removed
+    # new, sending (POST /prompt under way: it may be queued though no answer came), queued,
+    # running, done, failed, interrupted, removed.
+    state: str = "new"
     text: str | None = None
     # Output images announced so far (deduplicated: history repeats what `executed` said).
     seen: set[tuple[str, str, str]] = field(default_factory=set)
@@ -720,9 +847,14 @@ class ComfyRun:
             for i, graph in enumerate(self.payload.graphs)
         ]
         self._by_id = {p.id: p for p in self.prompts}
+        # Whether a stop of ours found prompts of ours on the server and stopped them (only
+        # then do messages say so: generation.stopped_on_server).
+        self.stopped_on_server = False
         self._cancelled = False
         self._look_now = False
         self._last_queue_look = 0.0
+        # Since when (and with what error) /queue or /history has gone unanswered.
+        self._unanswered: tuple[float, ServerError] | None = None
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -752,13 +884,21 @@ class ComfyRun:
             if self._cancelled:
                 prompt.state = "removed"
                 continue
+            # From here on the server may hold it, answer or not (a timeout, a lost answer):
+            # a stop must reach it by its id.
+            prompt.state = "sending"
             try:
                 errors = self.client.submit(
                     prompt.graph, client_id=self.client_id, prompt_id=prompt.id
                 )
             except WorkflowRejected as exc:
+                prompt.state = "failed"
                 self._stop_ours()
                 return Ended(types.FAILED, exc.message)
+            except NotQueued:
+                # Refused with an answer (a proxy, the size limit): nothing of it to stop.
+                prompt.state = "refused"
+                raise
             prompt.state = "queued"
             if errors:
                 from asset_generator.comfy.client import rejection_text
@@ -789,6 +929,7 @@ class ComfyRun:
                 time.sleep(POLL_SECONDS)
                 yield Tick()
                 yield from self._reconcile()
+                self._give_up_if_unanswered()
                 continue
             try:
                 message = socket.receive(timeout=POLL_SECONDS, skip_binary=True)
@@ -799,6 +940,11 @@ class ComfyRun:
                     yield from self._reconcile()
                 continue
             except ConnectionFailed:
+                message = None
+            except BadResponse as exc:
+                # Not ComfyUI's JSON (a proxy mangling frames): the socket only carries
+                # progress; the queue and history say the rest. Treated as a drop.
+                self.server.debug(f"{exc.message}; reconnecting")
                 message = None
             if message is None:
                 # Dropped: the prompts go on running on the server (§4.5). Reconnect (the old
@@ -816,6 +962,15 @@ class ComfyRun:
                 continue
             quiet_since = time.monotonic()
             yield from self._message(message)
+
+    def _give_up_if_unanswered(self) -> None:
+        """Without a socket, /queue and /history are all we have: once they have not been
+        answered for --timeout seconds, the server is gone for us (its error is raised)."""
+        if self._unanswered is None:
+            return
+        since, error = self._unanswered
+        if time.monotonic() - since >= self.client.transport.timeout:
+            raise error
 
     def _message(self, message: dict[str, Any]) -> Iterator[Event]:
         kind = message.get("type")
@@ -895,9 +1050,17 @@ class ComfyRun:
         self._last_queue_look = time.monotonic()
         try:
             queue: Queue = self.client.queue()
-        except (ConnectionFailed, RequestTimeout) as exc:
+            entries = {
+                p.id: self.client.history(p.id) for p in waiting if queue.state_of(p.id) is None
+            }
+        except (AuthFailed, NotFound):
+            raise
+        except ServerError as exc:
+            # Passing trouble is for the next look; with no socket, _follow bounds it.
             self.server.debug(f"could not read the queue: {exc.message}")
+            self._unanswered = self._unanswered or (time.monotonic(), exc)
             return
+        self._unanswered = None
         for prompt in waiting:
             state = queue.state_of(prompt.id)
             if state == "running" and prompt.state == "queued":
@@ -905,7 +1068,7 @@ class ComfyRun:
                 yield Waiting(types.RUNNING, self._running_text(prompt))
             if state is not None:
                 continue
-            entry = self.client.history(prompt.id)
+            entry = entries[prompt.id]
             if entry is None:
                 # Neither queued, running nor in history: deleted from the queue (§6.2).
                 prompt.state = "removed"
@@ -967,12 +1130,13 @@ class ComfyRun:
     def cancel(self, timeout: float) -> bool:
         """Delete our pending prompts and interrupt our running one, by id (bounded)."""
         self._cancelled = True
-        ids = [p.id for p in self.prompts if p.state in ("queued", "running")]
+        ids = [p.id for p in self.prompts if p.state in ("sending", "queued", "running")]
         try:
-            self.server.stop_prompts(ids, timeout)
+            stopped = self.server.stop_prompts(ids, timeout)
         except ServerError as exc:
             self.server.debug(f"could not stop our prompts on the server: {exc.message}")
             return False
+        self.stopped_on_server = self.stopped_on_server or bool(stopped)
         self._look_now = True
         return True
 

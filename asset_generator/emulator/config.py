@@ -26,7 +26,11 @@ class FaultPoint:
     to be sent), ``"upgrade"`` for a WebSocket handshake about to be accepted (``status`` 101;
     a fault with a status or body answers that instead, as a proxy without WebSocket support
     does), or ``"ws"`` for one outgoing WebSocket message (``message`` is the JSON object,
-    ``index`` counts messages already sent on that socket).
+    ``index`` counts messages already sent on that socket). The ComfyUI emulator also asks at
+    ``"request"``, before a route's handler runs: a fault with a status or body answers in
+    the server's place and the handler never runs, as when a proxy in front answers itself
+    (the ``"http"`` point then follows for that answer); ``reset`` there drops the
+    connection unanswered, the handler not run either (a server gone from the network).
     """
 
     transport: str
@@ -52,9 +56,11 @@ class Fault:
     status: int | None = None
     headers: list[tuple[str, str]] | None = None
     body: bytes | None = None
-    # HTTP: announce the full Content-Length but send only this many body bytes, then close.
+    # HTTP: announce the full Content-Length but send only this many body bytes, then close
+    # (an answer without a body is complete with its headers: nothing is cut).
     truncate_to: int | None = None
-    # HTTP: send the status line and headers, then nothing for this many seconds.
+    # HTTP: send the status line and headers, then nothing for this many seconds (an answer
+    # without a body is complete with its headers: nothing is withheld).
     stall_after_headers_seconds: float = 0.0
     # HTTP and WS: drop the TCP connection at this point without answering (no Close frame).
     reset: bool = False

@@ -257,7 +257,8 @@ class HttpTransport:
                     fault.headers if fault.headers is not None else answer.headers,
                     answer.close,
                 )
-            truncate_to = fault.truncate_to
+            # Only a body can be cut off: one without is complete with its headers.
+            truncate_to = fault.truncate_to if answer.body and request.method != "HEAD" else None
             stall = fault.stall_after_headers_seconds
             replaced = fault.status is not None or fault.body is not None
         if compress is not None and not replaced:
@@ -280,7 +281,9 @@ class HttpTransport:
         reason = reason_phrase(answer.status)
         data = conn.send(h11.Response(status_code=answer.status, headers=headers, reason=reason))
         body = answer.body if method != "HEAD" else b""
-        if stall_seconds > 0:
+        # Only a body can be withheld: an empty one is complete with the headers, and the
+        # client may already send its next request on this connection.
+        if stall_seconds > 0 and body:
             writer.write(data)
             await writer.drain()
             data = b""

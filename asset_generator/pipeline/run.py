@@ -118,9 +118,9 @@ class AssetRun(GenerationRun):
 
     settled = False
 
-    def mark(self, status: str, error: str | None = None) -> None:
+    def mark(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
         if not self.settled:
-            super().mark(status, error)
+            super().mark(status, error, unconfirmed=unconfirmed)
 
 
 class _AssetView:

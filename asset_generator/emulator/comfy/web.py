@@ -352,12 +352,31 @@ class ComfyHttp(HttpTransport):
                 400, f'No WebSocket UPGRADE hdr: {upgrade}\n Can "Upgrade" only to "WebSocket".'
             )
         else:
-            answer = await self._call(route, exchange, record, match_info)
+            answer = self._in_front(exchange, record) or await self._call(
+                route, exchange, record, match_info
+            )
+        if answer.status == 0:
+            # Dropped in front: no answer at all, and the handler never ran.
+            self.recorder.finish(record, None)
+            exchange.writer.transport.abort()
+            return False
         keep = await self.send(exchange, record, answer)
         if keep and exchange.conn.their_state is h11.SEND_BODY:
             # aiohttp reads and drops a body the handler left unread (its lingering read).
             await exchange.discard_body()
         return keep
+
+    def _in_front(self, exchange: Exchange, record: RecordedRequest) -> Answer | None:
+        """A test's answer in the server's place (a proxy answering itself): the handler
+        never runs, so nothing is queued, deleted or interrupted (FaultPoint "request").
+        ``reset`` drops the connection instead (status 0: no answer at all)."""
+        fault = self.fault_at("request", exchange.request, record, status=0, body=b"")
+        if fault is not None and fault.reset:
+            return Answer(0, close=True)
+        if fault is None or (fault.status is None and fault.body is None):
+            return None
+        status = fault.status if fault.status is not None else 502
+        return Answer(status, fault.body or b"", list(fault.headers or []), close=True)
 
     def _static(self, path: str) -> Answer:
         # web.static('/', web_root): a file that is not there is an empty 404 without a length.
