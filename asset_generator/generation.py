@@ -204,6 +204,9 @@ class GenerationRun:
             self._self_cancelled = True
             return self._conclude()
         self.live = self.server.start(self.record.handle, self.prepared)
+        if hasattr(self.live, "marked"):
+            # ComfyUI can lose an interrupt that lands as a prompt starts: its run asks then.
+            self.live.marked = lambda: self._mark() is not None
         for event in self.live.events():
             if deadline_at is not None and time.monotonic() >= deadline_at:
                 raise DeadlinePassed

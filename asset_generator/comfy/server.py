@@ -851,6 +851,8 @@ class ComfyRun:
         # then do messages say so: generation.stopped_on_server).
         self.stopped_on_server = False
         self._cancelled = False
+        # Whether the registry holds a cancel mark for our generation (set by the caller).
+        self.marked: Callable[[], bool] = lambda: False
         self._look_now = False
         self._last_queue_look = 0.0
         # Since when (and with what error) /queue or /history has gone unanswered.
@@ -987,6 +989,12 @@ class ComfyRun:
         if kind == "execution_start":
             prompt.state = "running"
             yield Waiting(types.RUNNING, self._running_text(prompt))
+            if self._cancelled or self.marked():
+                # An interrupt that reached the server between taking the prompt from the
+                # queue and starting it was reset when it started (execution.py:652, §5.1).
+                self.server.debug("a prompt of ours started after its cancel; interrupting it")
+                with contextlib.suppress(ServerError):
+                    self.server.stop_prompts([prompt.id])
         elif kind == "progress":
             value, most = data.get("value"), data.get("max")
             if isinstance(value, int | float) and isinstance(most, int | float) and most > 0:
