@@ -131,17 +131,16 @@ def _run_params(
     workflow: str | None = None,
 ) -> list[tuple[str, Any]]:
     """Config [generate] defaults < --param < explicit options, as (name, value) pairs."""
-    extra = parse_params(params)
-    pairs: list[tuple[str, Any]] = list(config_defaults(app, RUN_OPTIONS).items())
-    pairs += extra
-    pairs += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
-    if loras:
-        pairs.append(("loras", list(loras)))
-    if workflow is not None:
-        pairs.append(("workflow", read_workflow_option(workflow)))
-    if sets:
-        pairs.append(("set", list(parse_sets(sets))))
-    return pairs
+    from asset_generator.pipeline.launch import run_params
+
+    return run_params(
+        config_defaults(app, RUN_OPTIONS),
+        parse_params(params),
+        options,
+        loras=loras,
+        workflow=read_workflow_option(workflow),
+        sets=parse_sets(sets),
+    )
 
 
 # -- dry run -----------------------------------------------------------------------------------

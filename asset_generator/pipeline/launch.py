@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from asset_generator.pipeline.manifest import Manifest
     from asset_generator.pipeline.run import AssetResult, PipelineRun, Reporter
     from asset_generator.registry import PipelineRecord, Registry
-    from asset_generator.server.types import Server
+    from asset_generator.server.types import Server, SetInput, Workflow
 
 DEFAULT_OUTPUT_DIR = "pipeline-output"
 SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
@@ -121,6 +122,32 @@ def load(
     if manifest.problem:
         plan.warnings.append(f"warning: {manifest.problem}")
     return Loaded(spec, plan, manifest, origin, label)
+
+
+def run_params(
+    defaults: dict[str, Any],
+    params: Iterable[tuple[str, Any]],
+    options: dict[str, Any],
+    *,
+    loras: Iterable[str] = (),
+    workflow: Workflow | None = None,
+    sets: Iterable[SetInput] = (),
+) -> list[tuple[str, Any]]:
+    """The run's outermost ``params:`` level, as (name, value) pairs, later ones winning:
+    the config's [generate] ``defaults`` < free parameters < explicit ``options``."""
+    from asset_generator.pipeline.plan import OPTION_NAMES
+
+    pairs: list[tuple[str, Any]] = list(defaults.items())
+    pairs += list(params)
+    pairs += [(name, options[name]) for name in OPTION_NAMES if options.get(name) is not None]
+    if loras:
+        pairs.append(("loras", list(loras)))
+    if workflow is not None:
+        pairs.append(("workflow", workflow))
+    sets = list(sets)
+    if sets:
+        pairs.append(("set", sets))
+    return pairs
 
 
 def _base_seed(given: int, manifest: Manifest) -> tuple[int, str]:
