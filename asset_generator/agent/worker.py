@@ -379,7 +379,10 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
     from asset_generator.pipeline.spec import SpecError, SpecFileError
 
     options = launch.Options(
-        output_dir=Path(arguments.get("output_dir") or launch.DEFAULT_OUTPUT_DIR).expanduser(),
+        # Absolute: an agent reads the paths, and the MCP server's directory is not its own.
+        output_dir=Path(arguments.get("output_dir") or launch.DEFAULT_OUTPUT_DIR)
+        .expanduser()
+        .resolve(),
         base_seed=arguments.get("base_seed", -1),
         style_prefix=arguments.get("style_prefix"),
         style_suffix=arguments.get("style_suffix"),
