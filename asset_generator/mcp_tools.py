@@ -56,6 +56,8 @@ MAX_PREVIEWS = 8
 # client keeps to the range both take, as `generate --seed` does.
 MAX_SEED = 2**63 - 1
 WAITING_CANCELLED = "cancelled by the MCP client"
+# Ended workers remembered for their fresher images and progress (the registry has the rest).
+KEEP_ENDED_JOBS = 50
 
 
 # -- result schemas -------------------------------------------------------------------------------
@@ -194,6 +196,10 @@ class Tools:
         flags = {k: v for k, v in self.app.flags.items() if not k.startswith("_")}
         job = spawn(kind, flags, arguments)
         with self._lock:
+            # Ended work is looked up in the registry; only the latest is kept here.
+            ended = [j for j in self.jobs if j.done.is_set()]
+            for old in ended[:-KEEP_ENDED_JOBS]:
+                self.jobs.remove(old)
             self.jobs.append(job)
         return job
 
@@ -702,7 +708,7 @@ def build_server(tools: Tools) -> MCPServer:
 
         Each asset is a generation of its own, several at once; a manifest in the output
         directory makes a rerun skip assets already done. The options given apply to every
-        asset (the spec's own params: win). Progress is assets done of the total. The run is
+        asset, as the command's own options do. Progress is assets done of the total. The run is
         a pipe_ record: generation_status and get_images take its id, cancel_generation
         stops the whole run, and `asset-generator status` / `cancel` see it too.
         {server_options}

@@ -543,3 +543,44 @@ def test_an_unusable_sdk_is_the_missing_extra(
     [line] = done.stderr.splitlines()
     assert "pip install -e" in line and "[mcp]" in line, line
     assert done.json()["error"]["code"] == "unavailable"
+
+
+def test_client_config_names_the_executable_by_its_absolute_path(
+    cli: Runner, isolated: Path
+) -> None:
+    done = cli(
+        "--api-url",
+        "http://gpu-box:7801",
+        "mcp",
+        "--client-config",
+        env={"ASSET_GENERATOR_API_KEY": "s3cret-token", "ASSET_GENERATOR_SERVER_TYPE": "comfyui"},
+    )
+    assert done.code == 0, done.stderr
+    [entry] = done.json()["mcpServers"].values()
+    command = Path(entry["command"])
+    # Desktop clients start it without the shell's PATH.
+    assert command.is_absolute() and os.access(command, os.X_OK)
+    assert entry["args"][-1] == "mcp"
+    env = entry["env"]
+    assert env["ASSET_GENERATOR_API_URL"] == "http://gpu-box:7801"
+    assert env["ASSET_GENERATOR_SERVER_TYPE"] == "comfyui"
+    # The shell's locations go along, or the server would use another registry.
+    assert env["XDG_STATE_HOME"] == str(isolated / "xdg_state_home")
+    # A secret is never printed; a note says where it must go.
+    assert "s3cret-token" not in done.stdout + done.stderr
+    assert "ASSET_GENERATOR_API_KEY" in done.stderr
+
+
+def test_the_install_hint_fits_how_asset_generator_was_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from asset_generator.cli import mcp as command
+
+    # This checkout: an editable install of the clone, with the extra.
+    hint = command.install_hint()
+    assert f"{sys.executable} -m pip install -e" in hint and hint.endswith("[mcp]'")
+    # pipx: the SDK goes into the app's own venv.
+    venv = tmp_path / ".local/pipx/venvs/asset-generator"
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    hint = command.install_hint()
+    assert hint.startswith("pipx inject asset-generator 'mcp") and "3" in hint, hint
