@@ -138,6 +138,8 @@ class GenerationRun:
         self._first_image: float | None = None
         self._last_write = 0.0
         self._self_cancelled = False
+        # When the server took the request (wall clock, to compare with a mark's time).
+        self._accepted_at: float | None = None
         # stop() had the server take its interrupt (until then our work may still run there).
         self.stop_confirmed = False
 
@@ -207,6 +209,7 @@ class GenerationRun:
                 self._look_for_cancel()
         elif isinstance(event, Accepted):
             # The server holds the request now: a cancel that came before it reached nothing.
+            self._accepted_at = time.time()
             self._look_for_cancel()
         elif isinstance(event, Waiting):
             self._on_wait(event)
@@ -269,6 +272,12 @@ class GenerationRun:
         latest = self.registry.read().generations.get(self.record.id)
         return latest is not None and latest.status == CANCELLED
 
+    def _mark(self) -> GenerationRecord | None:
+        """Our record as saved, if another process marked it cancelled."""
+        assert self.record is not None
+        latest = self.registry.read().generations.get(self.record.id)
+        return latest if latest is not None and latest.status == CANCELLED else None
+
     def _look_for_cancel(self) -> None:
         """Stop our own work once if another process marked us cancelled.
 
@@ -280,18 +289,27 @@ class GenerationRun:
         if self._self_cancelled or self.record is None:
             return
         try:
-            marked = self._marked_cancelled()
+            mark = self._mark()
         except RegistryError as exc:
             self.debug(f"could not check for a cancel: {exc}")
             return
-        if marked:
-            self._cancel_ourselves()
+        if mark is not None:
+            self._cancel_ourselves(mark)
 
-    def _cancel_ourselves(self) -> None:
-        if not self._self_cancelled:
-            self._self_cancelled = True
-            self.debug("this generation was cancelled from another process; interrupting it")
-            self.interrupt()
+    def _cancel_ourselves(self, mark: GenerationRecord) -> None:
+        """Interrupt our own work for a mark another process made, unless its own interrupt
+        reaches the server: a mark made after the server took the request was followed by
+        an interrupt that lands (one interrupt, not two)."""
+        if self._self_cancelled:
+            return
+        self._self_cancelled = True
+        if self._accepted_at is not None and (mark.finished or 0) > self._accepted_at:
+            self.debug(
+                "this generation was cancelled from another process after the server took it"
+            )
+            return
+        self.debug("this generation was cancelled from another process; interrupting it")
+        self.interrupt()
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -409,4 +427,4 @@ class GenerationRun:
                 for name, value in changes.items():
                     setattr(saved, name, value)
         if saved is not None and saved.status == CANCELLED:
-            self._cancel_ourselves()
+            self._cancel_ourselves(saved)

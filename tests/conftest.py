@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 
-from asset_generator.emulator import Emulator, EmulatorConfig
+from asset_generator.emulator import ComfyEmulator, Emulator, EmulatorConfig
+
+# A real ComfyUI for the ComfyUI protocol tests (tests/emulator/test_comfy_*.py); read here,
+# at import, because the isolation fixture removes every ASSET_GENERATOR_* variable.
+COMFYUI_URL = os.environ.get("ASSET_GENERATOR_TEST_COMFYUI_URL", "").rstrip("/")
 
 
 def _program() -> list[str]:
@@ -210,3 +214,63 @@ def obeying_permissions(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             "or a filesystem that ignores modes)"
         )
     return prefix
+
+
+# -- the ComfyUI server under test (helpers in tests/emulator/comfy_helpers.py) ---------------
+
+
+def _comfy_params() -> list[Any]:
+    return [
+        pytest.param("emulator", id="emulator"),
+        pytest.param(
+            "real",
+            id="real",
+            marks=pytest.mark.skipif(
+                not COMFYUI_URL, reason="set ASSET_GENERATOR_TEST_COMFYUI_URL to a real ComfyUI"
+            ),
+        ),
+    ]
+
+
+@pytest.fixture(params=_comfy_params())
+def comfy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The server under test: a fresh emulator, or the real server named by the variable."""
+    from comfy_helpers import Target
+
+    if request.param == "emulator":
+        emulator = ComfyEmulator(base_dir=tmp_path / "comfy").start()
+        target = Target(emulator.url, emulator, timeout=10.0, timing=1.0)
+        try:
+            yield target
+        finally:
+            target.cleanup()
+            emulator.stop()
+    else:
+        target = Target(COMFYUI_URL, None, timeout=300.0, timing=4.0, step=0.1)
+        try:
+            yield target
+        finally:
+            target.cleanup()
+
+
+@pytest.fixture
+def emulator_only(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start emulators with options (versions, previews, auth) for emulator-only tests."""
+    from comfy_helpers import Target
+
+    started: list[tuple[ComfyEmulator, Target]] = []
+
+    def start(**overrides: Any) -> Any:
+        overrides.setdefault("base_dir", tmp_path / f"comfy{len(started)}")
+        emulator = ComfyEmulator(**overrides).start()
+        headers = {}
+        if overrides.get("required_authorization"):
+            headers["Authorization"] = overrides["required_authorization"]
+        target = Target(emulator.url, emulator, timeout=10.0, timing=1.0, headers=headers)
+        started.append((emulator, target))
+        return target
+
+    yield start
+    for emulator, target in started:
+        target.cleanup()
+        emulator.stop()

@@ -6,8 +6,10 @@ CANCEL_COMMAND.md and docs/*.md is run, unless the line before its fence is an H
 cron runs it; the five time fields are dropped). A block runs in an empty directory, with the
 installed ``asset-generator`` first on the PATH, an isolated home, ``ASSET_GENERATOR_API_URL``
 and every ``http://gpu-box:7801`` / ``http://localhost:7801`` in its text pointing at the
-emulator, and ``$TOKEN`` set to a test token. It must exit 0 with no traceback, no usage error
-and no unknown command.
+SwarmUI emulator, and ``$TOKEN`` set to a test token. A block about ComfyUI (one that names
+``http://gpu-box:8188`` or ``http://localhost:8188``, its default port) runs against the
+ComfyUI emulator instead. It must exit 0 with no traceback, no usage error and no unknown
+command.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 import pytest
 from conftest import Runner
 
-from asset_generator.emulator import Emulator
+from asset_generator.emulator import ComfyEmulator, Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>\S.*?)\s*-->$")
 PLACEHOLDER_URLS = ("http://gpu-box:7801", "http://localhost:7801")
+COMFYUI_URLS = ("http://gpu-box:8188", "http://localhost:8188")
 TEST_TOKEN = "doc-script-token-0123456789"
 # What a rotted script prints even when its last command succeeds.
 ROT = ("Traceback", "command not found", "Usage: asset-generator", "No such option")
@@ -43,6 +46,11 @@ class Block:
     @property
     def name(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def comfyui(self) -> bool:
+        """A block about ComfyUI: it runs against the ComfyUI emulator."""
+        return any(url in self.text for url in COMFYUI_URLS)
 
 
 def doc_files() -> list[Path]:
@@ -92,7 +100,7 @@ RUN_BLOCKS = [block for block in ALL_BLOCKS if block.skipped is None]
 def run_script(
     text: str, url: str, cwd: Path, shell: str = "bash"
 ) -> subprocess.CompletedProcess[str]:
-    for placeholder in PLACEHOLDER_URLS:
+    for placeholder in (*PLACEHOLDER_URLS, *COMFYUI_URLS):
         text = text.replace(placeholder, url)
     env = dict(os.environ)  # the autouse fixture has isolated HOME and the XDG dirs
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -126,8 +134,12 @@ def test_the_docs_have_scripts_and_every_skip_says_why() -> None:
 
 
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=lambda b: b.name)
-def test_doc_script_runs(block: Block, emulator: Emulator, cli: Runner) -> None:
-    done = run_script(block.text, emulator.url, cli.cwd, block.shell)
+def test_doc_script_runs(block: Block, emulator_factory, cli: Runner, tmp_path: Path) -> None:
+    if block.comfyui:
+        with ComfyEmulator(base_dir=tmp_path / "comfy") as comfy:
+            done = run_script(block.text, comfy.url, cli.cwd, block.shell)
+    else:
+        done = run_script(block.text, emulator_factory().url, cli.cwd, block.shell)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{block.name} exited {done.returncode}:\n{output}"
     for sign in ROT:

@@ -67,7 +67,7 @@ def program_codes() -> dict[str, list[str]]:
     """Every code the program's source can emit, with the files that emit it."""
     codes: dict[str, list[str]] = {}
     for path in sorted((ROOT / "asset_generator").rglob("*.py")):
-        if "emulator" in path.parts:
+        if "emulator" in path.relative_to(ROOT).parts:
             continue  # the server side of the protocol has its own error ids
         for code in _codes_in(ast.parse(path.read_text(encoding="utf-8"))):
             codes.setdefault(code, []).append(str(path.relative_to(ROOT)))

@@ -169,6 +169,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "asset_generator.cli.strip_metadata",
         "Remove embedded metadata from PNG, JPEG and WebP images, in place.",
     ),
+    "workflow": ("asset_generator.cli.workflow", "Look at ComfyUI workflows before running them."),
 }
 
 

@@ -199,18 +199,31 @@ class App:
         (down, refused, unauthorised) is the command's own and is raised as it is.
         """
         from asset_generator.server import PROBE_ORDER, SERVER_TYPES
-        from asset_generator.server.errors import BadResponse
+        from asset_generator.server.errors import AuthFailed, BadResponse, ServerError
 
+        refused: ServerError | None = None
         for name in PROBE_ORDER:
             adapter = self._adapter(name)
             # Held here so that close() closes it whatever the probe raises.
             self._server = adapter
-            if adapter.probe():  # type: ignore[attr-defined]
+            try:
+                found = adapter.probe()  # type: ignore[attr-defined]
+            except ServerError as exc:
+                if refused is not None:
+                    raise refused from None
+                if not isinstance(getattr(exc, "cause", exc), AuthFailed):
+                    raise
+                # A bare 401 (a proxy or gate): SwarmUI's cookie was not what it wanted, and
+                # ComfyUI's Bearer token may be. Its own error stands if no kind answers.
+                refused, found = exc, False
+            if found:
                 self.remember_type(name)
                 self.output.debug(f"{self.server_name} is {SERVER_TYPES[name].label}")
                 return adapter
             adapter.close()
             self._server = None
+        if refused is not None:
+            raise refused
         raise BadResponse(
             f"{self.server_name} answered neither as SwarmUI nor as ComfyUI; is --api-url the "
             "address of one of them? (--server-type skips the question)"

@@ -296,7 +296,7 @@ class ComfyServer:
         prompt_text = (
             request.prompt
             or self._prompt_in(graph, places)
-            or (request.workflow.path.name if request.workflow else "")
+            or (request.workflow.path.stem if request.workflow else "")
         )
         model = values.get("model") or self._model_in(graph, places)
         parameters = {
@@ -383,24 +383,30 @@ class ComfyServer:
 
         assert request.workflow is not None
         document = request.workflow.document
-        where = str(request.workflow.path)
-        if not ui_format.is_ui_format(document):
-            try:
-                return graphs.check_api_format(document, f"the workflow {where}")
-            except graphs.WorkflowShapeError as exc:
-                raise WorkflowFileError(str(exc)) from None
+        where = f"the workflow {request.workflow.path}"
+        if ui_format.is_ui_format(document):
+            document = self.convert(document, where)
+        try:
+            return graphs.check_api_format(document, where)
+        except graphs.WorkflowShapeError as exc:
+            raise WorkflowFileError(str(exc)) from None
+
+    def convert(self, document: dict[str, Any], where: str) -> dict[str, Any]:
+        """A workflow in the web UI's saved format, in the API format (as the web UI converts
+        it), with this server's node catalogue; a class the server lacks is named before
+        anything is sent."""
+        from asset_generator.comfy import ui_format
+
         catalogue = self.object_info(ui_format.needed_classes(document))
         try:
-            converted = ui_format.to_api(document, catalogue)
+            return ui_format.to_api(document, catalogue)
         except ui_format.MissingNodeClasses as exc:
-            raise ServerError(f"{self.name}: {exc.message}") from None
+            raise ServerError(f"{self.name}: {where}: {exc.message}") from None
         except ui_format.UIFormatError as exc:
             raise WorkflowFileError(
-                f"cannot convert the workflow {where} (the web UI's saved format): "
-                f"{exc.message}; in ComfyUI, Workflow → Export (API) writes the format "
-                "that runs as it is"
+                f"cannot convert {where} (the web UI's saved format): {exc.message}; in "
+                "ComfyUI, Workflow → Export (API) writes the format that runs as it is"
             ) from None
-        return graphs.check_api_format(converted, f"the workflow {where}")
 
     def object_info(self, needed: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The server's node catalogue, cached on disk per server (it is large); fetched again

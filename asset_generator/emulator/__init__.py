@@ -1,4 +1,5 @@
-"""A SwarmUI server emulator for tests and offline tries (see ``swarmui-protocol.md``).
+"""Server emulators for tests and offline tries: SwarmUI (``swarmui-protocol.md``) and
+ComfyUI (``comfyui-protocol.md``, ``ComfyEmulator``).
 
     with Emulator(backends=2, step_seconds=0.01) as emu:
         httpx.post(f"{emu.url}/API/GetNewSession", json={})
@@ -17,12 +18,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from asset_generator.emulator.comfy.config import ComfyConfig
 from asset_generator.emulator.config import EmulatorConfig, Fault, FaultPoint, RecordedRequest
 
 if TYPE_CHECKING:
+    from asset_generator.emulator.comfy.emulator import ComfyEmulator
     from asset_generator.emulator.emulator import Emulator
 
-__all__ = ["Emulator", "EmulatorConfig", "Fault", "FaultPoint", "RecordedRequest"]
+__all__ = [
+    "ComfyConfig",
+    "ComfyEmulator",
+    "Emulator",
+    "EmulatorConfig",
+    "Fault",
+    "FaultPoint",
+    "RecordedRequest",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,4 +41,8 @@ def __getattr__(name: str) -> Any:
         from asset_generator.emulator.emulator import Emulator
 
         return Emulator
+    if name == "ComfyEmulator":
+        from asset_generator.emulator.comfy.emulator import ComfyEmulator
+
+        return ComfyEmulator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,11 +34,13 @@ class FaultPoint:
     path: str
     route: str | None
     headers: dict[str, str]
-    request_body: dict[str, Any] | None
+    request_body: Any
     status: int | None = None
     body: bytes | None = None
     message: dict[str, Any] | None = None
     index: int = 0
+    # WS: the bytes of an outgoing binary message (ComfyUI previews); ``message`` is then None.
+    data: bytes | None = None
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Fault:
     reset: bool = False
     # WS: send this text instead of the message (a dict is sent as JSON).
     replace_message: dict[str, Any] | str | None = None
+    # WS: send these bytes instead of a binary message.
+    replace_data: bytes | None = None
 
 
 FaultHook = Callable[[FaultPoint], Fault | None]
@@ -131,7 +135,7 @@ class RecordedRequest:
     path: str
     route: str | None
     headers: dict[str, str]
-    body: dict[str, Any] | None
+    body: Any  # the parsed JSON body (SwarmUI: an object, or None)
     transport: str
     status: int | None
     session_id: str | None

@@ -2,110 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from asset_generator.emulator.backends import STATUSES
 from asset_generator.emulator.config import EmulatorConfig, RecordedRequest
 from asset_generator.emulator.core import EmulatedServer
+from asset_generator.emulator.lifecycle import ServedEmulator
 from asset_generator.emulator.recorder import Recorder
 from asset_generator.emulator.server import HttpServer
 
-START_TIMEOUT_SECONDS = 10.0
-STOP_TIMEOUT_SECONDS = 10.0
 
-
-class Emulator:
+class Emulator(ServedEmulator):
     """A SwarmUI server emulator. ``with Emulator(backends=2) as emu: ... emu.url ...``."""
+
+    product = "SwarmUI"
 
     def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
         base = config if config is not None else EmulatorConfig()
         self.config = dataclasses.replace(base, **overrides) if overrides else base
         self._server = EmulatedServer(self.config)
-        self._recorder = Recorder(self.config.request_log)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self.port = 0
-        self.url = ""
+        super().__init__(Recorder(self.config.request_log), self.config.host)
 
-    # -- life cycle ---------------------------------------------------------------------------
+    def _make_transport(self) -> HttpServer:
+        return HttpServer(self._server, self._recorder)
 
-    def start(self) -> Emulator:
-        """Start serving in a daemon thread; return once the socket is listening."""
-        if self._thread is not None:
-            raise RuntimeError("this emulator was already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._main(ready, failure)),
-            name="swarmui-emulator",
-            daemon=True,
-        )
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT_SECONDS):
-            raise RuntimeError("the SwarmUI emulator did not start in time")
-        if failure:
-            self._thread.join(STOP_TIMEOUT_SECONDS)
-            raise failure[0]
-        return self
-
-    async def _main(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        http = HttpServer(self._server, self._recorder)
-        try:
-            self.port = await http.start()
-        except OSError as exc:
-            failure.append(exc)
-            ready.set()
-            return
-        host = self.config.host
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        self.url = f"http://{host}:{self.port}"
-        ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            await http.stop()
-            await self._server.shutdown()
-
-    def stop(self) -> None:
-        """Stop serving, cut connections, cancel simulated work, and join the thread."""
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or loop is None or stopping is None or not thread.is_alive():
-            return
-        loop.call_soon_threadsafe(stopping.set)
-        thread.join(STOP_TIMEOUT_SECONDS)
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # -- what the server received -------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every HTTP request and every WebSocket message received so far (a copy)."""
-        return self._recorder.snapshot()
+    async def _shutdown(self) -> None:
+        await self._server.shutdown()
 
     def calls(self, route: str) -> list[RecordedRequest]:
         """Requests to ``/API/<route>`` (case-insensitive route name)."""
         wanted = route.lower()
         return [record for record in self._recorder.snapshot() if record.route == wanted]
-
-    def reset_log(self) -> None:
-        """Forget the requests recorded so far."""
-        self._recorder.clear()
 
     # -- users and sessions -------------------------------------------------------------------
 
@@ -166,26 +95,4 @@ class Emulator:
         """
         if status not in STATUSES:
             raise ValueError(f"unknown backend status {status!r}; one of {', '.join(STATUSES)}")
-        if self._loop is None:
-            self._server.pool.set_status(backend_id, status)
-            return
-        done = threading.Event()
-
-        def apply() -> None:
-            try:
-                self._server.pool.set_status(backend_id, status)
-            finally:
-                done.set()
-
-        self._loop.call_soon_threadsafe(apply)
-        done.wait(STOP_TIMEOUT_SECONDS)
-
-    @staticmethod
-    def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-        """Poll ``predicate`` until it is true; False if ``timeout`` seconds pass first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.01)
-        return bool(predicate())
+        self._call_in_loop(lambda: self._server.pool.set_status(backend_id, status))

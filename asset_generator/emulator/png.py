@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
+from collections.abc import Iterable
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # SD models work on a latent 8× smaller than the image; drawing at that size keeps files tiny
@@ -28,6 +29,36 @@ def preview_size(width: int, height: int) -> tuple[int, int]:
     return side(width), side(height)
 
 
+def encode_png(
+    width: int,
+    height: int,
+    rows: Iterable[bytes],
+    text: Iterable[tuple[str, str]] = (),
+    *,
+    compress_level: int = 6,
+    padding: bytes = b"",
+) -> bytes:
+    """A valid 8-bit RGB PNG of ``rows`` (``width`` × 3 bytes each, top to bottom).
+
+    ``text`` pairs become ``tEXt`` chunks before the image data (Latin-1, as both servers'
+    metadata JSON is ASCII-escaped). ``padding`` goes in a private ancillary chunk after the
+    image data, which decoders skip.
+    """
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = [_chunk(b"IHDR", header)]
+    for key, value in text:
+        chunks.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1")))
+    compressor = zlib.compressobj(compress_level)
+    parts = [compressor.compress(b"\x00" + row) for row in rows]  # filter type None per row
+    parts.append(compressor.flush())
+    chunks.append(_chunk(b"IDAT", b"".join(parts)))
+    if padding:
+        # "emPd": ancillary (e), private (m), reserved bit clear (P), safe to copy (d).
+        chunks.append(_chunk(b"emPd", padding))
+    chunks.append(_chunk(b"IEND", b""))
+    return PNG_SIGNATURE + b"".join(chunks)
+
+
 def gradient_png(
     seed: int,
     width: int,
@@ -48,19 +79,10 @@ def gradient_png(
     rows = []
     span = max(1, width + height - 2)
     for y in range(height):
-        row = bytearray(b"\x00")  # filter type None
+        row = bytearray()
         for x in range(width):
             t = (x + y) / span
             row.extend(int(a + (b - a) * t) for a, b in zip(start, end, strict=True))
         rows.append(bytes(row))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunks = [_chunk(b"IHDR", header)]
-    for key, value in (text or {}).items():
-        # tEXt is Latin-1; SwarmUI's metadata JSON escapes non-ASCII, so this never fails.
-        chunks.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1")))
-    chunks.append(_chunk(b"IDAT", zlib.compress(b"".join(rows), 6)))
-    if padding_bytes > 0:
-        # "emPd": ancillary (e), private (m), reserved bit clear (P), safe to copy (d).
-        chunks.append(_chunk(b"emPd", rng.randbytes(padding_bytes)))
-    chunks.append(_chunk(b"IEND", b""))
-    return PNG_SIGNATURE + b"".join(chunks)
+    padding = rng.randbytes(padding_bytes) if padding_bytes > 0 else b""
+    return encode_png(width, height, rows, (text or {}).items(), padding=padding)

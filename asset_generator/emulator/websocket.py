@@ -26,6 +26,9 @@ CLOSE_WAIT_SECONDS = 5.0
 READ_CHUNK = 65536
 
 
+_Outgoing = dict[str, Any] | bytes | None
+
+
 def json_text(document: dict[str, Any]) -> str:
     """Compact JSON, non-ASCII kept, as ``Utilities.SendJson`` writes it."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
@@ -42,8 +45,9 @@ class WebSocketChannel:
         *,
         max_message_bytes: int,
         keepalive_seconds: float,
-        fault_point: Callable[[dict[str, Any], int], FaultPoint] | None = None,
+        fault_point: Callable[[dict[str, Any] | None, int, bytes | None], FaultPoint] | None = None,
         fault_hook: Callable[[FaultPoint], Fault | None] | None = None,
+        dumps: Callable[[dict[str, Any]], str] = json_text,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -53,8 +57,9 @@ class WebSocketChannel:
         self._keepalive = keepalive_seconds
         self._fault_point = fault_point
         self._fault_hook = fault_hook
-        self._incoming: asyncio.Queue[str | None] = asyncio.Queue()
-        self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._dumps = dumps
+        self._incoming: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
         self._peer_closed = asyncio.Event()
         self._dead = False
@@ -77,10 +82,17 @@ class WebSocketChannel:
 
     async def receive(self, timeout: float | None = None) -> str | None:
         """The next complete message as text; None once the peer closed. Raises TimeoutError."""
+        message = await self.receive_frame(timeout)
+        if isinstance(message, bytes):
+            return message.decode("utf-8", "replace")
+        return message
+
+    async def receive_frame(self, timeout: float | None = None) -> str | bytes | None:
+        """The next complete message (str for text, bytes for binary); None once closed."""
         return await asyncio.wait_for(self._incoming.get(), timeout)
 
     async def _read_loop(self) -> None:
-        parts: list[str] = []
+        parts: list[Any] = []
         size = 0
         try:
             data = self._pending_bytes
@@ -90,16 +102,17 @@ class WebSocketChannel:
                 for event in self._ws.events():
                     if isinstance(event, TextMessage | BytesMessage):
                         chunk = event.data
-                        if not isinstance(chunk, str):
-                            chunk = bytes(chunk).decode("utf-8", "replace")
                         parts.append(chunk)
                         size += len(chunk)
                         if size > self._max_message:
-                            # Utilities.ReceiveData refuses oversize input; 1009 = message too big.
+                            # An oversize message is refused with 1009 (message too big).
                             await self._write_event(CloseConnection(code=1009))
                             return
                         if event.message_finished:
-                            self._incoming.put_nowait("".join(parts))
+                            if isinstance(event, TextMessage):
+                                self._incoming.put_nowait("".join(parts))
+                            else:
+                                self._incoming.put_nowait(b"".join(parts))
                             parts, size = [], 0
                     elif isinstance(event, Ping):
                         await self._write_event(event.response())
@@ -126,6 +139,10 @@ class WebSocketChannel:
         """Queue one JSON message; never blocks, never fails."""
         self._outgoing.put_nowait(document)
 
+    def send_bytes(self, data: bytes) -> None:
+        """Queue one binary message; never blocks, never fails."""
+        self._outgoing.put_nowait(bytes(data))
+
     async def flush(self) -> None:
         """Wait until everything queued so far was written (or dropped)."""
         await self._outgoing.join()
@@ -139,12 +156,20 @@ class WebSocketChannel:
             finally:
                 self._outgoing.task_done()
 
-    async def _send_one(self, document: dict[str, Any]) -> None:
-        text = json_text(document)
+    async def _send_one(self, item: dict[str, Any] | bytes) -> None:
+        binary = isinstance(item, bytes)
         fault = None
         if self._fault_hook is not None and self._fault_point is not None:
-            fault = self._fault_hook(self._fault_point(document, self._sent))
+            point = (
+                self._fault_point(None, self._sent, item)
+                if isinstance(item, bytes)
+                else self._fault_point(item, self._sent, None)
+            )
+            fault = self._fault_hook(point)
         self._sent += 1
+        event: TextMessage | BytesMessage = (
+            BytesMessage(data=item) if isinstance(item, bytes) else TextMessage(self._dumps(item))
+        )
         if fault is not None:
             if fault.delay_seconds > 0:
                 await asyncio.sleep(fault.delay_seconds)
@@ -153,8 +178,11 @@ class WebSocketChannel:
                 return
             if fault.replace_message is not None:
                 replaced = fault.replace_message
-                text = replaced if isinstance(replaced, str) else json_text(replaced)
-        await self._write_event(TextMessage(data=text))
+                text = replaced if isinstance(replaced, str) else self._dumps(replaced)
+                event = TextMessage(data=text)
+            elif binary and fault.replace_data is not None:
+                event = BytesMessage(data=fault.replace_data)
+        await self._write_event(event)
 
     async def _write_event(self, event: Any) -> None:
         async with self._write_lock:

@@ -185,13 +185,17 @@ def _plan_asset(
 ) -> PlannedAsset:
     prompt = compose_prompt(asset.prompt, {**metadata, **asset.metadata}, prefix, suffix)
     merged: dict[str, tuple[str, Any]] = {}
+    # `set:` maps merge across levels, as metadata does: a nearer level's NODE.INPUT wins.
+    sets: dict[tuple[str, str], SetInput] = {}
     for level in levels:
         for key, value in level.items():
-            merged[_canonical(key)] = (key, value)
+            if _canonical(key) == _SET:
+                sets.update({(item.node, item.input): item for item in value})
+            else:
+                merged[_canonical(key)] = (key, value)
     loras = merged.pop("loras", (None, None))[1]
     merged.pop("loraweights", None)
     workflow = merged.pop(_WORKFLOW, (None, None))[1]
-    sets = merged.pop(_SET, (None, None))[1]
     options = {name: merged.pop(name)[1] for name in OPTION_NAMES if name in merged}
     request = Request(
         prompt=prompt,
@@ -199,7 +203,7 @@ def _plan_asset(
         loras=tuple(Lora.parse(item) for item in loras or ()),
         params=tuple(merged.values()),
         workflow=workflow,
-        sets=tuple(sets or ()),
+        sets=tuple(sets.values()),
         **options,
     )
     filename = asset.filename or default_filename(asset.id)

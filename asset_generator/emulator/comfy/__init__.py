@@ -1,0 +1,1 @@
+"""The ComfyUI emulator (``python -m asset_generator.emulator --kind comfyui``)."""

@@ -1,0 +1,683 @@
+"""ComfyUI behind every command (issue 18): the installed program against the ComfyUI emulator.
+
+Each test checks what a user would notice — exit code, stdout, stderr, files — and what the
+server received, and that other clients' prompts were left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Runner, read_registry, wait_for
+
+from asset_generator.emulator import ComfyEmulator
+
+TEMPLATES = "comfyui_workflow_templates"
+
+
+@pytest.fixture
+def comfy_factory(tmp_path: Path, cli: Runner) -> Iterator[Callable[..., ComfyEmulator]]:
+    started: list[ComfyEmulator] = []
+
+    def start(**overrides: Any) -> ComfyEmulator:
+        overrides.setdefault("base_dir", tmp_path / f"comfy{len(started)}")
+        emulator = ComfyEmulator(**overrides).start()
+        started.append(emulator)
+        cli.url = emulator.url
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def comfy(comfy_factory: Callable[..., ComfyEmulator]) -> ComfyEmulator:
+    return comfy_factory()
+
+
+def slow(
+    workdir: Path,
+    name: str,
+    *,
+    steps: int = 2,
+    step_seconds: float = 0.02,
+    **extra: Any,
+) -> str:
+    """A SlowSolidImage → SaveImage workflow file named ``name.json`` (the record's prompt)."""
+    graph = {
+        "1": {
+            "class_type": "SlowSolidImage",
+            "_meta": {"title": "Colour"},
+            "inputs": {
+                "steps": steps,
+                "step_seconds": step_seconds,
+                "width": 16,
+                "height": 16,
+                "red": 1.0,
+                "green": 0.5,
+                "blue": 0.0,
+                **extra,
+            },
+        },
+        "2": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["1", 0], "filename_prefix": f"t_{name.replace(' ', '_')}"},
+        },
+    }
+    path = workdir / f"{name}.json"
+    path.write_text(json.dumps(graph))
+    return str(path)
+
+
+def t2i(**changes: Any) -> dict[str, Any]:
+    """An API-format text-to-image workflow as ComfyUI exports it (protocol §10)."""
+    graph: dict[str, Any] = {
+        "4": {"class_type": "CheckpointLoaderSimple",
+              "inputs": {"ckpt_name": "random-sd15.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "_meta": {"title": "Positive"},
+              "inputs": {"text": "a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "_meta": {"title": "Negative"},
+              "inputs": {"text": "", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler",
+              "inputs": {"seed": 42, "steps": 3, "cfg": 7.0, "sampler_name": "euler",
+                         "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+                         "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage",
+              "inputs": {"filename_prefix": "wf", "images": ["8", 0]}},
+    }  # fmt: skip
+    for path, value in changes.items():
+        node, name = path.split(".")
+        graph[node]["inputs"][name] = value
+    return graph
+
+
+def write(workdir: Path, name: str, document: dict[str, Any]) -> str:
+    path = workdir / name
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def sent(emu: ComfyEmulator) -> list[dict[str, Any]]:
+    """The graphs POST /prompt received, in order."""
+    return [call.body["prompt"] for call in emu.calls("/prompt") if isinstance(call.body, dict)]
+
+
+def foreign(emu: ComfyEmulator, *, steps: int = 400, step_seconds: float = 0.02) -> str:
+    """Another client's prompt (its own client id), as the web UI would queue it."""
+    prompt_id = str(uuid.uuid4())
+    graph = {
+        "1": {"class_type": "SlowSolidImage",
+              "inputs": {"steps": steps, "step_seconds": step_seconds, "width": 8, "height": 8,
+                         "red": 0.0, "green": 0.0, "blue": 1.0}},
+        "2": {"class_type": "SaveImage",
+              "inputs": {"images": ["1", 0], "filename_prefix": "other"}},
+    }  # fmt: skip
+    answer = httpx.post(
+        f"{emu.url}/prompt",
+        json={"prompt": graph, "client_id": "someone-else", "prompt_id": prompt_id},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    return prompt_id
+
+
+def queue_ids(emu: ComfyEmulator) -> tuple[list[str], list[str]]:
+    running, pending = emu.queue()
+    return [item[1] for item in running], [item[1] for item in pending]
+
+
+def history_of(emu: ComfyEmulator, prompt_id: str) -> dict[str, Any] | None:
+    return emu.history().get(prompt_id)
+
+
+def record_named(state_dir: Path, prompt: str) -> dict[str, Any] | None:
+    try:
+        records = read_registry(state_dir)["generations"].values()
+    except OSError:
+        return None
+    return next((r for r in records if r["prompt"] == prompt), None)
+
+
+def wait_record(state_dir: Path, prompt: str, status: str | None = None) -> dict[str, Any]:
+    def found() -> bool:
+        record = record_named(state_dir, prompt)
+        return record is not None and (status is None or record["status"] == status)
+
+    assert wait_for(found), record_named(state_dir, prompt)
+    record = record_named(state_dir, prompt)
+    assert record is not None
+    return record
+
+
+def ours(call: Any) -> bool:
+    """A request asset-generator sent (the tests' own foreign client sends none like it)."""
+    return call.headers.get("user-agent", "").startswith("asset-generator/")
+
+
+def interrupts(emu: ComfyEmulator) -> list[Any]:
+    """The bodies of the interrupts asset-generator sent."""
+    return [call.body for call in emu.calls("/interrupt") if ours(call)]
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+# -- identification and the built-in graph -------------------------------------------------
+
+
+def test_the_built_in_graph_runs_with_a_lora_and_reports_the_drawn_seed(
+    comfy: ComfyEmulator, cli: Runner, state_dir: Path
+) -> None:
+    result = cli(
+        "generate", "image", "-p", "a red fox", "--model", "random-sd15", "--lora",
+        "random-lora:0.6", "--width", "64", "--height", "96", "--steps", "3", "-n", "2", "-o",
+        "out",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    paths = result.stdout.splitlines()
+    assert len(paths) == 2
+    seeds = [int(Path(p).stem.rsplit("-", 1)[1]) for p in paths]
+    assert seeds[1] == seeds[0] + 1
+    assert f"seed {seeds[0]} (drawn by the client; --seed {seeds[0]} repeats it)" in result.stderr
+    for path in paths:
+        assert (cli.cwd / path).read_bytes().startswith(b"\x89PNG")
+    first, second = sent(comfy)
+    # The extension was found from the server's list; one LoraLoader after the checkpoint.
+    assert first["4"]["inputs"]["ckpt_name"] == "random-sd15.safetensors"
+    (lora_id,) = [i for i, n in first.items() if n["class_type"] == "LoraLoader"]
+    lora = first[lora_id]["inputs"]
+    assert lora["lora_name"] == "random-lora.safetensors" and lora["strength_model"] == 0.6
+    assert lora["model"] == ["4", 0] and lora["clip"] == ["4", 1]
+    assert first["3"]["inputs"]["model"] == [lora_id, 0]
+    assert first["6"]["inputs"]["clip"] == [lora_id, 1]
+    assert (first["5"]["inputs"]["width"], first["5"]["inputs"]["height"]) == (64, 96)
+    assert [first["3"]["inputs"]["seed"], second["3"]["inputs"]["seed"]] == seeds
+    # Each prompt was sent under the id recorded before it.
+    record = wait_record(state_dir, "a red fox", "succeeded")
+    ids = [call.body["prompt_id"] for call in comfy.calls("/prompt")]
+    assert ids == record["handle"]["prompt_ids"]
+    assert record["server_type"] == "comfyui"
+    document = cli("generate", "image", "-p", "x", "--model", "random-sd15", "--seed", "7",
+                   "--steps", "2", "-f", "json", "-o", "out").json()  # fmt: skip
+    assert document["ok"] is True and document["images"][0]["seed"] == 7
+
+
+def test_the_built_in_graph_needs_a_model_and_says_where_to_find_one(
+    comfy: ComfyEmulator, cli: Runner
+) -> None:
+    result = cli("generate", "image", "-p", "x", "--server-type", "comfyui")
+    assert result.code == 2
+    assert "--model" in result.stderr and "models list" in result.stderr
+    assert comfy.calls("/prompt") == []
+
+
+def test_options_for_the_other_server_are_usage_errors(
+    comfy_factory: Callable[..., ComfyEmulator], emulator, cli: Runner, workdir: Path
+) -> None:
+    comfy = comfy_factory()
+    param = cli("generate", "image", "-p", "x", "--model", "m", "--param", "vae=none")
+    assert param.code == 2
+    assert "--param" in param.stderr and "ComfyUI" in param.stderr and "--set" in param.stderr
+    assert comfy.calls("/prompt") == []
+    # And --workflow on SwarmUI.
+    workflow = slow(workdir, "w")
+    swarm = cli("generate", "image", "-p", "x", "--workflow", workflow, "--api-url", emulator.url)
+    assert swarm.code == 2
+    assert "--workflow" in swarm.stderr and "SwarmUI" in swarm.stderr
+    assert emulator.calls("GenerateText2ImageWS") == []
+
+
+def test_the_type_is_remembered_and_asked_again_when_another_server_listens_there(
+    comfy_factory: Callable[..., ComfyEmulator], emulator_factory, cli: Runner, state_dir: Path
+) -> None:
+    swarm = emulator_factory()
+    port = swarm.port
+    cli.url = swarm.url
+    assert cli("status", "-f", "json").json()["type"] == "swarmui"
+    assert read_registry(state_dir)["kinds"][swarm.url] == "swarmui"
+    swarm.stop()
+    comfy = comfy_factory(port=port)
+    assert comfy.url == swarm.url
+    document = cli("status", "-f", "json").json()
+    assert document["type"] == "comfyui" and document["server"]["type"] == "comfyui"
+    assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
+
+
+# -- user workflows ------------------------------------------------------------------------------
+
+
+def test_options_find_their_nodes_by_meaning_and_set_wins(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    workflow = write(workdir, "t2i.json", t2i())
+    result = cli(
+        "generate", "image", "--workflow", workflow, "-p", "a heron", "--negative-prompt",
+        "blurry", "--steps", "4", "--cfg-scale", "5.5", "--sampler", "dpmpp_2m", "--scheduler",
+        "karras", "--width", "128", "--seed", "11",
+        "--set", "Positive.text=overridden", "--set", "EmptyLatentImage.height=80",
+        "--set", "3.denoise=0.9", "-o", "out",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    (graph,) = sent(comfy)
+    sampler = graph["3"]["inputs"]
+    assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"]) == (4, 5.5, "dpmpp_2m")
+    assert (sampler["scheduler"], sampler["seed"], sampler["denoise"]) == ("karras", 11, 0.9)
+    # --set is applied last, so it wins over --prompt.
+    assert graph["6"]["inputs"]["text"] == "overridden"
+    assert graph["7"]["inputs"]["text"] == "blurry"
+    assert (graph["5"]["inputs"]["width"], graph["5"]["inputs"]["height"]) == (128, 80)
+
+
+def test_the_workflow_s_own_values_stand_for_what_is_not_given(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    workflow = write(workdir, "t2i.json", t2i())
+    result = cli("generate", "image", "--workflow", workflow, "-o", "out")
+    assert result.code == 0, result.stderr
+    (graph,) = sent(comfy)
+    assert graph == t2i()
+    assert result.stdout.strip() == "out/a cat-42.png"
+
+
+def test_two_places_or_none_are_refused_with_a_pointer_to_set(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    doubled = t2i()
+    doubled["11"] = json.loads(json.dumps(doubled["3"]))
+    doubled["11"]["inputs"]["latent_image"] = ["3", 0]
+    doubled["8"]["inputs"]["samples"] = ["11", 0]
+    workflow = write(workdir, "two.json", doubled)
+    result = cli("generate", "image", "--workflow", workflow, "--steps", "9")
+    assert result.code == 2
+    assert "--steps" in result.stderr and "2 places" in result.stderr
+    assert "--set" in result.stderr
+    none = cli("generate", "image", "--workflow", slow(workdir, "solid"), "--cfg-scale", "3")
+    assert none.code == 2 and "--cfg-scale" in none.stderr and "no place" in none.stderr
+    unknown = cli("generate", "image", "--workflow", workflow, "--set", "Nope.steps=3")
+    assert unknown.code == 2 and "Nope" in unknown.stderr
+    link = cli("generate", "image", "--workflow", workflow, "--set", "3.model=x")
+    assert link.code == 2 and "link" in link.stderr
+    ambiguous = cli("generate", "image", "--workflow", workflow, "--set", "KSampler.steps=3")
+    assert ambiguous.code == 2 and "2 nodes" in ambiguous.stderr
+    assert comfy.calls("/prompt") == []
+    # By id it is fine, and the other sampler keeps its own value.
+    fine = cli("generate", "image", "--workflow", workflow, "--set", "11.steps=5", "-o", "out")
+    assert fine.code == 0, fine.stderr
+    (graph,) = sent(comfy)
+    assert (graph["3"]["inputs"]["steps"], graph["11"]["inputs"]["steps"]) == (3, 5)
+
+
+def test_files_that_are_not_workflows_are_file_errors(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    broken = workdir / "broken.json"
+    broken.write_text("{ nope")
+    result = cli("generate", "image", "--workflow", str(broken), "-f", "json")
+    assert result.code == 1
+    assert result.json()["error"]["code"] == "file_error"
+    assert "broken.json" in result.json()["error"]["message"]
+    missing = cli("generate", "image", "--workflow", str(workdir / "absent.json"))
+    assert missing.code == 1 and "absent.json" in missing.stderr
+    odd = write(workdir, "odd.json", {"1": {"inputs": {}}})
+    shape = cli("generate", "image", "--workflow", odd)
+    assert shape.code == 1 and "Export (API)" in shape.stderr
+    assert comfy.calls("/prompt") == []
+
+
+def test_a_ui_format_template_runs_as_it_is_and_set_reaches_nodes_by_title(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    templates = pytest.importorskip(TEMPLATES)
+    source = Path(templates.__file__).parent / "templates" / "default.json"
+    result = cli(
+        "generate", "image", "--workflow", str(source), "-p", "a lighthouse", "--model",
+        "random-sd15", "--width", "64", "--height", "64", "--steps", "2",
+        "--set", "KSampler.cfg=6", "-o", "out",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    (graph,) = sent(comfy)
+    assert graph["6"]["inputs"]["text"] == "a lighthouse"
+    assert graph["3"]["inputs"]["cfg"] == 6 and graph["3"]["inputs"]["steps"] == 2
+    assert graph["4"]["inputs"]["ckpt_name"] == "random-sd15.safetensors"
+    assert [call.path for call in comfy.calls("/object_info")] == ["/object_info"]
+    # The catalogue is cached: a second run does not fetch it again.
+    again = cli("generate", "image", "--workflow", str(source), "--model", "random-sd15",
+                "--steps", "1", "-o", "out")  # fmt: skip
+    assert again.code == 0, again.stderr
+    assert len(comfy.calls("/object_info")) == 1
+
+
+def test_a_node_class_the_server_lacks_is_named_before_anything_is_sent(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    ui = {
+        "nodes": [
+            {"id": 1, "type": "FancyUpscaler", "title": "Magic", "mode": 0, "inputs": [],
+             "outputs": [], "widgets_values": []},
+        ],
+        "links": [],
+    }  # fmt: skip
+    path = write(workdir, "ui.json", ui)
+    result = cli("generate", "image", "--workflow", path, "-f", "json")
+    assert result.code == 1
+    error = result.json()["error"]
+    assert error["code"] == "server_error"
+    assert "FancyUpscaler" in error["message"] and "Magic" in error["message"]
+    assert comfy.calls("/prompt") == []
+
+
+# -- how a generation ends ---------------------------------------------------------------------
+
+
+def test_a_failing_node_is_one_line_naming_node_class_and_message(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    workflow = slow(workdir, "boom", steps=4, fail_at_step=2)
+    result = cli("generate", "image", "--workflow", workflow, "-f", "json")
+    assert result.code == 1
+    error = result.json()["error"]
+    assert error["code"] == "server_error"
+    assert error["message"].startswith("request failed: ")
+    assert "node 1 (SlowSolidImage)" in error["message"]
+    assert "requested failure at step 2" in error["message"]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert wait_record(state_dir, "boom")["status"] == "failed"
+
+
+def test_a_rejected_workflow_names_node_input_and_reason(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    workflow = write(workdir, "bad.json", t2i(**{"4.ckpt_name": "nope.safetensors"}))
+    result = cli("generate", "image", "--workflow", workflow, "-o", "out")
+    assert result.code == 1
+    line = result.stderr.strip()
+    assert line.startswith("request failed: ")
+    assert "node 4 (CheckpointLoaderSimple)" in line and "ckpt_name" in line
+    assert "'nope.safetensors'" in line and "random-sd15.safetensors" in line
+    assert not (workdir / "out").exists() or list((workdir / "out").iterdir()) == []
+
+
+def test_a_cached_prompt_still_yields_its_image(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    workflow = write(workdir, "t2i.json", t2i())
+    first = cli("generate", "image", "--workflow", workflow, "-o", "one")
+    second = cli("generate", "image", "--workflow", workflow, "-o", "two")
+    assert first.code == 0 and second.code == 0, second.stderr
+    assert (workdir / first.stdout.strip()).read_bytes() == (
+        workdir / second.stdout.strip()
+    ).read_bytes()
+
+
+def test_a_dropped_websocket_loses_no_image(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    comfy = comfy_factory()
+    workflow = slow(workdir, "dropped", steps=30, step_seconds=0.05)
+    process = cli.start("generate", "image", "--workflow", workflow, "-n", "1", "-o", "out")
+    record = wait_record(state_dir, "dropped")
+    assert wait_for(lambda: queue_ids(comfy)[0] == record["handle"]["prompt_ids"])
+    assert comfy.drop_websockets(record["handle"]["client_id"]) >= 1
+    code, out, err = finish(process)
+    assert code == 0, err
+    assert (workdir / out.strip()).read_bytes().startswith(b"\x89PNG")
+    assert wait_record(state_dir, "dropped")["status"] == "succeeded"
+
+
+# -- cancel: exactly our work ---------------------------------------------------------------------
+
+
+def test_cancel_interrupts_our_running_prompt_by_id_and_leaves_a_foreign_one(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "ours", steps=400))
+    record = wait_record(state_dir, "ours", "running")
+    theirs = foreign(comfy, steps=3)
+    result = cli("cancel", "-f", "json")
+    assert result.code == 0, result.stderr
+    assert result.json()["was_active"] is True
+    code, _, err = finish(process)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("cancelled: ")
+    (ours,) = record["handle"]["prompt_ids"]
+    assert interrupts(comfy) == [{"prompt_id": ours}]
+    # The foreign prompt ran to its end.
+    assert wait_for(lambda: (history_of(comfy, theirs) or {}).get("status", {}).get(
+        "status_str") == "success")  # fmt: skip
+    assert history_of(comfy, ours)["status"]["status_str"] == "error"
+
+
+def test_cancel_of_ours_pending_behind_a_foreign_prompt_only_deletes_ours(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    theirs = foreign(comfy, steps=400, step_seconds=0.05)
+    assert wait_for(lambda: queue_ids(comfy)[0] == [theirs])
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "waiting"))
+    record = wait_record(state_dir, "waiting")
+    (ours,) = record["handle"]["prompt_ids"]
+    assert wait_for(lambda: ours in queue_ids(comfy)[1])
+    result = cli("cancel", record["id"])
+    assert result.code == 0, result.stderr
+    code, _, err = finish(process)
+    assert code == 1 and "cancelled: " in err
+    deletes = [call.body for call in comfy.calls("/queue") if call.method == "POST"]
+    assert {"delete": [ours]} in deletes
+    assert interrupts(comfy) == [] and queue_ids(comfy)[0] == [theirs]
+    assert history_of(comfy, ours) is None
+    assert wait_record(state_dir, "waiting")["status"] == "cancelled"
+
+
+def test_nothing_of_ours_is_no_request(comfy: ComfyEmulator, cli: Runner) -> None:
+    foreign(comfy, steps=50)
+    before = len(comfy.requests)
+    result = cli("cancel", "--server-type", "comfyui")
+    assert result.code == 0
+    assert result.stderr.startswith("no active generation")
+    assert len(comfy.requests) == before
+
+
+def test_cancel_all_clears_then_interrupts_and_says_whose(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    theirs = foreign(comfy, steps=400)
+    assert wait_for(lambda: queue_ids(comfy)[0] == [theirs])
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "queued"))
+    record = wait_record(state_dir, "queued")
+    assert wait_for(lambda: record["handle"]["prompt_ids"][0] in queue_ids(comfy)[1])
+    result = cli("cancel", "--all")
+    assert result.code == 0, result.stderr
+    assert "1 running and 1 pending prompt" in result.stdout and "1 of them ours" in result.stdout
+    as_calls = [(c.route, c.body) for c in comfy.calls("/queue") + comfy.calls("/interrupt")
+                if c.method == "POST"]  # fmt: skip
+    assert ("/queue", {"clear": True}) in as_calls and ("/interrupt", {}) in as_calls
+    clear_at = next(c.time for c in comfy.calls("/queue") if c.body == {"clear": True})
+    assert all(c.time >= clear_at for c in comfy.calls("/interrupt"))
+    code, _, _ = finish(process)
+    assert code == 1
+    assert wait_for(lambda: queue_ids(comfy) == ([], []))
+    document = cli("cancel", "--all", "-f", "json").json()
+    assert document["scope"] == "server"
+
+
+def test_a_server_before_0_3_57_gets_a_global_interrupt_only_while_ours_runs(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    comfy = comfy_factory(comfy_version="0.3.40")
+    theirs = foreign(comfy, steps=400, step_seconds=0.05)
+    assert wait_for(lambda: queue_ids(comfy)[0] == [theirs])
+    waiting = cli.start("generate", "image", "--workflow", slow(workdir, "old pending"))
+    record = wait_record(state_dir, "old pending")
+    assert wait_for(lambda: record["handle"]["prompt_ids"][0] in queue_ids(comfy)[1])
+    result = cli("cancel", record["id"], "-v")
+    assert result.code == 0, result.stderr
+    finish(waiting)
+    # Ours was pending: deleted, and no interrupt at all (it would have stopped theirs).
+    assert interrupts(comfy) == [] and queue_ids(comfy)[0] == [theirs]
+    httpx.post(f"{comfy.url}/queue", json={"delete": [theirs]}, timeout=5)
+    httpx.post(f"{comfy.url}/interrupt", json={}, timeout=5)
+    assert wait_for(lambda: queue_ids(comfy) == ([], []))
+    running = cli.start("generate", "image", "--workflow", slow(workdir, "old running", steps=400))
+    wait_record(state_dir, "old running", "running")
+    result = cli("cancel", "-v")
+    assert result.code == 0, result.stderr
+    assert "older than 0.3.57" in result.stderr, result.stderr
+    assert "global interrupt was sent" in result.stderr, result.stderr
+    code, _, _ = finish(running)
+    assert code == 1
+    # The global interrupt (an old server reads no body at all).
+    assert len(interrupts(comfy)) == 1
+
+
+def test_a_server_with_the_jobs_api_cancels_through_it(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    comfy = comfy_factory(comfy_version="0.28.1")
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "jobs", steps=400))
+    record = wait_record(state_dir, "jobs", "running")
+    assert cli("cancel").code == 0
+    code, _, _ = finish(process)
+    assert code == 1
+    (ours,) = record["handle"]["prompt_ids"]
+    assert [c.path for c in comfy.requests if "/jobs/" in c.path] == [f"/api/jobs/{ours}/cancel"]
+    assert interrupts(comfy) == []
+
+
+def test_ctrl_c_stops_exactly_our_prompts(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "mine", steps=400),
+                        "-n", "1")  # fmt: skip
+    record = wait_record(state_dir, "mine", "running")
+    theirs = foreign(comfy, steps=3)
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 130, err
+    assert "interrupted: stopping" in err
+    (ours,) = record["handle"]["prompt_ids"]
+    assert interrupts(comfy) == [{"prompt_id": ours}]
+    assert wait_for(lambda: (history_of(comfy, theirs) or {}).get("status", {}).get(
+        "status_str") == "success")  # fmt: skip
+    assert wait_record(state_dir, "mine")["status"] == "cancelled"
+
+
+# -- status, models, auth -------------------------------------------------------------------
+
+
+def test_status_counts_the_queue_and_ours(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    foreign(comfy, steps=400)
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "counted"))
+    wait_record(state_dir, "counted")
+    assert wait_for(lambda: len(queue_ids(comfy)[1]) == 1)
+    document = cli("status", "-f", "json").json()
+    assert document["queue"] == {"running": 1, "pending": 1, "ours_running": 0,
+                                 "ours_pending": 1}  # fmt: skip
+    server = document["server"]
+    assert server["type"] == "comfyui" and server["version"] == "0.3.64"
+    assert server["devices"] and {"name", "type", "vram_total", "vram_free"} <= set(
+        server["devices"][0]
+    )
+    table = cli("status")
+    assert "queue      1 running (0 ours), 1 pending (1 ours)" in table.stdout
+    cli("cancel", "--all", "-q")
+    finish(process)
+
+
+def test_models_map_swarmui_subtypes_to_folders(
+    comfy: ComfyEmulator, cli: Runner, state_dir: Path
+) -> None:
+    loras = cli("models", "list", "--subtype", "LoRA", "-f", "json").json()
+    assert loras["subtype"] == "loras"
+    assert [m["name"] for m in loras["models"]] == ["random-lora.safetensors",
+                                                    "sub/fake_lora.safetensors"]  # fmt: skip
+    folder = cli("models", "list", "--subtype", "loras", "--path", "sub", "-f", "json").json()
+    assert [m["name"] for m in folder["models"]] == ["sub/fake_lora.safetensors"]
+    unknown = cli("models", "list", "--subtype", "Bogus")
+    assert unknown.code == 2 and "checkpoints" in unknown.stderr
+    names = cli("models", "list", "-q")
+    assert names.code == 0
+    cached = read_registry(state_dir)["servers"]
+    assert {"checkpoints", "loras"} <= {k for s in cached.values() for k in s["models"]}
+
+
+def test_api_key_is_a_bearer_token_and_auth_header_wins(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path
+) -> None:
+    comfy = comfy_factory(required_authorization="Bearer s3cret-token")
+    refused = cli("status", "-f", "json", "--server-type", "comfyui")
+    assert refused.code == 1 and refused.json()["error"]["code"] == "auth_failed"
+    assert "--api-key" in refused.json()["error"]["message"]
+    ok = cli("status", "--api-key", "s3cret-token", "-f", "json")
+    assert ok.code == 0, ok.stderr
+    wins = cli("status", "--api-key", "wrong", "--auth-header", "Bearer s3cret-token")
+    assert wins.code == 0, wins.stderr
+    run = cli("generate", "image", "--workflow", slow(workdir, "authed"), "--api-key",
+              "s3cret-token", "-o", "out")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert all(c.headers.get("authorization") == "Bearer s3cret-token"
+               for c in comfy.requests if c.status != 401)  # fmt: skip
+    assert "s3cret-token" not in run.stdout + run.stderr
+
+
+# -- pipeline -------------------------------------------------------------------------------------
+
+
+def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_from_the_spec(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    write(workdir, "t2i.json", t2i())
+    spec = workdir / "set.yaml"
+    spec.write_text(
+        "params:\n"
+        "  workflow: t2i.json\n"
+        '  set: {"KSampler.cfg": 5.0, "KSampler.steps": 30}\n'
+        "assets:\n"
+        "  - name: tiles\n"
+        "    assets:\n"
+        "      - {id: a, prompt: first}\n"
+        '      - {id: b, prompt: second, params: {set: {"Negative.text": blurry}}}\n'
+        "      - {id: c, prompt: third}\n"
+        "      - {id: d, prompt: fourth}\n"
+    )
+    process = cli.start("pipeline", str(spec), "--base-seed", "100", "-f", "json")
+    most = 0
+    while process.poll() is None:
+        running, pending = queue_ids(comfy)
+        most = max(most, len(running) + len(pending))
+    code, out, err = finish(process)
+    assert code == 0, err
+    document = json.loads(out)
+    # Two of the pipeline's prompts in ComfyUI's queue at once: never more, and at some point
+    # the next one was already waiting while one ran.
+    assert most == 2
+    assert document["pipeline"]["parallel"] == 2
+    assert document["summary"]["succeeded"] == 4
+    graphs = {g["6"]["inputs"]["text"]: g for g in sent(comfy)}
+    assert sorted(graphs) == ["first", "fourth", "second", "third"]
+    assert all(g["3"]["inputs"]["cfg"] == 5.0 for g in graphs.values())
+    assert graphs["second"]["7"]["inputs"]["text"] == "blurry"
+    assert graphs["first"]["7"]["inputs"]["text"] == ""
+    assert [graphs[p]["3"]["inputs"]["seed"] for p in ("first", "second", "third")] == [
+        100,
+        101,
+        102,
+    ]
+    for asset in document["assets"]:
+        assert (workdir / asset["path"]).read_bytes().startswith(b"\x89PNG")
+    rerun = cli("pipeline", str(spec), "-f", "json")
+    assert rerun.code == 0 and rerun.json()["summary"]["skipped"] == 4
+    assert len(sent(comfy)) == 4
