@@ -54,13 +54,14 @@ def _emulator_class() -> Any:
         ),
     ]
 )
-def comfy_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def comfy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """(its URL, the emulator or None for the real server)."""
     if request.param == "real":
-        yield REAL_URL
+        yield REAL_URL, None
         return
     emulator = _emulator_class()(base_dir=tmp_path / "comfy").start()
     try:
-        yield emulator.url
+        yield emulator.url, emulator
     finally:
         emulator.stop()
 
@@ -97,11 +98,7 @@ def call(url: str, *calls: tuple[str, dict[str, Any]]) -> list[Any]:
     async def scenario() -> None:
         async with Client(server) as client:
             for name, arguments in calls:
-                result = await client.call_tool(name, arguments)
-                results.append(result)
-                if name == "generate_image" and arguments.get("wait") is False:
-                    # Let the queued work start before the next call looks at it.
-                    await anyio.sleep(0.5)
+                results.append(await client.call_tool(name, arguments))
 
     try:
         anyio.run(scenario)
@@ -117,9 +114,10 @@ def error_of(result: Any) -> dict[str, str]:
     return json.loads(result.content[0].text)["error"]
 
 
-def test_an_inline_workflow_with_set_runs_and_saves(comfy_url: str, tmp_path: Path) -> None:
+def test_an_inline_workflow_with_set_runs_and_saves(comfy: tuple[str, Any], tmp_path: Path) -> None:
     from PIL import Image
 
+    comfy_url, _ = comfy
     [made, again] = call(
         comfy_url,
         (
@@ -143,8 +141,9 @@ def test_an_inline_workflow_with_set_runs_and_saves(comfy_url: str, tmp_path: Pa
 
 
 def test_a_workflow_file_and_params_refused_on_comfyui(
-    comfy_url: str, tmp_path: Path, state_dir: Path
+    comfy: tuple[str, Any], tmp_path: Path, state_dir: Path
 ) -> None:
+    comfy_url, emulator = comfy
     workflow = tmp_path / "slow.json"
     workflow.write_text(json.dumps(slow_graph()))
     made, refused, missing = call(
@@ -165,9 +164,26 @@ def test_a_workflow_file_and_params_refused_on_comfyui(
     assert error_of(missing)["code"] == "file_error"
     # Only the first call queued anything.
     assert len(read_registry(state_dir)["generations"]) == 1
+    if emulator is not None:
+        assert len(emulator.calls("/prompt")) == 1
 
 
-def test_work_left_running_is_cancelled_by_its_id(comfy_url: str, tmp_path: Path) -> None:
+def test_bad_input_sends_nothing_to_comfyui(comfy: tuple[str, Any], tmp_path: Path) -> None:
+    comfy_url, emulator = comfy
+    if emulator is None:
+        pytest.skip("a shared real server cannot say what it did not receive")
+    results = call(
+        comfy_url,
+        ("generate_image", {"workflow": slow_graph(), "params": {"a": 1}}),
+        ("generate_image", {"workflow": slow_graph(), "steps": "4"}),
+        ("cancel_generation", {"all": "yes"}),
+    )
+    assert [error_of(r)["code"] for r in results] == ["usage_error"] * 3
+    assert emulator.requests == []
+
+
+def test_work_left_running_is_cancelled_by_its_id(comfy: tuple[str, Any], tmp_path: Path) -> None:
+    comfy_url, _ = comfy
     started, stopped, shown = call(
         comfy_url,
         (
