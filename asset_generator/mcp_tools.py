@@ -235,6 +235,8 @@ class Tools:
             error = job.end.get("error")
             if job.kind == PIPELINE and ("pipeline" in document or document.get("dry_run")):
                 document = self._pipeline_end(job, document)
+            elif job.kind == GENERATION and "generation_id" in document:
+                document = {**document, "notes": job.notes}
             if error:
                 # Before the work was recorded the document holds no more than the error's
                 # context (the server, whether it answered).

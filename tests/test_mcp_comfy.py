@@ -198,3 +198,36 @@ def test_work_left_running_is_cancelled_by_its_id(comfy: tuple[str, Any], tmp_pa
     assert body["was_active"] is True and [r["id"] for r in body["cancelled"]] == [generation_id]
     [record] = shown.structured_content["generations"]
     assert record["id"] == generation_id and record["status"] in ("cancelled", "running")
+
+
+def test_the_built_in_graph_takes_sampler_and_scheduler_and_says_the_drawn_seed(
+    comfy: tuple[str, Any], tmp_path: Path
+) -> None:
+    comfy_url, emulator = comfy
+    [made] = call(
+        comfy_url,
+        (
+            "generate_image",
+            {
+                "prompt": "a cat",
+                "model": "random-sd15.safetensors",
+                "sampler": "euler",
+                "scheduler": "karras",
+                "steps": 2,
+                "width": 64,
+                "height": 64,
+                "output_dir": str(tmp_path),
+            },
+        ),
+    )
+    document = made.structured_content
+    assert document["status"] == "succeeded", made.content[0].text
+    [image] = document["images"]
+    # ComfyUI has no random seed: the client drew one, and says how to repeat it.
+    [note] = document["notes"]
+    assert f"seed {image['seed']}" in note and "--" not in note
+    if emulator is not None:
+        [sent] = emulator.calls("/prompt")
+        [sampler] = [n for n in sent.body["prompt"].values() if n["class_type"] == "KSampler"]
+        assert sampler["inputs"]["sampler_name"] == "euler"
+        assert sampler["inputs"]["scheduler"] == "karras"

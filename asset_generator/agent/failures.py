@@ -30,6 +30,14 @@ ARGUMENT_OF_OPTION = {
     "--sampler": "sampler",
     "--scheduler": "scheduler",
     "--prompt": "prompt",
+    "--output-dir": "output_dir",
+    "--base-seed": "base_seed",
+    "--style-prefix": "style_prefix",
+    "--style-suffix": "style_suffix",
+    "--parallel": "parallel",
+    "--force": "force",
+    "--overwrite": "overwrite",
+    "--continue-on-error": "continue_on_error",
 }
 _PHRASES = (
     (re.compile(r"--set NODE\.INPUT=VALUE"), 'set {"NODE.INPUT": value}'),

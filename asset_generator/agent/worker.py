@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asset_generator.agent.failures import ToolFailure, failure_of, server_details
+from asset_generator.agent.failures import ToolFailure, failure_of, in_tool_words, server_details
 from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def run_generation(app: App, arguments: dict[str, Any], events: Events) -> int:
             id=record.id,
             total=100,
             expected=run.prepared.expected,
-            notes=list(run.prepared.notes),
+            notes=[in_tool_words(note) for note in run.prepared.notes],
         )
         outcome = run.follow(None)
     except Signalled as stop:
@@ -341,7 +341,8 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     try:
         loaded, options = _plan(app, arguments)
         if arguments.get("dry_run"):
-            events.end({**loaded.dry_run_document(), "warnings": loaded.plan.warnings}, None)
+            warnings = [in_tool_words(w) for w in loaded.plan.warnings]
+            events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
             return 0
         run = launch.launch(app, loaded, options, debug=app.output.debug)
     except Exception as exc:
@@ -352,7 +353,7 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
         "started",
         id=run.record.id,
         total=len(loaded.plan.assets),
-        notes=[run.describe(), *loaded.plan.warnings],
+        notes=[in_tool_words(note) for note in (run.describe(), *loaded.plan.warnings)],
         output_dir=str(loaded.plan.output_dir.resolve()),
     )
     try:
@@ -404,7 +405,7 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
     except SpecFileError as exc:
         raise ToolFailure("file_error", str(exc)) from None
     except SpecError as exc:
-        raise ToolFailure("bad_spec", f"bad spec: {exc}") from None
+        raise ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}")) from None
     return loaded, options
 
 
