@@ -876,7 +876,11 @@ def _wire(result: CallToolResult) -> dict[str, Any]:
 
 def _as_error_document(result: Any) -> Any:
     """An SDK-made error (plain text) becomes our error document; no error keeps structured
-    content (it would have to match the success schema)."""
+    content (it would have to match the success schema).
+
+    Arguments are checked before the SDK sees them, so an SDK refusal of arguments is rare
+    (``usage_error``); anything else it reports is a fault of ours (``server_error``).
+    """
     if not (isinstance(result, dict) and result.get("isError")):
         return result
     texts = [c.get("text", "") for c in result.get("content", []) if isinstance(c, dict)]
@@ -889,7 +893,11 @@ def _as_error_document(result: Any) -> Any:
     message = " ".join(t for t in texts if t) or "the tool call was refused"
     # Pydantic's text ends each error with a link; the field and the problem are enough.
     message = re.sub(r"\s*For further information visit \S+", "", message)
-    return {**result, **_wire(error_result(ToolFailure("usage_error", message)))}
+    if re.search(r"validation errors? for \w+Arguments", message):
+        failure = ToolFailure("usage_error", message)
+    else:
+        failure = ToolFailure("server_error", f"asset-generator failed: {message}")
+    return {**result, **_wire(error_result(failure))}
 
 
 async def _run_call(

@@ -521,3 +521,26 @@ def test_run_pipeline_without_waiting_is_followed_and_cancelled_by_its_id(
     assert body["was_active"] is True and body["pipeline"]["id"].startswith("pipe_")
     assert emu.interrupted_sessions()
     assert status.structured_content["status"] == "cancelled"
+
+
+def test_errors_the_sdk_makes_get_our_error_document() -> None:
+    from asset_generator.mcp_tools import _as_error_document
+
+    def made(text: str) -> dict[str, Any]:
+        return {"content": [{"type": "text", "text": text}], "isError": True}
+
+    refused = _as_error_document(
+        made(
+            "1 validation error for generate_imageArguments\nsteps\n  Input should be a valid "
+            "integer For further information visit https://errors.pydantic.dev/2/v/int_type"
+        )
+    )
+    fault = _as_error_document(made("Error executing tool generate_image: boom"))
+    ours = _as_error_document(
+        {**made('{"error": {"code": "not_found", "message": "no"}}'), "structuredContent": {}}
+    )
+    for result, code in ((refused, "usage_error"), (fault, "server_error")):
+        assert "structuredContent" not in result
+        error = json.loads(result["content"][0]["text"])["error"]
+        assert error["code"] == code and "https://" not in error["message"]
+    assert "structuredContent" not in ours
