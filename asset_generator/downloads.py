@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import string
+import struct
 import tempfile
 import time
 import unicodedata
@@ -273,3 +274,36 @@ def check_writable(directory: Path) -> None:
     os.close(handle)
     with contextlib.suppress(OSError):
         os.unlink(probe)
+
+
+def png_text(path: Path, keyword: bytes, limit: int = 16 * 1024 * 1024) -> str | None:
+    """The text of a PNG's ``tEXt``/``iTXt`` chunk named ``keyword`` (before the pixels).
+
+    Servers write how an image was made there (SwarmUI ``parameters``, ComfyUI ``prompt``).
+    None when the file is not a PNG, has no such chunk, or cannot be read.
+    """
+    try:
+        with path.open("rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                header = handle.read(8)
+                if len(header) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", header)
+                if kind in (b"IDAT", b"IEND") or length > limit:
+                    return None
+                data = handle.read(length)
+                handle.read(4)
+                if kind not in (b"tEXt", b"iTXt"):
+                    continue
+                key, _, value = data.partition(b"\x00")
+                if key != keyword:
+                    continue
+                if kind == b"iTXt":
+                    # compression flag, method, language tag, translated keyword
+                    value = value[2:].split(b"\x00", 2)[-1]
+                    return value.decode("utf-8", errors="replace")
+                return value.decode("latin-1")
+    except (OSError, struct.error):
+        return None

@@ -3,36 +3,27 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
+
+from asset_generator.downloads import png_text
 
 SAMPLER_SEEDS = ("seed", "noise_seed")
 
 
-def prompt_of_png(path: Path, limit: int = 16 * 1024 * 1024) -> dict[str, Any] | None:
-    """The ``prompt`` tEXt chunk SaveImage writes (nodes.py SaveImage), parsed, if present."""
-    try:
-        with path.open("rb") as handle:
-            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
-            while True:
-                header = handle.read(8)
-                if len(header) < 8:
-                    return None
-                length, kind = struct.unpack(">I4s", header)
-                if kind in (b"IDAT", b"IEND") or length > limit:
-                    return None
-                data = handle.read(length)
-                handle.read(4)
-                if kind == b"tEXt":
-                    key, _, value = data.partition(b"\x00")
-                    if key == b"prompt":
-                        parsed = json.loads(value.decode("latin-1"))
-                        return parsed if isinstance(parsed, dict) else None
-    # RecursionError: a hostile image whose metadata is deeply nested JSON ("[[[[...").
-    except (OSError, ValueError, struct.error, RecursionError):
+def prompt_of_png(path: Path) -> dict[str, Any] | None:
+    """The ``prompt`` tEXt chunk SaveImage writes (nodes.py SaveImage), parsed, if present.
+
+    ComfyUI writes Python's JSON, which may hold NaN (an ``is_changed`` result): Python reads it.
+    """
+    text = png_text(path, b"prompt")
+    if text is None:
         return None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def seed_of_file(path: Path) -> tuple[int | None, dict[str, Any] | None]:

@@ -4,40 +4,27 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from asset_generator.downloads import png_text
 
 _SEED_TEXT = re.compile(r"-?[0-9]{1,20}")
 
 
 def png_text_metadata(path: Path, limit: int = 4 * 1024 * 1024) -> dict[str, Any] | None:
     """SwarmUI's ``parameters`` tEXt/iTXt chunk of a PNG, parsed as JSON, if present."""
-    try:
-        with path.open("rb") as handle:
-            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-                return None
-            while True:
-                header = handle.read(8)
-                if len(header) < 8:
-                    return None
-                length, kind = struct.unpack(">I4s", header)
-                if kind == b"IDAT" or kind == b"IEND" or length > limit:
-                    return None
-                data = handle.read(length)
-                handle.read(4)
-                if kind in (b"tEXt", b"iTXt"):
-                    key, _, value = data.partition(b"\x00")
-                    if key == b"parameters":
-                        if kind == b"iTXt":
-                            # compression flag, method, language tag, translated keyword
-                            value = value[2:].split(b"\x00", 2)[-1]
-                        parsed = json.loads(value.decode("utf-8", errors="replace"))
-                        return parsed if isinstance(parsed, dict) else None
-    # RecursionError: a hostile image whose metadata is deeply nested JSON ("[[[[...").
-    except (OSError, ValueError, struct.error, RecursionError):
+    text = png_text(path, b"parameters", limit)
+    if text is None:
         return None
+    try:
+        # Written as UTF-8 whichever chunk carries it.
+        parsed = json.loads(text.encode("latin-1", errors="ignore").decode("utf-8", "replace"))
+    # RecursionError: a hostile image whose metadata is deeply nested JSON ("[[[[...").
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def seed_from_metadata(metadata: Mapping[str, Any] | None) -> int | None:
