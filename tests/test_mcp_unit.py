@@ -544,3 +544,41 @@ def test_errors_the_sdk_makes_get_our_error_document() -> None:
         error = json.loads(result["content"][0]["text"])["error"]
         assert error["code"] == code and "https://" not in error["message"]
     assert "structuredContent" not in ours
+
+
+def test_a_client_cancel_of_a_waiting_run_pipeline_stops_the_whole_run(
+    emulator_factory, tmp_path: Path, state_dir: Path
+) -> None:
+    from conftest import wait_for
+
+    emu = emulator_factory(step_seconds=0.05)
+    app = App()
+    app.flags.update(api_url=emu.url)
+    tools = Tools(app)
+    server = build_server(tools)
+
+    async def scenario() -> None:
+        async with Client(server) as client, anyio.create_task_group() as group:
+
+            async def run() -> None:
+                await client.call_tool(
+                    "run_pipeline", {"spec": SPEC, "output_dir": str(tmp_path), "steps": 300}
+                )
+
+            group.start_soon(run)
+            with anyio.fail_after(20):
+                while not generation_requests(emu):
+                    await anyio.sleep(0.02)
+            # The client gives up on the call (notifications/cancelled).
+            group.cancel_scope.cancel()
+
+    try:
+        anyio.run(scenario)
+        [pipeline] = read_registry(state_dir)["pipelines"].values()
+        assert wait_for(
+            lambda: read_registry(state_dir)["pipelines"][pipeline["id"]]["status"] == "cancelled"
+        )
+        assert emu.interrupted_sessions()
+    finally:
+        tools.stop_all("the test is over", handed_back=True)
+        app.close()
