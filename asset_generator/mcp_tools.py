@@ -41,7 +41,7 @@ from asset_generator.agent.results import (
     thumbnail,
 )
 from asset_generator.agent.workers import GENERATION, PIPELINE, WorkerJob, spawn, wait_all
-from asset_generator.registry import CANCELLED, FAILED, RUNNING, SUCCEEDED
+from asset_generator.registry import RUNNING, SUCCEEDED
 from asset_generator.report import RECENT_FINISHED
 from asset_generator.text import one_line
 
@@ -973,8 +973,6 @@ async def _run_call(
 
 
 __all__ = [
-    "CANCELLED",
-    "FAILED",
     "Tools",
     "build_server",
     "error_result",
