@@ -142,6 +142,10 @@ class GenerationRun:
         self._accepted_at: float | None = None
         # stop() had the server take its interrupt (until then our work may still run there).
         self.stop_confirmed = False
+        # An interrupt may still reach our handle after the run: one of ours was sent, or
+        # another process marked a cancel (then interrupts) before we recorded the end.
+        self._interrupt_may_land = False
+        self._released = False
 
     @property
     def expected(self) -> int:
@@ -317,6 +321,7 @@ class GenerationRun:
         """Stop our own work on the server, bounded by ``timeout`` seconds."""
         if self.record is None:
             return False
+        self._interrupt_may_land = True
         if self.live is not None:
             return self.live.cancel(timeout)
         try:
@@ -337,6 +342,8 @@ class GenerationRun:
         with contextlib.suppress(RegistryError):
             self.mark(status, reason)
         self.stop_confirmed = self.interrupt(timeout)
+        with contextlib.suppress(RegistryError):
+            self.release()
         return self.stop_confirmed
 
     def mark(self, status: str, error: str | None = None) -> None:
@@ -350,8 +357,12 @@ class GenerationRun:
             saved.images = [i.shown() for i in self.images]
             # The figure shown last, not the one written up to a second earlier.
             saved.progress = max(saved.progress, self.steps.percent)
-            if saved.status == CANCELLED and status != SUCCEEDED:
-                status, error = CANCELLED, saved.error or error
+            if saved.status == CANCELLED:
+                # Marked by a cancel (which interrupts next): it stands, unless every image
+                # arrived; either way its interrupt may still be on its way.
+                self._interrupt_may_land = True
+                if status != SUCCEEDED:
+                    status, error = CANCELLED, saved.error or error
             saved.finish(status, error)
             self.record = saved
 
@@ -359,7 +370,17 @@ class GenerationRun:
         assert self.record is not None
         status, error = self._classify()
         self.mark(status, error)
+        self.release()
         return self.outcome(error)
+
+    def release(self, *, cancelled: bool = False) -> None:
+        """Give our handle back to the claimer, once (a SwarmUI session then serves the next
+        generation); it rests first when an interrupt may still reach it."""
+        if self._released or self.record is None:
+            return
+        self._released = True
+        may_land = cancelled or self._interrupt_may_land or self.record.status == CANCELLED
+        self.claimer.release(self.record.handle, cancelled=may_land)
 
     def _classify(self) -> tuple[str, str | None]:
         """How the run ended: cancelled only when someone is known to have cancelled it.

@@ -91,7 +91,9 @@ class PipelineResult(BaseModel):
         None, description="The pipe_ id generation_status, get_images and cancel take."
     )
     status: str = Field(description="running, succeeded, failed or cancelled; planned (dry run).")
-    done: int = Field(0, description="Assets finished (made, skipped, failed or cancelled).")
+    done: int = Field(
+        0, description="Assets done: made or skipped (failed and cancelled ones are not)."
+    )
     total: int = Field(0, description="Assets in the spec.")
     output_dir: str | None = None
     summary: dict[str, int] | None = Field(
@@ -257,7 +259,7 @@ class Tools:
         return {
             "pipeline_id": job.id,
             "status": RUNNING if job.id else "queued",
-            "done": int(job.value),
+            "done": job.done_count,
             "total": int(job.total),
             "output_dir": job.output_dir,
             "summary": None,
@@ -285,7 +287,7 @@ class Tools:
         return {
             "pipeline_id": pipeline.get("id") or job.id,
             "status": record.status if record is not None else job.state,
-            "done": summary.get("total", 0) - summary.get("not_started", 0),
+            "done": summary.get("succeeded", 0) + summary.get("skipped", 0),
             "total": summary.get("total", int(job.total)),
             "output_dir": pipeline.get("output_dir") or job.output_dir,
             "summary": summary or None,
@@ -367,7 +369,8 @@ class Tools:
             "ok": True,
             "pipeline_id": record.id,
             "status": record.status,
-            "progress": round(100.0 * record.done / record.total, 1) if record.total else 100.0,
+            # The assets that ended (done, failed or cancelled), of the total.
+            "progress": _ended_percent(record),
             "done": record.done,
             "total": record.total,
             "error": record.error,
@@ -468,6 +471,12 @@ class Tools:
         from asset_generator.report import gather
 
         return gather(self.app.server(), self.generations()).to_json()
+
+
+def _ended_percent(record: PipelineRecord) -> float:
+    counts = record.tally()
+    ended = record.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
+    return round(100.0 * ended / record.total, 1) if record.total else 100.0
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -187,7 +187,10 @@ class GenerationRecord(JobRecord):
         return record
 
 
-PIPELINE_COUNTS = ("succeeded", "skipped", "failed", "cancelled")
+# How a pipeline's assets stand: made (or already there), failed, cancelled, in flight (sent,
+# not ended) and not started. Only the first two are "done"; the others are counted apart.
+PIPELINE_COUNTS = ("succeeded", "skipped", "failed", "cancelled", "in_flight", "not_started")
+DONE_COUNTS = ("succeeded", "skipped")
 
 
 @dataclass(kw_only=True)
@@ -203,10 +206,24 @@ class PipelineRecord(JobRecord):
 
     @property
     def done(self) -> int:
-        return sum(self.counts.get(name, 0) for name in PIPELINE_COUNTS)
+        """Assets whose file is made: succeeded or skipped (never failed or cancelled)."""
+        return sum(self.counts.get(name, 0) for name in DONE_COUNTS)
+
+    def tally(self) -> dict[str, int]:
+        """Every count of PIPELINE_COUNTS; what no count covers has not started.
+
+        Records written before "in_flight" and "not_started" were counted hold only the ended
+        assets: the rest of the total is then not started (or in flight, while it runs).
+        """
+        tally = {name: self.counts.get(name, 0) for name in PIPELINE_COUNTS}
+        counted = sum(tally.values())
+        if "not_started" not in self.counts:
+            tally["not_started"] = max(self.total - counted, 0)
+        return tally
 
     def public(self) -> dict[str, Any]:
         times = self._times()
+        tally = self.tally()
         return {
             "id": self.id,
             "server": self.server,
@@ -216,7 +233,10 @@ class PipelineRecord(JobRecord):
             "status": self.status,
             "total": self.total,
             "done": self.done,
-            "counts": {name: self.counts.get(name, 0) for name in PIPELINE_COUNTS},
+            "failed": tally["failed"],
+            "cancelled": tally["cancelled"],
+            "not_started": tally["not_started"],
+            "counts": tally,
             "created": times["created"],
             "finished": times["finished"],
             "pid": self.pid,
@@ -429,6 +449,10 @@ def _from_swarm_only(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "generations": converted, "servers": servers}
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def cached_model_names(state: State, key: str, subtype: str = "Stable-Diffusion") -> list[str]:
     """Model names ``models list`` last saw on this server, for completion (no network).
 
@@ -523,7 +547,9 @@ class Registry:
                 f"cannot read the session cache {self.path}: {exc.strerror}"
             ) from None
         try:
-            return State.from_json(json.loads(raw))
+            # NaN and Infinity are not JSON (we never write them): a file holding one anywhere,
+            # even in an adapter's opaque memory, could not be written back.
+            return State.from_json(json.loads(raw, parse_constant=_not_json))
         # RecursionError: json.loads of a deeply nested document (e.g. "[[[[...").
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__

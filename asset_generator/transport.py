@@ -8,6 +8,7 @@ followed, so neither a cookie nor the ``Authorization`` header can be carried to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -297,6 +298,7 @@ class Transport:
                 keepalive_ping_interval_seconds=None,
             ) as session:
                 self._note("WS", path, 101, started)
+                _wake_reader_on_close(session)
                 yield WebSocket(session, self.server)
         except WebSocketUpgradeError as exc:
             status = exc.response.status_code
@@ -455,6 +457,31 @@ def _tolerate_unsolicited_pongs(session: Any, heard: Callable[[], None]) -> None
             event.set()
 
     manager.ack = ack
+
+
+def _wake_reader_on_close(session: Any) -> None:
+    """Shut the socket down before httpx-ws closes it, so closing never waits on the server.
+
+    httpx-ws sends our Close frame, then only closes the file descriptor, which leaves its
+    reader thread blocked in recv() until the *server* hangs up; the interpreter joins that
+    thread at exit. SwarmUI hangs up 2 s after ``socket_intention: close`` (protocol §4.5),
+    so every `generate` would wait that out after leaving. shutdown() wakes the reader (and
+    sends our FIN after the Close frame) at once.
+    """
+    import socket
+
+    stream = getattr(session, "stream", None)
+    close = getattr(stream, "close", None)
+    raw = stream.get_extra_info("socket") if hasattr(stream, "get_extra_info") else None
+    if close is None or not isinstance(raw, socket.socket):
+        return
+
+    def shut_then_close() -> None:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RDWR)
+        close()
+
+    stream.close = shut_then_close
 
 
 class WebSocketRefused(ServerError):

@@ -143,6 +143,31 @@ def test_nested_spec_runs_every_asset_on_every_backend(
     assert {e["status"] for e in manifest["assets"].values()} == {"succeeded"}
 
 
+def test_the_command_line_wins_over_the_spec_and_the_config_stays_below_it(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=3)
+    cli.url = emu.url
+    assert cli("config", "set", "generate.steps", "9").code == 0
+    assert cli("config", "set", "generate.sampler", "euler").code == 0
+    result = cli("pipeline", spec(workdir), "--steps", "7", "--dry-run", "-f", "json")
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "command line" in line]
+    assert warnings == [
+        "warning: the command line (--steps) overrides the spec's params for 6 of 6 assets"
+    ]
+    assert {a["params"]["steps"] for a in result.json()["assets"]} == {7}
+    ran = cli("pipeline", spec(workdir), "--steps", "7", "-q")
+    assert ran.code == 0, ran.stderr
+    assert {b["steps"] for b in sent(emu)} == {7}
+    assert {b["sampler"] for b in sent(emu)} == {"euler"}
+    emu.reset_log()
+    # Without the option the spec's steps: 3 stands over the config's 9.
+    again = cli("pipeline", spec(workdir), "--force", "-q")
+    assert again.code == 0, again.stderr
+    assert {b["steps"] for b in sent(emu)} == {3}
+
+
 def test_sessions_are_a_small_pool_reused_across_assets(
     cli: Runner, emulator_factory, workdir: Path
 ) -> None:
@@ -204,6 +229,65 @@ def test_changed_prompt_regenerates_only_that_asset(
     result = cli("pipeline", "--file", "game.yaml", "--base-seed", "1")
     assert result.code == 0, result.stderr
     assert [b["prompt"] for b in sent(emu)] == ["a young birch, painterly, misty"]
+
+
+def test_a_rerun_says_why_it_regenerates_and_the_dry_run_shows_it_first(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=2)
+    cli.url = emu.url
+    first = cli("pipeline", spec(workdir), "--base-seed", "1")
+    assert first.code == 0, first.stderr
+    # A first run into an empty directory has nothing to explain.
+    assert "regenerat" not in first.stderr
+    spec(workdir, GAME.replace("an old oak", "a young birch").replace("height: 256", "height: 384"))
+    out = workdir / "pipeline-output"
+    (out / "characters/mage.png").unlink()
+    (out / "characters/hero.png").write_bytes(b"touched up by hand")
+    emu.reset_log()
+
+    dry = cli("pipeline", "game.yaml", "--dry-run")
+    assert dry.code == 0, dry.stderr
+    reasons = [line for line in dry.stderr.splitlines() if line.startswith("would ")]
+    assert reasons == [
+        "would regenerate 1 asset: file missing: mage",
+        "would regenerate 1 asset: prompt changed: tree",
+        "would regenerate 1 asset: parameters changed (height): entrance",
+        "would fail 1 asset: file altered since it was made; --overwrite replaces it: hero",
+        "would skip 2 assets: done with the same prompt, seed and parameters: rogue, path",
+    ]
+    assert "world/forest/tree.png  [generate: prompt changed]" in dry.stdout
+    assert "characters/rogue.png  [skip]" in dry.stdout
+    as_json = cli("pipeline", "game.yaml", "--dry-run", "-f", "json").json()
+    actions = {a["id"]: (a["action"], a["reasons"]) for a in as_json["assets"]}
+    assert actions["mage"] == ("generate", ["missing"])
+    assert actions["entrance"] == ("generate", ["params"])
+    assert actions["hero"] == ("blocked", ["altered"])
+    assert actions["rogue"] == ("skip", [])
+    assert emu.requests == []
+
+    run = cli("pipeline", "game.yaml", "--continue-on-error")
+    assert run.code == 1
+    assert "regenerating 1 asset: prompt changed: tree" in run.stderr.splitlines()
+    assert "failing 1 asset: file altered since it was made; --overwrite replaces it: hero" in (
+        run.stderr.splitlines()
+    )
+    assert not any(line.startswith("would ") for line in run.stderr.splitlines())
+    assert sorted(b["prompt"] for b in sent(emu)) == [
+        "a cave entrance, painterly, calm",
+        "a fire mage, pixel art, fire",
+        "a young birch, painterly, misty",
+    ]
+
+    # An asset added to the spec is new, not regenerated.
+    spec(
+        workdir,
+        GAME.replace(
+            "      - id: rogue\n", "      - {id: bard, prompt: a bard}\n      - id: rogue\n"
+        ),
+    )
+    added = cli("pipeline", "game.yaml", "--dry-run")
+    assert "would make 1 asset: new in the spec (not in the manifest): bard" in added.stderr
 
 
 def test_a_foreign_file_in_the_way_is_never_overwritten(
@@ -345,6 +429,66 @@ def test_signal_interrupts_every_in_flight_asset(
     manifest = json.loads((workdir / "pipeline-output/asset-generator-manifest.json").read_text())
     assert {e["status"] for e in manifest["assets"].values()} == {"cancelled"}
     assert not list((workdir / "pipeline-output").rglob("*.part"))
+
+
+def slow_interrupts(point: FaultPoint) -> Fault | None:
+    """A faults hook: InterruptAll answers after 3 s, so a stop takes its time."""
+    if point.transport == "http" and (point.route or "").lower() == "interruptall":
+        return Fault(delay_seconds=3.0)
+    return None
+
+
+def test_a_second_ctrl_c_records_the_same_states_as_one(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    # One cause, one state: a Ctrl-C pressed twice (the second while the first still waits
+    # for the server) leaves the pipeline and its assets cancelled, as one Ctrl-C does, never
+    # failed as a process that died without a word.
+    import time
+
+    emu = emulator_factory(backends=2, step_seconds=0.1, default_steps=100, faults=slow_interrupts)
+    cli.url = emu.url
+    process = start_long(cli, workdir)
+    flying = wait_running(workdir, 2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted again" in err and "Traceback" not in err
+    # `status` settles what a dead process left unfinished: nothing may be left to it.
+    status = cli("status", "-f", "json")
+    (row,) = status.json()["pipelines"]
+    assert row["status"] == "cancelled", row
+    # The assets sent (running, or queued ahead at the server) are cancelled, the rest not
+    # started; none is done.
+    assert row["done"] == row["failed"] == 0, row
+    assert row["cancelled"] >= 2 and row["cancelled"] + row["not_started"] == 6, row
+    registry = state(workdir)
+    gens = [g for g in registry["generations"].values() if g["pipeline_id"] == row["id"]]
+    assert {g["id"] for g in flying} <= {g["id"] for g in gens}
+    assert {g["status"] for g in gens} == {"cancelled"}
+    manifest = json.loads((workdir / "pipeline-output/asset-generator-manifest.json").read_text())
+    assert {e["status"] for e in manifest["assets"].values()} == {"cancelled"}
+    assert len(manifest["assets"]) == row["cancelled"]
+
+
+def test_failed_assets_are_never_counted_as_done(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    emu = emulator_factory(backends=2, faults=fail_prompts("card 2"))
+    cli.url = emu.url
+    result = cli("pipeline", spec(workdir, many(5)), "--parallel", "1")
+    assert result.code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert lines[0].startswith("[1/5 done] succeeded c00")
+    assert lines[2].startswith("[2/5 done, 1 failed] failed c02")
+    assert not any("3/5 done" in line for line in lines), lines
+    (row,) = cli("status", "-f", "json").json()["pipelines"]
+    assert row["status"] == "failed"
+    assert (row["done"], row["failed"], row["cancelled"], row["not_started"]) == (2, 1, 0, 2)
+    assert row["counts"] == {"succeeded": 2, "skipped": 0, "failed": 1, "cancelled": 0,
+                             "in_flight": 0, "not_started": 2}  # fmt: skip
 
 
 BAD_SPECS = {
@@ -532,3 +676,41 @@ def test_post_processing_options_apply_to_every_asset_and_a_failure_fails_that_a
     ]
     with Image.open(wide) as image:
         assert image.size == (32, 16)
+
+
+def on_glibc() -> bool:
+    import os
+
+    try:
+        return "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not on_glibc(), reason="the C allocator's arenas are glibc's")
+def test_a_pipeline_keeps_the_c_allocator_to_one_arena(
+    cli: Runner, emulator_factory, workdir: Path
+) -> None:
+    # Each asset's threads would otherwise allocate from arenas of their own, which keep what
+    # they once held: peak memory grew with the number of assets (PERFORMANCE.md, issue 19).
+    import os
+    import sys
+
+    emu = emulator_factory(backends=3)
+    name = spec(workdir, many(9))
+    code = (
+        "import atexit, ctypes, sys\n"
+        "atexit.register(lambda: ctypes.CDLL(None).malloc_stats())\n"
+        "from asset_generator.cli import main\n"
+        "sys.argv = ['asset-generator', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "pipeline", name, "-q"],
+        cwd=workdir, env={**os.environ, "ASSET_GENERATOR_API_URL": emu.url},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 9
+    arenas = [line for line in done.stderr.splitlines() if line.startswith("Arena ")]
+    assert arenas == ["Arena 0:"], done.stderr

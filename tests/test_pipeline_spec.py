@@ -87,7 +87,8 @@ assets:
 """
     from asset_generator.swarm.params import build_request
 
-    plan = plan_of(text, run_params=[("steps", 30), ("height", 512)])
+    # The config's [generate] values stay below the spec's.
+    plan = plan_of(text, defaults=[("steps", 30), ("height", 512)])
     a, b = plan.assets
     # What SwarmUI is sent for each asset.
     assert build_request(a.request) == {
@@ -96,6 +97,38 @@ assets:
     }  # fmt: skip
     assert b.request.cfg_scale == 5 and b.request.steps == 6
     assert b.request.loras == ()
+
+
+def test_the_command_line_wins_over_the_spec_with_one_warning() -> None:
+    text = """\
+params: {steps: 4, cfg_scale: 5}
+assets:
+  - name: g
+    params: {steps: 6}
+    assets:
+      - {id: a, prompt: p, params: {cfg_scale: 7.5, loras: ["pixel:0.5"], sampler: dpm}}
+      - {id: b, prompt: p}
+      - {id: c, prompt: p, params: {steps: 20, cfg_scale: 7.5}}
+"""
+    plan = plan_of(
+        text,
+        defaults=[("steps", 30), ("height", 512)],
+        overrides=[("steps", 20), ("cfg_scale", 7.5), ("loras", ["detail"]), ("width", 640)],
+    )
+    a, b, c = plan.assets
+    # As helm --set wins over a values file: every asset gets the command line's values.
+    assert a.request.steps == b.request.steps == c.request.steps == 20
+    assert a.request.cfg_scale == b.request.cfg_scale == 7.5
+    assert [str(lora) for lora in b.request.loras] == ["detail:1"]
+    assert a.request.width == 640 and a.request.sampler == "dpm" and a.request.height == 512
+    # One line for the whole plan, counting the assets whose spec value was replaced by a
+    # different one (c already had these values), naming the options as typed.
+    (warning,) = [w for w in plan.warnings if "command line" in w]
+    assert warning == (
+        "warning: the command line (--steps, --cfg-scale, --lora) overrides the spec's "
+        "params for 2 of 3 assets"
+    )
+    assert not [w for w in plan_of(text, overrides=[("width", 64)]).warnings if "command" in w]
 
 
 def test_unknown_keys_are_warned_with_line_and_place() -> None:
@@ -238,3 +271,45 @@ def test_the_manifest_rewrites_only_what_changed_and_reads_back_true(tmp_path: P
     again = Manifest.load(tmp_path)
     assert again.problem is None
     assert again.entries["a.png"].sha256 == hashlib.sha256(b"two").hexdigest()
+
+
+def test_the_manifest_says_why_an_asset_is_made_again(tmp_path: Path) -> None:
+    from asset_generator.pipeline.manifest import Manifest
+
+    text = "assets:\n  - {name: g, assets: [{id: a, prompt: p}, {id: b, prompt: q}]}\n"
+    made = make_plan(parse_spec(text, "s.yaml"), output_dir=tmp_path, base_seed=3)
+    manifest = Manifest.load(tmp_path)
+    for asset in made.assets:
+        asset.path.write_bytes(asset.id.encode())
+        manifest.record(asset, "succeeded")
+
+    def why(plan, *, force: bool = False, overwrite: bool = False) -> list[tuple]:
+        return [
+            (d.verdict, d.reasons, d.changed)
+            for d in (manifest.decide(a, force=force, overwrite=overwrite) for a in plan.assets)
+        ]
+
+    assert why(made) == [("skip", (), ()), ("skip", (), ())]
+    assert why(made, force=True) == [("generate", ("force",), ())] * 2
+    reseeded = make_plan(parse_spec(text, "s.yaml"), output_dir=tmp_path, base_seed=4)
+    assert why(reseeded) == [("generate", ("seed",), ())] * 2
+    stepped = make_plan(parse_spec(text, "s.yaml"), output_dir=tmp_path, base_seed=3,
+                        overrides=[("steps", 9), ("width", 64)])  # fmt: skip
+    assert why(stepped)[0] == ("generate", ("params",), ("width", "steps"))
+    manifest.postprocess = {"strip_metadata": True}
+    assert why(made)[0] == ("generate", ("postprocess",), ())
+    manifest.postprocess = None
+    manifest.entries.clear()
+    manifest.record(made.assets[0], "succeeded")
+    manifest.record(made.assets[1], "failed", error="boom", kept_file=True)
+    assert why(made)[1] == ("generate", ("unfinished",), ())
+    made.assets[0].path.write_bytes(b"edited")
+    assert why(made)[0] == ("blocked", ("altered",), ())
+    assert why(made, overwrite=True)[0] == ("generate", ("altered",), ())
+    more = make_plan(
+        parse_spec(text.replace("}]}", "}, {id: c, prompt: r}]}"), "s.yaml"),
+        output_dir=tmp_path, base_seed=3,
+    )  # fmt: skip
+    assert why(more)[2] == ("generate", ("new",), ())
+    made.assets[0].path.unlink()
+    assert why(made)[0] == ("generate", ("missing",), ())

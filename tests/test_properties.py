@@ -189,6 +189,7 @@ def test_the_valid_document_itself_loads(tmp_path: Path) -> None:
         "generations": {"gen_1": {**valid_record("gen_1"), "progress": math.nan}},
     }
 )
+@example(document={"schema": 1, "generations": {}, "servers": {"k": {"sessions": math.inf}}})
 def test_any_json_in_the_cache_loads_or_is_set_aside(
     tmp_path_factory: pytest.TempPathFactory, document: Any
 ) -> None:

@@ -47,24 +47,27 @@ def generation_request(app: App, arguments: dict[str, Any]) -> Request:
     )
 
 
-def pipeline_params(app: App, arguments: dict[str, Any]) -> list[tuple[str, Any]]:
-    """run_pipeline's generation arguments as the run's outermost ``params:`` level."""
-    from asset_generator.pipeline.launch import run_params
+def pipeline_params(
+    app: App, arguments: dict[str, Any]
+) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """run_pipeline's generation arguments as `pipeline`'s: the config's [generate] values
+    (below the spec's ``params:``) and the call's own (above them)."""
+    from asset_generator.pipeline.launch import command_line
     from asset_generator.pipeline.plan import OPTION_NAMES
 
-    defaults = {
-        name: app.settings[f"generate.{name}"]
+    defaults = [
+        (name, app.settings[f"generate.{name}"])
         for name in OPTION_NAMES
         if app.settings[f"generate.{name}"] is not None
-    }
-    return run_params(
-        defaults,
+    ]
+    overrides = command_line(
         (arguments.get("params") or {}).items(),
         arguments,
         loras=arguments.get("loras") or (),
         workflow=workflow_of(arguments.get("workflow")),
         sets=sets_of(arguments.get("set")),
     )
+    return defaults, overrides
 
 
 def workflow_of(value: str | dict[str, Any] | None) -> Workflow | None:

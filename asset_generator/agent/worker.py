@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
     from asset_generator.pipeline.plan import PlannedAsset
     from asset_generator.pipeline.run import AssetResult
+    from asset_generator.registry import PipelineRecord
     from asset_generator.saving import SavedImage
     from asset_generator.steps import StepProgress
 
@@ -310,11 +311,10 @@ def _ended(app: App, outcome: Outcome) -> tuple[dict[str, Any], ToolFailure | No
 
 
 class _PipelineReporter:
-    """A pipeline ``Reporter`` whose progress is assets done of the total."""
+    """A pipeline ``Reporter`` whose progress is the assets that ended, of the total."""
 
-    def __init__(self, events: Events, total: int) -> None:
+    def __init__(self, events: Events) -> None:
         self.events = events
-        self.total = total
 
     def started(self, asset: PlannedAsset, generation_id: str) -> None:
         pass
@@ -325,10 +325,14 @@ class _PipelineReporter:
     def saved(self, path: str) -> None:
         pass
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None:
-        self.events.send("asset", asset=result.public())
-        message = f"{done} of {total} assets done ({result.asset.id} {result.status})"
-        self.events.send("progress", value=done, total=total, message=message)
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+        counts = tally.tally()
+        ended = tally.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
+        self.events.send("asset", asset=result.public(), done=tally.done)
+        words = [f"{tally.done} done"]
+        words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts.get(name)]
+        message = f"{ended} of {tally.total} assets ended ({', '.join(words)})"
+        self.events.send("progress", value=ended, total=tally.total, message=message)
 
 
 def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
@@ -341,19 +345,23 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     try:
         loaded, options = _plan(app, arguments)
         if arguments.get("dry_run"):
-            warnings = [in_tool_words(w) for w in loaded.plan.warnings]
+            said = [*loaded.plan.warnings, *loaded.reasons(dry_run=True)]
+            warnings = [in_tool_words(line) for line in said]
             events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
             return 0
         run = launch.launch(app, loaded, options, debug=app.output.debug)
     except Exception as exc:
         events.end(None, _failure_before_start(exc, app, arguments))
         return 1
-    run.runner.reporter = _PipelineReporter(events, len(loaded.plan.assets))
+    run.runner.reporter = _PipelineReporter(events)
     events.send(
         "started",
         id=run.record.id,
         total=len(loaded.plan.assets),
-        notes=[in_tool_words(note) for note in (run.describe(), *loaded.plan.warnings)],
+        notes=[
+            in_tool_words(note)
+            for note in (run.describe(), *loaded.plan.warnings, *loaded.reasons(dry_run=False))
+        ],
         output_dir=str(loaded.plan.output_dir.resolve()),
     )
     try:
@@ -400,8 +408,9 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
         source = spec
     else:
         source = Path(spec).expanduser()
+    defaults, overrides = pipeline_params(app, arguments)
     try:
-        loaded = launch.load(source, options, pipeline_params(app, arguments))
+        loaded = launch.load(source, options, defaults, overrides)
     except SpecFileError as exc:
         raise ToolFailure("file_error", str(exc)) from None
     except SpecError as exc:

@@ -46,6 +46,8 @@ class WorkerJob:
         self.output_dir: str | None = None
         self.images: list[dict[str, Any]] = []
         self.assets: list[dict[str, Any]] = []
+        # A pipeline's assets done (succeeded or skipped; failed and cancelled ones are not).
+        self.done_count = 0
         # The worker's last event: {"document", "error"}.
         self.end: dict[str, Any] | None = None
         # Set once the record exists (``started``) or the worker ended before it did.
@@ -88,6 +90,7 @@ class WorkerJob:
                 self.images.append(event["image"])
             elif kind == "asset":
                 self.assets.append(event["asset"])
+                self.done_count = int(event.get("done") or self.done_count)
             elif kind == "end":
                 self.end = {"document": event.get("document"), "error": event.get("error")}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from pathlib import Path
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     from asset_generator.images import PostProcess
     from asset_generator.pipeline.launch import Loaded, Options
     from asset_generator.pipeline.plan import PlannedAsset
-    from asset_generator.pipeline.run import AssetResult
+    from asset_generator.pipeline.run import AssetResult, PipelineRun
+    from asset_generator.registry import PipelineRecord
 
 MAX_PARALLEL = 256
 
@@ -83,8 +85,10 @@ def command(
     Each asset is a generation of its own, up to --parallel at once, so SwarmUI keeps
     every backend busy (on ComfyUI, the next assets wait in its queue). A manifest in
     the output directory makes reruns skip assets
-    already done. Saved paths go to stdout, one per line. Exit 0 only when every asset
-    succeeded or was skipped; 1 otherwise; 130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
+    already done. Generation options given here apply to every asset and win over the
+    spec's params: (a warning counts the assets they changed). Saved paths go to stdout,
+    one per line. Exit 0 only when every asset succeeded or was skipped; 1 otherwise;
+    130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
     """
     from asset_generator.pipeline import launch
     from asset_generator.pipeline.spec import SpecError, SpecFileError
@@ -95,7 +99,7 @@ def command(
     if not given:
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
     postprocess = postprocess_from(app, options)
-    run_params = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
+    defaults, overrides = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
     settings = launch.Options(
         output_dir=Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser(),
         base_seed=options["base_seed"],
@@ -108,7 +112,7 @@ def command(
     )
     try:
         loaded = launch.load(
-            Path(given).expanduser(), settings, run_params, postprocess, label=given
+            Path(given).expanduser(), settings, defaults, overrides, postprocess, label=given
         )
     except SpecFileError as exc:
         raise CommandError(str(exc), "file_error") from None
@@ -116,6 +120,8 @@ def command(
         raise CommandError(f"bad spec: {exc}", "bad_spec") from None
     for warning in loaded.plan.warnings:
         app.output.warn(warning)
+    for line in loaded.reasons(dry_run=options["dry_run"]):
+        app.output.info(line)
     if options["dry_run"]:
         return _dry_run(app, loaded)
     return _run(app, loaded, settings, postprocess)
@@ -129,18 +135,20 @@ def _run_params(
     *,
     sets: tuple[str, ...] = (),
     workflow: str | None = None,
-) -> list[tuple[str, Any]]:
-    """Config [generate] defaults < --param < explicit options, as (name, value) pairs."""
-    from asset_generator.pipeline.launch import run_params
+) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """The config's [generate] values (below the spec) and the command line's (above it:
+    --param, then the explicit options, which win over it), as (name, value) pairs."""
+    from asset_generator.pipeline.launch import command_line
 
-    return run_params(
-        config_defaults(app, RUN_OPTIONS),
+    defaults = list(config_defaults(app, RUN_OPTIONS).items())
+    overrides = command_line(
         parse_params(params),
         options,
         loras=loras,
         workflow=read_workflow_option(workflow),
         sets=parse_sets(sets),
     )
+    return defaults, overrides
 
 
 # -- dry run -----------------------------------------------------------------------------------
@@ -148,15 +156,19 @@ def _run_params(
 
 def _dry_run(app: App, loaded: Loaded) -> int:
     from asset_generator.cli.output import one_line
+    from asset_generator.pipeline.manifest import NEW, REASONS
 
     plan = loaded.plan
     if app.output.is_json:
         app.output.json(loaded.dry_run_document())
         return 0
     for asset in plan.assets:
+        decision = loaded.decisions[asset.index]
+        words = ", ".join(REASONS[r] for r in decision.reasons if r != NEW)
+        action = decision.verdict + (f": {words}" if words else "")
         app.output.data(
             f"{one_line(asset.group)}  {one_line(asset.id)}  seed {asset.seed}  "
-            f"{one_line(str(asset.path))}"
+            f"{one_line(str(asset.path))}  [{action}]"
         )
         app.output.data(f"    {one_line(asset.prompt)}")
     groups = len({a.group for a in plan.assets})
@@ -183,7 +195,7 @@ def _run(app: App, loaded: Loaded, settings: Options, postprocess: PostProcess |
         raise CommandError(str(exc), "file_error") from None
     app.output.info(run.describe())
     reporter = run.runner.reporter = _make_reporter(app, len(loaded.plan.assets))
-    previous = signals.install()
+    previous = signals.install(lambda signum: _leave_at_once(app, run.runner, signum))
     try:
         try:
             results = run.runner.run()
@@ -214,6 +226,37 @@ def _run(app: App, loaded: Loaded, settings: Options, postprocess: PostProcess |
     return 0
 
 
+def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
+    """A second signal: record the pipeline and its unfinished assets as the first signal
+    would have (cancelled; a moment at most), and say what may still run on the server."""
+    import signal
+
+    from asset_generator.pipeline.launch import finish_record
+    from asset_generator.registry import CANCELLED
+
+    reason = f"stopped by a second {signal.Signals(signum).name}"
+    unconfirmed: list[str] = []
+
+    def record() -> None:
+        # In a thread: the signal may have landed while this very thread holds the registry
+        # lock; what cannot be written then is left to `status`.
+        with contextlib.suppress(Exception):
+            unconfirmed.extend(runner.leave(reason))
+            finish_record(app.registry, runner, CANCELLED, reason)
+
+    worker = threading.Thread(target=record, daemon=True)
+    worker.start()
+    worker.join(1.5)
+    words = f"{runner.record.id} recorded cancelled"
+    if unconfirmed:
+        words += (
+            f"; the server may still be running {', '.join(unconfirmed)}: stop "
+            f"{'it' if len(unconfirmed) == 1 else 'them'} with `asset-generator cancel "
+            f"{unconfirmed[0]}`{' (one id at a time)' if len(unconfirmed) > 1 else ''}"
+        )
+    return words
+
+
 # -- what a person sees ------------------------------------------------------------------------
 
 
@@ -233,10 +276,10 @@ class _PlainReporter:
         if not self.app.output.is_json:
             self.app.output.data(path)
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None:
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
         if self.app.output.is_json:
             return
-        self.app.output.info(_finished_line(result, done, total))
+        self.app.output.info(_finished_line(result, tally))
 
     def close(self) -> None:
         pass
@@ -249,7 +292,6 @@ class _RichReporter(_PlainReporter):
         super().__init__(app)
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeRemainingColumn,
@@ -260,12 +302,12 @@ class _RichReporter(_PlainReporter):
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            MofNCompleteColumn(),
             TimeRemainingColumn(),
             console=app.output.stderr_console(),
             transient=True,
         )
-        self._overall = self._progress.add_task("assets", total=total)
+        # Its words count done, failed and cancelled apart; the bar fills as assets end.
+        self._overall = self._progress.add_task(f"assets 0/{total} done", total=total)
         self._progress.start()
         self._stdout_terminal = is_terminal(sys.stdout)
 
@@ -292,23 +334,35 @@ class _RichReporter(_PlainReporter):
         else:
             self.app.output.data(path)
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None:
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
         with self._lock:
             task = self._tasks.pop(result.asset.index, None)
         if task is not None:
             self._progress.remove_task(task)
-        self._progress.update(self._overall, completed=done)
+        counts = tally.tally()
+        ended = tally.total - counts["in_flight"] - counts["not_started"]
+        self._progress.update(
+            self._overall, completed=ended, description=f"assets {_counted(tally)}"
+        )
         if result.status not in ("succeeded", "skipped") and not self.app.output.quiet:
-            self._progress.console.print(_finished_line(result, done, total), soft_wrap=True)
+            self._progress.console.print(_finished_line(result, tally), soft_wrap=True)
 
     def close(self) -> None:
         self._progress.stop()
 
 
-def _finished_line(result: AssetResult, done: int, total: int) -> str:
+def _counted(tally: PipelineRecord) -> str:
+    """``3/12 done`` and, apart, the failed and cancelled ones: never counted as done."""
+    counts = tally.tally()
+    words = [f"{tally.done}/{tally.total} done"]
+    words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts[name]]
+    return ", ".join(words)
+
+
+def _finished_line(result: AssetResult, tally: PipelineRecord) -> str:
     from asset_generator.cli.output import one_line
 
-    line = f"[{done}/{total}] {result.status} {result.asset.id}: {result.asset.path}"
+    line = f"[{_counted(tally)}] {result.status} {result.asset.id}: {result.asset.path}"
     if result.generation_id:
         line += f" ({result.generation_id})"
     if result.error:

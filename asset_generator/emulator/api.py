@@ -26,10 +26,12 @@ from asset_generator.emulator.httpmsg import (
 from asset_generator.emulator.params import UnreadableParamError, coerce_arg, token_text
 from asset_generator.emulator.recorder import Recorder
 from asset_generator.emulator.routes import (
+    DISCONNECTED,
     SESSIONLESS,
     UNEMULATED_NAMES,
     CallContext,
     Route,
+    log_api_error,
     routes_for,
 )
 from asset_generator.emulator.websocket import WebSocketChannel
@@ -123,6 +125,9 @@ class ApiDispatcher:
         if text is None:
             self.recorder.finish(record, 101)
             await channel.shutdown()
+            if channel.vanished:
+                # ReceiveJson met the end of the connection (API.cs's catch names it).
+                log_api_error(self.server, request, None, DISCONNECTED)
             return
         document = _parse_object(text)
         record.body = document
@@ -131,6 +136,7 @@ class ApiDispatcher:
             channel.send(INTERNAL_ERROR)
             await channel.close()
             return
+        session = None
         try:
             try:
                 route, session = self._locate(request, document, record, websocket=True)
@@ -153,6 +159,10 @@ class ApiDispatcher:
         if output is not None:
             channel.send(output)
         await channel.close()
+        if channel.vanished and not channel.failure_logged:
+            # CloseAsync waits for the peer's Close and meets the end of the connection
+            # instead: ConnectionClosedPrematurely reaches API.cs's catch.
+            log_api_error(self.server, request, session, DISCONNECTED)
 
     def _record_extra(self, request: HttpRequest, text: str) -> dict[str, Any] | None:
         document = _parse_object(text)

@@ -45,6 +45,12 @@ class EmulatedServer:
         )
         self._task_errors = list(config.task_errors)
         self._silent_failures = config.silent_task_failures
+        # What SwarmUI would write with Logs.Error (only the lines the emulator models).
+        self.errors: list[str] = []
+
+    def log_error(self, text: str) -> None:
+        with self.registry.lock:
+            self.errors.append(text)
 
     def take_task_fault(self) -> str | None:
         """The injected fault for the task going live now: an error text, "" (a silent end)."""

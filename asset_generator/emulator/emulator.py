@@ -36,6 +36,11 @@ class Emulator(ServedEmulator):
         wanted = route.lower()
         return [record for record in self._recorder.snapshot() if record.route == wanted]
 
+    def server_errors(self) -> list[str]:
+        """The error lines SwarmUI would have logged (the WebSocket endings it logs, so far)."""
+        with self._server.registry.lock:
+            return list(self._server.errors)
+
     # -- users and sessions -------------------------------------------------------------------
 
     def add_user(self, name: str, permissions: set[str] | None = None) -> str:

@@ -484,6 +484,10 @@ async def generate_text2image_ws(ctx: CallContext, args: dict[str, Any]) -> None
         offset = args["images"] * _batch_size_guess(ctx.raw)
         while True:
             text = await channel.receive()
+            if text is None and channel.vanished:
+                # This reader runs in Utilities.RunCheckedTask, which logs what it throws:
+                # a receive that meets the end of the connection without a Close frame.
+                server.log_error(f"Internal error in async task (unlabeled): {PREMATURE}")
             if text is None or ended:
                 return
             assert ctx.record_message is not None
@@ -510,5 +514,37 @@ async def generate_text2image_ws(ctx: CallContext, args: dict[str, Any]) -> None
                     ended = True
     finally:
         reader.cancel()
+    if channel.vanished:
+        # The reader's failure aborted the socket, so this send throws (invalid state); API.cs
+        # logs it as an internal exception, and its try to send the error fails the same way
+        # (Utilities.YieldJsonOutput). A client that left with a Close frame meets none of it.
+        log_api_error(server, ctx.request, session, f"Internal exception: {ABORTED}")
+        server.log_error(f"Failing while yielding JSON output: {ABORTED}")
+        channel.failure_logged = True
+        return None
     channel.send(server.status(session))
     return None
+
+
+# What SwarmUI's logs show for a socket whose peer hung up without a Close frame (.NET's
+# ManagedWebSocket: the receive throws, the socket is aborted, later sends throw).
+PREMATURE = (
+    "System.Net.WebSockets.WebSocketException (0x80004005): The remote party closed the "
+    "WebSocket connection without completing the close handshake."
+)
+ABORTED = (
+    "System.Net.WebSockets.WebSocketException (0x80004005): The WebSocket is in an invalid "
+    "state ('Aborted') for this operation. Valid states are: 'Open, CloseReceived'"
+)
+DISCONNECTED = (
+    "Remote WebSocket disconnected unexpectedly (ConnectionClosedPrematurely). Did your "
+    "browser crash while generating?"
+)
+
+
+def log_api_error(
+    server: EmulatedServer, request: HttpRequest, session: Session | None, message: str
+) -> None:
+    """``Error`` in ``API.HandleAsyncRequest``: one line naming the route and the user."""
+    user = f" for user '{session.user.user_id}'" if session is not None else ""
+    server.log_error(f"[WebAPI] Error handling API request '{request.path}'{user}: {message}")

@@ -70,6 +70,8 @@ class HttpServer(HttpTransport):
                     lambda channel: self.dispatcher.handle_ws(request, channel, record),
                     max_message_bytes=self.config.max_receive_bytes,
                     keepalive_seconds=self.config.ws_keepalive_seconds,
+                    # .NET's ManagedWebSocket leaves the answer to the route's CloseAsync.
+                    answer_close=False,
                 )
                 return False
             if refused.status == 0:  # dropped without an answer

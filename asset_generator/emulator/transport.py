@@ -337,6 +337,7 @@ class HttpTransport:
         max_message_bytes: int,
         keepalive_seconds: float = 0.0,
         dumps: Callable[[dict[str, Any]], str] = json_text,
+        answer_close: bool = True,
     ) -> None:
         """Send the 101, then run ``serve`` on the socket until it returns; hang up after."""
         request, conn, writer = exchange.request, exchange.conn, exchange.writer
@@ -376,6 +377,7 @@ class HttpTransport:
             fault_point=fault_point,
             fault_hook=self.settings.faults,
             dumps=dumps,
+            answer_close=answer_close,
         )
         channel.start()
         try:

@@ -3,6 +3,12 @@
 Outgoing JSON goes through a single FIFO so messages from concurrent generation tasks keep
 their order; a peer that vanished turns sends into no-ops (SwarmUI only logs the failure and
 keeps generating, ``API.cs``).
+
+How the peer ended decides what SwarmUI logs, so it is kept: a Close frame from the peer
+(``close_received``), or a connection that ended without one (``vanished``), which makes
+.NET's ManagedWebSocket throw ConnectionClosedPrematurely on the next receive and abort the
+socket. ManagedWebSocket never answers the peer's Close by itself (the route's CloseAsync
+does, when it ends): ``answer_close=False``. aiohttp (ComfyUI) answers it at once.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class WebSocketChannel:
         fault_point: Callable[[dict[str, Any] | None, int, bytes | None], FaultPoint] | None = None,
         fault_hook: Callable[[FaultPoint], Fault | None] | None = None,
         dumps: Callable[[dict[str, Any]], str] = json_text,
+        answer_close: bool = True,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -62,6 +69,12 @@ class WebSocketChannel:
         self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
         self._peer_closed = asyncio.Event()
+        self._answer_close = answer_close
+        # The peer sent a Close frame; or its connection ended without one.
+        self.close_received = False
+        self.vanished = False
+        # The route already logged the failure this socket met (API.cs logs once).
+        self.failure_logged = False
         self._dead = False
         self._sent = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,17 +130,22 @@ class WebSocketChannel:
                     elif isinstance(event, Ping):
                         await self._write_event(event.response())
                     elif isinstance(event, CloseConnection):
-                        if self._ws.state is not ConnectionState.CLOSED:
-                            # A reply to the peer's Close, or ours after a framing error.
-                            reply = CloseConnection(code=event.code)
-                            if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                                reply = event.response()
-                            await self._write_event(reply)
+                        remote = self._ws.state is ConnectionState.REMOTE_CLOSING
+                        self.close_received = remote or self._ws.state is ConnectionState.CLOSED
+                        if remote and self._answer_close:
+                            await self._write_event(event.response())
+                        elif not remote and self._ws.state is not ConnectionState.CLOSED:
+                            # Ours after a framing error.
+                            await self._write_event(CloseConnection(code=event.code))
                         return
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
+                    self.vanished = True
                     return
-        except (ConnectionError, OSError, LocalProtocolError):
+        except (ConnectionError, OSError):
+            self.vanished = True
+            return
+        except LocalProtocolError:
             return
         finally:
             self._peer_closed.set()
@@ -157,6 +175,9 @@ class WebSocketChannel:
                 self._outgoing.task_done()
 
     async def _send_one(self, item: dict[str, Any] | bytes) -> None:
+        if self.close_received:
+            # Sent into a connection the peer has left: Kestrel drops it without an error.
+            return
         binary = isinstance(item, bytes)
         fault = None
         if self._fault_hook is not None and self._fault_point is not None:
@@ -211,9 +232,15 @@ class WebSocketChannel:
             self._writer.transport.abort()
 
     async def close(self, code: int = 1000) -> None:
-        """Send everything queued, then Close ``code``, wait for the peer's Close, hang up."""
+        """Send everything queued, then Close ``code``, wait for the peer's Close, hang up.
+
+        After the peer's own unanswered Close, ours answers it and nothing is awaited
+        (CloseAsync in the CloseReceived state).
+        """
         await self.flush()
-        if self._ws.state is ConnectionState.OPEN and not self._dead:
+        if self._ws.state is ConnectionState.REMOTE_CLOSING and not self._dead:
+            await self._write_event(CloseConnection(code=code))
+        elif self._ws.state is ConnectionState.OPEN and not self._dead:
             await self._write_event(CloseConnection(code=code))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._peer_closed.wait(), CLOSE_WAIT_SECONDS)

@@ -21,7 +21,7 @@ from asset_generator.pipeline.spec import Spec, SpecError, load_spec, parse_spec
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
-    from asset_generator.pipeline.manifest import Manifest
+    from asset_generator.pipeline.manifest import Decision, Manifest
     from asset_generator.pipeline.run import AssetResult, PipelineRun, Reporter
     from asset_generator.registry import PipelineRecord, Registry
     from asset_generator.server.types import Server, SetInput, Workflow
@@ -69,6 +69,8 @@ class Loaded:
     origin: str
     # The spec as messages and the manifest name it (a path, or INLINE_SPEC).
     label: str
+    # What each asset needs (make, skip, blocked), and why, by asset index.
+    decisions: dict[int, Decision]
 
     @property
     def seed_note(self) -> str:
@@ -80,26 +82,89 @@ class Loaded:
         return f"base seed {seed}"
 
     def dry_run_document(self) -> dict[str, Any]:
+        """`pipeline --dry-run --format json`'s document."""
         return {
             "ok": True,
             "dry_run": True,
             "base_seed": self.plan.base_seed,
-            "assets": [a.public() for a in self.plan.assets],
+            "assets": [
+                {
+                    **a.public(),
+                    "action": self.decisions[a.index].verdict,
+                    "reasons": list(self.decisions[a.index].reasons),
+                }
+                for a in self.plan.assets
+            ],
         }
+
+    def reasons(self, *, dry_run: bool) -> list[str]:
+        """Why assets are made again (or blocked): one line per reason, with a count and ids.
+
+        The first run into a directory has nothing to explain; a rerun says what changed
+        since (prompt, seed, parameters, post-processing), which files went missing or were
+        altered, and which assets did not succeed last time. A dry run also says what it
+        would skip.
+        """
+        from asset_generator.pipeline.manifest import (
+            BLOCKED,
+            GENERATE,
+            NEW,
+            PARAMS,
+            REASONS,
+            SKIP,
+        )
+        from asset_generator.text import one_line
+
+        if not self.manifest.entries:
+            return []
+        found: dict[tuple[str, str], list[str]] = {}
+        changed: dict[str, None] = {}
+        for asset in self.plan.assets:
+            decision = self.decisions[asset.index]
+            changed.update(dict.fromkeys(decision.changed))
+            for reason in decision.reasons or ((SKIP,) if decision.verdict == SKIP else ()):
+                found.setdefault((decision.verdict, reason), []).append(asset.id)
+        verbs = {
+            GENERATE: "would regenerate" if dry_run else "regenerating",
+            BLOCKED: "would fail" if dry_run else "failing",
+            SKIP: "would skip" if dry_run else None,
+        }
+        words = {
+            **REASONS,
+            PARAMS: f"{REASONS[PARAMS]} ({', '.join(changed)})",
+            SKIP: "done with the same prompt, seed and parameters",
+        }
+        lines = []
+        for verdict, verb in verbs.items():
+            for reason, text in words.items():
+                ids = found.get((verdict, reason))
+                if not ids or verb is None:
+                    continue
+                if verdict == BLOCKED:
+                    text += "; --overwrite replaces it"
+                said = ("would make" if dry_run else "making") if reason == NEW else verb
+                shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
+                noun = "asset" if len(ids) == 1 else "assets"
+                lines.append(one_line(f"{said} {len(ids)} {noun}: {text}: {shown}"))
+        return lines
 
 
 def load(
     source: Path | str,
     options: Options,
-    run_params: list[tuple[str, Any]],
+    defaults: list[tuple[str, Any]],
+    overrides: list[tuple[str, Any]],
     postprocess: PostProcess | None = None,
     *,
     label: str | None = None,
 ) -> Loaded:
-    """Read the spec (a path, or the spec's own text) and plan it against the manifest.
+    """Read the spec (a path, or the spec's own text), plan it, and decide against the
+    manifest what each asset needs (each verdict may cost a file hash).
 
-    ``label``: how messages name the spec (default: the path as given). Raises SpecFileError
-    (unreadable file) and SpecError (unusable spec), before anything is sent or written.
+    ``defaults`` (the config's [generate] values) go below the spec's ``params:``,
+    ``overrides`` (the caller's options) above them (``plan.make_plan``). ``label``: how
+    messages name the spec (default: the path as given). Raises SpecFileError (unreadable
+    file) and SpecError (unusable spec), before anything is sent or written.
     """
     from asset_generator.pipeline.manifest import Manifest
 
@@ -117,15 +182,19 @@ def load(
         base_seed=base_seed,
         style_prefix=options.style_prefix,
         style_suffix=options.style_suffix,
-        run_params=run_params,
+        defaults=defaults,
+        overrides=overrides,
     )
     if manifest.problem:
         plan.warnings.append(f"warning: {manifest.problem}")
-    return Loaded(spec, plan, manifest, origin, label)
+    decisions = {
+        a.index: manifest.decide(a, force=options.force, overwrite=options.overwrite)
+        for a in plan.assets
+    }
+    return Loaded(spec, plan, manifest, origin, label, decisions)
 
 
-def run_params(
-    defaults: dict[str, Any],
+def command_line(
     params: Iterable[tuple[str, Any]],
     options: dict[str, Any],
     *,
@@ -133,15 +202,16 @@ def run_params(
     workflow: Workflow | None = None,
     sets: Iterable[SetInput] = (),
 ) -> list[tuple[str, Any]]:
-    """The run's outermost ``params:`` level, as (name, value) pairs, later ones winning:
-    the config's [generate] ``defaults`` < free parameters < explicit ``options``."""
+    """The caller's generation options for every asset, as (name, value) pairs above the
+    spec's ``params:``: free parameters, then the explicit options (which win over them),
+    LoRAs, the workflow and its ``set`` values."""
     from asset_generator.pipeline.plan import OPTION_NAMES
 
-    pairs: list[tuple[str, Any]] = list(defaults.items())
-    pairs += list(params)
+    pairs: list[tuple[str, Any]] = list(params)
     pairs += [(name, options[name]) for name in OPTION_NAMES if options.get(name) is not None]
+    loras = list(loras)
     if loras:
-        pairs.append(("loras", list(loras)))
+        pairs.append(("loras", loras))
     if workflow is not None:
         pairs.append(("workflow", workflow))
     sets = list(sets)
@@ -210,7 +280,7 @@ class Launch:
         """
         self.runner.abandon(reason)
         results = self.results()
-        finish_record(self.host.registry, self.record, status, reason)
+        finish_record(self.host.registry, self.runner, status, reason)
         return self.document(results, ok=False)
 
     def conclude(self, results: list[AssetResult]) -> Conclusion:
@@ -225,13 +295,13 @@ class Launch:
             f"{counted[k]} {k.replace('_', ' ')}" for k in SUMMARY_KEYS if counted[k]
         )
         if ok:
-            finish_record(registry, record, SUCCEEDED, None)
+            finish_record(registry, runner, SUCCEEDED, None)
             elapsed = time.monotonic() - self.started
             return Conclusion(
                 SUCCEEDED, None, f"{record.id}: {counts} in {elapsed:.1f} s", document
             )
         if runner.cancelled:
-            finish_record(registry, record, CANCELLED, "cancelled by request")
+            finish_record(registry, runner, CANCELLED, "cancelled by request")
             return Conclusion(
                 CANCELLED,
                 "cancelled",
@@ -243,7 +313,7 @@ class Launch:
             # `cancel gen_…` of one asset: the rest went on, but the set is not whole because
             # someone cancelled, which the contract reports as `cancelled`, not as a failure.
             ids = ", ".join(r.asset.id for r in results if r.status == CANCELLED)
-            finish_record(registry, record, CANCELLED, f"assets cancelled: {ids}")
+            finish_record(registry, runner, CANCELLED, f"assets cancelled: {ids}")
             return Conclusion(
                 CANCELLED,
                 "cancelled",
@@ -251,7 +321,7 @@ class Launch:
                 f"another client); {counts}",
                 document,
             )
-        finish_record(registry, record, FAILED, runner.stop_reason or "some assets failed")
+        finish_record(registry, runner, FAILED, runner.stop_reason or "some assets failed")
         first = next((r for r in results if r.status == "failed"), None)
         why = f"; first failure: {first.asset.id}: {first.error}" if first else ""
         return Conclusion(FAILED, "partial", f"{record.id} incomplete: {counts}{why}", document)
@@ -283,7 +353,7 @@ class Unseen:
     def saved(self, path: str) -> None:
         pass
 
-    def finished(self, result: Any, done: int, total: int) -> None:
+    def finished(self, result: Any, tally: Any) -> None:
         pass
 
 
@@ -307,14 +377,10 @@ def launch(
     from asset_generator.pipeline.run import PipelineRun
     from asset_generator.registry import PipelineRecord, new_pipeline_id, this_host
 
-    plan, manifest = loaded.plan, loaded.manifest
+    plan, manifest, decisions = loaded.plan, loaded.manifest, loaded.decisions
     prepare_directory(plan.output_dir)
-    decisions = {
-        a.index: manifest.decide(a, force=options.force, overwrite=options.overwrite)
-        for a in plan.assets
-    }
     # A rerun with every asset done sends nothing at all: not even a question to the server.
-    needed = [a for a in plan.assets if decisions[a.index][0] == GENERATE]
+    needed = [a for a in plan.assets if decisions[a.index].verdict == GENERATE]
     server = host.server() if needed else None
     prepared = {a.index: server.prepare(a.request) for a in needed} if server else {}
     parallel, queue_ahead = options.parallel or 1, False
@@ -364,17 +430,19 @@ def launch(
     return Launch(host, loaded, record, runner, parallel)
 
 
-def finish_record(
-    registry: Registry, record: PipelineRecord, status: str, error: str | None
-) -> None:
-    """Settle the ``pipe_`` record; a cancel recorded by another process stands."""
+def finish_record(registry: Registry, runner: PipelineRun, status: str, error: str | None) -> None:
+    """Settle the ``pipe_`` record, every asset counted by how it ended; a cancel recorded by
+    another process stands."""
     from asset_generator.registry import CANCELLED, RegistryError
 
+    record = runner.record
+    record.counts = runner.final_counts()
     with contextlib.suppress(RegistryError), registry.transaction() as state:
         saved = state.pipelines.get(record.id)
         if saved is None:
             return
         saved.counts = dict(record.counts)
+        # A cancel recorded by another process stands.
         if saved.status == CANCELLED and status != CANCELLED:
             return
         saved.finish(status, error if saved.status != CANCELLED else saved.error or error)

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from asset_generator.pipeline.plan import MANIFEST_NAME, PlannedAsset
 
@@ -20,6 +20,35 @@ VERSION = 2
 # Manifests written before the server seam kept each asset's SwarmUI request body.
 VERSION_SWARM_BODIES = 1
 SKIP, GENERATE, BLOCKED = "skip", "generate", "blocked"
+# Why an asset is made (again) or blocked; a rerun says which, with counts.
+NEW, MISSING, ALTERED, FOREIGN = "new", "missing", "altered", "foreign"
+UNFINISHED, PROMPT, SEED, PARAMS, POSTPROCESS, FORCE = (
+    "unfinished", "prompt", "seed", "params", "postprocess", "force"
+)  # fmt: skip
+REASONS = {
+    NEW: "new in the spec (not in the manifest)",
+    MISSING: "file missing",
+    ALTERED: "file altered since it was made",
+    FOREIGN: "a file the manifest does not know is in the way",
+    UNFINISHED: "did not succeed last time",
+    PROMPT: "prompt changed",
+    SEED: "seed changed",
+    PARAMS: "parameters changed",
+    POSTPROCESS: "post-processing changed",
+    FORCE: "--force",
+}
+
+
+class Decision(NamedTuple):
+    """What a run does with one asset (SKIP, GENERATE, BLOCKED), why, and the reasons by key."""
+
+    verdict: str
+    why: str
+    reasons: tuple[str, ...] = ()
+    # With PARAMS: the names of the parameters whose value changed.
+    changed: tuple[str, ...] = ()
+
+
 # Those bodies' SwarmUI ids for the options whose config names differ.
 _SWARM_IDS = {"cfgscale": "cfg_scale", "negativeprompt": "negative_prompt"}
 
@@ -100,32 +129,50 @@ class Manifest:
             # Nothing it lists can be trusted: every file in the way is then a foreign file.
             return cls(path, problem=f"{path} is not a usable manifest ({exc}); ignoring it")
 
-    def decide(self, asset: PlannedAsset, *, force: bool, overwrite: bool) -> tuple[str, str]:
+    def decide(self, asset: PlannedAsset, *, force: bool, overwrite: bool) -> Decision:
         """SKIP (done and intact), GENERATE, or BLOCKED (a foreign file in the way), with why."""
         entry = self.entries.get(asset.relative_path)
         exists = asset.path.is_file() or asset.path.is_symlink()
         if not exists:
             if asset.path.exists():
-                return BLOCKED, f"{asset.path} exists and is not a file"
-            return GENERATE, "not made yet"
+                return Decision(BLOCKED, f"{asset.path} exists and is not a file")
+            if entry is None:
+                return Decision(GENERATE, "not made yet", (NEW,))
+            if entry.status not in ("succeeded", "skipped"):
+                return Decision(GENERATE, "regenerating: " + REASONS[UNFINISHED], (UNFINISHED,))
+            return Decision(GENERATE, "regenerating: " + REASONS[MISSING], (MISSING,))
         digest = file_sha256(asset.path)
         ours = entry is not None and entry.sha256 is not None and entry.sha256 == digest
-        same = (
-            ours
-            and entry is not None
-            and entry.status in ("succeeded", "skipped")
-            and entry.prompt == asset.prompt
-            and entry.seed == asset.seed
-            and entry.params == _plain(asset.params)
-            and entry.postprocess == self.postprocess
+        if not ours:
+            reason = ALTERED if entry is not None and entry.sha256 is not None else FOREIGN
+            if overwrite:
+                return Decision(GENERATE, "overwriting (--overwrite)", (reason,))
+            what = (
+                "was changed since this pipeline made it"
+                if reason == ALTERED
+                else "exists and the manifest does not know it"
+            )
+            return Decision(
+                BLOCKED, f"{asset.path} {what}; pass --overwrite to replace it", (reason,)
+            )
+        assert entry is not None
+        changed = _changed_params(entry.params, _plain(asset.params))
+        reasons = tuple(
+            reason
+            for reason, differs in (
+                (UNFINISHED, entry.status not in ("succeeded", "skipped")),
+                (PROMPT, entry.prompt != asset.prompt),
+                (SEED, entry.seed != asset.seed),
+                (PARAMS, bool(changed)),
+                (POSTPROCESS, entry.postprocess != self.postprocess),
+            )
+            if differs
         )
-        if same and not force:
-            return SKIP, "done with the same prompt, seed and parameters"
-        if ours or overwrite:
-            return GENERATE, "regenerating" if ours else "overwriting (--overwrite)"
-        return BLOCKED, (
-            f"{asset.path} exists and the manifest does not know it; pass --overwrite to replace it"
-        )
+        if not reasons and not force:
+            return Decision(SKIP, "done with the same prompt, seed and parameters")
+        reasons = reasons or (FORCE,)
+        why = "regenerating: " + ", ".join(REASONS[r] for r in reasons)
+        return Decision(GENERATE, why, reasons, changed)
 
     def record(
         self,
@@ -217,6 +264,12 @@ def _from_swarm_body(body: dict[str, Any]) -> dict[str, Any]:
             continue
         params[_SWARM_IDS.get(key, key)] = value
     return params
+
+
+def _changed_params(before: dict[str, Any], now: dict[str, Any]) -> tuple[str, ...]:
+    """The parameter names whose value differs (set, unset or changed), in a stable order."""
+    names = [*before, *(k for k in now if k not in before)]
+    return tuple(name for name in names if before.get(name) != now.get(name))
 
 
 def file_sha256(path: Path) -> str | None:

@@ -94,26 +94,34 @@ def make_plan(
     base_seed: int,
     style_prefix: str | None = None,
     style_suffix: str | None = None,
-    run_params: Iterable[tuple[str, Any]] = (),
+    defaults: Iterable[tuple[str, Any]] = (),
+    overrides: Iterable[tuple[str, Any]] = (),
     when: float | None = None,
 ) -> Plan:
     """Plan every asset; SpecError for paths outside ``output_dir`` or impossible seeds.
 
-    ``run_params``: (name, value) pairs from the config and the command line, the
-    outermost level of ``params:`` (the spec's own levels are nearer and win); names are
-    option names (``cfg_scale``), ``loras``, or free server parameters.
+    ``defaults``: (name, value) pairs from the config's ``[generate]`` table, below every
+    level of the spec's ``params:``. ``overrides``: the command line's (``--steps``,
+    ``--param``, ``--lora``, ``--workflow``, ``--set``), above them all: the command line
+    wins, as ``helm --set`` over a values file, and one warning says for how many assets it
+    replaced a value the spec set. Names are option names (``cfg_scale``), ``loras``,
+    ``workflow``, ``set``, or free server parameters.
     """
     when = time.time() if when is None else when
     warnings = list(spec.warnings)
     assets: list[PlannedAsset] = []
-    latest: dict[str, tuple[str, Any]] = {}
-    for key, value in run_params:
-        latest[_canonical(key)] = (key, value)
-    base = _params_level(
-        dict(latest.values()), "the command line", spec.file, warnings, checked=False,
-        base=Path.cwd(),
-    )  # fmt: skip
+    cwd = Path.cwd()
+    below = _params_level(
+        _latest(defaults), "the config file", spec.file, warnings, checked=False, base=cwd
+    )
+    above = _params_level(
+        _latest(overrides), "the command line", spec.file, warnings, checked=False, base=cwd
+    )
     top = _params_level(spec.params, "params", spec.file, warnings)
+    config, command_line = _merge([below]), _merge([above])
+    # The command-line options that replaced a spec value, and for how many assets.
+    replaced: dict[str, None] = {}
+    overridden: list[str] = []
 
     def walk(
         groups: list[Group],
@@ -137,18 +145,90 @@ def make_plan(
                         f"+ index {position})"
                     )
                 own = _params_level(asset.params, f"{asset.place}.params", spec.file, warnings)
+                spec_params = _merge([*levels, own])
+                names = _replaced(spec_params, above)
+                replaced.update(dict.fromkeys(names))
+                if names:
+                    overridden.append(asset.id)
                 assets.append(
                     _plan_asset(
-                        spec, asset, len(assets), seed, directory, metadata, [*levels, own],
-                        " / ".join(path), output_dir, style_prefix, style_suffix, when,
+                        spec, asset, len(assets), seed, directory, metadata,
+                        config | spec_params, command_line, " / ".join(path),
+                        output_dir, style_prefix, style_suffix, when,
                     )
                 )  # fmt: skip
             walk(group.subgroups, directory, metadata, levels, path)
 
-    walk(spec.groups, PurePosixPath(), {}, [base, top], [])
+    walk(spec.groups, PurePosixPath(), {}, [top], [])
     _check_paths(spec, assets)
     _warn_shared_seeds(assets, warnings)
+    if overridden:
+        # In the order the command line gave them.
+        names = [name for name in command_line if name in replaced]
+        flags = ", ".join(_flag(name, above) for name in names)
+        warnings.append(
+            f"warning: the command line ({flags}) overrides the spec's params for "
+            f"{len(overridden)} of {len(assets)} asset{'s' if len(assets) != 1 else ''}"
+        )
     return Plan(base_seed, output_dir, assets, warnings)
+
+
+def _latest(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """(name, value) pairs as one level: the last of two spellings of the same option wins."""
+    latest: dict[str, tuple[str, Any]] = {}
+    for key, value in pairs:
+        latest[_canonical(key)] = (key, value)
+    return dict(latest.values())
+
+
+def _merge(levels: list[dict[str, Any]]) -> dict[str, tuple[str, Any]]:
+    """Levels outermost first, by canonical name: the nearer level's value wins.
+
+    ``set:`` maps merge across levels, as metadata does: a nearer level's NODE.INPUT wins.
+    """
+    merged: dict[str, tuple[str, Any]] = {}
+    for level in levels:
+        for key, value in level.items():
+            name = _canonical(key)
+            if name == _SET and name in merged:
+                value = _merged_sets([merged[name][1], value])
+            merged[name] = (key, value)
+    return merged
+
+
+def _merged_sets(lists: list[list[SetInput]]) -> list[SetInput]:
+    """``set`` inputs of several levels, outermost first: one per NODE.INPUT, the last wins."""
+    sets: dict[tuple[str, str], SetInput] = {}
+    for items in lists:
+        sets.update({(item.node, item.input): item for item in items})
+    return list(sets.values())
+
+
+def _replaced(spec_params: dict[str, tuple[str, Any]], above: dict[str, Any]) -> list[str]:
+    """The command-line options that replace a different value the spec set for an asset."""
+    names = []
+    for key, value in above.items():
+        name = _canonical(key)
+        if name not in spec_params:
+            continue
+        spec_value = spec_params[name][1]
+        if name == _SET:
+            ours = {(s.node, s.input): s.value for s in spec_value}
+            if any(ours.get((s.node, s.input), s.value) != s.value for s in value):
+                names.append(name)
+        elif spec_value != value:
+            names.append(name)
+    return names
+
+
+def _flag(name: str, above: dict[str, Any]) -> str:
+    """How the user typed an option on the command line (``--cfg-scale``, ``--param X``)."""
+    if name in OPTION_NAMES or name in (_WORKFLOW, _SET):
+        return "--" + name.replace("_", "-")
+    if name == "loras":
+        return "--lora"
+    key = next((k for k in above if _canonical(k) == name), name)
+    return f"--param {key}"
 
 
 def compose_prompt(
@@ -176,26 +256,27 @@ def _plan_asset(
     seed: int,
     directory: PurePosixPath,
     metadata: dict[str, Any],
-    levels: list[dict[str, Any]],
+    params: dict[str, tuple[str, Any]],
+    above: dict[str, tuple[str, Any]],
     group_path: str,
     output_dir: Path,
     prefix: str | None,
     suffix: str | None,
     when: float,
 ) -> PlannedAsset:
+    """One asset; ``params`` the config's and the spec's values, ``above`` the command
+    line's, which win (``--set`` inputs are applied after the spec's, so theirs win)."""
     prompt = compose_prompt(asset.prompt, {**metadata, **asset.metadata}, prefix, suffix)
-    merged: dict[str, tuple[str, Any]] = {}
-    # `set:` maps merge across levels, as metadata does: a nearer level's NODE.INPUT wins.
-    sets: dict[tuple[str, str], SetInput] = {}
-    for level in levels:
-        for key, value in level.items():
-            if _canonical(key) == _SET:
-                sets.update({(item.node, item.input): item for item in value})
-            else:
-                merged[_canonical(key)] = (key, value)
+    merged = dict(params)
+    for name, (key, value) in above.items():
+        if name == _SET and _SET in merged:
+            # Applied after the spec's, input by input: the command line's NODE.INPUT wins.
+            value = _merged_sets([merged[_SET][1], value])
+        merged[name] = (key, value)
     loras = merged.pop("loras", (None, None))[1]
     merged.pop("loraweights", None)
     workflow = merged.pop(_WORKFLOW, (None, None))[1]
+    sets = merged.pop(_SET, (None, None))[1]
     options = {name: merged.pop(name)[1] for name in OPTION_NAMES if name in merged}
     request = Request(
         prompt=prompt,
@@ -203,7 +284,7 @@ def _plan_asset(
         loras=tuple(Lora.parse(item) for item in loras or ()),
         params=tuple(merged.values()),
         workflow=workflow,
-        sets=tuple(sets.values()),
+        sets=tuple(sets or ()),
         **options,
     )
     filename = asset.filename or default_filename(asset.id)

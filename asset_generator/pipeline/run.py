@@ -5,9 +5,8 @@ no other in-flight asset shares, so ``cancel gen_…`` stops that asset alone: t
 claimer hands them out (SwarmUI: a small pool of sessions, never one per asset, protocol §9
 pitfall 3; ComfyUI: prompt ids of their own).
 
-An asset counts as done once its image is saved. A server may keep its stream open a little
-longer (SwarmUI's ``socket_intention: close``, protocol §4.5); that tail drains in the asset's
-thread while the next asset already runs, so no backend waits for it.
+An asset counts as done once its image is saved: its bookkeeping (record, manifest) follows
+in its thread while the next asset already runs, so no backend waits for it.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from asset_generator.downloads import DownloadError
 from asset_generator.generation import GenerationRun
 from asset_generator.jobs.generations import Generations
 from asset_generator.jobs.stop import stop
-from asset_generator.pipeline.manifest import BLOCKED, SKIP, Manifest
+from asset_generator.pipeline.manifest import BLOCKED, SKIP, Decision, Manifest
 from asset_generator.pipeline.plan import Plan, PlannedAsset
 from asset_generator.registry import (
     CANCELLED,
@@ -43,12 +42,38 @@ if TYPE_CHECKING:
     from asset_generator.server.types import Claimer, Prepared, Server
     from asset_generator.steps import StepProgress
 
-SKIPPED, NOT_STARTED = "skipped", "not_started"
+SKIPPED, NOT_STARTED, IN_FLIGHT = "skipped", "not_started", "in_flight"
+# How an asset can end in a run (NOT_STARTED aside).
+ENDED = (SUCCEEDED, SKIPPED, FAILED, CANCELLED)
 INTERRUPT_BOUND_SECONDS = 3.0
 # After a stop, in-flight assets get this long to wind down (their interrupt lands, the
 # socket ends) before the pipeline reports them cancelled and exits.
 DRAIN_BOUND_SECONDS = 5.0
 CANCEL_POLL_SECONDS = 0.25
+NOT_SENT = "the pipeline stopped before this asset was sent"
+
+
+def bound_allocator() -> None:
+    """Keep the C allocator's memory from growing with the number of assets (glibc only).
+
+    Every asset's threads (its own, and the WebSocket library's) allocate from a glibc arena
+    of their own, up to 8 per core, and memory freed there is rarely given back: peak RSS
+    grew with the run's length although Python's heap did not (tracemalloc), 36 MiB at 40
+    assets and 42 MiB at 120. One arena for all threads (they take turns on the GIL anyway)
+    and a fixed mmap threshold (large buffers, such as the registry's JSON, mapped and
+    unmapped rather than carved out of an arena) keep it flat; PERFORMANCE.md has the
+    figures. A no-op where there is no glibc ``mallopt``.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    # malloc.h: M_ARENA_MAX -8, M_MMAP_THRESHOLD -3 (setting it also ends its adjusting).
+    mallopt(-8, 1)
+    mallopt(-3, 128 * 1024)
 
 
 @dataclass
@@ -83,7 +108,9 @@ class Reporter(Protocol):
 
     def saved(self, path: str) -> None: ...
 
-    def finished(self, result: AssetResult, done: int, total: int) -> None: ...
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+        """``result`` ended; ``tally`` counts the pipeline's assets so far (``tally()``)."""
+        ...
 
 
 class AssetRun(GenerationRun):
@@ -152,7 +179,7 @@ class PipelineRun:
         claimer: Claimer,
         queue_ahead: bool = False,
         debug: Callable[[str], None] = lambda message: None,
-        decisions: dict[int, tuple[str, str]] | None = None,
+        decisions: dict[int, Decision] | None = None,
         postprocess: PostProcess | None = None,
     ) -> None:
         self.server = server
@@ -190,7 +217,6 @@ class PipelineRun:
         self._standby: list[_Worker] = []
         self._ahead = self.parallel if queue_ahead else 1
         self._threads: list[threading.Thread] = []
-        self._done = 0
         self._last_poll = 0.0
         self._counts_due = False
         self._counts_at = 0.0
@@ -199,11 +225,13 @@ class PipelineRun:
 
     def run(self) -> list[AssetResult]:
         """Skip what is done, generate the rest; returns every asset's result in plan order."""
+        bound_allocator()
         pending: list[PlannedAsset] = []
         for asset in self.plan.assets:
-            verdict, why = self.decisions.get(asset.index) or self.manifest.decide(
+            decision = self.decisions.get(asset.index) or self.manifest.decide(
                 asset, force=self.force, overwrite=self.overwrite
             )
+            verdict, why = decision.verdict, decision.why
             if verdict == SKIP:
                 self._finish(self.results[asset.index], SKIPPED, None)
             elif verdict == BLOCKED:
@@ -237,11 +265,8 @@ class PipelineRun:
         return [self.results[a.index] for a in self.plan.assets]
 
     def drain(self, bound: float = DRAIN_BOUND_SECONDS) -> None:
-        """Wait (bounded) for finished assets' sockets to close, as SwarmUI closes them.
-
-        Hanging up first would make SwarmUI log an error per asset, and a socket still being
-        read when the client closes would block the process's exit.
-        """
+        """Wait (bounded) for the assets' threads to end: each closes its socket with a Close
+        frame (a hang-up without one would make SwarmUI log an error per asset)."""
         deadline = time.monotonic() + bound
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
@@ -268,6 +293,7 @@ class PipelineRun:
             # With every backend in use, a request queued at the server cannot start before
             # one frees: sending the standby now leaves no gap at all (queue_ahead).
             self._standby.append(self._start(pending.pop(), go=self.queue_ahead, slot=False))
+        self._recount()
 
     def _start(self, asset: PlannedAsset, *, go: bool, slot: bool) -> _Worker:
         worker = _Worker(asset)
@@ -313,14 +339,32 @@ class PipelineRun:
             error=error,
             kept_file=kept_file,
         )
-        self._done += 1
         self._count(status)
-        self.reporter.finished(result, self._done, len(self.plan.assets))
+        self.reporter.finished(result, self.record)
 
     def _count(self, status: str) -> None:
         self.record.counts[status] = self.record.counts.get(status, 0) + 1
         self._counts_due = True
+        self._recount()
         self._publish_counts()
+
+    def _recount(self) -> None:
+        """Count the assets in flight (sent, not ended) and those not started, apart from
+        the ended ones: a failed or cancelled asset is never counted as done."""
+        counts = self.record.counts
+        ended = sum(counts.get(name, 0) for name in ENDED)
+        flying = sum(1 for w in self._inflight.values() if w.go.is_set() and not w.abort)
+        waiting = max(len(self.plan.assets) - ended - flying, 0)
+        if (counts.get(IN_FLIGHT), counts.get(NOT_STARTED)) != (flying, waiting):
+            counts[IN_FLIGHT], counts[NOT_STARTED] = flying, waiting
+            self._counts_due = True
+
+    def final_counts(self) -> dict[str, int]:
+        """The counts once the run is over, from every asset's result (nothing in flight)."""
+        counts = dict.fromkeys((*ENDED, IN_FLIGHT, NOT_STARTED), 0)
+        for result in self.results.values():
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return {name: count for name, count in counts.items() if count}
 
     def _publish_counts(self, *, now: bool = False) -> None:
         """Copy the counts to the registry for `status`, at most every CANCEL_POLL_SECONDS.
@@ -369,7 +413,7 @@ class PipelineRun:
             worker.go.wait()
             if worker.abort or self.stopping or self._pipeline_cancelled():
                 # Stopped (or a cancel of the whole pipeline came) before the request was sent.
-                run.mark(CANCELLED, "the pipeline stopped before this asset was sent")
+                run.mark(CANCELLED, NOT_SENT)
                 status, error = NOT_STARTED, None
                 return
             self.reporter.started(asset, record.id)
@@ -380,7 +424,7 @@ class PipelineRun:
         except (ServerError, DownloadError, RegistryError, OSError) as exc:
             error = str(getattr(exc, "message", None) or exc)
             if worker.run is not None and worker.run.settled:
-                # The stream broke while draining: the asset is done, and its place on the
+                # The stream broke after the image: the asset is done, and its place on the
                 # server may already serve the next asset, so nothing is interrupted.
                 return
             if worker.run is not None and worker.run.record is not None:
@@ -412,10 +456,9 @@ class PipelineRun:
         self._events.put(("done", worker, status, run.record.error if run.record else None))
 
     def _release(self, worker: _Worker, *, rest: bool) -> None:
-        record = worker.run.record if worker.run is not None else None
-        if record is not None and not worker.released:
+        if worker.run is not None and not worker.released:
             worker.released = True
-            self.claimer.release(record.handle, cancelled=rest)
+            worker.run.release(cancelled=rest)
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -455,12 +498,12 @@ class PipelineRun:
             return
         records = [run.record for run in runs.values() if run.record is not None]
 
+        def confirm(run: AssetRun) -> None:
+            run.stop_confirmed = run.interrupt(INTERRUPT_BOUND_SECONDS)
+
         def interrupt(marked: list[GenerationRecord]) -> list[bool]:
             threads = [
-                threading.Thread(
-                    target=runs[r.id].interrupt, args=(INTERRUPT_BOUND_SECONDS,), daemon=True
-                )
-                for r in marked
+                threading.Thread(target=confirm, args=(runs[r.id],), daemon=True) for r in marked
             ]
             for thread in threads:
                 thread.start()
@@ -490,3 +533,37 @@ class PipelineRun:
         for worker in list(self._inflight.values()):
             self._settle(worker, CANCELLED, reason)
         self.drain(max(deadline - time.monotonic(), 0.5))
+
+    def leave(self, reason: str) -> list[str]:
+        """A second signal: record every unfinished asset cancelled at once, without a request.
+
+        The same states as a stop that had time: an asset that was sent ends ``cancelled``
+        (record and manifest), one that was not stays ``not_started``. Returns the generation
+        ids whose interrupt the server has not confirmed: their work may still run there.
+        """
+        unconfirmed = []
+        for worker in list(self._inflight.values()):
+            run = worker.run
+            if run is None or run.record is None:
+                continue
+            sent = worker.go.is_set() and not worker.abort
+            if not run.record.is_final:
+                with contextlib.suppress(RegistryError):
+                    run.mark(CANCELLED, reason if sent else NOT_SENT)
+            if not sent or worker.reported:
+                continue
+            if not run.stop_confirmed and not run.settled:
+                unconfirmed.append(run.record.id)
+            # A settled asset (its image saved) keeps how it ended; the rest are cancelled.
+            status = run.record.status if run.record.is_final else CANCELLED
+            error = run.record.error if run.record.is_final else reason
+            worker.reported = True
+            result = self.results[worker.asset.index]
+            result.generation_id = run.record.id
+            result.status, result.error = status, error
+            self.manifest.record(
+                result.asset, status, generation_id=run.record.id, error=error,
+                kept_file=bool(run.images),
+            )  # fmt: skip
+        self._save_manifest()
+        return unconfirmed

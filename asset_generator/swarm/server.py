@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asset_generator.downloads import decode_data_url, extension_of
+from asset_generator.registry import CANCELLED
 from asset_generator.server import types
 from asset_generator.server.errors import RequestError
 from asset_generator.server.types import (
@@ -74,12 +75,13 @@ T = TypeVar("T")
 # keep-alive Pongs every 30 s, so a socket silent for much longer than that is dead even if
 # TCP has not noticed.
 SILENCE_LIMIT = 120.0
-# After socket_intention:close SwarmUI closes within ~2 s; a server that keeps the socket
-# open longer has nothing more for us, and the run ends on what arrived.
-CLOSE_WAIT_LIMIT = 10.0
 POLL_SECONDS = 0.25
 # A cancel aimed at a generation that has just ended may still be on its way to the server;
-# its session is not given to a new generation until that cancel has surely landed.
+# its session is not given to a new generation until that cancel has surely landed. Only
+# sessions an interrupt may still reach rest: a generation that ended cancelled, or one that
+# an interrupt of ours or a cancel another process marked touched before it ended (a cancel
+# marks the record first, then interrupts; jobs.stop). The others serve the next run at once,
+# so a script that loops over `generate` reuses one session (protocol §9 pitfall 3).
 SESSION_REST_SECONDS = 10.0
 # Sessions kept in the cache beyond those our generations hold.
 KEEP_SESSIONS = 16
@@ -177,13 +179,36 @@ def session_of(handle: Handle) -> str:
 
 
 def _resting(view: LedgerView, now: float) -> set[str]:
-    """Sessions an unfinished generation holds, or one that ended moments ago."""
-    return {
+    """Sessions an unfinished generation holds, or that an interrupt may still reach."""
+    held = {
         session_of(r.handle)
         for r in view.records
         if r.server_type == "swarmui"
-        and (not r.is_final or now - (r.finished or now) < SESSION_REST_SECONDS)
+        and (
+            not r.is_final
+            or (r.status == CANCELLED and now - (r.finished or now) < SESSION_REST_SECONDS)
+        )
     }
+    resting = view.cache.get("resting")
+    if isinstance(resting, dict):
+        held |= {
+            str(session)
+            for session, until in resting.items()
+            if isinstance(until, int | float) and until > now
+        }
+    return held
+
+
+def _rest(view: LedgerView, session_id: str, now: float) -> None:
+    """Keep ``session_id`` from new generations for SESSION_REST_SECONDS (expired rests go)."""
+    resting = view.cache.get("resting")
+    kept = {
+        str(session): until
+        for session, until in (resting.items() if isinstance(resting, dict) else ())
+        if isinstance(until, int | float) and until > now
+    }
+    kept[session_id] = now + SESSION_REST_SECONDS
+    view.cache["resting"] = kept
 
 
 class SessionClaimer:
@@ -207,7 +232,11 @@ class SessionClaimer:
         return handle
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
-        """Nothing to do: the registry tells the next generation the session is free."""
+        """``cancelled``: an interrupt may still reach the session, so it rests a while; else
+        the registry already tells the next generation that the session is free."""
+        if cancelled:
+            with self.server.ledger.change() as view:
+                _rest(view, session_of(handle), time.time())
 
 
 class SessionPool:
@@ -706,23 +735,18 @@ class SwarmRun:
     def _read_socket(self, ws: WebSocket, *, allow_renew: bool) -> Iterator[Event | _Stale]:
         """Messages until the server closes; a _Stale when the session must be renewed."""
         last_message = time.monotonic()
-        closing_since: float | None = None
         accepted = False
         while True:
-            now = time.monotonic()
             try:
                 message = ws.receive(timeout=POLL_SECONDS)
             except ConnectionFailed:
-                # A connection dropped once the request is over (every image in, or the
-                # server said it is closing) loses nothing; earlier it is a failure.
-                if closing_since is None and self._images < self._expected:
+                # A connection dropped once every image is in loses nothing; earlier it is a
+                # failure.
+                if self._images < self._expected:
                     raise
                 self.server.debug("the server dropped the WebSocket after the generation ended")
                 return
             except RequestTimeout:
-                if closing_since is not None and now - closing_since > CLOSE_WAIT_LIMIT:
-                    self.server.debug("the server did not close the WebSocket; ending the read")
-                    return
                 # Kestrel's keep-alive Pongs count: while SwarmUI is still launching a large
                 # batch it sends no keep_alive message for minutes (T2IAPI.cs), only those.
                 if time.monotonic() - max(last_message, ws.last_heard) > SILENCE_LIMIT:
@@ -735,11 +759,16 @@ class SwarmRun:
             if message is None:
                 return
             last_message = time.monotonic()
-            if message.get("socket_intention") == "close" and closing_since is None:
-                closing_since = last_message
-            # After socket_intention:close the server idles ~2 s, sends a last status and
-            # closes. We read on to its Close: hanging up first makes SwarmUI log an error
-            # for every generation (its final send fails; protocol §9 pitfall 18).
+            if message.get("socket_intention") == "close":
+                # Every image, error and discard of the request is in: SwarmUI sends this
+                # when the socket has no request left, then idles 2 s for another one, sends
+                # a last status and closes (T2IAPI.cs GenerateText2ImageWS). We close first,
+                # with a Close frame: SwarmUI's reader takes it as the end of the socket
+                # (no log), and its last sends go nowhere without an error (Kestrel drops
+                # writes once the peer has gone). Only a hang-up *without* a Close frame
+                # makes its reader fail, an error in SwarmUI's log per generation (API.cs,
+                # Utilities.RunCheckedTask; protocol §9 pitfall 18).
+                return
             event = parse_event(message)
             if (
                 isinstance(event, ErrorEvent)
