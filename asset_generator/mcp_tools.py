@@ -719,9 +719,10 @@ def build_server(tools: Tools) -> MCPServer:
 
         Each asset is a generation of its own, several at once; a manifest in the output
         directory makes a rerun skip assets already done. The options given apply to every
-        asset, as the command's own options do. Progress is assets done of the total. The run is
-        a pipe_ record: generation_status and get_images take its id, cancel_generation
-        stops the whole run, and `asset-generator status` / `cancel` see it too.
+        asset, as the command's own options do (they win over the spec's params:). Progress
+        is the assets that ended, of the total. The run is a pipe_ record:
+        generation_status and get_images take its id, cancel_generation stops the whole run,
+        and `asset-generator status` / `cancel` see it too.
         {server_options}
 
         {long_calls}
