@@ -397,7 +397,12 @@ SPEC = {
                 {"id": "knight", "name": "Knight", "prompt": "a knight"},
             ],
         },
-        {"name": "props", "assets": [{"id": "chest", "name": "Chest", "prompt": "a chest"}]},
+        {
+            "name": "props",
+            "assets": [
+                {"id": "chest", "name": "Chest", "prompt": "a chest", "params": {"steps": 9}}
+            ],
+        },
     ]
 }
 
@@ -455,7 +460,9 @@ def test_run_pipeline_inline_spec_reports_assets_done_of_total(
     # One record per asset, tied to the pipeline; one request per asset.
     records = read_registry(state_dir)["generations"].values()
     assert {r["pipeline_id"] for r in records} == {document["pipeline_id"]}
-    assert len(generation_requests(emulator)) == 3
+    # The call's options win over the spec's params:, as the command line's do.
+    assert [c.body["steps"] for c in generation_requests(emulator)] == [3, 3, 3]
+    assert any("steps" in note for note in document["notes"]), document["notes"]
 
 
 def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) -> None:
