@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,8 @@ def _say(text: str) -> None:
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    print(f"$ asset-generator {' '.join(args)}", flush=True)
+    # Quoted as a shell needs it, so each echoed command can be pasted and run as it stands.
+    print(f"$ {shlex.join(['asset-generator', *args])}", flush=True)
     done = subprocess.run(
         [sys.executable, "-m", "asset_generator", *args],
         env=env,
@@ -84,21 +86,19 @@ def main() -> int:
             )
 
             _say("2. A long generation, started in the background...")
-            print("$ asset-generator generate image --prompt 'a very slow castle' --steps 400 &")
+            slow = [
+                "generate",
+                "image",
+                "--prompt",
+                "a very slow castle",
+                "--steps",
+                "400",
+                "-o",
+                str(root / "out"),
+            ]
+            print(f"$ {shlex.join(['asset-generator', *slow])} &")
             long_run = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "asset_generator",
-                    "generate",
-                    "image",
-                    "--prompt",
-                    "a very slow castle",
-                    "--steps",
-                    "400",
-                    "-o",
-                    str(root / "out"),
-                ],
+                [sys.executable, "-m", "asset_generator", *slow],
                 env=env,
                 text=True,
                 stdout=subprocess.PIPE,

@@ -38,6 +38,11 @@ PNG_METADATA_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"eXIf"}
 PNG_COLOUR_CHUNKS = {b"iCCP", b"sRGB", b"gAMA", b"cHRM"}
 # Chunks Pillow would not copy on a re-encode that we carry over from the source ourselves.
 PNG_CARRIED_CHUNKS = PNG_METADATA_CHUNKS | PNG_COLOUR_CHUNKS | {b"pHYs"}
+# EXIF Orientation (TIFF tag 274): how a camera photo must be turned to look right. It says
+# nothing about who made the image, so stripping keeps it (values 2-8; 1 is "as stored").
+ORIENTATION_TAG = 0x0112
+EXIF_HEADER = b"Exif\x00\x00"
+ORIENTATION_KEPT = " (Orientation kept)"
 SVG_METHODS = ("color", "binary")
 # The Go tool's method names: `gotrace` is a potrace-style one-colour trace, as `binary` is.
 SVG_ALIASES = {"gotrace": "binary"}
@@ -90,6 +95,8 @@ class Result:
     size_after: tuple[int, int] | None = None
     box: tuple[int, int, int, int] | None = None
     removed: list[str] = field(default_factory=list)
+    # What the output lost that the user did not ask for (16-bit colour written as 8-bit).
+    warnings: list[str] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -99,6 +106,7 @@ class Result:
             "size_before": list(self.size_before) if self.size_before else None,
             "size_after": list(self.size_after) if self.size_after else None,
             "removed": self.removed,
+            "warnings": self.warnings,
         }
 
 
@@ -318,6 +326,8 @@ def encode(
     """``image`` as ``fmt`` bytes, with the source's colour data (and metadata if kept)."""
     info = image.info
     options: dict[str, Any] = {}
+    # Without metadata, a camera photo still needs its Orientation to look the same.
+    orientation = None if keep_metadata else orientation_exif(info.get("exif"))
     if fmt == "JPEG":
         if image.mode not in ("RGB", "L", "CMYK"):
             image = _flatten(image)
@@ -328,6 +338,8 @@ def encode(
             for key in ("exif", "comment", "xmp"):
                 if info.get(key):
                     options[key] = info[key]
+        elif orientation:
+            options["exif"] = orientation
     elif fmt == "WEBP":
         options["quality"] = quality
         if info.get("icc_profile"):
@@ -336,6 +348,8 @@ def encode(
             for key in ("exif", "xmp"):
                 if info.get(key):
                     options[key] = info[key]
+        elif orientation:
+            options["exif"] = orientation
     buffer = io.BytesIO()
     try:
         image.save(buffer, fmt, **options)
@@ -346,7 +360,8 @@ def encode(
         wanted = PNG_COLOUR_CHUNKS | {b"pHYs"}
         if keep_metadata:
             wanted |= PNG_METADATA_CHUNKS
-        data = _carry_png_chunks(data, source, wanted)
+        extra = [(b"eXIf", orientation[len(EXIF_HEADER) :])] if orientation else []
+        data = _carry_png_chunks(data, source, wanted, extra)
     return data
 
 
@@ -392,10 +407,16 @@ def _png_bytes(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def _carry_png_chunks(encoded: bytes, source: bytes, wanted: set[bytes]) -> bytes:
-    """``encoded`` with the source's ``wanted`` chunks in place of any Pillow wrote itself."""
+def _carry_png_chunks(
+    encoded: bytes,
+    source: bytes,
+    wanted: set[bytes],
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> bytes:
+    """``encoded`` with the source's ``wanted`` chunks (and ``extra`` ones) in place of any
+    Pillow wrote itself."""
     new = [c for c in png_chunks(encoded) if c[0] not in PNG_CARRIED_CHUNKS]
-    carried = [c for c in png_chunks(source) if c[0] in wanted]
+    carried = [c for c in png_chunks(source) if c[0] in wanted] + (extra or [])
     # Right after IHDR: colour chunks must precede PLTE and IDAT, and text may go anywhere.
     return _png_bytes(new[:1] + carried + new[1:])
 
@@ -409,10 +430,24 @@ def _chunk_label(kind: bytes, body: bytes) -> str:
 
 
 def strip_png(data: bytes) -> tuple[bytes, list[str]]:
-    """A PNG without its metadata chunks, every other chunk byte for byte; what went."""
-    chunks = png_chunks(data)
-    removed = [_chunk_label(k, b) for k, b in chunks if k in PNG_METADATA_CHUNKS]
-    return _png_bytes([c for c in chunks if c[0] not in PNG_METADATA_CHUNKS]), removed
+    """A PNG without its metadata chunks, every other chunk byte for byte; what went.
+
+    An eXIf chunk with an Orientation is replaced by one holding only that.
+    """
+    kept, removed = [], []
+    for kind, body in png_chunks(data):
+        if kind not in PNG_METADATA_CHUNKS:
+            kept.append((kind, body))
+            continue
+        orientation = orientation_exif(body) if kind == b"eXIf" else None
+        if orientation is None:
+            removed.append(_chunk_label(kind, body))
+            continue
+        tiff = orientation[len(EXIF_HEADER) :]
+        if tiff != body:
+            removed.append(_chunk_label(kind, body) + ORIENTATION_KEPT)
+        kept.append((kind, tiff))
+    return _png_bytes(kept), removed
 
 
 # Markers without a length field: SOI, EOI, TEM and the restart markers.
@@ -441,7 +476,12 @@ def strip_jpeg(data: bytes) -> tuple[bytes, list[str]]:
             raise ValueError("truncated JPEG")
         segment = data[offset:end]
         label = _jpeg_metadata(marker, segment[4:])
-        if label:
+        orientation = orientation_exif(segment[4:]) if label == "EXIF" else None
+        if orientation is not None:
+            if orientation != segment[4:]:
+                removed.append(label + ORIENTATION_KEPT)
+            out.append(b"\xff\xe1" + struct.pack(">H", len(orientation) + 2) + orientation)
+        elif label:
             removed.append(label)
         else:
             out.append(segment)
@@ -493,16 +533,43 @@ def strip_webp(data: bytes) -> tuple[bytes, list[str]]:
         end = offset + 8 + size + (size & 1)
         if offset + 8 + size > len(data):
             raise ValueError(f"truncated WebP (in a {kind.decode('latin-1')!r} chunk)")
-        if kind in (b"EXIF", b"XMP "):
+        body = data[offset + 8 : offset + 8 + size]
+        orientation = orientation_exif(body) if kind == b"EXIF" else None
+        if orientation is not None:
+            tiff = orientation[len(EXIF_HEADER) :]
+            if tiff != body:
+                removed.append("EXIF" + ORIENTATION_KEPT)
+            padding = b"\x00" if len(tiff) & 1 else b""
+            kept.append(bytearray(kind + struct.pack("<I", len(tiff)) + tiff + padding))
+        elif kind in (b"EXIF", b"XMP "):
             removed.append(kind.decode("latin-1").strip())
         else:
             kept.append(bytearray(data[offset:end]))
         offset = end
+    has_exif = any(chunk[:4] == b"EXIF" for chunk in kept)
     for chunk in kept:
         if chunk[:4] == b"VP8X":
-            chunk[8] &= ~(_WEBP_EXIF_FLAG | _WEBP_XMP_FLAG) & 0xFF
+            chunk[8] &= ~(_WEBP_XMP_FLAG | (0 if has_exif else _WEBP_EXIF_FLAG)) & 0xFF
     body = b"WEBP" + b"".join(kept)
     return b"RIFF" + struct.pack("<I", len(body)) + body, removed
+
+
+def orientation_exif(exif: bytes | None) -> bytes | None:
+    """A minimal EXIF (``Exif\\0\\0`` + TIFF) holding only ``exif``'s Orientation; None when
+    it has none worth keeping (absent, 1, unreadable)."""
+    if not exif:
+        return None
+    parsed = Image.Exif()
+    try:
+        parsed.load(exif if exif.startswith(EXIF_HEADER) else EXIF_HEADER + exif)
+        orientation = parsed.get(ORIENTATION_TAG)
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, OSError):
+        return None
+    if not isinstance(orientation, int) or not 2 <= orientation <= 8:
+        return None
+    minimal = Image.Exif()
+    minimal[ORIENTATION_TAG] = orientation
+    return minimal.tobytes()
 
 
 def strip_bytes(path: Path, data: bytes) -> tuple[bytes, list[str]]:
@@ -612,6 +679,13 @@ def process_file(
         if size != image.size:
             image, changed = resize(image, size, steps.downscale.filter), True
     result.size_after = image.size
+    if changed and _deep_colour_png(data):
+        # Pillow has no 16-bit colour mode: it reads RGB/RGBA/grey+alpha at 16 bits as 8.
+        # (16-bit grey is mode I;16 and keeps its depth.)
+        result.warnings.append(
+            f"{output}: written with 8 bits per channel; {source} has 16 "
+            "(Pillow reads 16-bit colour as 8-bit)"
+        )
     if changed:
         try:
             payload = encode(
@@ -631,6 +705,18 @@ def process_file(
         payload = data
     _write_output(source, output, payload, overwrite)
     return result
+
+
+# PNG colour types with more than one channel that Pillow reads at 8 bits when stored at 16.
+_DEEP_COLOUR_TYPES = (2, 4, 6)  # RGB, grey + alpha, RGBA
+
+
+def _deep_colour_png(data: bytes) -> bool:
+    """A PNG whose IHDR says 16 bits per channel of colour or grey+alpha."""
+    # Signature (8), IHDR length and type (8), width and height (8), then depth, colour type.
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 26:
+        return False
+    return data[24] == 16 and data[25] in _DEEP_COLOUR_TYPES
 
 
 def _metadata_labels(data: bytes) -> list[str]:

@@ -37,9 +37,17 @@ def _parse_url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an http(s) URL, e.g. http://localhost:7801")
     try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
+        port = parts.port
     except ValueError:
+        # urlsplit raises alike for `:99999` and `:80a`; only one of them is "not a number".
+        given = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]
+        if given.isdigit():
+            raise ValueError(
+                f"{text!r} has port {int(given)}, which is out of range: a port is 1-65535"
+            ) from None
         raise ValueError(f"{text!r} has a port that is not a number") from None
+    if port == 0:
+        raise ValueError(f"{text!r} has port 0, which is out of range: a port is 1-65535")
     path = parts.path.rstrip("/")
     if path.lower().endswith("/api"):
         # Every route is /API/<name>: a base that ends in /API would ask for /API/API/...

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +34,27 @@ def _program() -> list[str]:
 
 
 PROGRAM = _program()
+
+# The suite starts the program as a subprocess hundreds of times, and every xdist worker
+# imports every test module. Where PYTHONDONTWRITEBYTECODE is set (some CI images set it),
+# each of those would compile the package and rewrite the tests' asserts from source again:
+# about 40 ms of CPU per run of the program, 4 s per worker. The caches go to the
+# (git-ignored) __pycache__ directories, as a plain `python -m pytest` would write them.
+sys.dont_write_bytecode = False
+
+# A runner started in the background by a non-interactive shell (`pytest &`, nohup, some CI
+# wrappers) ignores SIGINT, and every program a test starts would inherit that: the tests
+# that press Ctrl-C would then wait on a program that cannot hear it, and leave it running.
+# The program is meant to meet SIGINT as a terminal delivers it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # once, in the controller (or the only process)
+        import asset_generator
+
+        compileall.compile_dir(Path(asset_generator.__file__).parent, quiet=1)
 
 
 @pytest.fixture(autouse=True)
@@ -162,6 +185,19 @@ def emulator(emulator_factory: Callable[..., Emulator], cli: Runner) -> Emulator
     emu = emulator_factory()
     cli.url = emu.url
     return emu
+
+
+def assert_install_hint(line: str, extra: str) -> None:
+    """``line`` ends with a command that installs ``extra`` into this checkout's virtualenv.
+
+    The package is not on PyPI: ``pip install 'asset-generator[mcp]'`` would find nothing.
+    """
+    import shlex
+
+    command = shlex.split(line.rsplit(": ", 1)[1])
+    root = Path(__file__).resolve().parents[1]
+    assert command[1:] == ["-m", "pip", "install", "-e", f"{root}[{extra}]"], line
+    assert Path(command[0]).parent == Path(sys.executable).parent, line
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:

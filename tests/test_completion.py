@@ -218,3 +218,27 @@ def test_cancel_completes_unfinished_ids_from_the_registry(
     assert complete(cli, "asset-generator cancel pi", env=env) == ["pipe_00c0ffee"]
     assert done not in complete(cli, "asset-generator cancel gen_", env=env)
     assert complete(cli, "asset-generator cancel ", shell="zsh", env=env)[:1] == ["gen_0badf00d"]
+
+
+def raw_complete(cli: Runner, line: str) -> list[str]:
+    """click's bash answer lines for ``line``: ``type,value`` (``file``/``dir`` = the shell's)."""
+    words = line.split()
+    cword = len(words) if line.endswith(" ") else len(words) - 1
+    protocol = {"COMP_WORDS": line, "COMP_CWORD": str(cword)}
+    result = cli(env={**protocol, "_ASSET_GENERATOR_COMPLETE": "bash_complete"})
+    assert (result.code, result.stderr) == (0, ""), result.stderr
+    return result.stdout.splitlines()
+
+
+def test_pipeline_specs_complete_files_and_output_dirs_complete_directories(
+    cli: Runner,
+) -> None:
+    cli.url = stopped_server()  # offline: nothing is asked of any server
+    assert raw_complete(cli, "asset-generator pipeline ga") == ["file,ga"]
+    assert raw_complete(cli, "asset-generator pipeline ") == ["file,"]
+    assert raw_complete(cli, "asset-generator pipeline --file ga") == ["file,ga"]
+    for option in ("-o", "--output-dir"):
+        assert raw_complete(cli, f"asset-generator pipeline game.yaml {option} ou") == ["dir,ou"]
+        assert raw_complete(cli, f"asset-generator generate image {option} ou") == ["dir,ou"]
+    # As crop's files do.
+    assert raw_complete(cli, "asset-generator crop sp") == ["file,sp"]

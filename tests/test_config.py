@@ -191,11 +191,11 @@ def test_init_refuses_to_overwrite_without_force(cli: Runner, config_dir: Path) 
     assert path.read_text().startswith("# asset-generator configuration")
     assert document(path) == {"api_url": "http://gpu-box:7801"}
 
-    again = cli("config", "init")
-    assert again.code == 1
-    assert again.stderr == (
+    typed = cli("--api-url", "http://laptop:7801", "config", "init")
+    assert typed.code == 1
+    assert typed.stderr == (
         f"config file {path} already exists and differs: api_url is http://gpu-box:7801 "
-        "there, http://localhost:7801 here; use --force to replace that value "
+        "there, http://laptop:7801 here; use --force to replace that value "
         "(the rest of the file is kept)\n"
     )
     assert document(path) == {"api_url": "http://gpu-box:7801"}
@@ -209,6 +209,34 @@ def test_init_refuses_to_overwrite_without_force(cli: Runner, config_dir: Path) 
         "values": {"api_url": "http://localhost:7801"},
         "changed": ["api_url"],
     }
+    assert document(path) == {"api_url": "http://localhost:7801"}
+
+
+def test_bare_init_keeps_an_existing_file_and_says_so(cli: Runner, config_dir: Path) -> None:
+    path = config_file(config_dir)
+    assert cli("--api-url", "http://gpu-box:7801", "config", "init").code == 0
+    before = path.read_bytes()
+    # Nobody typed http://localhost:7801 (the default), nor the environment's URL here.
+    for env in ({}, {"ASSET_GENERATOR_API_URL": "http://elsewhere:7801"}):
+        bare = cli("config", "init", env=env)
+        assert (bare.code, bare.stdout) == (0, ""), bare.stderr
+        assert bare.stderr == (
+            f"{path} already exists; kept as it is (api_url http://gpu-box:7801); "
+            "give --api-url to change it\n"
+        )
+        assert path.read_bytes() == before
+    as_json = cli("config", "init", "-f", "json")
+    assert as_json.code == 0
+    assert as_json.json() == {
+        "ok": True,
+        "path": str(path),
+        "profile": None,
+        "values": {"api_url": "http://gpu-box:7801"},
+        "changed": [],
+    }
+    # A file without a URL gets the one in effect, as a new file does.
+    assert cli("config", "unset", "api_url").code == 0
+    assert cli("config", "init").code == 0
     assert document(path) == {"api_url": "http://localhost:7801"}
 
 

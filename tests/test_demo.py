@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,13 @@ def test_the_demo_generates_cancels_and_explains(workdir: Path) -> None:
     assert ".png" in out
     assert "cancelled gen_" in out and "Generation session interrupted." in out
     assert "no active generation" in out
+    # Each echoed command pastes into a shell as it was run: the prompts stay one word.
+    commands = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("$ ")]
+    assert commands[0][:5] == [
+        "asset-generator",
+        "generate",
+        "image",
+        "--prompt",
+        "a lighthouse at dusk",
+    ]
+    assert commands[1][4] == "a very slow castle" and commands[1][-1] == "&"

@@ -7,14 +7,15 @@ import json
 import os
 import stat
 import struct
+import zlib
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from conftest import Runner
+from conftest import Runner, assert_install_hint
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image, ImageCms, PngImagePlugin
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from asset_generator import images
 
@@ -435,9 +436,9 @@ def test_convert_svg_refuses_primitive_and_missing_tracer(cli: Runner, workdir: 
     (hidden / "vtracer.py").write_text("raise ImportError('hidden by the test')\n")
     result = cli("-f", "json", "convert", "svg", "a.png", env={"PYTHONPATH": str(hidden)})
     assert result.code == 1
-    assert result.stderr.strip().splitlines() == [
-        "convert svg needs the vtracer tracer: pip install 'asset-generator[svg]'"
-    ]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("convert svg needs the vtracer tracer (the svg extra): ")
+    assert_install_hint(line, "svg")
     assert result.json()["error"]["code"] == "unavailable"
     assert not (workdir / "a.svg").exists()
     missing = cli("convert", "svg", "nope.png")
@@ -572,3 +573,136 @@ def test_in_place_through_a_symlink_replaces_the_file_it_points_to(
     stamp = real.stat().st_mtime_ns
     assert cli("strip-metadata", "real.png").stderr.strip() == "real.png: no metadata found"
     assert real.stat().st_mtime_ns == stamp
+
+
+def camera_jpeg(path: Path) -> Path:
+    """A portrait photo as a camera stores it: landscape pixels, Orientation 6, GPS, Make."""
+    image = Image.new("RGB", (24, 16), WHITE)
+    image.paste(INK, (2, 2, 12, 14))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    exif[0x010F] = "PhoneMaker"
+    exif[0x0110] = "Phone 12"
+    exif.get_ifd(0x8825)[2] = (52.0, 22.0, 8.0)  # GPSLatitude
+    image.save(path, exif=exif, quality=95)
+    return path
+
+
+def exif_of(path: Path) -> dict[int, object]:
+    with Image.open(path) as image:
+        exif = image.getexif()
+        return {**exif, **({"gps": dict(exif.get_ifd(0x8825))} if exif.get_ifd(0x8825) else {})}
+
+
+def test_stripping_a_camera_photo_keeps_its_orientation_only(cli: Runner, workdir: Path) -> None:
+    camera_jpeg(workdir / "photo.jpg")
+    assert set(exif_of(workdir / "photo.jpg")) == {0x0112, 0x010F, 0x0110, 0x8825, "gps"}
+    with Image.open(workdir / "photo.jpg") as image:
+        upright = ImageOps.exif_transpose(image).convert("RGB").tobytes()
+
+    result = cli("-f", "json", "strip-metadata", "photo.jpg", "-o", "clean.jpg")
+    assert result.code == 0, result.stderr
+    assert result.json()["files"][0]["removed"] == ["EXIF (Orientation kept)"]
+    assert exif_of(workdir / "clean.jpg") == {0x0112: 6}
+    clean = (workdir / "clean.jpg").read_bytes()
+    assert b"PhoneMaker" not in clean and b"Phone 12" not in clean
+    with Image.open(workdir / "clean.jpg") as image:
+        assert ImageOps.exif_transpose(image).convert("RGB").tobytes() == upright
+    # Nothing left to strip: the second run removes nothing and changes nothing.
+    again = cli("-f", "json", "strip-metadata", "clean.jpg")
+    assert again.json()["files"][0]["removed"] == []
+    assert (workdir / "clean.jpg").read_bytes() == clean
+
+    # crop and downscale re-encode: the same rule for their --strip-metadata.
+    for args, output in (
+        (["crop", "photo.jpg", "--strip-metadata"], "photo-cropped.jpg"),
+        (["downscale", "photo.jpg", "-w", "12", "--strip-metadata"], "photo_downscaled.jpg"),
+    ):
+        done = cli(*args)
+        assert done.code == 0, done.stderr
+        assert exif_of(workdir / output) == {0x0112: 6}, args
+    with Image.open(workdir / "photo-cropped.jpg") as cropped:
+        assert cropped.size == (10, 12)
+        assert ImageOps.exif_transpose(cropped).size == (12, 10)
+    # Without --strip-metadata every tag stays, as before.
+    assert cli("crop", "photo.jpg", "-o", "kept.jpg").code == 0
+    assert set(exif_of(workdir / "kept.jpg")) == {0x0112, 0x010F, 0x0110, 0x8825, "gps"}
+
+
+def test_orientation_survives_stripping_png_and_webp_too(cli: Runner, workdir: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    exif[0x0131] = "SwarmUI"
+    image = Image.new("RGB", (10, 6), INK)
+    image.save(workdir / "o.png", exif=exif)
+    image.save(workdir / "o.webp", lossless=True, exif=exif)
+    result = cli("-f", "json", "strip-metadata", "o.png", "o.webp")
+    assert result.code == 0, result.stderr
+    assert [f["removed"] for f in result.json()["files"]] == [
+        ["eXIf (Orientation kept)"],
+        ["EXIF (Orientation kept)"],
+    ]
+    for name in ("o.png", "o.webp"):
+        assert exif_of(workdir / name) == {0x0112: 8}, name
+        assert b"SwarmUI" not in (workdir / name).read_bytes()
+    # An EXIF without an Orientation worth keeping goes whole, as before.
+    plain = Image.Exif()
+    plain[0x0112] = 1
+    plain[0x0131] = "SwarmUI"
+    image.save(workdir / "p.jpg", exif=plain)
+    assert cli("-f", "json", "strip-metadata", "p.jpg").json()["files"][0]["removed"] == ["EXIF"]
+    assert b"Exif\x00" not in (workdir / "p.jpg").read_bytes()
+
+
+def deep_png(path: Path, colour_type: int = 2, size: tuple[int, int] = (20, 12)) -> Path:
+    """A PNG at 16 bits per channel (colour type 2 RGB, 6 RGBA), written by hand: Pillow
+    cannot write one."""
+    channels = {2: 3, 6: 4}[colour_type]
+    width, height = size
+    rows = []
+    for y in range(height):
+        border = y < 2 or y >= height - 2
+        row = b"".join(
+            struct.pack(
+                f">{channels}H",
+                *(
+                    [65535] * channels
+                    if border or x < 2
+                    else [x * 3000, y * 5000, 9999, 65535][:channels]
+                ),
+            )
+            for x in range(width)
+        )
+        rows.append(b"\x00" + row)
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(b"".join(rows))), (b"IEND", b"")]
+    path.write_bytes(images._png_bytes(chunks))
+    return path
+
+
+def test_16_bit_colour_written_as_8_bit_is_said_per_file(cli: Runner, workdir: Path) -> None:
+    deep_png(workdir / "rgb16.png")
+    deep_png(workdir / "rgba16.png", colour_type=6)
+    bordered(workdir / "plain.png")
+    result = cli("downscale", "rgb16.png", "rgba16.png", "plain.png", "-w", "10")
+    assert result.code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: {name}_downscaled.png: written with 8 bits per channel; {name}.png has 16 "
+        "(Pillow reads 16-bit colour as 8-bit)"
+        for name in ("rgb16", "rgba16")
+    ]
+    assert (workdir / "rgb16_downscaled.png").read_bytes()[24] == 8  # IHDR bit depth
+    crop = cli("-f", "json", "crop", "rgb16.png")
+    assert crop.code == 0, crop.stderr
+    (document,) = crop.json()["files"]
+    assert document["box"] == [2, 2, 20, 10]
+    assert document["warnings"] == [
+        "rgb16-cropped.png: written with 8 bits per channel; rgb16.png has 16 "
+        "(Pillow reads 16-bit colour as 8-bit)"
+    ]
+    assert "rgb16-cropped.png: written with 8 bits" in crop.stderr
+    # Nothing re-encoded, nothing lost, nothing said: strip-metadata copies the data as is.
+    stripped = cli("-f", "json", "strip-metadata", "rgb16.png")
+    assert stripped.json()["files"][0]["warnings"] == []
+    assert (workdir / "rgb16.png").read_bytes()[24] == 16

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Runner
+from PIL import Image
 
 from asset_generator.cli.app import ERROR_CODES
 
@@ -250,3 +251,93 @@ def test_no_arguments_at_all_is_the_help_and_a_usage_exit(cli: Runner) -> None:
     assert result.code == 2 and "Traceback" not in result.stderr
     assert "Usage: asset-generator" in result.stdout + result.stderr
     assert cli("-f").code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "command", "names"),
+    [
+        (
+            ["downscale", "photo.png", "-w", "100", "-h", "100", "-o", "sq.png"],
+            "downscale",
+            "-l/--height",
+        ),
+        (["downscale", "photo.png", "-h", "100"], "downscale", "-l/--height"),
+        (["generate", "image", "-p", "a cat", "-h", "512"], "generate image", "--height"),
+        (["pipeline", "game.yaml", "-h", "512", "--dry-run"], "pipeline", "--height"),
+    ],
+)
+def test_h_with_a_value_is_a_usage_error_naming_the_height(
+    cli: Runner, workdir: Path, args: list[str], command: str, names: str
+) -> None:
+    Image.new("RGB", (300, 200)).save(workdir / "photo.png")
+    line = _usage_block(cli(*args), command)
+    assert line.startswith("Error: -h is the help option, not the height: ")
+    assert f"use {names} (e.g." in line
+    assert not (workdir / "sq.png").exists()
+    as_json = cli("-f", "json", *args)
+    assert as_json.code == 2
+    document = as_json.json()
+    assert document["ok"] is False and document["error"]["code"] == "usage_error"
+    assert names in document["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["downscale", "-h"],
+        ["downscale", "photo.png", "-h"],
+        ["downscale", "--help"],
+        ["downscale", "photo.png", "-w", "100", "--help", "100"],
+        ["generate", "image", "-h"],
+        ["generate", "-h"],
+        ["pipeline", "-h"],
+        ["crop", "photo.png", "-h"],
+        ["-h"],
+    ],
+)
+def test_a_lone_h_is_still_the_help(cli: Runner, args: list[str]) -> None:
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith("Usage: asset-generator")
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "http://host:99999",
+            "'http://host:99999' has port 99999, which is out of range: a port is 1-65535",
+        ),
+        ("http://host:0", "'http://host:0' has port 0, which is out of range: a port is 1-65535"),
+        ("http://[::1]:70000", "has port 70000, which is out of range: a port is 1-65535"),
+        ("http://host:80a", "'http://host:80a' has a port that is not a number"),
+    ],
+)
+def test_a_port_out_of_range_is_said_so(cli: Runner, url: str, says: str) -> None:
+    line = _usage_block(cli("status", "--api-url", url), "status")
+    assert line.startswith("Error: invalid value for --api-url: ") and line.endswith(says)
+
+
+def test_counts_are_singular_or_plural_never_s_in_parentheses(cli: Runner, workdir: Path) -> None:
+    import asset_generator
+
+    package = Path(asset_generator.__file__).parent
+    offenders = []
+    # The emulators reproduce the servers' own texts ("Invalid status value(s)"), as they are.
+    ours = [p for p in sorted(package.rglob("*.py")) if "emulator" not in p.parts]
+    for path in ours:
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and re.search(r"[a-z]\(s\)", text.replace("http(s)", "")):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []
+
+    (workdir / "one.yaml").write_text("assets:\n  - {name: g, assets: [{id: a, prompt: p}]}\n")
+    dry = cli("pipeline", "one.yaml", "--dry-run", "--base-seed", "7")
+    assert dry.code == 0, dry.stderr
+    assert dry.stderr.splitlines()[-1] == (
+        "dry run: 1 asset in 1 group, base seed 7; 0 warnings; nothing was sent or written"
+    )
+    (workdir / "bad.png").write_bytes(b"not an image")
+    failed = cli("-f", "json", "crop", "bad.png")
+    assert failed.json()["error"]["message"] == "1 of 1 file failed"

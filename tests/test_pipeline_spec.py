@@ -273,6 +273,38 @@ def test_the_manifest_rewrites_only_what_changed_and_reads_back_true(tmp_path: P
     assert again.entries["a.png"].sha256 == hashlib.sha256(b"two").hexdigest()
 
 
+def test_a_duplicate_id_names_both_lines_and_messages_end_on_a_word() -> None:
+    text = (
+        "assets:\n"
+        "  - name: Characters\n"
+        "    assets:\n"
+        "      - {id: hero, prompt: a knight}\n"
+        "      - {id: mage, prompt: a mage}\n"
+        "      - {id: hero, prompt: a knight again, filename: hero2.png}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        plan_of(text)
+    message = str(caught.value)
+    assert message == (
+        "spec.yaml line 6: asset id 'hero' is used twice in group 'Characters' (assets[0]), "
+        "on lines 4 and 6; give each asset of a group its own id"
+    )
+    # The same id in two groups is two assets (the group tells them apart), as in the Go tool.
+    plan = plan_of(
+        "assets:\n"
+        "  - {name: a, output_dir: a, assets: [{id: icon, prompt: p}]}\n"
+        "  - {name: b, output_dir: b, assets: [{id: icon, prompt: q}]}\n"
+    )
+    assert [a.relative_path for a in plan.assets] == ["a/icon.png", "b/icon.png"]
+    with pytest.raises(SpecError) as same_path:
+        plan_of(BAD["same path"][0])
+    assert str(same_path.value).endswith("set a different filename for one of them")
+    for case in BAD:
+        with pytest.raises(SpecError) as bad:
+            plan_of(BAD[case][0])
+        assert not str(bad.value).rstrip().endswith(":"), case
+
+
 def test_the_manifest_says_why_an_asset_is_made_again(tmp_path: Path) -> None:
     from asset_generator.pipeline.manifest import Manifest
 

@@ -137,8 +137,13 @@ def busy_server(cli, emulator_factory, workdir: Path):
     """Four backends, eight finished generations of ours and two running ones."""
     emu = emulator_factory(backends=4, step_seconds=0.05)
     cli.url = emu.url
-    for i in range(8):
-        assert cli("generate", "image", "-p", f"finished {i}", "--steps", "1", "-o", "o").code == 0
+    # At once, as the four backends allow: the fixture needs them finished, not in turn.
+    finishing = [
+        cli.start("generate", "image", "-p", f"finished {i}", "--steps", "1", "-o", "o")
+        for i in range(8)
+    ]
+    for process in finishing:
+        assert process.wait(timeout=60) == 0, process.communicate()
     model = "OfficialStableDiffusion/sd_xl_base_1.0.safetensors"
     running = [
         cli.start("generate", "image", "-p", f"running {i}", "--steps", "500", "-m", model)

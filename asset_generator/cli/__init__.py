@@ -16,6 +16,28 @@ from asset_generator.settings import MAX_SECONDS
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def extra_hint(extra: str) -> str:
+    """How to add an optional extra to the Python that runs this program.
+
+    The package is not on PyPI, so ``pip install 'asset-generator[mcp]'`` cannot work: an
+    editable install (the README's) names its clone and interpreter exactly, anything else
+    gets the commands to run in the clone.
+    """
+    import shlex
+    from pathlib import Path
+
+    import asset_generator
+
+    clone = Path(asset_generator.__file__).resolve().parents[1]
+    if (clone / "pyproject.toml").is_file():
+        target = shlex.quote(f"{clone}[{extra}]")
+        return f"{shlex.quote(sys.executable)} -m pip install -e {target}"
+    return (
+        f"in a clone of asset-generator, pip install -e '.[{extra}]' into the Python that "
+        f"runs it, or pipx install --force '.[{extra}]'"
+    )
+
+
 class FiniteFloatRange(click.FloatRange):
     """A float range that also refuses nan and inf, which compare false with any bound."""
 
@@ -183,12 +205,15 @@ class LazyGroup(click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         try:
-            return super().resolve_command(ctx, args)
+            name, command, rest = super().resolve_command(ctx, args)
         except click.exceptions.NoSuchCommand as exc:
             # click suggests from the commands already imported, which here is none of them.
             raise click.exceptions.NoSuchCommand(
                 exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
             ) from None
+        if command is not None and not ctx.resilient_parsing:  # not while Tab-completing
+            _refuse_h_as_height(ctx, name, command, rest)
+        return name, command, rest
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
@@ -224,6 +249,47 @@ class LazyGroup(click.Group):
 
     def _short_help(self, ctx: click.Context, name: str) -> str:
         return COMMANDS[name][1]
+
+
+def _refuse_h_as_height(
+    ctx: click.Context, name: str | None, command: click.Command, args: list[str]
+) -> None:
+    """``downscale a.png -w 100 -h 100``: a usage error naming the height option, not help.
+
+    ``-h`` is help everywhere, and click would print the help and exit 0 with nothing done,
+    which a script cannot tell from success. So in a command with a height option, ``-h``
+    followed by a value (a number, or anything when other arguments are given too) is the
+    height meant; a lone ``-h`` (or ``--help``) is still the help.
+    """
+    info_name = name
+    while isinstance(command, click.Group):
+        for index, arg in enumerate(args):
+            sub = None if arg.startswith("-") else command.get_command(ctx, arg)
+            if sub is not None:
+                ctx = click.Context(command, info_name=info_name, parent=ctx)
+                command, info_name, args = sub, arg, args[index + 1 :]
+                break
+        else:
+            return
+    height = next((p for p in command.params if "--height" in getattr(p, "opts", ())), None)
+    if height is None or "-h" not in args:
+        return
+    if "--" in args and args.index("--") < args.index("-h"):
+        return
+    index = args.index("-h")
+    value = args[index + 1] if index + 1 < len(args) else None
+    if value is None or value.startswith("-"):
+        return
+    others = len(args) > 2
+    if not (value.isdigit() or others):
+        return
+    names = "/".join(height.opts)
+    example = f"{height.opts[0]} {value}"
+    raise click.UsageError(
+        f"-h is the help option, not the height: use {names} (e.g. {example}); "
+        "give -h alone for the help",
+        ctx=click.Context(command, info_name=info_name, parent=ctx),
+    )
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)

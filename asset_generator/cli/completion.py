@@ -59,7 +59,8 @@ def command(app: App, shell: str) -> int:
     fish:
       asset-generator completion fish > ~/.config/fish/completions/asset-generator.fish
 
-    Commands, options, config keys, --model names and the ids `cancel` takes complete.
+    Commands, options, config keys, --model names, the ids `cancel` takes, image and
+    spec files, and directories for --output-dir complete.
     Model names come from the list that `models list` last saved for the server, and ids
     from this client's registry, so completion never contacts the server. The script is
     printed as is; only an explicit --format json wraps it.

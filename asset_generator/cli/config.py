@@ -80,7 +80,8 @@ def init(app: App, force: bool) -> int:
     `asset-generator --api-url http://gpu-box:7801 config init`. With --profile NAME the
     values go in [profiles.NAME]. On an existing file only these values change, and
     everything else in it is kept: values already there are a no-op (exit 0), values
-    that differ are listed and need --force (exit 1 without it).
+    that differ are listed and need --force (exit 1 without it). Without --api-url, an
+    existing file keeps its api_url (exit 0, with a note).
     """
     path = _config_path(app)
     profile = settings.selected_profile(app.flags.get("profile"))
@@ -94,6 +95,17 @@ def init(app: App, force: bool) -> int:
         # A file that is not TOML cannot be merged into; --force asked for a fresh one.
         app.output.warn(f"warning: {exc}; replacing it")
         document = {}
+    # A value the user did not type on this command line (the env var's, the default) only
+    # fills a gap: the file's own value stands, and is not a difference to refuse over.
+    kept = {
+        key: current
+        for key in list(wanted)
+        if app.flags.get(key) is None
+        and not force
+        and (current := settings.current_value(document, key, profile)) is not None
+    }
+    for key in kept:
+        del wanted[key]
     differ = [
         key
         for key, value in wanted.items()
@@ -119,6 +131,15 @@ def init(app: App, force: bool) -> int:
         settings.write_config_file(path, document)
         verb = "updated" if exists else "wrote"
         app.output.info(f"{verb} {', '.join(changed)} in {_where(path, profile)}")
+    elif kept and not wanted:
+        values = ", ".join(
+            f"{key} {settings.shown(settings.lookup(key), value)}" for key, value in kept.items()
+        )
+        options = " or ".join(f"--{key.replace('_', '-')}" for key in kept)
+        app.output.info(
+            f"{_where(path, profile)} already exists; kept as it is ({values}); "
+            f"give {options} to change it"
+        )
     else:
         app.output.info(f"{_where(path, profile)} already has these values; nothing to change")
     if app.output.is_json:
@@ -129,7 +150,7 @@ def init(app: App, force: bool) -> int:
                 "profile": profile,
                 "values": {
                     key: settings.shown(settings.lookup(key), value)
-                    for key, value in wanted.items()
+                    for key, value in {**kept, **wanted}.items()
                 },
                 "changed": changed,
             }

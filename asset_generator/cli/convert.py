@@ -7,11 +7,10 @@ from typing import Any
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import extra_hint, global_options
 from asset_generator.cli.app import App, CommandError
 from asset_generator.cli.postprocess import CHANNEL, complete_files, same_file, size_text
 
-INSTALL_HINT = "pip install 'asset-generator[svg]'"
 # The Go tool's methods; `primitive` approximates an image with random shapes, which no
 # tracer does, so it is refused rather than quietly replaced by something else.
 GO_METHODS = {"gotrace": "binary", "primitive": None}
@@ -106,7 +105,8 @@ def svg(app: App, file: str, output: str | None, overwrite: bool, **knobs: Any) 
     """Vectorise an image into SVG with vtracer.
 
     The SVG has the image's width and height and a viewBox, so it scales. Needs the
-    tracer: pip install 'asset-generator[svg]'.
+    tracer, the svg extra: in the clone, pip install -e '.[svg]' (or pipx install
+    --force '.[svg]').
 
     Example: asset-generator convert svg logo.png --method binary -o logo.svg
     """
@@ -128,7 +128,8 @@ def svg(app: App, file: str, output: str | None, overwrite: bool, **knobs: Any) 
         result = vectorise_file(source, target, TraceOptions(**knobs), overwrite=overwrite)
     except TracerMissing:
         raise CommandError(
-            f"convert svg needs the vtracer tracer: {INSTALL_HINT}", "unavailable"
+            f"convert svg needs the vtracer tracer (the svg extra): {extra_hint('svg')}",
+            "unavailable",
         ) from None
     except ImageError as exc:
         raise CommandError(str(exc), "file_error") from None

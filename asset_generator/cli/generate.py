@@ -12,7 +12,11 @@ import click
 from asset_generator.cli import FiniteFloatRange, WholeNumber, global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.genoptions import generation_options, request_from
-from asset_generator.cli.postprocess import postprocess_from, postprocess_options
+from asset_generator.cli.postprocess import (
+    complete_directories,
+    postprocess_from,
+    postprocess_options,
+)
 from asset_generator.cli.signals import INTERRUPT_BOUND_SECONDS, SIGNAL_EXIT, Signalled
 from asset_generator.registry import CANCELLED, FAILED, SUCCEEDED
 from asset_generator.server.types import OPTIONS
@@ -36,7 +40,13 @@ def command() -> None:
 @generation_options()
 @click.option("--seed", type=WholeNumber(-1, 2**63 - 1), help="Seed; -1 is random.")
 @click.option("--images", "-n", type=WholeNumber(1, 10000), help="How many images.")
-@click.option("--output-dir", "-o", metavar="DIR", help="Where to save images [default: .].")
+@click.option(
+    "--output-dir",
+    "-o",
+    metavar="DIR",
+    shell_complete=complete_directories,
+    help="Where to save images [default: .].",
+)
 @click.option(
     "--filename-template",
     metavar="TEMPLATE",

@@ -7,15 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from asset_generator.cli import global_options
+from asset_generator.cli import extra_hint, global_options
 from asset_generator.cli.app import App, CommandError
 
 if TYPE_CHECKING:
     from asset_generator.mcp_tools import Tools
 
+MISSING_EXTRA = "the mcp command needs the MCP SDK (the mcp extra): {hint}"
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-# The extra's requirement, when the installed metadata cannot say (pyproject.toml has it).
-SDK_REQUIREMENT = "mcp>=2.3,<3"
 # Variables a client's `env` must carry for the server to use the same files as the shell.
 SHARED_LOCATIONS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
 
@@ -39,8 +38,8 @@ def command(app: App, client_config: bool) -> int:
     starts, `status` shows and `cancel` stops, and the other way round. Work whose
     call has returned runs on in a process of its own after the server ends.
     `--client-config` prints the client's JSON with this executable's absolute path
-    (desktop clients do not search the shell's PATH). Needs the MCP SDK, the `mcp`
-    extra (in a clone: pip install -e '.[mcp]').
+    (desktop clients do not search the shell's PATH). Needs the optional mcp extra:
+    in the clone, pip install -e '.[mcp]' (or pipx install --force '.[mcp]').
     """
     if client_config:
         app.output.json(_client_config(app))
@@ -55,10 +54,7 @@ def command(app: App, client_config: bool) -> int:
         # 2.x has no MCPServer): either way the extra is what makes the command work.
         if exc.name is not None and exc.name != "mcp" and not exc.name.startswith("mcp."):
             raise
-        raise CommandError(
-            f"the mcp command needs the MCP SDK, which this installation lacks: {install_hint()}",
-            "unavailable",
-        ) from None
+        raise CommandError(MISSING_EXTRA.format(hint=extra_hint("mcp")), "unavailable") from None
     import anyio
 
     # Settings first: a broken config file is one line on stderr, not a server that fails
@@ -102,41 +98,6 @@ async def _stop_on_signal(tools: Tools) -> None:
             sys.stderr.write(f"stopped by {name}\n")
             sys.stderr.flush()
             os._exit(SIGNAL_EXIT[signal.Signals(signum)])
-
-
-def install_hint() -> str:
-    """How to add the MCP SDK to the Python that runs this program.
-
-    The package is not on PyPI, so ``pip install 'asset-generator[mcp]'`` would find
-    nothing: the hint names this very interpreter (a pipx venv, a clone, or else any).
-    """
-    import shlex
-    import sys
-    from pathlib import Path
-
-    requirement = _sdk_requirement()
-    prefix = Path(sys.prefix)
-    if prefix.parent.name == "venvs" and "pipx" in str(prefix.parent.parent):
-        return f"pipx inject {shlex.quote(prefix.name)} {shlex.quote(requirement)}"
-    python = shlex.quote(sys.executable)
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file():
-        return f"{python} -m pip install -e {shlex.quote(f'{checkout}[mcp]')}"
-    return f"{python} -m pip install {shlex.quote(requirement)}"
-
-
-def _sdk_requirement() -> str:
-    from importlib.metadata import PackageNotFoundError, requires
-
-    try:
-        declared = requires("asset-generator") or []
-    except PackageNotFoundError:
-        declared = []
-    for item in declared:
-        name, _, marker = item.partition(";")
-        if name.strip().startswith("mcp") and "mcp" in marker:
-            return name.strip()
-    return SDK_REQUIREMENT
 
 
 def _executable() -> list[str]:

@@ -13,9 +13,9 @@ from typing import Any, TextIO
 
 import click
 
-from asset_generator.text import one_line, redact, register_secret
+from asset_generator.text import one_line, plural, redact, register_secret
 
-__all__ = ["Output", "OutputBroken", "one_line", "redact", "register_secret"]
+__all__ = ["Output", "OutputBroken", "one_line", "plural", "redact", "register_secret"]
 
 # Lines piped elsewhere are not wrapped at any terminal width.
 UNWRAPPED_WIDTH = 4096

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,12 @@ from asset_generator.cli.genoptions import (
     read_workflow_option,
 )
 from asset_generator.cli.output import is_terminal
-from asset_generator.cli.postprocess import postprocess_from, postprocess_options
+from asset_generator.cli.postprocess import (
+    complete_directories,
+    complete_files,
+    postprocess_from,
+    postprocess_options,
+)
 from asset_generator.pipeline.launch import DEFAULT_OUTPUT_DIR
 
 if TYPE_CHECKING:
@@ -35,12 +41,21 @@ MAX_PARALLEL = 256
 
 
 @click.command("pipeline")
-@click.argument("spec_argument", metavar="[SPEC.yaml]", required=False)
-@click.option("--file", "spec_file", metavar="SPEC.yaml", help="The pipeline spec (YAML).")
+@click.argument(
+    "spec_argument", metavar="[SPEC.yaml]", required=False, shell_complete=complete_files
+)
+@click.option(
+    "--file",
+    "spec_file",
+    metavar="SPEC.yaml",
+    shell_complete=complete_files,
+    help="The pipeline spec (YAML).",
+)
 @click.option(
     "--output-dir",
     "-o",
     metavar="DIR",
+    shell_complete=complete_directories,
     help=f"Where the asset tree goes [default: ./{DEFAULT_OUTPUT_DIR}].",
 )
 @click.option(
@@ -155,7 +170,7 @@ def _run_params(
 
 
 def _dry_run(app: App, loaded: Loaded) -> int:
-    from asset_generator.cli.output import one_line
+    from asset_generator.cli.output import one_line, plural
     from asset_generator.pipeline.manifest import NEW, REASONS
 
     plan = loaded.plan
@@ -173,8 +188,9 @@ def _dry_run(app: App, loaded: Loaded) -> int:
         app.output.data(f"    {one_line(asset.prompt)}")
     groups = len({a.group for a in plan.assets})
     app.output.info(
-        f"dry run: {len(plan.assets)} assets in {groups} groups, {loaded.seed_note}; "
-        f"{len(plan.warnings)} warning(s); nothing was sent or written"
+        f"dry run: {plural(len(plan.assets), 'asset')} in {plural(groups, 'group')}, "
+        f"{loaded.seed_note}; {plural(len(plan.warnings), 'warning')}; "
+        "nothing was sent or written"
     )
     return 0
 
@@ -194,7 +210,7 @@ def _run(app: App, loaded: Loaded, settings: Options, postprocess: PostProcess |
     except DownloadError as exc:
         raise CommandError(str(exc), "file_error") from None
     app.output.info(run.describe())
-    reporter = run.runner.reporter = _make_reporter(app, len(loaded.plan.assets))
+    reporter = run.runner.reporter = _make_reporter(app, len(loaded.plan.assets), run.to_generate)
     previous = signals.install(lambda signum: _leave_at_once(app, run.runner, signum))
     try:
         try:
@@ -285,41 +301,127 @@ class _PlainReporter:
         pass
 
 
+class PipelineEta:
+    """Time left for the assets a run generates, from the work measured so far.
+
+    One asset is one unit of work: a finished generation counts 1, a running one the
+    fraction of its steps done. The rate is measured from steps only: each asset's work
+    after the first step it reported, over the time since the first step of the run. So
+    assets skipped or refused without a request (which finish in no time) never make the
+    run look fast, session set-up and queueing before the first step never make it look
+    slow, and the estimate moves with every step, not only when an asset finishes.
+    """
+
+    # Less measured work than this (a step of one asset) says nothing yet.
+    MIN_WORK = 0.05
+
+    def __init__(self, to_generate: int, clock: Any = time.monotonic) -> None:
+        self.to_generate = to_generate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._first_step: float | None = None
+        self._running: dict[int, float] = {}
+        # The fraction each asset had reached at its first reported step: a step that
+        # arrives just after the run's first one was mostly done before it.
+        self._baseline: dict[int, float] = {}
+        self._finished = 0
+        self._measured_finished = 0.0
+
+    def started(self, index: int) -> None:
+        with self._lock:
+            self._running[index] = 0.0
+
+    def progress(self, index: int, fraction: float) -> None:
+        with self._lock:
+            if index not in self._running:
+                return
+            fraction = max(self._running[index], min(max(fraction, 0.0), 1.0))
+            self._running[index] = fraction
+            if fraction > 0 and index not in self._baseline:
+                self._baseline[index] = fraction
+                if self._first_step is None:
+                    self._first_step = self._clock()
+
+    def finished(self, index: int) -> None:
+        """An asset ended; only one that was generating counts as work done."""
+        with self._lock:
+            if self._running.pop(index, None) is None:
+                return
+            self._finished += 1
+            baseline = self._baseline.pop(index, None)
+            if baseline is not None:
+                self._measured_finished += 1.0 - baseline
+
+    def seconds_left(self) -> float | None:
+        """The estimate, or None while too little was measured to tell."""
+        with self._lock:
+            if self._first_step is None:
+                return None
+            measured = self._measured_finished + sum(
+                fraction - self._baseline[index]
+                for index, fraction in self._running.items()
+                if index in self._baseline
+            )
+            done = self._finished + sum(self._running.values())
+            elapsed = self._clock() - self._first_step
+        if measured < self.MIN_WORK or elapsed <= 0:
+            return None
+        return max(0.0, self.to_generate - done) * elapsed / measured
+
+
+def _eta_column(eta: PipelineEta, overall: Any) -> Any:
+    """A rich column: the pipeline's time left on the overall row, nothing on an asset's."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            if task.id != overall[0]:
+                return Text("")
+            left = eta.seconds_left()
+            if left is None:
+                return Text("eta -:--:--", style="progress.remaining")
+            minutes, seconds = divmod(round(left), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"eta {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+    return EtaColumn()
+
+
 class _RichReporter(_PlainReporter):
     """An overall bar (done/total, ETA) and one line per in-flight asset, on stderr."""
 
-    def __init__(self, app: App, total: int) -> None:
+    def __init__(self, app: App, total: int, to_generate: int) -> None:
         super().__init__(app)
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self._lock = threading.Lock()
         self._tasks: dict[int, Any] = {}
+        self._eta = PipelineEta(to_generate)
+        overall: list[Any] = [None]
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            TimeRemainingColumn(),
+            _eta_column(self._eta, overall),
             console=app.output.stderr_console(),
             transient=True,
         )
         # Its words count done, failed and cancelled apart; the bar fills as assets end.
-        self._overall = self._progress.add_task(f"assets 0/{total} done", total=total)
+        self._overall = overall[0] = self._progress.add_task(f"assets 0/{total} done", total=total)
         self._progress.start()
         self._stdout_terminal = is_terminal(sys.stdout)
 
     def started(self, asset: PlannedAsset, generation_id: str) -> None:
         from asset_generator.cli.output import one_line
 
+        self._eta.started(asset.index)
         with self._lock:
             self._tasks[asset.index] = self._progress.add_task(
                 f"  {one_line(asset.id)[:30]} ({generation_id})", total=100
             )
 
     def progress(self, asset: PlannedAsset, fraction: float) -> None:
+        self._eta.progress(asset.index, fraction)
         with self._lock:
             task = self._tasks.get(asset.index)
         if task is not None:
@@ -335,6 +437,7 @@ class _RichReporter(_PlainReporter):
             self.app.output.data(path)
 
     def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+        self._eta.finished(result.asset.index)
         with self._lock:
             task = self._tasks.pop(result.asset.index, None)
         if task is not None:
@@ -370,7 +473,7 @@ def _finished_line(result: AssetResult, tally: PipelineRecord) -> str:
     return one_line(line)
 
 
-def _make_reporter(app: App, total: int) -> Any:
+def _make_reporter(app: App, total: int, to_generate: int) -> Any:
     if app.output.is_json or app.output.quiet or not app.output.interactive():
         return _PlainReporter(app)
-    return _RichReporter(app, total)
+    return _RichReporter(app, total, to_generate)

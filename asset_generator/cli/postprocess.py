@@ -25,6 +25,7 @@ EMPTY_RESULT: dict[str, Any] = {
     "size_before": None,
     "size_after": None,
     "removed": [],
+    "warnings": [],
     "error": None,
 }
 FILTER_NAMES = ("lanczos", "bicubic", "bilinear", "nearest")
@@ -197,6 +198,13 @@ def complete_files(ctx: click.Context, param: click.Parameter, incomplete: str) 
     return [CompletionItem(incomplete, type="file")]
 
 
+def complete_directories(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Tab completion of directory names (``-o/--output-dir``): the shell lists them."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="dir")]
+
+
 def check_outputs(
     inputs: tuple[str, ...], output: str | None, in_place: bool, *, guard_input: bool = True
 ) -> None:
@@ -257,13 +265,17 @@ def run_each(
         if not app.output.is_json:
             app.output.data(str(result.output))
             app.output.info(describe(result))
+        for warning in result.warnings:
+            app.output.warn(f"warning: {warning}")
     if not failed:
         if app.output.is_json:
             app.output.json({"ok": True, "files": documents})
         return 0
     if app.output.is_json:
         code = "partial" if failed < len(inputs) else "file_error"
-        message = f"{failed} of {len(inputs)} file(s) failed"
+        from asset_generator.cli.output import plural
+
+        message = f"{failed} of {plural(len(inputs), 'file')} failed"
         app.output.json(
             {"ok": False, "error": {"code": code, "message": message}, "files": documents}
         )

@@ -35,9 +35,9 @@ def command(
     """Remove embedded metadata from PNG, JPEG and WebP images, in place.
 
     PNG tEXt/zTXt/iTXt/tIME/eXIf chunks (SwarmUI writes its parameters there), JPEG
-    EXIF/XMP/IPTC/comments and WebP EXIF/XMP go; colour profiles (iCCP, sRGB, gAMA,
-    cHRM, ICC) stay and the image data is copied byte for byte. Each file's removals
-    go to stderr.
+    EXIF/XMP/IPTC/comments and WebP EXIF/XMP go, except an EXIF Orientation, so a
+    camera photo still displays upright; colour profiles (iCCP, sRGB, gAMA, cHRM, ICC)
+    stay and the image data is copied byte for byte. Each file's removals go to stderr.
 
     Example: asset-generator strip-metadata out/*.png
     """

@@ -99,7 +99,9 @@ class InterruptToken:
         if self._event.is_set():
             return True
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            # Not wait_for, which on 3.11 can swallow a cancel (see websocket.receive).
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             return False
         return True

@@ -142,7 +142,8 @@ class HttpTransport:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._listener is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._listener.wait_closed()
 
     # -- connection loop ----------------------------------------------------------------------
 

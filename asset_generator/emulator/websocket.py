@@ -102,7 +102,10 @@ class WebSocketChannel:
 
     async def receive_frame(self, timeout: float | None = None) -> str | bytes | None:
         """The next complete message (str for text, bytes for binary); None once closed."""
-        return await asyncio.wait_for(self._incoming.get(), timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
+        # the awaited thing completes, and a task that ignores its cancel hangs stop().
+        async with asyncio.timeout(timeout):
+            return await self._incoming.get()
 
     async def _read_loop(self) -> None:
         parts: list[Any] = []
@@ -212,7 +215,8 @@ class WebSocketChannel:
             try:
                 data = self._ws.send(event)
                 self._writer.write(data)
-                await asyncio.wait_for(self._writer.drain(), SEND_TIMEOUT_SECONDS)
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await self._writer.drain()
             except (LocalProtocolError, ConnectionError, OSError, TimeoutError):
                 self._dead = True
 
@@ -243,7 +247,8 @@ class WebSocketChannel:
         elif self._ws.state is ConnectionState.OPEN and not self._dead:
             await self._write_event(CloseConnection(code=code))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._peer_closed.wait(), CLOSE_WAIT_SECONDS)
+                async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                    await self._peer_closed.wait()
         await self.shutdown()
 
     async def shutdown(self) -> None:

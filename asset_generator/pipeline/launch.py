@@ -247,11 +247,21 @@ class Launch:
     def plan(self) -> Plan:
         return self.loaded.plan
 
+    @property
+    def to_generate(self) -> int:
+        """How many assets this run sends (the rest are skipped or blocked)."""
+        from asset_generator.pipeline.manifest import GENERATE
+
+        return sum(1 for d in self.loaded.decisions.values() if d.verdict == GENERATE)
+
     def describe(self) -> str:
         """The line that says what runs: id, size, seed, parallelism, where."""
+        from asset_generator.text import plural
+
         return (
-            f"{self.record.id}: {len(self.plan.assets)} assets from {self.loaded.label}, "
-            f"{self.loaded.seed_note}, {self.parallel} at once, into {self.plan.output_dir}"
+            f"{self.record.id}: {plural(len(self.plan.assets), 'asset')} from "
+            f"{self.loaded.label}, {self.loaded.seed_note}, {self.parallel} at once, into "
+            f"{self.plan.output_dir}"
         )
 
     def results(self) -> list[AssetResult]:

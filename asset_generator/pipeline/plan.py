@@ -442,7 +442,7 @@ def _check_paths(spec: Spec, assets: list[PlannedAsset]) -> None:
         if earlier is not None:
             raise SpecError(
                 f"{spec.file}: assets {earlier.id} and {asset.id} would both write "
-                f"{asset.relative_path}; give one a filename:"
+                f"{asset.relative_path}; set a different filename for one of them"
             )
         seen[asset.relative_path] = asset
 

@@ -226,6 +226,16 @@ class _Reader:
             self.asset(item, f"{place}.assets[{i}]")
             for i, item in enumerate(self.items(keys.get("assets"), f"{place}.assets"))
         ]
+        seen: dict[str, Asset] = {}
+        for asset in assets:
+            earlier = seen.setdefault(asset.id, asset)
+            if earlier is not asset:
+                # Reports, `status` and the JSON document tell a group's assets apart by id.
+                raise SpecError(
+                    f"{self.file} line {asset.line}: asset id {asset.id!r} is used twice in "
+                    f"group {_group_label(keys, place)}, on lines {earlier.line} and "
+                    f"{asset.line}; give each asset of a group its own id"
+                )
         subgroups = [
             self.group(item, f"{place}.subgroups[{i}]")
             for i, item in enumerate(self.items(keys.get("subgroups"), f"{place}.subgroups"))
@@ -259,6 +269,13 @@ class _Reader:
             place=place,
             line=node.start_mark.line + 1,
         )
+
+
+def _group_label(keys: dict[str, Any], place: str) -> str:
+    """``'Characters' (assets[0])``: the name a person gave, and where it sits."""
+    name = keys.get("name")
+    value = getattr(name, "value", None)
+    return f"{value!r} ({place})" if isinstance(value, str) and value else place
 
 
 def _kind(node: Any) -> str:
