@@ -48,8 +48,12 @@ from asset_generator.server.types import (
     Waiting,
 )
 from asset_generator.steps import StepProgress
+from asset_generator.text import plural
 
 RECORD_WRITE_INTERVAL = 1.0
+# How long a run waits for another process's cancel to be confirmed before interrupting its
+# work itself (that interrupt may have been lost); the bound every stop of ours keeps.
+CONFIRM_GRACE_SECONDS = 3.0
 
 
 class DeadlinePassed(Exception):
@@ -140,6 +144,8 @@ class GenerationRun:
         self._self_cancelled = False
         # When the server took the request (wall clock, to compare with a mark's time).
         self._accepted_at: float | None = None
+        # Until when another process's unconfirmed cancel may still be confirmed (monotonic).
+        self._confirm_by: float | None = None
         # stop() had the server take its interrupt (until then our work may still run there).
         self.stop_confirmed = False
         # An interrupt may still reach our handle after the run: one of ours was sent, or
@@ -208,6 +214,9 @@ class GenerationRun:
         return self._conclude()
 
     def _handle(self, event: types.Event) -> None:
+        if self._confirm_by is not None:
+            # Another process's interrupt is on its way: see whether the server took it.
+            self._look_for_cancel()
         if isinstance(event, Tick):
             if event.look:
                 self._look_for_cancel()
@@ -272,9 +281,7 @@ class GenerationRun:
     # -- a cancel from another process -----------------------------------------------------------
 
     def _marked_cancelled(self) -> bool:
-        assert self.record is not None
-        latest = self.registry.read().generations.get(self.record.id)
-        return latest is not None and latest.status == CANCELLED
+        return self._mark() is not None
 
     def _mark(self) -> GenerationRecord | None:
         """Our record as saved, if another process marked it cancelled."""
@@ -299,19 +306,31 @@ class GenerationRun:
             return
         if mark is not None:
             self._cancel_ourselves(mark)
+        else:
+            # The mark was taken back (its interrupt could not be sent): we go on.
+            self._confirm_by = None
 
     def _cancel_ourselves(self, mark: GenerationRecord) -> None:
         """Interrupt our own work for a mark another process made, unless its own interrupt
-        reaches the server: a mark made after the server took the request was followed by
-        an interrupt that lands (one interrupt, not two)."""
+        reached the server: a mark made after the server took the request, whose interrupt
+        the server confirmed, needs no second one (one interrupt per cancel). One still on its
+        way gets CONFIRM_GRACE_SECONDS; after that it may have been lost, and we send ours."""
         if self._self_cancelled:
             return
-        self._self_cancelled = True
-        if self._accepted_at is not None and (mark.finished or 0) > self._accepted_at:
+        after = self._accepted_at is not None and (mark.finished or 0) > self._accepted_at
+        if after and mark.cancel_unconfirmed is None:
+            self._self_cancelled = True
+            self._confirm_by = None
             self.debug(
                 "this generation was cancelled from another process after the server took it"
             )
             return
+        if after and self._confirm_by is None:
+            self._confirm_by = time.monotonic() + CONFIRM_GRACE_SECONDS
+        if after and self._confirm_by is not None and time.monotonic() < self._confirm_by:
+            return
+        self._self_cancelled = True
+        self._confirm_by = None
         self.debug("this generation was cancelled from another process; interrupting it")
         self.interrupt()
 
@@ -333,21 +352,38 @@ class GenerationRun:
     def stop(self, status: str, reason: str, timeout: float = 3.0) -> bool:
         """Record how the run ends, then stop our work on the server (bounded).
 
-        The mark comes first, as every stop of ours does it (``jobs.stop``); a registry that
-        cannot be written must not keep the interrupt from being sent. True when the server
-        took the interrupt.
+        The mark comes first, as every stop of ours does it (``jobs.stop``), and says the
+        interrupt is unconfirmed until the server takes it; a registry that cannot be written
+        must not keep the interrupt from being sent. A run whose every image is saved has
+        succeeded, whatever stops it now (printing the last path can fail). True when the
+        server took the interrupt.
         """
         if self.record is None:
             return False
+        complete = self.complete
+        if complete:
+            status, reason = self._classify_complete()
         with contextlib.suppress(RegistryError):
-            self.mark(status, reason)
+            self.mark(status, reason, unconfirmed=not complete)
         self.stop_confirmed = self.interrupt(timeout)
+        if self.stop_confirmed and not complete:
+            with contextlib.suppress(RegistryError):
+                self._confirm()
         with contextlib.suppress(RegistryError):
             self.release()
         return self.stop_confirmed
 
-    def mark(self, status: str, error: str | None = None) -> None:
-        """Record how the generation ended; a cancel recorded by another process stands."""
+    @property
+    def complete(self) -> bool:
+        """Every image the run expects is saved."""
+        return self.prepared is not None and len(self.images) >= self.expected
+
+    def mark(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
+        """Record how the generation ended; a cancel recorded by another process stands.
+
+        ``unconfirmed``: an interrupt of our work is about to be sent (or was lost); without
+        it the work is over, which confirms any cancel of it.
+        """
         assert self.record is not None
         with self.registry.transaction() as state:
             saved = state.generations.get(self.record.id)
@@ -363,8 +399,16 @@ class GenerationRun:
                 self._interrupt_may_land = True
                 if status != SUCCEEDED:
                     status, error = CANCELLED, saved.error or error
-            saved.finish(status, error)
+            saved.finish(status, error, unconfirmed=unconfirmed)
             self.record = saved
+
+    def _confirm(self) -> None:
+        assert self.record is not None
+        with self.registry.transaction() as state:
+            saved = state.generations.get(self.record.id)
+            if saved is not None:
+                saved.confirm()
+        self.record.confirm()
 
     def _conclude(self) -> Outcome:
         assert self.record is not None
@@ -403,19 +447,25 @@ class GenerationRun:
             return (CANCELLED if cancelled_here else FAILED), ended.text
         done, expected = len(self.images), self.expected
         if done >= expected:
-            if self.postprocess_errors:
-                more = len(self.postprocess_errors) - 1
-                suffix = f" (and {more} more image{'s' if more > 1 else ''})" if more else ""
-                return FAILED, self.postprocess_errors[0] + suffix
-            return SUCCEEDED, None
+            return self._classify_complete()
         if cancelled_here:
-            return CANCELLED, f"the generation was cancelled after {done} of {expected} images"
+            return CANCELLED, (
+                f"the generation was cancelled after {done} of {plural(expected, 'image')}"
+            )
         causes = getattr(self.server, "silent_causes", "a failure on the server")
         return FAILED, (
-            f"the generation ended without images for {expected - done} of its {expected} "
-            f"outputs and without an error message; {causes} ends a generation this way; "
-            "the server's log says which"
+            f"the generation ended without images for {expected - done} of its "
+            f"{plural(expected, 'output')} and without an error message; {causes} ends a "
+            "generation this way; the server's log says which"
         )
+
+    def _classify_complete(self) -> tuple[str, str | None]:
+        """Every image saved: succeeded, unless post-processing one of them failed."""
+        if self.postprocess_errors:
+            more = len(self.postprocess_errors) - 1
+            suffix = f" (and {plural(more, 'more image', 'more images')})" if more else ""
+            return FAILED, self.postprocess_errors[0] + suffix
+        return SUCCEEDED, None
 
     def outcome(self, error: str | None) -> Outcome:
         assert self.record is not None
@@ -444,7 +494,8 @@ class GenerationRun:
         self._last_write = time.monotonic()
         with self.registry.transaction() as state:
             saved = state.generations.get(self.record.id)
-            if saved is not None and not saved.is_final:
+            # A record that ended (marked cancelled by another process, say) keeps its status.
+            if saved is not None and not saved.ended:
                 for name, value in changes.items():
                     setattr(saved, name, value)
         if saved is not None and saved.status == CANCELLED:

@@ -109,8 +109,14 @@ class JobRecord:
     finished: float | None = None
 
     @property
-    def is_final(self) -> bool:
+    def ended(self) -> bool:
+        """The status is one a job ends with (its work may still run: see ``is_final``)."""
         return self.status in FINAL_STATES
+
+    @property
+    def is_final(self) -> bool:
+        """Finished, and nothing of it can still be running on the server."""
+        return self.ended
 
     def process_alive(self) -> bool | None:
         """True/False for a process on this host; None when it ran on another host."""
@@ -141,11 +147,33 @@ class GenerationRecord(JobRecord):
     owner: str | None = None
     # The pipe_ record of the pipeline this generation is one asset of.
     pipeline_id: str | None = None
+    # When we recorded a stop (a cancel) whose interrupt the server has not been seen to take;
+    # None once it is confirmed (jobs.stop).
+    cancel_unconfirmed: float | None = None
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    @property
+    def is_final(self) -> bool:
+        """Finished, and nothing of it can still be running on the server.
+
+        A cancel not yet confirmed is the generating process's to finish while it lives (it
+        honours the mark, interrupts its own work and records how it ended); once that
+        process is gone the work may still run, so the record stays active: `cancel` sends
+        the interrupt again and `status` asks the server.
+        """
+        if self.cancel_unconfirmed is None:
+            return self.ended
+        return self.ended and self.process_alive() is True
+
+    def finish(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
+        """End the record; ``unconfirmed``: an interrupt of its work is on its way (or lost)."""
         super().finish(status, error)
         if status == SUCCEEDED:
             self.progress = 100.0
+        self.cancel_unconfirmed = self.finished if unconfirmed else None
+
+    def confirm(self) -> None:
+        """The server took the interrupt (or shows the work gone): nothing of it runs there."""
+        self.cancel_unconfirmed = None
 
     def public(self) -> dict[str, Any]:
         """The record as shown to users and scripts: never the handle."""
@@ -162,6 +190,8 @@ class GenerationRecord(JobRecord):
             "images": list(self.images),
             "error": self.error,
             "pipeline_id": self.pipeline_id,
+            # A cancel of ours the server has not confirmed: the work may still run there.
+            "cancel_unconfirmed": self.cancel_unconfirmed is not None,
             **({"owner": self.owner} if self.owner else {}),
         }
 
@@ -183,6 +213,14 @@ class GenerationRecord(JobRecord):
         _expect(
             record.pipeline_id is None or isinstance(record.pipeline_id, str),
             "a generation's pipeline id is not text",
+        )
+        _expect(
+            record.cancel_unconfirmed is None or _is_time(record.cancel_unconfirmed),
+            "a generation has an impossible cancel time",
+        )
+        _expect(
+            record.cancel_unconfirmed is None or record.ended,
+            "a generation has an unconfirmed cancel but no final status",
         )
         return record
 

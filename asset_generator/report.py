@@ -21,24 +21,35 @@ RECENT_FINISHED = 5
 
 @dataclass
 class Report:
-    """Everything `status` shows, gathered in one pass."""
+    """Everything `status` shows, gathered in one pass.
 
-    facts: Facts
+    ``facts`` is None when the server did not answer (``problem`` says why): the records are
+    then as this client last saved them, their live state unknown.
+    """
+
+    facts: Facts | None
     generations: list[GenerationRecord]
     # Finished generations of ours left out by the limit (`--all` shows them).
     older_not_shown: int = 0
     # Our pipelines (jobs.pipelines.pipeline_rows): running ones with their in-flight assets.
     pipelines: tuple[dict[str, Any], ...] = ()
+    # Without facts: the server as shown to the user, and why it could not be asked.
+    server: str = ""
+    problem: str | None = None
 
     @property
     def response_ms(self) -> float:
-        return self.facts.response_ms
+        return self.facts.response_ms if self.facts is not None else 0.0
+
+    @property
+    def ours(self) -> bool:
+        """Anything of ours to show (generations, older ones, pipelines)."""
+        return bool(self.generations or self.older_not_shown or self.pipelines)
 
     def to_json(self) -> dict[str, Any]:
+        """The `status` document; without facts, the keys a failure document adds."""
         now = time.time()
-        return {
-            "ok": True,
-            **self.facts.document,
+        ours = {
             "generations": [
                 {**r.public(), "age_seconds": max(int(now - r.created), 0)}
                 for r in self.generations
@@ -46,6 +57,9 @@ class Report:
             "older_not_shown": self.older_not_shown,
             "pipelines": list(self.pipelines),
         }
+        if self.facts is None:
+            return {"live_state": "unknown", **ours}
+        return {"ok": True, **self.facts.document, **ours}
 
 
 def gather(
@@ -68,13 +82,33 @@ def gather(
     )
 
 
+def gather_local(
+    generations: Generations,
+    server: str,
+    problem: str,
+    *,
+    finished_limit: int | None = RECENT_FINISHED,
+) -> Report:
+    """Our work as the registry holds it, for a server that did not answer (no request)."""
+    ours, older = our_generations(generations, finished_limit, ask=False)
+    return Report(
+        facts=None,
+        generations=ours,
+        older_not_shown=older,
+        pipelines=tuple(pipeline_rows(generations.registry, generations.key)),
+        server=server,
+        problem=problem,
+    )
+
+
 def our_generations(
-    generations: Generations, limit: int | None
+    generations: Generations, limit: int | None, *, ask: bool = True
 ) -> tuple[list[GenerationRecord], int]:
-    """Our active records (dead processes checked on the server), the latest finished, and
-    how many older finished ones were left out."""
+    """Our active records (dead processes checked on the server unless not ``ask``), the
+    latest finished, and how many older finished ones were left out."""
     records = generations.registry.read().records_for(generations.key)
-    generations.refresh([r for r in records if not r.is_final])
+    if ask:
+        generations.refresh([r for r in records if not r.is_final])
     active = [r for r in records if not r.is_final]
     finished = [r for r in records if r.is_final]
     shown = finished if limit is None else finished[:limit]

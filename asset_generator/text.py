@@ -27,6 +27,11 @@ def redact(text: str) -> str:
     return text
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images`` (``many`` for a noun that does not just take an s)."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
 def one_line(text: str) -> str:
     """``text`` as one printable line: server error texts may span lines or carry escapes.
 

@@ -597,6 +597,20 @@ def test_status_counts_the_queue_and_ours(
     finish(process)
 
 
+def test_status_shows_a_restarted_servers_version_at_once(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner
+) -> None:
+    # Issue 19 item 7 on ComfyUI: /system_stats is asked on every run, nothing is cached.
+    first = comfy_factory(comfy_version="0.3.60")
+    assert cli("status", "-f", "json").json()["server"]["version"] == "0.3.60"
+    port = first.port
+    first.stop()
+    assert cli("status", "-q").code == 1
+    comfy_factory(comfy_version="0.3.64", port=port)
+    document = cli("status", "-f", "json").json()
+    assert document["version"] == document["server"]["version"] == "0.3.64"
+
+
 def test_models_map_swarmui_subtypes_to_folders(
     comfy: ComfyEmulator, cli: Runner, state_dir: Path
 ) -> None:

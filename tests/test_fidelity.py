@@ -373,6 +373,55 @@ def test_status_shows_the_restarted_servers_version_and_id(
     assert second.sessions_created == 1
 
 
+def test_a_restart_our_commands_saw_shows_at_once(
+    cli: Runner, emulator_factory, tmp_path: Path
+) -> None:
+    # Issue 19 item 7: within the minute the old version and server id were still shown.
+    sessions = tmp_path / "sessions.json"
+    first = emulator_factory(sessions_file=sessions, version="0.9.8.1.GIT-old")
+    cli.url = first.url
+    before = cli("status", "-f", "json").json()
+    assert before["version"] == "0.9.8.1.GIT-old"
+    port = first.port
+    first.stop()
+    # Any command of ours that finds the server away (here `status`, as `--watch` does
+    # every second) means the next facts may belong to another process.
+    assert cli("status", "-q").code == 1
+    second = emulator_factory(sessions_file=sessions, version="0.9.8.2.GIT-new", port=port)
+    after = cli("status", "-f", "json").json()
+    assert after["version"] == "0.9.8.2.GIT-new"
+    assert after["server_id"] != before["server_id"]
+    assert second.sessions_created == 1
+    # Then the session is reused again: one session per server process, not per run.
+    for _ in range(3):
+        assert cli("status", "-f", "json").json()["server_id"] == after["server_id"]
+    assert second.sessions_created == 1
+
+
+def test_a_restart_whose_backends_are_still_loading_shows_at_once(
+    cli: Runner, emulator_factory, tmp_path: Path
+) -> None:
+    # Nobody of ours saw the server away, but its backends are starting again: the cheap
+    # sign GetCurrentStatus gives of a new process, worth one new session.
+    sessions = tmp_path / "sessions.json"
+    first = emulator_factory(sessions_file=sessions, version="0.9.8.1.GIT-old")
+    cli.url = first.url
+    before = cli("status", "-f", "json").json()
+    port = first.port
+    first.stop()
+    second = emulator_factory(sessions_file=sessions, version="0.9.8.2.GIT-new", port=port)
+    second.set_backend_status("loading")
+    after = cli("status", "-f", "json").json()
+    assert after["backend_status"]["status"] == "loading"
+    assert (after["version"], second.sessions_created) == ("0.9.8.2.GIT-new", 1)
+    assert after["server_id"] != before["server_id"]
+    # Loading on, then running: the same session, no new one per run.
+    for status in ("loading", "running", "running"):
+        second.set_backend_status(status)
+        assert cli("status", "-f", "json").json()["server_id"] == after["server_id"]
+    assert second.sessions_created == 1
+
+
 def test_busy_is_the_requests_own_claim() -> None:
     from asset_generator.swarm.client import Counters
 

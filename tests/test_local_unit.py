@@ -160,6 +160,75 @@ def test_public_record_never_shows_the_session() -> None:
     assert "s" * 40 not in shown
 
 
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_an_unconfirmed_cancel_is_active_once_its_process_is_gone(tmp_path: Path) -> None:
+    # Issue 19 item 3: the field has a default, is validated, and decides is_final.
+    assert (
+        GenerationRecord.from_dict(
+            {k: v for k, v in vars(record("gen_1")).items() if k != "cancel_unconfirmed"}
+        ).cancel_unconfirmed
+        is None
+    )
+    mine = record("gen_1", status=CANCELLED, finished=2000.0, cancel_unconfirmed=2000.0)
+    assert mine.ended and mine.is_final  # its (this) process finishes the job
+    orphan = record("gen_2", status=CANCELLED, finished=2000.0, cancel_unconfirmed=2000.0)
+    orphan.pid = dead_pid()
+    assert orphan.ended and not orphan.is_final
+    assert orphan.public()["cancel_unconfirmed"] is True and "s" * 40 not in str(orphan.public())
+    for bad in ("soon", -1.0, float("nan"), True):
+        with pytest.raises(ValueError):
+            GenerationRecord.from_dict({**vars(orphan), "cancel_unconfirmed": bad})
+    with pytest.raises(ValueError, match="no final status"):
+        GenerationRecord.from_dict({**vars(orphan), "status": "running"})
+    # Kept through the file, and never pruned while the work may still run.
+    registry = Registry(tmp_path)
+    with registry.transaction() as state:
+        state.generations["gen_2"] = orphan
+    state = registry.read()
+    assert state.generations["gen_2"].cancel_unconfirmed == 2000.0
+    state.prune(now=30 * 24 * 3600.0)
+    assert "gen_2" in state.generations
+
+
+def test_a_cancel_sent_again_keeps_the_status_and_is_taken_back_if_it_fails(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from asset_generator.jobs.stop import confirm, mark_cancelled, unmark
+    from asset_generator.registry import FAILED
+
+    registry = Registry(tmp_path)
+    now = time.time()
+    pending = record("gen_1", status=FAILED, error="boom", finished=now, cancel_unconfirmed=now)
+    pending.pid = dead_pid()
+    with registry.transaction() as state:
+        state.generations["gen_1"] = pending
+        state.generations["gen_2"] = record("gen_2", status="running")
+    before = list(registry.read().generations.values())
+    marked = mark_cancelled(registry, ["gen_1", "gen_2"])
+    saved = registry.read().generations
+    assert (saved["gen_1"].status, saved["gen_1"].error) == (FAILED, "boom")
+    assert saved["gen_1"].cancel_unconfirmed > now
+    assert saved["gen_2"].status == CANCELLED and saved["gen_2"].cancel_unconfirmed is not None
+    unmark(registry, marked, before, gone=None)
+    saved = registry.read().generations
+    assert saved["gen_1"].cancel_unconfirmed == now and saved["gen_2"].status == "running"
+    assert saved["gen_2"].cancel_unconfirmed is None
+    marked = mark_cancelled(registry, ["gen_1", "gen_2"])
+    confirm(registry, marked)
+    assert all(r.is_final for r in registry.read().generations.values())
+    assert registry.read().generations["gen_1"].status == FAILED
+
+
 def test_server_key_hides_the_credential() -> None:
     key = server_key("http://h:1", "secret-token")
     assert "secret" not in key and key != server_key("http://h:1", "other")
@@ -323,3 +392,35 @@ def test_saving_works_where_hard_links_do_not(
     assert saved.name == "a-1.png" and saved.read_bytes() == b"new"
     assert (out / "a.png").read_bytes() == b"mine"
     assert sorted(p.name for p in out.iterdir()) == ["a-1.png", "a.png"]
+
+
+def test_refresh_confirms_a_lost_cancel_only_when_the_server_shows_the_work_gone(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from asset_generator.jobs.generations import Generations
+    from asset_generator.server import types
+
+    now = time.time()
+    answers = {"s-idle": types.IDLE, "s-gone": types.GONE, "s-busy": types.RUNNING}
+
+    class Server:
+        type, label, name, gone_text = "swarmui", "SwarmUI", "http://h:1", "gone"
+
+        def job_states(self, handles: list[dict]) -> list[str]:
+            return [answers[h["session_id"]] for h in handles]
+
+    registry = Registry(tmp_path)
+    with registry.transaction() as state:
+        for name in answers:
+            pending = record(name, handle={"session_id": name}, status=CANCELLED, finished=now)
+            pending.cancel_unconfirmed, pending.pid = now, dead_pid()
+            state.generations[name] = pending
+    generations = Generations(registry, "k", lambda: Server())  # type: ignore[arg-type,return-value]
+    active = generations.refresh(list(registry.read().generations.values()))
+    assert [r.id for r in active] == ["s-busy"]
+    saved = registry.read().generations
+    # The status stays cancelled throughout: the server running it does not make it "running".
+    assert {r.id: r.status for r in saved.values()} == dict.fromkeys(answers, CANCELLED)
+    assert {r.id for r in saved.values() if r.cancel_unconfirmed is None} == {"s-idle", "s-gone"}

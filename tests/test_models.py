@@ -54,7 +54,14 @@ def test_table_lists_models_and_caches_their_names(
     assert cached(state_dir, "LoRA") == []
     assert emulator.sessions_created == 1
 
-    assert cli("models", "list", "-q").stdout == ""
+    # -q keeps the data, the names one a line, and drops the decorations (issue 19 item 11).
+    quiet = cli("models", "list", "-q")
+    assert (quiet.code, quiet.stderr) == (0, "")
+    assert quiet.stdout.splitlines() == [row.split()[0] for row in rows]
+    loras = cli("models", "list", "--subtype", "LoRA", "-q")
+    assert sorted(loras.stdout.splitlines()) == sorted(DEFAULT_LORAS)
+    empty = cli("models", "list", "--path", "no-such-folder", "-q")
+    assert (empty.code, empty.stdout, empty.stderr) == (0, "", "")
     assert emulator.sessions_created == 1
 
 

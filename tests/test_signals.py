@@ -241,3 +241,58 @@ def test_other_commands_stop_cleanly_too(
     assert said == ["interrupted" if sig == signal.SIGINT else "terminated"]
     assert json.loads(out)["error"]["code"] == "interrupted"
     generating.communicate(timeout=30)
+
+
+# -- an interrupt that never reached the server (issue 19 item 3) --------------------------------
+
+
+@pytest.mark.parametrize("ctrl_c", ["once", "twice"])
+def test_a_lost_interrupt_is_sent_again_by_cancel(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path, ctrl_c: str
+) -> None:
+    from relay import relay_to
+
+    emu = emulator_factory(backends=1, step_seconds=0.05)
+    with relay_to(emu.url) as relay:
+        cli.url = relay.url
+        # The interrupt is lost on the way: at once (a dropped connection), or after the
+        # second Ctrl-C gave up waiting for it.
+        relay.lose, relay.hold = {"InterruptAll"}, (0.0 if ctrl_c == "once" else HELD_SECONDS)
+        process = start(cli, "lost interrupt", "--steps", "400")
+        ours = wait_record(state_dir, "lost interrupt", "running")
+        gen = ours["id"]
+        process.send_signal(signal.SIGINT)
+        if ctrl_c == "twice":
+            assert wait_for(lambda: relay.lost != [])
+            process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 130 and "Traceback" not in err
+        assert f"`asset-generator cancel {gen}`" in err.strip().splitlines()[-1], err
+        assert relay.lost == ["POST interruptall"]
+        # Still generating on the server: the record is cancelled, the cancel unconfirmed.
+        session = session_id_of(ours)
+        assert emu.session_status(session)["live_gens"] == 1
+        saved = generations(state_dir)[gen]
+        assert saved["status"] == "cancelled" and saved["cancel_unconfirmed"] is not None
+
+        relay.lose = set()
+        status = cli("status", "-f", "json")
+        assert status.code == 0, status.stderr
+        (shown,) = [g for g in status.json()["generations"] if g["id"] == gen]
+        assert shown["status"] == "cancelled" and shown["cancel_unconfirmed"] is True
+        table = cli("status").stdout
+        row = next(line for line in table.splitlines() if line.startswith(gen))
+        assert "cancel sent, not confirmed" in row, table
+
+        # `cancel ID` sends the interrupt again instead of calling it done.
+        again = cli("cancel", gen)
+        assert again.code == 0, again.stderr
+        assert f"cancelled {gen} again" in again.stdout
+        assert wait_for(lambda: session in emu.interrupted_sessions())
+        assert wait_for(lambda: emu.session_status(session)["live_gens"] == 0)
+        after = cli("status", "-f", "json").json()
+        (shown,) = [g for g in after["generations"] if g["id"] == gen]
+        assert shown["status"] == "cancelled" and shown["cancel_unconfirmed"] is False
+        # Confirmed now: a further cancel has nothing left to do.
+        done = cli("cancel", gen)
+        assert done.code == 0 and f"{gen} already cancelled; nothing to cancel" in done.stderr

@@ -146,6 +146,58 @@ def test_status_against_a_stopped_server_exits_1(cli: Runner, emulator_factory) 
     assert warm.stderr.startswith("request failed: ") and "Traceback" not in warm.stderr
 
 
+def test_a_stopped_server_still_shows_our_work_from_the_registry(
+    cli: Runner, emulator_factory, state_dir: Path, workdir: Path
+) -> None:
+    # Issue 19 item 5: nothing of ours was shown although the registry holds it.
+    emu = emulator_factory(backends=1, step_seconds=0.05)
+    cli.url = emu.url
+    assert cli("generate", "image", "-p", "made before", "--steps", "1", "-o", "o").code == 0
+    (workdir / "set.yaml").write_text("assets:\n  - {name: g, assets: [{id: a, prompt: p}]}\n")
+    assert cli("pipeline", "set.yaml", "--steps", "1", "-q").code == 0
+    process = cli.start("generate", "image", "-p", "left running", "--steps", "400")
+    assert wait_for(
+        lambda: (record_with_prompt(state_dir, "left running") or {}).get("status") == "running"
+    )
+    process.kill()
+    process.wait(timeout=10)
+    ours = {r["prompt"]: r for r in read_registry(state_dir)["generations"].values()}
+    pipe = next(iter(read_registry(state_dir)["pipelines"].values()))
+    emu.stop()
+
+    table = cli("status")
+    assert table.code == 1 and "Traceback" not in table.stderr
+    (error,) = table.stderr.strip().splitlines()
+    assert error.startswith("request failed: ")
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["server", cli.url]
+    assert lines[1].startswith("reachable  no: request failed: ")
+    assert lines[2].startswith("live state unknown: ")
+    rows = {line.split()[0]: line.split()[1] for line in lines if line.startswith("gen_")}
+    assert rows[ours["left running"]["id"]] == "running"
+    assert rows[ours["made before"]["id"]] == "succeeded"
+    assert any(line.startswith(pipe["id"]) for line in lines)
+
+    as_json = cli("status", "-f", "json")
+    assert as_json.code == 1
+    document = as_json.json()
+    assert document["ok"] is False and document["error"]["code"] == "connection_failed"
+    assert document["error"]["message"] == error
+    assert document["reachable"] is False and document["server"] == cli.url
+    assert document["live_state"] == "unknown"
+    shown = {g["id"]: g["status"] for g in document["generations"]}
+    assert shown[ours["left running"]["id"]] == "running"
+    assert shown[ours["made before"]["id"]] == "succeeded"
+    assert [p["id"] for p in document["pipelines"]] == [pipe["id"]]
+    assert "session" not in as_json.stdout
+
+    # Nothing is decided about records whose process died: the server was not asked.
+    after = read_registry(state_dir)["generations"][ours["left running"]["id"]]
+    assert after["status"] == "running"
+    quiet = cli("status", "-q")
+    assert (quiet.code, quiet.stdout) == (1, "")
+
+
 def test_forbidden_backend_list_degrades_to_the_rollup(cli: Runner, emulator_factory) -> None:
     emu = emulator_factory(deny_permissions={"view_backends_list"})
     cli.url = emu.url

@@ -105,6 +105,26 @@ def test_stdout_filling_up_mid_run_stops_the_server_work(
     assert record["images"] == [f"out/{saved.name}"]
 
 
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_full_stdout_after_the_last_image_leaves_the_generation_succeeded(
+    cli: Runner, emulator: Emulator, workdir: Path, state_dir: Path, fmt: str
+) -> None:
+    # Issue 19 item 6: only printing the path failed; the generation itself succeeded.
+    args = ["-f", fmt, "generate", "image", "-p", "printed", "--steps", "2", "-o", "out"]
+    with open("/dev/full", "wb") as full:
+        process = launch(cli, args, stdout=full)
+        _, err = process.communicate(timeout=60)
+    text = err.decode()
+    assert process.returncode == 1 and "Traceback" not in text
+    assert text.strip().splitlines()[-1] == "cannot write to standard output: the disk is full"
+    (saved,) = images_in(workdir / "out")
+    assert saved.read_bytes().endswith(b"IEND\xaeB`\x82")
+    (record,) = records(state_dir)
+    assert record["status"] == "succeeded" and record["error"] is None, record
+    assert record["images"] == [f"out/{saved.name}"] and record["progress"] == 100
+    assert record["cancel_unconfirmed"] is None
+
+
 def test_a_reader_that_goes_away_ends_it_quietly_and_stops_the_server(
     cli: Runner, emulator_factory, workdir: Path, state_dir: Path
 ) -> None:

@@ -172,29 +172,96 @@ def quit_watch(term: Terminal) -> None:
     assert "Traceback" not in term.raw.decode(errors="replace")
 
 
-@pytest.mark.parametrize(("columns", "lines"), [(80, 24), (120, 35)])
-def test_watch_fits_the_terminal(cli, busy_server, columns: int, lines: int) -> None:
-    term = watch(cli, columns, lines)
+def test_watch_fits_the_terminal_as_status_shows_it(cli, busy_server) -> None:
+    term = watch(cli, 120, 35)
     term.run_until(lambda: False, timeout=1.2)
     screen = term.display()
     quit_watch(term)
     assert screen[0] == "every 1 s; Ctrl-C to quit"
+    assert screen[2].split() == ["server", busy_server.url]
     # Model names are shortened on their line, never folded into 8-character pieces.
     rows = [line for line in screen if "comfyui_selfstart" in line]
-    assert rows and all(" OfficialStableD" in line for line in rows[:2]), screen
+    assert len(rows) == 4 and all(" OfficialStableD" in line for line in rows)
     assert not any(
         line.strip().startswith(("Diffusion", "_base", "safetensors")) for line in screen
     )
-    # Our table ends on the screen: the running generations are shown, the rest counted.
+    # Room for all: the five latest finished ones, as `status` shows them, and no cut.
     text = "\n".join(screen)
     assert "running 0" in text and "running 1" in text
+    assert sum("finished" in line for line in screen) == 5
+    assert not any("more generations" in line for line in screen)
+
+
+@pytest.mark.parametrize(("columns", "lines"), [(80, 24), (100, 16), (80, 12), (60, 8), (80, 6)])
+def test_a_short_pane_shows_our_running_work_first(
+    cli, busy_server, columns: int, lines: int
+) -> None:
+    # Issue 19 item 13: "N more" while the server's static lines took the room.
+    term = watch(cli, columns, lines)
+    term.run_until(lambda: False, timeout=1.2)
+    screen = term.display()
+    quit_watch(term)
     filled = [line for line in screen if line]
+    text = "\n".join(screen)
+    # Our running work comes first, right below the table header (and the hint, if any).
+    header = next(i for i, line in enumerate(filled) if line.startswith("GENERATION"))
+    assert header <= 1, text
+    assert {filled[header + 1].split()[-1], filled[header + 2].split()[-1]} == {"0", "1"}
+    assert all(" running " in filled[header + n] for n in (1, 2)), text
+    # The server is one line below our work, not its block of facts.
+    assert not any(line.startswith(("server id", "user ", "features")) for line in screen)
+    assert sum(line.startswith(busy_server.url) for line in screen) == 1, text
+    # Nothing of ours is counted away while a blank line or the hint still takes room.
+    cut = [line for line in filled if line.startswith("… ") and "more generations" in line]
+    if cut:
+        first, last = screen.index(filled[0]), screen.index(filled[-1])
+        assert "" not in screen[first:last] and "Ctrl-C to quit" not in text, text
     if lines == 24:
-        assert filled[-1].startswith("… ") and "more generations" in filled[-1], text
+        # Room for every generation `status` shows, and for the backends below the server.
+        assert not cut and sum("finished" in line for line in screen) == 5
+        assert screen[0] == "every 1 s; Ctrl-C to quit"
+        assert sum("comfyui_selfstart" in line for line in screen) == 4
     else:
-        # Room for all: the five latest finished ones, as `status` shows them, and no cut.
-        assert sum("finished" in line for line in screen) == 5
-        assert not any("more generations" in line for line in screen)
+        assert len(filled) <= lines - 1
+
+
+def test_a_short_pane_on_comfyui_shows_our_prompt_first(cli, workdir: Path, tmp_path) -> None:
+    import json
+
+    from asset_generator.emulator import ComfyEmulator
+
+    with ComfyEmulator(base_dir=tmp_path / "comfy") as comfy:
+        cli.url = comfy.url
+        graph = {
+            "1": {"class_type": "SlowSolidImage",
+                  "inputs": {"steps": 400, "step_seconds": 0.05, "width": 16, "height": 16,
+                             "red": 0.1, "green": 0.2, "blue": 0.3}},
+            "2": {"class_type": "SaveImage",
+                  "inputs": {"images": ["1", 0], "filename_prefix": "watch"}},
+        }  # fmt: skip
+        for name in ("quick a", "quick b", "quick c", "long one"):
+            graph["1"]["inputs"]["steps"] = 400 if name == "long one" else 1
+            (workdir / f"{name}.json").write_text(json.dumps(graph))
+        for name in ("quick a", "quick b", "quick c"):
+            assert cli("generate", "image", "--workflow", f"{name}.json", "-o", "o").code == 0
+        running = cli.start("generate", "image", "--workflow", "long one.json", "-o", "o")
+        try:
+            term = Terminal(80, 8)
+            term.start("status", "--watch", cwd=cli.cwd, env=cli.env())
+            assert term.run_until(lambda: "long one" in term.text() and "1 running" in term.text())
+            screen = term.display()
+            quit_watch(term)
+        finally:
+            running.kill()
+            running.wait()
+    text = "\n".join(screen)
+    filled = [line for line in screen if line]
+    header = next(i for i, line in enumerate(filled) if line.startswith("GENERATION"))
+    assert header <= 1 and "long one" in filled[header + 1] and " running " in filled[header + 1]
+    # ComfyUI's line: version and the queue, how much of it is ours.
+    (brief,) = [line for line in screen if line.startswith(comfy.url)]
+    assert "version 0.3.64" in brief and "queue 1 running (1 ours)" in brief, text
+    assert not any(line.startswith(("python", "pytorch", "DEVICE")) for line in screen)
 
 
 def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
@@ -204,8 +271,33 @@ def test_watch_leaves_no_stale_lines_after_a_resize(cli, busy_server) -> None:
     screen = term.display()
     quit_watch(term)
     text = "\n".join(screen)
-    assert text.count("Ctrl-C to quit") == 1 and text.count("reachable") == 1, text
+    assert text.count("Ctrl-C to quit") == 1 and text.count(busy_server.url) == 1, text
     assert "running 0" in text or "running 1" in text
+
+
+def test_watch_shows_the_restarted_servers_version(cli, emulator_factory, tmp_path) -> None:
+    # Issue 19 item 7: a restart seen by --watch shows the new process's facts at once.
+    sessions = tmp_path / "sessions.json"
+    first = emulator_factory(sessions_file=sessions, version="0.9.8.1.GIT-old")
+    cli.url = first.url
+    term = Terminal(120, 35)
+    term.start("status", "--watch", cwd=cli.cwd, env=cli.env())
+    assert term.run_until(lambda: "0.9.8.1.GIT-old" in term.text())
+    old_id = next(line for line in term.display() if line.startswith("server id")).split()[-1]
+    port = first.port
+    first.stop()
+    assert term.run_until(lambda: "reachable  no: " in term.text())
+    second = emulator_factory(sessions_file=sessions, version="0.9.8.2.GIT-new", port=port)
+    assert term.run_until(lambda: "0.9.8.2.GIT-new" in term.text(), timeout=10), term.text()
+    term.run_until(lambda: False, timeout=2.5)
+    screen = term.display()
+    quit_watch(term)
+    server_id = next(line for line in screen if line.startswith("server id")).split()[-1]
+    assert server_id != old_id
+    # One new session for the new process, then reused frame after frame (and after).
+    assert second.sessions_created == 1
+    assert cli("status", "-f", "json").json()["server_id"] == server_id
+    assert second.sessions_created == 1
 
 
 def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workdir: Path) -> None:
@@ -225,6 +317,9 @@ def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workd
     saved = saved_files(workdir / "out")
     assert 1 <= len(saved) < 3
     assert screen[-1] == "" and f"{len(saved)} of 3 saved; the server stopped the rest" in text
+    # The bars left on the screen say the run stopped, not that it is running (item 13).
+    overall = next(line for line in screen if OVERALL.match(line))
+    assert overall.split()[1] == "stopped" and "running" not in overall, text
     # -v lines are whole lines above the bars too.
     assert any(line.startswith("> GET /View/") for line in screen), text
     assert not any(BAR in line and "> " in line for frame in term.frames for line in frame)

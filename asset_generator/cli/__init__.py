@@ -465,25 +465,13 @@ def _dispatch(app: App, argv: Sequence[str] | None) -> int:
     except RegistryError as exc:
         return _fail(app, str(exc), "file_error")
     except Exception as exc:
-        if _wrong_type_remembered(app, exc):
+        if app.wrong_type_remembered(exc):
             app.forget_type()
             raise _AskAgain from None
         handled = _protocol_failure(app, exc)
         if handled is None:
             raise
         return handled
-
-
-def _wrong_type_remembered(app: App, exc: Exception) -> bool:
-    """The answer looks like another kind of server than the one remembered for the URL."""
-    if not app.type_remembered or app.flags.get("_asked_again"):
-        return False
-    if "asset_generator.server.errors" not in sys.modules:
-        return False
-    from asset_generator.server.errors import NotFound
-
-    cause = getattr(exc, "cause", exc)
-    return isinstance(cause, NotFound)
 
 
 def _format_after_the_error(app: App, argv: Sequence[str] | None) -> None:

@@ -6,6 +6,7 @@ and ``cancel`` with nothing to do must not import httpx or touch the network.
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -246,6 +247,18 @@ class App:
             log=self.output.exchange,
             debug=self.output.debug,
         )
+
+    def wrong_type_remembered(self, exc: BaseException) -> bool:
+        """``exc`` looks like another kind of server than the one remembered for the URL
+        (the command is then run once more, asking afresh; cli.run does that)."""
+        if not self.type_remembered or self.flags.get("_asked_again"):
+            return False
+        if "asset_generator.server.errors" not in sys.modules:
+            return False
+        from asset_generator.server.errors import NotFound
+
+        cause = getattr(exc, "cause", exc)
+        return isinstance(cause, NotFound)
 
     def remember_type(self, name: str) -> None:
         with self.registry.transaction() as state:

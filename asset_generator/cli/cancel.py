@@ -58,7 +58,8 @@ def command(
     going. SwarmUI has no per-job cancel, so each generation runs in a session of its
     own and cancel interrupts that session; on ComfyUI our pending prompts are deleted
     from the queue and our running one is interrupted by its id. The server stops it at
-    the next step.
+    the next step. A generation cancelled earlier whose interrupt the server never
+    confirmed (a second Ctrl-C, a dropped connection) gets it again.
 
     Exit 0 when the interrupt was delivered or there was nothing to cancel ("no active
     generation"), 1 on any error. See CANCEL_COMMAND.md for scripts and cron.

@@ -21,6 +21,7 @@ from asset_generator.cli.signals import INTERRUPT_BOUND_SECONDS, SIGNAL_EXIT, Si
 from asset_generator.registry import CANCELLED, FAILED, SUCCEEDED
 from asset_generator.server.types import OPTIONS
 from asset_generator.settings import MAX_SECONDS
+from asset_generator.text import plural
 
 if TYPE_CHECKING:
     from asset_generator.generation import GenerationRun, Outcome
@@ -210,12 +211,20 @@ def _run(
             )
             record = run.register(prepared)
             sent = True
-            run.view = make_view(app.output, record.id, prepared.expected, enabled=show_progress)
+            view = make_view(app.output, record.id, prepared.expected, enabled=show_progress)
+            run.view = view
             deadline_at = time.monotonic() + deadline if deadline else None
             try:
                 outcome = run.follow(deadline_at)
+                ended = outcome.status
+            except BaseException as exc:
+                # Stopped after its last image (while the server closes, say): done all the same.
+                ended = SUCCEEDED if run.complete else _ending_words(exc)
+                raise
             finally:
-                run.view.close()
+                # The last frame stays on the screen: it must say how the run ended.
+                view.ended(ended)
+                view.close()
         except Signalled as stop:
             _stop_on_signal(app, run, stop)
         except DeadlinePassed:
@@ -243,7 +252,7 @@ def _run(
         except BaseException as exc:
             # Anything else (server gone): the record must not stay "running", and a cache we
             # cannot write must not hide the original error.
-            if run is not None and run.record is not None and not run.record.is_final:
+            if run is not None and run.record is not None and not run.record.ended:
                 with contextlib.suppress(RegistryError):
                     run.mark(FAILED, str(getattr(exc, "message", exc)) or type(exc).__name__)
             raise
@@ -264,12 +273,9 @@ def _report(app: App, outcome: Outcome) -> int:
             app.output.error(problem)
         _fail_with(app, outcome, problems[-1], "file_error")
     if outcome.images:
-        app.output.info(f"{outcome.record.id}: kept {_images(len(outcome.images))} that arrived")
+        kept = plural(len(outcome.images), "image")
+        app.output.info(f"{outcome.record.id}: kept {kept} that arrived")
     _fail_with(app, outcome, _failure_text(app, outcome), _failure_code(outcome))
-
-
-def _images(count: int) -> str:
-    return f"{count} image" if count == 1 else f"{count} images"
 
 
 def _failure_text(app: App, outcome: Outcome) -> str:
@@ -323,7 +329,7 @@ def _stop_after_failure(
     """
     if run.record is None:
         raise CommandError(problem, code)
-    if sent and run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS):
+    if sent and run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and not run.complete:
         problem = f"{problem}; stopped {run.record.id} on the server"
         run.mark(FAILED, problem)
     _fail_with(app, run.outcome(problem), prefix + problem, code)
@@ -337,7 +343,9 @@ def _stop_after_broken_stdout(run: GenerationRun, problem: Exception) -> NoRetur
     """
     from asset_generator.cli.output import OutputBroken
 
-    if run.record is not None and not run.record.is_final:
+    if run.record is not None and not run.record.ended:
+        # Every image saved (only printing the last path failed): the record says
+        # succeeded (GenerationRun.stop).
         gone = isinstance(problem, OutputBroken) and problem.reader_gone
         run.stop(CANCELLED if gone else FAILED, str(problem), INTERRUPT_BOUND_SECONDS)
     raise problem
@@ -349,7 +357,9 @@ def _stop_on_signal(app: App, run: GenerationRun | None, stop: Signalled) -> Non
         app.output.error(f"interrupted: stopping {run.record.id} on the server")
         stopped = run.stop(CANCELLED, f"stopped by {stop.name}", INTERRUPT_BOUND_SECONDS)
         saved = f"{len(run.images)} of {run.expected} saved"
-        if stopped:
+        if run.complete:
+            app.output.info(f"{run.record.id}: {saved}")
+        elif stopped:
             app.output.info(f"{run.record.id}: {saved}; the server stopped the rest")
         else:
             app.output.error(
@@ -366,6 +376,18 @@ def _stop_on_signal(app: App, run: GenerationRun | None, stop: Signalled) -> Non
     raise Stopped(stop.exit_code, f"stopped by {stop.name} before anything was sent")
 
 
+def _ending_words(exc: BaseException) -> str:
+    """How a run that raised ``exc`` ended, as the progress header says it."""
+    from asset_generator.cli.signals import Signalled
+    from asset_generator.generation import DeadlinePassed
+
+    if isinstance(exc, Signalled):
+        return "stopped"
+    if isinstance(exc, DeadlinePassed):
+        return "deadline passed"
+    return "failed"
+
+
 def _leave_at_once(run: GenerationRun | None, signum: int) -> str | None:
     """A second signal: record the cancel (a moment at most), and say what may still run."""
     import signal
@@ -378,9 +400,10 @@ def _leave_at_once(run: GenerationRun | None, signum: int) -> str | None:
 
     def mark() -> None:
         # In a thread: the signal may have landed while this very thread holds the registry
-        # lock; the record is then left to `status`, which asks the server.
+        # lock; the record is then left to `status`, which asks the server. The interrupt is
+        # not confirmed, so the record stays active: `cancel ID` sends it again.
         with contextlib.suppress(Exception):
-            run.mark(CANCELLED, reason)
+            run.mark(CANCELLED, reason, unconfirmed=True)
 
     worker = threading.Thread(target=mark, daemon=True)
     worker.start()

@@ -61,8 +61,9 @@ def list_command(app: App, subtype: str | None, folder: str, depth: int) -> int:
     """List models: name, title, architecture, resolution, loaded.
 
     Names are shown exactly as the server knows them (with the file extension); pass
-    them to `generate image --model` or `--lora` as they are. The names are also
-    cached locally, so shell completion of --model works without the network.
+    them to `generate image --model` or `--lora` as they are. With -q only the names
+    are printed, one a line. The names are also cached locally, so shell completion
+    of --model works without the network.
     """
     if subtype is not None and app.known_type() in (None, "swarmui"):
         # SwarmUI matches sub-types case-sensitively and answers anything else "Invalid
@@ -78,7 +79,12 @@ def list_command(app: App, subtype: str | None, folder: str, depth: int) -> int:
     listing = list_models(server, app.registry, app.server_key, subtype, folder, depth)
     if app.output.is_json:
         app.output.json(models_document(server, listing, folder, depth))
-    elif not app.output.quiet:
+    elif app.output.quiet:
+        # -q drops messages and decorations, not the data: the names, one a line, as
+        # `--model` takes them (for scripts: `for m in $(... models list -q)`).
+        for model in listing.models:
+            app.output.data(printable(model.name))
+    else:
         _print_table(app, listing, folder)
     return 0
 

@@ -9,7 +9,7 @@ import contextlib
 from typing import Any
 
 from asset_generator.cli.output import Output
-from asset_generator.generation import View
+from asset_generator.registry import SUCCEEDED
 from asset_generator.saving import SavedImage
 from asset_generator.steps import StepProgress
 
@@ -25,6 +25,9 @@ class SilentView:
 
     def image(self, saved: SavedImage, done: int, expected: int) -> None:
         pass
+
+    def ended(self, how: str) -> None:
+        """The run ended (``succeeded``, ``stopped``, ...): what the last frame says."""
 
     def close(self) -> None:
         pass
@@ -155,12 +158,19 @@ class RichView(SilentView):
             detail=self._saved_text(done),
         )
 
+    def ended(self, how: str) -> None:
+        # The bars stay on the screen after the program exits: a run stopped or failed must
+        # not read "running" there.
+        if how != SUCCEEDED or self._state != "done":
+            self._state = "done" if how == SUCCEEDED else how
+            self._progress.update(self._overall, description=self._overall_text())
+
     def close(self) -> None:
         self._progress.stop()
         self._stack.close()
 
 
-def make_view(output: Output, generation_id: str, expected: int, *, enabled: bool) -> View:
+def make_view(output: Output, generation_id: str, expected: int, *, enabled: bool) -> SilentView:
     """The right view for where stderr goes and what the user asked."""
     if output.quiet or not enabled:
         return SilentView()

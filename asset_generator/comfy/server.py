@@ -623,7 +623,13 @@ class ComfyServer:
             elastic="DEVICE",
             empty="no devices reported",
         )
-        return Facts(document=document, rows=rows, tables=[table], response_ms=elapsed)
+        return Facts(
+            document=document,
+            rows=rows,
+            tables=[table],
+            response_ms=elapsed,
+            brief=("version", "queue"),
+        )
 
     def workers(self) -> int:
         """ComfyUI runs one prompt at a time."""

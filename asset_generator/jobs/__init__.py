@@ -20,13 +20,14 @@ from asset_generator.jobs.pipelines import (
     find_pipeline,
     mark_pipelines_cancelled,
 )
-from asset_generator.jobs.stop import mark_cancelled, stop, unmark
+from asset_generator.jobs.stop import confirm, mark_cancelled, stop, unmark
 from asset_generator.registry import (
     GenerationRecord,
     PipelineRecord,
     active_under_other_credentials,
 )
 from asset_generator.server import types
+from asset_generator.text import plural
 
 __all__ = [
     "CANCEL_REQUESTED",
@@ -117,7 +118,7 @@ def _refuse_if_other_credentials(generations: Generations, server: str) -> None:
     ids = ", ".join(r.id for r in elsewhere[:3]) + (", …" if count > 3 else "")
     these = "it was" if count == 1 else "they were"
     raise CancelError(
-        f"nothing cancelled: {count} generation{'s' if count > 1 else ''} of this client on "
+        f"nothing cancelled: {plural(count, 'generation')} of this client on "
         f"{server} ({ids}) {'runs' if count == 1 else 'run'} under other credentials; pass the "
         f"--api-key (or --auth-header) {these} started with to reach "
         f"{'it' if count == 1 else 'them'}",
@@ -177,8 +178,11 @@ def _already_finished(generations: Generations, record: GenerationRecord) -> Can
 def interrupt_generation(
     generations: Generations, target: GenerationRecord, *, wait_timeout: float | None = None
 ) -> CancelResult:
-    """Stop ``target`` (marked first, then interrupted on the server)."""
-    was_status, was_progress = target.status, target.progress
+    """Stop ``target`` (marked first, then interrupted on the server).
+
+    A target already cancelled whose interrupt was never confirmed gets it again.
+    """
+    was_status, was_progress, again = target.status, target.progress, target.ended
     result = stop(generations, [target])
     if result.gone:
         return CancelResult(
@@ -193,6 +197,11 @@ def interrupt_generation(
     if wait_timeout is not None:
         wait_stopped(generations, result.stopped, wait_timeout)
     line = f"cancelled {target.id} (was {was_status}, {was_progress:.0f}%): {_short(target.prompt)}"
+    if again:
+        line = (
+            f"cancelled {target.id} again (the server had not confirmed the earlier cancel; "
+            f"it has now): {_short(target.prompt)}"
+        )
     return CancelResult("generation", result.stopped, was_active=True, lines=[line])
 
 
@@ -212,9 +221,11 @@ def cancel_all(generations: Generations, *, wait_timeout: float | None = None) -
     except BaseException:
         unmark(registry, cancelled, ours, gone=None)
         raise
+    # The server took it: everything of ours it stopped is confirmed stopped.
+    confirm(registry, cancelled)
     # A generation of ours registered while the interrupt was on its way may have been hit
     # by it: queued work ends without a word, so without this mark its own process would
-    # have to call the silent ending a failure.
+    # have to call the silent ending a failure (which also confirms the mark).
     answered = time.time()
     late = [
         r

@@ -55,14 +55,22 @@ class Generations:
         return self.refresh(records)
 
     def refresh(self, records: list[GenerationRecord]) -> list[GenerationRecord]:
-        """Ask the server about records whose process is gone; return those still active."""
+        """Ask the server about records whose process is gone; return those still active.
+
+        A record whose cancel was never confirmed (``cancel_unconfirmed``) keeps its status:
+        it is confirmed when the server shows its work gone, else it stays active.
+        """
         asked = [r for r in records if not r.process_alive()]
         updates: dict[str, tuple[str, str | None]] = {}
+        confirmed: set[str] = set()
         if asked:
             server = self.server()
             ours = [r for r in asked if r.server_type == server.type]
             for record in asked:
                 if record.server_type != server.type and record.process_alive() is False:
+                    if record.ended:
+                        confirmed.add(record.id)
+                        continue
                     updates[record.id] = (
                         FAILED,
                         f"{server.name} is now a {server.label} server; this generation's work "
@@ -70,27 +78,37 @@ class Generations:
                     )
             states = server.job_states([r.handle for r in ours]) if ours else []
             for record, state in zip(ours, states, strict=True):
-                if state == types.GONE:
+                dead = record.process_alive() is False
+                if record.ended:
+                    if state == types.GONE or (state == types.IDLE and dead):
+                        confirmed.add(record.id)
+                elif state == types.GONE:
                     updates[record.id] = (FAILED, server.gone_text)
                 elif state in types.ACTIVE_STATES:
                     updates[record.id] = (RUNNING if state == types.RUNNING else QUEUED, None)
-                elif record.process_alive() is False:
+                elif dead:
                     updates[record.id] = (FAILED, ORPHANED)
-        if updates:
-            self._apply(updates)
+        if updates or confirmed:
+            self._apply(updates, confirmed)
         active = []
         for record in records:
             status, error = updates.get(record.id, (record.status, record.error))
             record.status, record.error = status, error
+            if record.id in confirmed:
+                record.confirm()
             if not record.is_final:
                 active.append(record)
         return active
 
-    def _apply(self, updates: dict[str, tuple[str, str | None]]) -> None:
+    def _apply(self, updates: dict[str, tuple[str, str | None]], confirmed: set[str]) -> None:
         with self.registry.transaction() as state:
+            for record_id in confirmed:
+                record = state.generations.get(record_id)
+                if record is not None:
+                    record.confirm()
             for record_id, (status, error) in updates.items():
                 record = state.generations.get(record_id)
-                if record is None or record.is_final:
+                if record is None or record.ended:
                     continue
                 if status in (FAILED, CANCELLED):
                     record.finish(status, error)

@@ -21,6 +21,7 @@ from asset_generator.registry import (
     PipelineRecord,
     Registry,
 )
+from asset_generator.text import plural
 
 ORPHANED = "the pipeline process ended without recording a result"
 
@@ -47,7 +48,7 @@ class PipelineCancel:
             return []
         pipe = self.pipeline
         return [
-            f"cancelled {pipe.id} ({pipe.done} of {pipe.total} assets done, "
+            f"cancelled {pipe.id} ({pipe.done} of {plural(pipe.total, 'asset')} done, "
             f"{len(self.cancelled)} in flight interrupted): {pipe.spec}"
         ]
 

@@ -388,6 +388,8 @@ class Facts:
     # Plain lines shown after the tables (the queue, say).
     lines: list[str] = field(default_factory=list)
     response_ms: float = 0.0
+    # The labels of ``rows`` a short terminal still shows (`status --watch` in a small pane).
+    brief: tuple[str, ...] = ("version",)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ reused once idle, never one per run (protocol §9 pitfall 3).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asset_generator.downloads import decode_data_url, extension_of
-from asset_generator.registry import CANCELLED
+from asset_generator.registry import CANCELLED, RegistryError
 from asset_generator.server import types
 from asset_generator.server.errors import RequestError
 from asset_generator.server.types import (
@@ -86,8 +87,11 @@ SESSION_REST_SECONDS = 10.0
 # Sessions kept in the cache beyond those our generations hold.
 KEEP_SESSIONS = 16
 # How old the session whose version and server id `status` shows may be: a new session (one
-# GetNewSession) at most this often, so a restart shows within a minute.
+# GetNewSession) at most this often, so a restart that none of our commands saw shows within
+# a minute. One that any of them saw (the server unreachable) shows at once.
 SERVER_FACTS_SECONDS = 60.0
+# Backend roll-ups (protocol §6.1) of a server whose backends are (re)starting.
+STARTING_ROLLUPS = ("loading", "some_loading", "empty")
 # Text-model backends (protocol §6.3) generate no images.
 TEXT_BACKENDS = ("localllama", "simpleremotellm")
 # SwarmUI's model sub-types and the pseudo-type Wildcards (protocol §7). The server matches
@@ -352,7 +356,8 @@ class SwarmServer:
 
     def new_session(self) -> CachedSession:
         """Create a server session and remember it for reuse."""
-        session = CachedSession.from_info(self.client.new_session())
+        with self._reaching():
+            session = CachedSession.from_info(self.client.new_session())
         with self.ledger.change() as view:
             _add_session(view, session)
         return session
@@ -361,34 +366,38 @@ class SwarmServer:
         with self.ledger.change() as view:
             _drop_session(view, session_id)
 
-    def control_session(self, fresh_within: float | None = None) -> CachedSession:
-        """A session for status, cancel and models: a cached one, else a new one.
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Remember when the server could not be reached (down, restarting): a session made
+        before then may describe a process that is gone (``_facts_session``)."""
+        try:
+            yield
+        except ConnectionFailed:
+            with contextlib.suppress(RegistryError), self.ledger.change() as view:
+                view.cache["unreachable_seen"] = time.time()
+            raise
 
-        ``fresh_within``: the newest cached session only if it was made that many seconds
-        ago or less, else a new one. Its version and server id describe the server process
-        that made it, and a session outlives a restart (protocol §9.23).
-        """
+    def control_session(self) -> CachedSession:
+        """A session for status, cancel and models: the newest cached one, else a new one."""
         sessions = sessions_of(self.ledger.read())
-        if fresh_within is None:
-            return sessions[-1] if sessions else self.new_session()
-        newest = max(sessions, key=lambda s: s.created, default=None)
-        if newest is not None and time.time() - newest.created <= fresh_within:
-            return newest
-        return self.new_session()
+        return sessions[-1] if sessions else self.new_session()
 
-    def with_session(self, call: Callable[[str], T], *, fresh_within: float | None = None) -> T:
+    def with_session(self, call: Callable[[str], T]) -> T:
         """Run ``call(session_id)`` on the control session (see ``control_session``).
 
         On 401 ``invalid_session_id`` (server restarted without persistence, or the session was
         purged) get a new session and retry once, as protocol §3.3 prescribes.
         """
-        session = self.control_session(fresh_within)
+        session = self.control_session()
         try:
-            return call(session.id)
+            with self._reaching():
+                return call(session.id)
         except InvalidSession:
             self.debug("the cached session is no longer valid; getting a new one")
             self.forget_session(session.id)
-            return call(self.new_session().id)
+            session = self.new_session()
+            with self._reaching():
+                return call(session.id)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -438,7 +447,8 @@ class SwarmServer:
         states = []
         for handle in handles:
             try:
-                counters = self.client.current_status(session_of(handle)).counters
+                with self._reaching():
+                    counters = self.client.current_status(session_of(handle)).counters
             except InvalidSession:
                 states.append(types.GONE)
                 continue
@@ -512,9 +522,8 @@ class SwarmServer:
             elapsed.append((time.monotonic() - started) * 1000)
             return answer
 
-        # Version and server id come only with GetNewSession and change on a restart.
-        current = self.with_session(ask, fresh_within=SERVER_FACTS_SECONDS)
-        session_id = asked[-1]
+        current = self.with_session(ask)
+        session_id = self._facts_session(asked[-1], current.backend_status)
         backends = None
         backends_error = self._backends_refused
         if backends_error is None:
@@ -590,7 +599,58 @@ class SwarmServer:
                 else f"backend list not shown ({backends_error or 'refused'}); the roll-up is above"
             ),
         )
-        return Facts(document=document, rows=rows, tables=[table], response_ms=elapsed[-1])
+        return Facts(
+            document=document,
+            rows=rows,
+            tables=[table],
+            response_ms=elapsed[-1],
+            brief=("version", "backends"),
+        )
+
+    def _facts_session(self, session_id: str, rollup: dict[str, Any]) -> str:
+        """The session whose version and server id `status` shows: ``session_id`` (the one
+        just asked), or a new one when its facts may belong to a process that is gone.
+
+        They come only with GetNewSession and belong to the process that made the session,
+        which a session outlives (protocol §9.23); a session per run is pitfall 3. So a new
+        one is made when the server was seen unreachable since (by any command of ours), when
+        its backends are starting again (a restart that nobody saw go down), and at the latest
+        SERVER_FACTS_SECONDS after the last one.
+        """
+        view = self.ledger.read()
+        session = next((s for s in sessions_of(view) if s.id == session_id), None)
+        down = view.cache.get("unreachable_seen")
+        down = down if isinstance(down, int | float) and not isinstance(down, bool) else None
+        starting = self._backends_starting(session_id, rollup)
+        if (
+            session is not None
+            and time.time() - session.created <= SERVER_FACTS_SECONDS
+            and (down is None or session.created > down)
+            and not starting
+        ):
+            return session_id
+        return self.new_session().id
+
+    def _backends_starting(self, session_id: str, rollup: dict[str, Any]) -> bool:
+        """The backends went back to starting since ``session_id``'s facts were last shown.
+
+        A SwarmUI that restarts (an update, say) brings its backends up again, and status
+        asked a second later sees them loading: its cached session's version and server id
+        may then be the old process's, worth one new session. The roll-up is remembered per
+        session only when it changes, so `status --watch` writes nothing while it is steady.
+        """
+        status = str(rollup.get("status") or "")
+        seen = self.ledger.read().cache.get("backends_seen")
+        if seen == {"session": session_id, "status": status}:
+            return False
+        with contextlib.suppress(RegistryError), self.ledger.change() as view:
+            view.cache["backends_seen"] = {"session": session_id, "status": status}
+        return (
+            isinstance(seen, dict)
+            and seen.get("session") == session_id
+            and seen.get("status") not in STARTING_ROLLUPS
+            and status in STARTING_ROLLUPS
+        )
 
     def workers(self) -> int:
         """How many generation backends the server has (ListBackends when permitted), else 0."""

@@ -11,8 +11,9 @@ import signal
 from pathlib import Path
 
 import backends
+import pytest
 from backends import Backend, record_of, wait_record
-from conftest import Runner, read_registry
+from conftest import Runner, read_registry, wait_for
 
 # The fixture every scenario takes: each server of backends.py in turn.
 backend = backends.backend
@@ -143,8 +144,10 @@ def test_models_are_listed_and_cached_for_completion(
     cached = read_registry(state_dir)["servers"]
     kinds = {kind for server in cached.values() for kind in server["models"]}
     assert ("Stable-Diffusion" if backend.kind == "swarmui" else "checkpoints") in kinds
+    # -q drops decorations, not data: the names, one a line (issue 19 item 11).
     quiet = cli("models", "list", "-q", timeout=backend.patience)
-    assert quiet.code == 0
+    assert (quiet.code, quiet.stderr) == (0, "")
+    assert quiet.stdout.splitlines() == names
 
 
 def test_status_names_the_server_and_its_type(backend: Backend, cli: Runner):
@@ -158,3 +161,113 @@ def test_status_names_the_server_and_its_type(backend: Backend, cli: Runner):
         assert set(document["queue"]) == {"running", "pending", "ours_running", "ours_pending"}
     else:
         assert document["server"] == backend.url
+
+
+# -- issue 19: a lost cancel, a server away, a full stdout, -q data --------------------------------
+
+# The requests that stop our work, per server: a relay loses them on the way.
+STOPPING = {
+    "swarmui": {"InterruptAll", "InterruptGeneration"},
+    "comfyui": {"POST queue", "POST interrupt", "POST cancel"},
+}
+
+
+@pytest.mark.parametrize("ctrl_c", ["once", "twice"])
+def test_a_cancel_that_never_reached_the_server_is_sent_again(
+    backend: Backend, cli: Runner, state_dir: Path, ctrl_c: str
+):
+    from relay import relay_to
+
+    with relay_to(backend.url) as relay:
+        cli.url = relay.url
+        # Lost at once (a dropped connection), or held until a second Ctrl-C gives up on it.
+        relay.lose, relay.hold = STOPPING[backend.kind], (0.0 if ctrl_c == "once" else 60.0)
+        process = cli.start(*backend.slow("contract lost"), "-o", "out")
+        record = wait_record(
+            state_dir, "contract lost", lambda r: r["status"] == "running", backend.patience
+        )
+        gen = record["id"]
+        process.send_signal(signal.SIGINT)
+        if ctrl_c == "twice":
+            assert wait_for(lambda: relay.lost != [], timeout=backend.patience)
+            process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=backend.patience)
+        assert process.returncode == 130 and "Traceback" not in err
+        assert f"`asset-generator cancel {gen}`" in err.strip().splitlines()[-1], err
+        assert relay.lost and backend.running_on_server(record)
+        assert record_of(state_dir, "contract lost")["cancel_unconfirmed"] is not None
+
+        relay.lose = set()
+        shown = cli("status", "-f", "json", timeout=backend.patience).json()
+        (mine,) = [g for g in shown["generations"] if g["id"] == gen]
+        assert mine["status"] == "cancelled" and mine["cancel_unconfirmed"] is True
+        table = cli("status", timeout=backend.patience).stdout
+        assert "cancel sent, not confirmed" in next(
+            line for line in table.splitlines() if line.startswith(gen)
+        )
+        again = cli("cancel", gen, timeout=backend.patience)
+        assert again.code == 0, again.stderr
+        assert f"cancelled {gen} again" in again.stdout
+        assert not wait_on_server(backend, record)
+        after = record_of(state_dir, "contract lost")
+        assert after["status"] == "cancelled" and after["cancel_unconfirmed"] is None
+        done = cli("cancel", gen, timeout=backend.patience)
+        assert f"{gen} already cancelled; nothing to cancel" in done.stderr
+
+
+def test_a_server_that_went_away_still_shows_our_work(
+    backend: Backend, cli: Runner, state_dir: Path
+):
+    if backend.emulator is None:
+        return  # a real server is not ours to stop
+    assert cli(*backend.quick("contract before"), "-o", "out").code == 0
+    process = cli.start(*backend.slow("contract left"), "-o", "out")
+    left = wait_record(
+        state_dir, "contract left", lambda r: r["status"] == "running", backend.patience
+    )
+    process.kill()
+    process.communicate(timeout=backend.patience)
+    before = record_of(state_dir, "contract before")
+    backend.emulator.stop()
+
+    table = cli("status")
+    assert table.code == 1 and "Traceback" not in table.stderr
+    (error,) = table.stderr.strip().splitlines()
+    assert error.startswith(("request failed: ", "failed to get session: "))
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["server", backend.url]
+    assert lines[1].startswith("reachable  no: ") and lines[2].startswith("live state unknown")
+    rows = {line.split()[0]: line.split()[1] for line in lines if line.startswith("gen_")}
+    assert rows == {left["id"]: "running", before["id"]: "succeeded"}
+
+    document = cli("status", "-f", "json").json()
+    assert document["ok"] is False and document["error"]["code"] == "connection_failed"
+    assert document["live_state"] == "unknown" and document["reachable"] is False
+    shown = {g["id"]: g["status"] for g in document["generations"]}
+    assert shown == {left["id"]: "running", before["id"]: "succeeded"}
+    assert "handle" not in document["generations"][0]
+
+
+def test_a_full_stdout_after_the_last_image_leaves_the_generation_succeeded(
+    backend: Backend, cli: Runner, state_dir: Path
+):
+    import subprocess
+
+    from conftest import PROGRAM
+
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [*PROGRAM, *backend.quick("contract full"), "-o", "out"],
+            cwd=cli.cwd,
+            env=cli.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=backend.patience,
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "cannot write to standard output: the disk is full"
+    record = record_of(state_dir, "contract full")
+    assert record["status"] == "succeeded" and len(record["images"]) == 1
+    assert Path(cli.cwd, record["images"][0]).read_bytes().startswith(b"\x89PNG")
