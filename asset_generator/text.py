@@ -39,8 +39,3 @@ def one_line(text: str) -> str:
     the cursor or recolour the user's terminal.
     """
     return redact(_CONTROLS.sub("", _LINE_BREAKS.sub(" ", text.strip())))
-
-
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """``1 image``, ``2 images`` (``many`` for a noun that does not just take an s)."""
-    return f"{count} {noun if count == 1 else many or noun + 's'}"
