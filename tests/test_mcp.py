@@ -1,4 +1,8 @@
-"""``asset-generator mcp`` driven through the SDK's own stdio client, against the emulator."""
+"""``asset-generator mcp`` driven through the SDK's own stdio client, against the emulator.
+
+Every tools/call result is checked against its tool's outputSchema (``mcpcheck``), error
+results included, as the TypeScript SDK checks them.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,19 @@ from asset_generator.emulator import Emulator
 
 mcp = pytest.importorskip("mcp")
 from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
+from mcpcheck import check_result, checked_results  # noqa: E402, F401
 
-TOOLS = {"generate_image", "generation_status", "cancel_generation", "list_models", "server_status"}
+pytestmark = pytest.mark.usefixtures("checked_results")
+
+TOOLS = {
+    "generate_image",
+    "run_pipeline",
+    "generation_status",
+    "cancel_generation",
+    "get_images",
+    "list_models",
+    "server_status",
+}
 
 
 def params(url: str, cwd: Path, *args: str, env: dict[str, str] | None = None) -> Any:
@@ -70,6 +85,11 @@ def text_json(result: Any) -> Any:
     return json.loads(result.content[0].text)
 
 
+def error_of(result: Any) -> dict[str, str]:
+    assert result.is_error is True and result.structured_content is None
+    return text_json(result)["error"]
+
+
 def test_tools_have_schemas_annotations_and_descriptions(emulator: Emulator, workdir) -> None:
     async def scenario() -> None:
         async with connected(emulator.url, workdir) as session:
@@ -80,10 +100,16 @@ def test_tools_have_schemas_annotations_and_descriptions(emulator: Emulator, wor
                 assert tool.output_schema and tool.output_schema["type"] == "object"
                 assert tool.description and len(tool.description) > 40
             generate = listed["generate_image"]
-            assert generate.input_schema["required"] == ["prompt"]
-            assert {"wait", "timeout_s", "loras", "output_dir"} <= set(
-                generate.input_schema["properties"]
-            )
+            # A ComfyUI workflow can do without a prompt; the tool says so when one is needed.
+            assert "required" not in generate.input_schema
+            assert {
+                "wait", "timeout_s", "loras", "output_dir", "sampler", "scheduler", "params",
+                "workflow", "set",
+            } <= set(generate.input_schema["properties"])  # fmt: skip
+            for name in ("generate_image", "run_pipeline"):
+                described = listed[name].description
+                assert "timeout_s" in described and "wait: false" in described
+                assert "generation_status" in described and "goes on" in described
             assert {"generation_id", "status", "images"} <= set(
                 generate.output_schema["properties"]
             )
@@ -217,9 +243,7 @@ def test_cancel_generation_finished_unknown_and_all(emulator: Emulator, workdir)
             assert via_feature.structured_content["generation"]["id"] == generation_id
 
             unknown = await session.call_tool("cancel_generation", {"generation_id": "gen_0000"})
-            assert unknown.is_error is True
-            assert unknown.structured_content["error"]["code"] == "not_found"
-            assert text_json(unknown) == unknown.structured_content
+            assert error_of(unknown)["code"] == "not_found"
 
             nothing = await session.call_tool("cancel_generation", {})
             assert nothing.structured_content["was_active"] is False
@@ -232,7 +256,7 @@ def test_cancel_generation_finished_unknown_and_all(emulator: Emulator, workdir)
             both = await session.call_tool(
                 "cancel_generation", {"all": True, "generation_id": generation_id}
             )
-            assert both.structured_content["error"]["code"] == "usage_error"
+            assert error_of(both)["code"] == "usage_error"
 
     run(scenario)
     assert [c.body["other_sessions"] for c in emulator.calls("InterruptAll")] == [True]
@@ -349,8 +373,7 @@ def test_server_down_the_mcp_server_still_answers(workdir) -> None:
                 ("cancel_generation", {"all": True}),
             ):
                 result = await session.call_tool(name, arguments)
-                assert result.is_error is True, name
-                error = result.structured_content["error"]
+                error = error_of(result)
                 assert error["code"] == "connection_failed", (name, error)
             status = await session.call_tool("generation_status", {})
             assert status.structured_content["generations"] == []
@@ -396,6 +419,7 @@ class RawServer:
         )
         self.lines: list[str] = []
         self._next = 0
+        self.schemas: dict[str, Any] = {}
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -412,6 +436,9 @@ class RawServer:
             self.lines.append(line)
             message = json.loads(line)
             if message.get("id") == self._next:
+                if method == "tools/call":
+                    name = params["name"]
+                    check_result(name, self.schemas.get(name), message["result"])
                 return message
 
     def initialize(self) -> None:
@@ -427,10 +454,12 @@ class RawServer:
         )
         assert "result" in answer, answer
         self.send({"method": "notifications/initialized"})
+        listed = self.request("tools/list", {})["result"]["tools"]
+        self.schemas = {tool["name"]: tool.get("outputSchema") for tool in listed}
 
     def start_generation(self, state_dir: Path, *, wait: bool) -> str:
         """A long generation, by a call that returns at once or one still waiting for it."""
-        arguments = {"prompt": "long", "steps": 400, "wait": wait}
+        arguments = {"prompt": "long", "steps": 60, "wait": wait}
         if not wait:
             answer = self.request("tools/call", {"name": "generate_image", "arguments": arguments})
             return answer["result"]["structuredContent"]["generation_id"]
@@ -457,15 +486,20 @@ class RawServer:
         return self.proc.returncode, err
 
 
-@pytest.mark.parametrize("how", ["eof", "sigterm", "eof-during-call"])
-def test_ending_the_server_interrupts_its_generations(
-    emulator_factory, workdir, state_dir, how: str
+@pytest.mark.parametrize(
+    ("how", "waiting"),
+    [("eof", True), ("sigterm", True), ("eof", False), ("sigterm", False)],
+)
+def test_ending_the_server_stops_waiting_calls_and_leaves_returned_work_running(
+    emulator_factory, workdir, state_dir, how: str, waiting: bool
 ) -> None:
+    """A call still waiting was abandoned by its client: its work is interrupted. Work whose
+    id a call returned (wait: false) goes on in its own process and finishes."""
     emu = emulator_factory(step_seconds=0.05)
     server = RawServer(emu.url, workdir, "-v")
     try:
         server.initialize()
-        generation_id = server.start_generation(state_dir, wait=how == "eof-during-call")
+        generation_id = server.start_generation(state_dir, wait=waiting)
         session_id = session_id_of(record_of(state_dir, generation_id))
         assert wait_for(lambda: emu.session_status(session_id)["live_gens"] == 1)
         if how == "sigterm":
@@ -478,14 +512,21 @@ def test_ending_the_server_interrupts_its_generations(
         server.proc.kill()
     assert code == (143 if how == "sigterm" else 0), err
     assert "Traceback" not in err
-    assert session_id in emu.interrupted_sessions()
-    record = record_of(state_dir, generation_id)
-    assert record["status"] == "cancelled"
     # -v logged every exchange, on stderr: stdout carried nothing but the protocol.
-    assert "POST /API/InterruptAll" in err
     assert session_id not in err
     for line in server.lines:
         assert json.loads(line)["jsonrpc"] == "2.0"
+    if waiting:
+        assert session_id in emu.interrupted_sessions()
+        assert record_of(state_dir, generation_id)["status"] == "cancelled"
+        assert "POST /API/InterruptAll" in err
+    else:
+        assert wait_for(
+            lambda: record_of(state_dir, generation_id)["status"] == "succeeded", timeout=30
+        )
+        assert emu.interrupted_sessions() == []
+        [path] = record_of(state_dir, generation_id)["images"]
+        assert Path(path).is_file()
 
 
 @pytest.mark.parametrize(
@@ -508,3 +549,29 @@ def test_an_unusable_sdk_is_the_missing_extra(
     [line] = done.stderr.splitlines()
     assert_install_hint(line, "mcp")
     assert done.json()["error"]["code"] == "unavailable"
+
+
+def test_client_config_names_the_executable_by_its_absolute_path(
+    cli: Runner, isolated: Path
+) -> None:
+    done = cli(
+        "--api-url",
+        "http://gpu-box:7801",
+        "mcp",
+        "--client-config",
+        env={"ASSET_GENERATOR_API_KEY": "s3cret-token", "ASSET_GENERATOR_SERVER_TYPE": "comfyui"},
+    )
+    assert done.code == 0, done.stderr
+    [entry] = done.json()["mcpServers"].values()
+    command = Path(entry["command"])
+    # Desktop clients start it without the shell's PATH.
+    assert command.is_absolute() and os.access(command, os.X_OK)
+    assert entry["args"][-1] == "mcp"
+    env = entry["env"]
+    assert env["ASSET_GENERATOR_API_URL"] == "http://gpu-box:7801"
+    assert env["ASSET_GENERATOR_SERVER_TYPE"] == "comfyui"
+    # The shell's locations go along, or the server would use another registry.
+    assert env["XDG_STATE_HOME"] == str(isolated / "xdg_state_home")
+    # A secret is never printed; a note says where it must go.
+    assert "s3cret-token" not in done.stdout + done.stderr
+    assert "ASSET_GENERATOR_API_KEY" in done.stderr

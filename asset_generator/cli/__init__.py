@@ -176,7 +176,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("asset_generator.cli.generate", "Start generations on the server."),
     "mcp": (
         "asset_generator.cli.mcp",
-        "Serve the generate, status and cancel tools to AI agents over MCP (stdio).",
+        "Serve the image tools to AI agents over MCP (stdio).",
     ),
     "models": ("asset_generator.cli.models", "List the models the server offers."),
     "pipeline": (

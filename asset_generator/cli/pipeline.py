@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -29,17 +28,16 @@ from asset_generator.cli.postprocess import (
     postprocess_from,
     postprocess_options,
 )
+from asset_generator.pipeline.launch import DEFAULT_OUTPUT_DIR
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
-    from asset_generator.pipeline.manifest import Decision, Manifest
-    from asset_generator.pipeline.plan import Plan, PlannedAsset
+    from asset_generator.pipeline.launch import Loaded, Options
+    from asset_generator.pipeline.plan import PlannedAsset
     from asset_generator.pipeline.run import AssetResult, PipelineRun
     from asset_generator.registry import PipelineRecord
 
-DEFAULT_OUTPUT_DIR = "pipeline-output"
 MAX_PARALLEL = 256
-SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
 
 
 @click.command("pipeline")
@@ -107,9 +105,8 @@ def command(
     one per line. Exit 0 only when every asset succeeded or was skipped; 1 otherwise;
     130/143 on Ctrl-C/SIGTERM. See docs/pipeline.md.
     """
-    from asset_generator.pipeline.manifest import Manifest
-    from asset_generator.pipeline.plan import make_plan
-    from asset_generator.pipeline.spec import SpecError, SpecFileError, load_spec
+    from asset_generator.pipeline import launch
+    from asset_generator.pipeline.spec import SpecError, SpecFileError
 
     if spec_argument and spec_file and spec_argument != spec_file:
         raise click.UsageError("give the spec once: SPEC.yaml or --file SPEC.yaml")
@@ -118,43 +115,31 @@ def command(
         raise click.UsageError("which spec? pass SPEC.yaml or --file SPEC.yaml")
     postprocess = postprocess_from(app, options)
     defaults, overrides = _run_params(app, params, loras, options, sets=sets, workflow=workflow)
-    output_dir = Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser()
+    settings = launch.Options(
+        output_dir=Path(options["output_dir"] or DEFAULT_OUTPUT_DIR).expanduser(),
+        base_seed=options["base_seed"],
+        style_prefix=options["style_prefix"],
+        style_suffix=options["style_suffix"],
+        parallel=options["parallel"],
+        force=options["force"],
+        overwrite=options["overwrite"],
+        continue_on_error=options["continue_on_error"],
+    )
     try:
-        spec = load_spec(Path(given).expanduser())
+        loaded = launch.load(
+            Path(given).expanduser(), settings, defaults, overrides, postprocess, label=given
+        )
     except SpecFileError as exc:
         raise CommandError(str(exc), "file_error") from None
     except SpecError as exc:
         raise CommandError(f"bad spec: {exc}", "bad_spec") from None
-    manifest = Manifest.load(output_dir)
-    manifest.set_postprocess(postprocess)
-    base_seed, origin = _base_seed(options["base_seed"], manifest)
-    try:
-        plan = make_plan(
-            spec,
-            output_dir=output_dir,
-            base_seed=base_seed,
-            style_prefix=options["style_prefix"],
-            style_suffix=options["style_suffix"],
-            defaults=defaults,
-            overrides=overrides,
-        )
-    except SpecError as exc:
-        raise CommandError(f"bad spec: {exc}", "bad_spec") from None
-    if manifest.problem:
-        plan.warnings.append(f"warning: {manifest.problem}")
-    for warning in plan.warnings:
+    for warning in loaded.plan.warnings:
         app.output.warn(warning)
-    # What each asset needs, and why (each verdict may cost a file hash): the same for the
-    # dry run, which shows it, and the run.
-    decisions = {
-        a.index: manifest.decide(a, force=options["force"], overwrite=options["overwrite"])
-        for a in plan.assets
-    }
-    for line in _reasons(plan, manifest, decisions, dry_run=options["dry_run"]):
+    for line in loaded.reasons(dry_run=options["dry_run"]):
         app.output.info(line)
     if options["dry_run"]:
-        return _dry_run(app, plan, origin, decisions)
-    return _run(app, given, plan, manifest, origin, options, postprocess, decisions)
+        return _dry_run(app, loaded)
+    return _run(app, loaded, settings, postprocess)
 
 
 def _run_params(
@@ -168,117 +153,32 @@ def _run_params(
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
     """The config's [generate] values (below the spec) and the command line's (above it:
     --param, then the explicit options, which win over it), as (name, value) pairs."""
+    from asset_generator.pipeline.launch import command_line
+
     defaults = list(config_defaults(app, RUN_OPTIONS).items())
-    overrides: list[tuple[str, Any]] = list(parse_params(params))
-    overrides += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
-    if loras:
-        overrides.append(("loras", list(loras)))
-    if workflow is not None:
-        overrides.append(("workflow", read_workflow_option(workflow)))
-    if sets:
-        overrides.append(("set", list(parse_sets(sets))))
-    return defaults, overrides
-
-
-def _base_seed(given: int, manifest: Manifest) -> tuple[int, str]:
-    """The base seed and where it came from: given, the manifest (resume), or random."""
-    if given >= 0:
-        return given, "given"
-    if manifest.base_seed is not None:
-        return manifest.base_seed, "manifest"
-    import secrets
-
-    # Well inside int64, so base + offsets + indices never overflow a SwarmUI seed.
-    return secrets.randbelow(2**31), "random"
-
-
-def _seed_note(plan: Plan, origin: str) -> str:
-    if origin == "random":
-        return f"base seed {plan.base_seed} (random; --base-seed {plan.base_seed} repeats it)"
-    if origin == "manifest":
-        return f"base seed {plan.base_seed} (from the manifest of the last run)"
-    return f"base seed {plan.base_seed}"
-
-
-def _reasons(
-    plan: Plan, manifest: Manifest, decisions: dict[int, Decision], *, dry_run: bool
-) -> list[str]:
-    """Why assets are made again (or blocked): one line per reason, with a count and ids.
-
-    The first run into a directory has nothing to explain; a rerun says what changed since
-    (prompt, seed, parameters, post-processing), which files went missing or were altered,
-    and which assets did not succeed last time. A dry run also says what it would skip.
-    """
-    from asset_generator.cli.output import one_line
-    from asset_generator.pipeline.manifest import (
-        BLOCKED,
-        GENERATE,
-        NEW,
-        PARAMS,
-        REASONS,
-        SKIP,
+    overrides = command_line(
+        parse_params(params),
+        options,
+        loras=loras,
+        workflow=read_workflow_option(workflow),
+        sets=parse_sets(sets),
     )
-
-    if not manifest.entries:
-        return []
-    found: dict[tuple[str, str], list[str]] = {}
-    changed: dict[str, None] = {}
-    for asset in plan.assets:
-        decision = decisions[asset.index]
-        changed.update(dict.fromkeys(decision.changed))
-        for reason in decision.reasons or ((SKIP,) if decision.verdict == SKIP else ()):
-            found.setdefault((decision.verdict, reason), []).append(asset.id)
-    verbs = {
-        GENERATE: "would regenerate" if dry_run else "regenerating",
-        BLOCKED: "would fail" if dry_run else "failing",
-        SKIP: "would skip" if dry_run else None,
-    }
-    words = {
-        **REASONS,
-        PARAMS: f"{REASONS[PARAMS]} ({', '.join(changed)})",
-        SKIP: "done with the same prompt, seed and parameters",
-    }
-    lines = []
-    for verdict, verb in verbs.items():
-        for reason, text in words.items():
-            ids = found.get((verdict, reason))
-            if not ids or verb is None:
-                continue
-            if verdict == BLOCKED:
-                text += "; --overwrite replaces it"
-            said = ("would make" if dry_run else "making") if reason == NEW else verb
-            shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
-            noun = "asset" if len(ids) == 1 else "assets"
-            lines.append(one_line(f"{said} {len(ids)} {noun}: {text}: {shown}"))
-    return lines
+    return defaults, overrides
 
 
 # -- dry run -----------------------------------------------------------------------------------
 
 
-def _dry_run(app: App, plan: Plan, origin: str, decisions: dict[int, Decision]) -> int:
+def _dry_run(app: App, loaded: Loaded) -> int:
     from asset_generator.cli.output import one_line, plural
     from asset_generator.pipeline.manifest import NEW, REASONS
 
+    plan = loaded.plan
     if app.output.is_json:
-        app.output.json(
-            {
-                "ok": True,
-                "dry_run": True,
-                "base_seed": plan.base_seed,
-                "assets": [
-                    {
-                        **a.public(),
-                        "action": decisions[a.index].verdict,
-                        "reasons": list(decisions[a.index].reasons),
-                    }
-                    for a in plan.assets
-                ],
-            }
-        )
+        app.output.json(loaded.dry_run_document())
         return 0
     for asset in plan.assets:
-        decision = decisions[asset.index]
+        decision = loaded.decisions[asset.index]
         words = ", ".join(REASONS[r] for r in decision.reasons if r != NEW)
         action = decision.verdict + (f": {words}" if words else "")
         app.output.data(
@@ -289,7 +189,7 @@ def _dry_run(app: App, plan: Plan, origin: str, decisions: dict[int, Decision]) 
     groups = len({a.group for a in plan.assets})
     app.output.info(
         f"dry run: {plural(len(plan.assets), 'asset')} in {plural(groups, 'group')}, "
-        f"{_seed_note(plan, origin)}; {plural(len(plan.warnings), 'warning')}; "
+        f"{loaded.seed_note}; {plural(len(plan.warnings), 'warning')}; "
         "nothing was sent or written"
     )
     return 0
@@ -298,179 +198,48 @@ def _dry_run(app: App, plan: Plan, origin: str, decisions: dict[int, Decision]) 
 # -- the run -----------------------------------------------------------------------------------
 
 
-def _run(
-    app: App,
-    spec_file: str,
-    plan: Plan,
-    manifest: Manifest,
-    origin: str,
-    options: dict[str, Any],
-    postprocess: PostProcess | None,
-    decisions: dict[int, Decision],
-) -> int:
+def _run(app: App, loaded: Loaded, settings: Options, postprocess: PostProcess | None) -> int:
     from asset_generator.cli import signals
-    from asset_generator.cli.output import plural
     from asset_generator.cli.signals import Signalled
-    from asset_generator.downloads import DownloadError, prepare_directory
-    from asset_generator.pipeline.manifest import GENERATE
-    from asset_generator.pipeline.run import PipelineRun
-    from asset_generator.registry import (
-        CANCELLED,
-        FAILED,
-        PipelineRecord,
-        RegistryError,
-        new_pipeline_id,
-        this_host,
-    )
+    from asset_generator.downloads import DownloadError
+    from asset_generator.pipeline import launch
+    from asset_generator.registry import CANCELLED, FAILED, RegistryError
 
-    output_dir = plan.output_dir
     try:
-        prepare_directory(output_dir)
+        run = launch.launch(app, loaded, settings, postprocess=postprocess, debug=app.output.debug)
     except DownloadError as exc:
         raise CommandError(str(exc), "file_error") from None
-    # A rerun with every asset done sends nothing at all: not even a question to the server.
-    needed = [a for a in plan.assets if decisions[a.index].verdict == GENERATE]
-    server = app.server() if needed else None
-    # Every request translated before the first is sent: a spec the server cannot take
-    # fails here, whole, not asset by asset.
-    prepared = {a.index: server.prepare(a.request) for a in needed} if server else {}
-    parallel, queue_ahead = options["parallel"] or 1, False
-    if server is not None:
-        default, ahead_from = server.parallelism()  # type: ignore[attr-defined]
-        parallel = options["parallel"] or default
-        queue_ahead = ahead_from and parallel >= default
-    record = PipelineRecord(
-        id=new_pipeline_id(),
-        server=app.server_name,
-        server_key=app.server_key,
-        server_type=server.type if server is not None else app.known_type() or "swarmui",
-        pid=os.getpid(),
-        host=this_host(),
-        spec=str(Path(spec_file).resolve()),
-        output_dir=str(output_dir.resolve()),
-        base_seed=plan.base_seed,
-        total=len(plan.assets),
-        created=time.time(),
-    )
-    with app.registry.transaction() as state:
-        state.pipelines[record.id] = record
-    manifest.pipeline_id, manifest.base_seed, manifest.spec = record.id, plan.base_seed, spec_file
-    app.output.info(
-        f"{record.id}: {plural(len(plan.assets), 'asset')} from {spec_file}, "
-        f"{_seed_note(plan, origin)}, "
-        f"{parallel} at once, into {output_dir}"
-    )
-    reporter = _make_reporter(app, len(plan.assets), len(needed))
-    runner = PipelineRun(
-        server,  # type: ignore[arg-type]
-        app.registry,
-        app.server_key,
-        plan,
-        record,
-        manifest,
-        prepared=prepared,
-        parallel=parallel,
-        force=options["force"],
-        overwrite=options["overwrite"],
-        continue_on_error=options["continue_on_error"],
-        reporter=reporter,
-        claimer=server.pool() if server is not None else None,  # type: ignore[attr-defined]
-        queue_ahead=queue_ahead,
-        debug=app.output.debug,
-        decisions=decisions,
-        postprocess=postprocess,
-    )
-    started = time.monotonic()
-    previous = signals.install(lambda signum: _leave_at_once(app, runner, signum))
+    app.output.info(run.describe())
+    reporter = run.runner.reporter = _make_reporter(app, len(loaded.plan.assets), run.to_generate)
+    previous = signals.install(lambda signum: _leave_at_once(app, run.runner, signum))
     try:
         try:
-            results = runner.run()
+            results = run.runner.run()
         except Signalled as stop:
             reporter.close()
-            app.output.error(f"interrupted: stopping the in-flight assets of {record.id}")
-            runner.abandon(f"stopped by {stop.name}")
-            results = [runner.results[a.index] for a in plan.assets]
-            _finish_record(app, runner, CANCELLED, f"stopped by {stop.name}")
-            document = _document(record, spec_file, output_dir, parallel, results, ok=False)
+            app.output.error(f"interrupted: stopping the in-flight assets of {run.record.id}")
+            document = run.abandon(CANCELLED, f"stopped by {stop.name}")
             raise Stopped(
                 stop.exit_code,
-                f"stopped by {stop.name}; {record.id}'s in-flight assets interrupted on the server",
+                f"stopped by {stop.name}; {run.record.id}'s in-flight assets interrupted on "
+                "the server",
                 document if app.output.is_json else None,
             ) from None
         except (RegistryError, DownloadError) as exc:
             reporter.close()
-            runner.abandon(str(exc))
-            _finish_record(app, runner, FAILED, str(exc))
+            run.abandon(FAILED, str(exc))
             raise CommandError(str(exc), "file_error") from None
         finally:
             reporter.close()
     finally:
         signals.restore(previous)
-    return _conclude(app, runner, record, spec_file, parallel, results, started)
-
-
-def _conclude(
-    app: App,
-    runner: PipelineRun,
-    record: PipelineRecord,
-    spec_file: str,
-    parallel: int,
-    results: list[AssetResult],
-    started: float,
-) -> int:
-    from asset_generator.registry import CANCELLED, FAILED, SUCCEEDED
-
-    summary = _summary(results)
-    ok = summary["succeeded"] + summary["skipped"] == len(results)
-    document = _document(record, spec_file, runner.plan.output_dir, parallel, results, ok=ok)
-    counts = ", ".join(f"{summary[k]} {k.replace('_', ' ')}" for k in SUMMARY_KEYS if summary[k])
-    elapsed = time.monotonic() - started
-    if ok:
-        _finish_record(app, runner, SUCCEEDED, None)
-        app.output.info(f"{record.id}: {counts} in {elapsed:.1f} s")
-        if app.output.is_json:
-            app.output.json(document)
-        return 0
-    if runner.cancelled:
-        _finish_record(app, runner, CANCELLED, "cancelled by request")
-        raise CommandError(
-            f"cancelled: {record.id} was cancelled (by `asset-generator cancel`, the web UI "
-            f"or another client); {counts}",
-            "cancelled",
-            details=document,
-        )
-    if summary["cancelled"] and not summary["failed"]:
-        # `cancel gen_…` of one asset: the rest went on, but the set is not whole because
-        # someone cancelled, which the contract reports as `cancelled`, not as a failure.
-        ids = ", ".join(r.asset.id for r in results if r.status == CANCELLED)
-        _finish_record(app, runner, CANCELLED, f"assets cancelled: {ids}")
-        raise CommandError(
-            f"cancelled: {ids} of {record.id} (by `asset-generator cancel`, the web UI or "
-            f"another client); {counts}",
-            "cancelled",
-            details=document,
-        )
-    _finish_record(app, runner, FAILED, runner.stop_reason or "some assets failed")
-    first = next((r for r in results if r.status == "failed"), None)
-    why = f"; first failure: {first.asset.id}: {first.error}" if first else ""
-    raise CommandError(f"{record.id} incomplete: {counts}{why}", "partial", details=document)
-
-
-def _finish_record(app: App, runner: PipelineRun, status: str, error: str | None) -> None:
-    """Record how the pipeline ended, with every asset counted by how it ended."""
-    from asset_generator.registry import CANCELLED, RegistryError
-
-    record = runner.record
-    record.counts = runner.final_counts()
-    with contextlib.suppress(RegistryError), app.registry.transaction() as state:
-        saved = state.pipelines.get(record.id)
-        if saved is None:
-            return
-        saved.counts = dict(record.counts)
-        # A cancel recorded by another process stands.
-        if saved.status == CANCELLED and status != CANCELLED:
-            return
-        saved.finish(status, error if saved.status != CANCELLED else saved.error or error)
+    ended = run.conclude(results)
+    if not ended.ok:
+        raise CommandError(ended.message, ended.code, details=ended.document)
+    app.output.info(ended.message)
+    if app.output.is_json:
+        app.output.json(ended.document)
+    return 0
 
 
 def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
@@ -478,6 +247,7 @@ def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
     would have (cancelled; a moment at most), and say what may still run on the server."""
     import signal
 
+    from asset_generator.pipeline.launch import finish_record
     from asset_generator.registry import CANCELLED
 
     reason = f"stopped by a second {signal.Signals(signum).name}"
@@ -488,7 +258,7 @@ def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
         # lock; what cannot be written then is left to `status`.
         with contextlib.suppress(Exception):
             unconfirmed.extend(runner.leave(reason))
-            _finish_record(app, runner, CANCELLED, reason)
+            finish_record(app.registry, runner, CANCELLED, reason)
 
     worker = threading.Thread(target=record, daemon=True)
     worker.start()
@@ -501,36 +271,6 @@ def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
             f"{unconfirmed[0]}`{' (one id at a time)' if len(unconfirmed) > 1 else ''}"
         )
     return words
-
-
-def _summary(results: list[AssetResult]) -> dict[str, int]:
-    summary = {"total": len(results), **dict.fromkeys(SUMMARY_KEYS, 0)}
-    for result in results:
-        summary[result.status] = summary.get(result.status, 0) + 1
-    return summary
-
-
-def _document(
-    record: PipelineRecord,
-    spec_file: str,
-    output_dir: Path,
-    parallel: int,
-    results: list[AssetResult],
-    *,
-    ok: bool,
-) -> dict[str, Any]:
-    return {
-        "ok": ok,
-        "pipeline": {
-            "id": record.id,
-            "file": spec_file,
-            "output_dir": str(output_dir),
-            "base_seed": record.base_seed,
-            "parallel": parallel,
-        },
-        "summary": _summary(results),
-        "assets": [r.public() for r in results],
-    }
 
 
 # -- what a person sees ------------------------------------------------------------------------

@@ -1,0 +1,422 @@
+"""One generation or one pipeline for an MCP tool call, in a process of its own.
+
+``asset-generator mcp`` starts ``python -m asset_generator.agent.worker`` for each
+generate_image and run_pipeline call, sends it the job (settings and arguments, one JSON
+document) on stdin, and reads what happens as JSON lines on its stdout. The worker runs in a
+session of its own, so work whose id the agent was handed back (``wait: false``, or a
+``timeout_s`` that passed) goes on when the MCP server ends: a client that starts one server
+process per call, or that quits, does not stop it. The worker ends when the work does: done,
+failed, cancelled (cancel_generation, `asset-generator cancel`, the web UI) or stopped by
+SIGTERM/SIGINT, which interrupt its work on the server first, as Ctrl-C does `generate`'s.
+
+Events, one JSON object a line: ``started`` (the record exists: ``id``, ``total``, ``notes``),
+``progress`` (``value`` of ``total``, ``message``), ``image`` (a saved image), ``asset`` (a
+pipeline asset ended), and last ``end`` (``document``, ``error`` or null).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asset_generator.agent.failures import ToolFailure, failure_of, in_tool_words, server_details
+from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
+
+if TYPE_CHECKING:
+    from asset_generator.cli.app import App
+    from asset_generator.generation import GenerationRun, Outcome
+    from asset_generator.pipeline.plan import PlannedAsset
+    from asset_generator.pipeline.run import AssetResult
+    from asset_generator.registry import PipelineRecord
+    from asset_generator.saving import SavedImage
+    from asset_generator.steps import StepProgress
+
+OWNER = "mcp"
+GENERATION, PIPELINE = "generation", "pipeline"
+# A cancel or a failure interrupts our work on the server within this bound.
+INTERRUPT_BOUND_SECONDS = 3.0
+
+
+class Events:
+    """The JSON lines to the MCP server; once it is gone, the work goes on unreported."""
+
+    def __init__(self, stream: io.TextIOBase) -> None:
+        self.stream = stream
+        self.gone = False
+        self._lock = threading.Lock()
+
+    def send(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}, ensure_ascii=False) + "\n"
+        with self._lock:
+            if self.gone:
+                return
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.gone = True
+
+    def end(self, document: dict[str, Any] | None, failure: ToolFailure | None) -> None:
+        error = None
+        if failure is not None:
+            from asset_generator.text import one_line
+
+            error = {"code": failure.code, "message": one_line(failure.message)}
+            document = {**(document or {}), **failure.details}
+        self.send("end", document=document, error=error)
+
+
+class _Tolerant(io.TextIOBase):
+    """stderr that outlives its reader: the MCP server (and its client) may be gone."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
+            self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def main() -> None:
+    """Read the job from stdin, run it, report on stdout (only events ever go there)."""
+    from asset_generator.cli import signals
+    from asset_generator.cli.app import App
+    from asset_generator.cli.signals import Signalled
+
+    events = Events(os.fdopen(os.dup(1), "w", encoding="utf-8"))
+    # Anything else printed goes to the log, never into the events.
+    os.dup2(2, 1)
+    sys.stderr = _Tolerant(sys.stderr)
+    sys.stdout = sys.stderr
+    job = json.loads(sys.stdin.read())
+    app = App()
+    app.flags.update(job.get("flags") or {})
+    signals.install()
+    code = 1
+    try:
+        if job["kind"] == PIPELINE:
+            code = run_pipeline(app, job["arguments"], events)
+        else:
+            code = run_generation(app, job["arguments"], events)
+    except Signalled as stop:
+        # Before anything was registered (a stop after that is the run's own business).
+        events.end(None, ToolFailure("interrupted", f"stopped by {stop.name} before it began"))
+        code = stop.exit_code
+    finally:
+        app.close()
+    sys.exit(code)
+
+
+# -- one generation ------------------------------------------------------------------------------
+
+
+class _GenerationView:
+    """A ``generation.View`` that reports each change as an event (progress only grows)."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.value = 0.0
+
+    def _send(self, message: str, value: float | None = None) -> None:
+        if value is not None:
+            self.value = max(self.value, round(value, 1))
+        self.events.send("progress", value=self.value, total=100, message=message)
+
+    def state(self, state: str, detail: str) -> None:
+        from asset_generator.server.types import LOADING
+
+        shown = RUNNING if state == RUNNING else QUEUED
+        self.events.send("state", state=shown)
+        self._send(detail if state in (RUNNING, LOADING, QUEUED) else state)
+
+    def progress(self, steps: StepProgress) -> None:
+        expected = steps.expected
+        self.events.send("state", state=RUNNING)
+        self._send(f"running, image {min(steps.done + 1, expected)} of {expected}", steps.percent)
+
+    def image(self, saved: SavedImage, done: int, expected: int) -> None:
+        from asset_generator.agent.results import image_result
+
+        self.events.send("image", image=image_result(saved))
+        self._send(f"image {done} of {expected} saved", min(done / expected, 1.0) * 100)
+
+    def close(self) -> None:
+        pass
+
+
+def run_generation(app: App, arguments: dict[str, Any], events: Events) -> int:
+    """generate_image's work: checked, registered (then ``started``), followed to the end."""
+    from asset_generator.cli.signals import Signalled
+    from asset_generator.downloads import DownloadError
+    from asset_generator.registry import RegistryError
+    from asset_generator.server.errors import ServerError
+
+    run: GenerationRun | None = None
+    try:
+        try:
+            run = _prepared_run(app, arguments, events)
+            assert run.prepared is not None
+            record = run.register(run.prepared)
+        except Exception as exc:
+            events.end(None, _failure_before_start(exc, app, arguments))
+            return 1
+        events.send(
+            "started",
+            id=record.id,
+            total=100,
+            expected=run.prepared.expected,
+            notes=[in_tool_words(note) for note in run.prepared.notes],
+        )
+        outcome = run.follow(None)
+    except Signalled as stop:
+        if run is None or run.record is None:
+            raise
+        reason = f"stopped by {stop.name}"
+        run.stop(CANCELLED, reason, INTERRUPT_BOUND_SECONDS)
+        events.end(*_ended(app, run.outcome(reason)))
+        return stop.exit_code
+    except (DownloadError, RegistryError) as exc:
+        failure = _stop_after_failure(run, str(exc), "file_error")
+    except ServerError as exc:
+        failure = _stop_after_failure(
+            run,
+            exc.message,
+            exc.code,
+            prefix=f"{exc.phrase}: ",
+            details=server_details(exc, app.server_name),
+        )
+    except BaseException as exc:
+        # A bug: its traceback goes to the log, and the record must not stay "running".
+        traceback.print_exc(file=sys.stderr)
+        failure = _stop_after_failure(
+            run, f"asset-generator failed: {type(exc).__name__}", "server_error"
+        )
+    else:
+        events.end(*_ended(app, outcome))
+        return 0 if outcome.status == SUCCEEDED else 1
+    events.end(None, failure)
+    return 1
+
+
+def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> GenerationRun:
+    """Everything that can be refused before the server sees the request; not yet recorded."""
+    from asset_generator.agent.requests import generation_request
+    from asset_generator.downloads import check_template, check_writable
+    from asset_generator.generation import GenerationRun
+    from asset_generator.saving import SaveOptions
+
+    settings = app.settings
+    template = settings["generate.filename_template"]
+    try:
+        check_template(template)
+    except ValueError as exc:
+        raise ToolFailure("usage_error", f"generate.filename_template: {exc}") from None
+    request = generation_request(app, arguments)
+    directory = Path(arguments.get("output_dir") or settings["generate.output_dir"])
+    directory = directory.expanduser().resolve()
+    # Before anything reaches the server: a bad output directory must not cost a run.
+    check_writable(directory)
+    if app.known_type() in (None, "swarmui"):
+        from asset_generator.swarm.params import refuse_unsendable_loras
+
+        refuse_unsendable_loras(request)
+    server = app.server()
+    run = GenerationRun(
+        server,
+        app.registry,
+        app.server_key,
+        view=_GenerationView(events),
+        save=SaveOptions(directory, template, bool(settings["generate.overwrite"])),
+        debug=app.output.debug,
+        notice=app.output.warn,
+        owner=OWNER,
+    )
+    run.prepared = server.prepare(request)
+    return run
+
+
+def _failure_before_start(exc: Exception, app: App, arguments: dict[str, Any]) -> ToolFailure:
+    from asset_generator.workflows import WorkflowFileError
+
+    if isinstance(exc, WorkflowFileError):
+        # A workflow given in the call is the caller's argument, not a file of theirs.
+        given = arguments.get("workflow")
+        inline = isinstance(given, dict) or str(given).lstrip().startswith("{")
+        return ToolFailure("usage_error" if inline else "file_error", str(exc))
+    return failure_of(exc, app.server_name)
+
+
+def _stop_after_failure(
+    run: GenerationRun | None,
+    problem: str,
+    code: str,
+    prefix: str = "",
+    details: dict[str, Any] | None = None,
+) -> ToolFailure:
+    """Closing a connection stops nothing on either server: record, interrupt, record."""
+    import contextlib
+
+    from asset_generator.agent.results import generation_result
+    from asset_generator.registry import RegistryError
+
+    assert run is not None
+    if run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and run.stopped_on_server:
+        problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
+        with contextlib.suppress(RegistryError):
+            run.mark(FAILED, problem)
+    shown = {**generation_result(run.outcome(problem)), **(details or {})}
+    return ToolFailure(code, prefix + problem, shown)
+
+
+def _ended(app: App, outcome: Outcome) -> tuple[dict[str, Any], ToolFailure | None]:
+    """The end of a generation: its document, and the failure it is when it did not succeed."""
+    from asset_generator.agent.results import generation_result
+
+    document = generation_result(outcome)
+    generation_id, status = document["generation_id"], document["status"]
+    text = document.get("error") or status
+    if status == CANCELLED:
+        # The generate command's wording (cli-contract §3): who can have stopped it.
+        message = (
+            f"cancelled: {generation_id} was stopped on the server by a cancel "
+            f"(cancel_generation, `asset-generator cancel`, the web UI or another client): {text}"
+        )
+        return document, ToolFailure("cancelled", message)
+    if status == FAILED:
+        message = f"request failed: {app.server_name} ({generation_id} failed): {text}"
+        return document, ToolFailure("server_error", message)
+    return document, None
+
+
+# -- one pipeline --------------------------------------------------------------------------------
+
+
+class _PipelineReporter:
+    """A pipeline ``Reporter`` whose progress is the assets that ended, of the total."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+
+    def started(self, asset: PlannedAsset, generation_id: str) -> None:
+        pass
+
+    def progress(self, asset: PlannedAsset, fraction: float) -> None:
+        pass
+
+    def saved(self, path: str) -> None:
+        pass
+
+    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+        counts = tally.tally()
+        ended = tally.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
+        self.events.send("asset", asset=result.public(), done=tally.done)
+        words = [f"{tally.done} done"]
+        words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts.get(name)]
+        message = f"{ended} of {tally.total} assets ended ({', '.join(words)})"
+        self.events.send("progress", value=ended, total=tally.total, message=message)
+
+
+def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
+    """run_pipeline's work: the spec planned, launched (then ``started``), run to the end."""
+    from asset_generator.cli.signals import Signalled
+    from asset_generator.downloads import DownloadError
+    from asset_generator.pipeline import launch
+    from asset_generator.registry import RegistryError
+
+    try:
+        loaded, options = _plan(app, arguments)
+        if arguments.get("dry_run"):
+            said = [*loaded.plan.warnings, *loaded.reasons(dry_run=True)]
+            warnings = [in_tool_words(line) for line in said]
+            events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
+            return 0
+        run = launch.launch(app, loaded, options, debug=app.output.debug)
+    except Exception as exc:
+        events.end(None, _failure_before_start(exc, app, arguments))
+        return 1
+    run.runner.reporter = _PipelineReporter(events)
+    events.send(
+        "started",
+        id=run.record.id,
+        total=len(loaded.plan.assets),
+        notes=[
+            in_tool_words(note)
+            for note in (run.describe(), *loaded.plan.warnings, *loaded.reasons(dry_run=False))
+        ],
+        output_dir=str(loaded.plan.output_dir.resolve()),
+    )
+    try:
+        results = run.runner.run()
+    except Signalled as stop:
+        reason = f"stopped by {stop.name}"
+        document = run.abandon(CANCELLED, reason)
+        message = f"cancelled: {run.record.id} {reason}; its in-flight assets were interrupted"
+        events.end(document, ToolFailure("cancelled", message))
+        return stop.exit_code
+    except (RegistryError, DownloadError) as exc:
+        document = run.abandon(FAILED, str(exc))
+        events.end(document, ToolFailure("file_error", str(exc)))
+        return 1
+    ended = run.conclude(results)
+    failure = None if ended.ok else ToolFailure(ended.code or "partial", ended.message)
+    events.end(ended.document, failure)
+    return 0 if ended.ok else 1
+
+
+def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
+    from asset_generator.agent.requests import pipeline_params
+    from asset_generator.pipeline import launch
+    from asset_generator.pipeline.spec import SpecError, SpecFileError
+
+    options = launch.Options(
+        # Absolute: an agent reads the paths, and the MCP server's directory is not its own.
+        output_dir=Path(arguments.get("output_dir") or launch.DEFAULT_OUTPUT_DIR)
+        .expanduser()
+        .resolve(),
+        base_seed=arguments.get("base_seed", -1),
+        style_prefix=arguments.get("style_prefix"),
+        style_suffix=arguments.get("style_suffix"),
+        parallel=arguments.get("parallel"),
+        force=bool(arguments.get("force")),
+        overwrite=bool(arguments.get("overwrite")),
+        continue_on_error=bool(arguments.get("continue_on_error")),
+    )
+    spec = arguments["spec"]
+    source: Path | str
+    if isinstance(spec, dict):
+        source = json.dumps(spec, indent=1, ensure_ascii=False)
+    elif "\n" in spec or spec.lstrip().startswith("{"):
+        source = spec
+    else:
+        source = Path(spec).expanduser()
+    defaults, overrides = pipeline_params(app, arguments)
+    try:
+        loaded = launch.load(source, options, defaults, overrides)
+    except SpecFileError as exc:
+        raise ToolFailure("file_error", str(exc)) from None
+    except SpecError as exc:
+        raise ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}")) from None
+    return loaded, options
+
+
+if __name__ == "__main__":
+    main()

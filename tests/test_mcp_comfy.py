@@ -1,0 +1,233 @@
+"""The MCP tools on ComfyUI: workflow and set on generate_image, params refused, cancel by id.
+
+Runs on the project's ComfyUI emulator when it is there, and on a real ComfyUI when
+``ASSET_GENERATOR_TEST_COMFYUI_URL`` names one (a shared server: only our own prompts are
+ever cancelled, by their ids). Every result is checked against its outputSchema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import read_registry
+
+pytest.importorskip("mcp")
+from mcp import Client
+from mcpcheck import checked_results  # noqa: F401
+
+from asset_generator.cli.app import App
+from asset_generator.mcp_tools import Tools, build_server
+
+pytestmark = pytest.mark.usefixtures("checked_results")
+
+REAL_URL = os.environ.get("ASSET_GENERATOR_TEST_COMFYUI_URL", "").rstrip("/")
+
+
+def _emulator_class() -> Any:
+    try:
+        from asset_generator.emulator import ComfyEmulator
+    except ImportError:
+        return None
+    return ComfyEmulator
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "emulator",
+            marks=pytest.mark.skipif(
+                _emulator_class() is None, reason="the ComfyUI emulator is not in this tree"
+            ),
+        ),
+        pytest.param(
+            "real",
+            marks=pytest.mark.skipif(
+                not REAL_URL, reason="set ASSET_GENERATOR_TEST_COMFYUI_URL to a real ComfyUI"
+            ),
+        ),
+    ]
+)
+def comfy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """(its URL, the emulator or None for the real server)."""
+    if request.param == "real":
+        yield REAL_URL, None
+        return
+    emulator = _emulator_class()(base_dir=tmp_path / "comfy").start()
+    try:
+        yield emulator.url, emulator
+    finally:
+        emulator.stop()
+
+
+def slow_graph(steps: int = 4, green: float = 0.0) -> dict[str, Any]:
+    """SlowSolidImage -> SaveImage: a real ComfyUI runs it in about a second, on a CPU."""
+    return {
+        "1": {
+            "class_type": "SlowSolidImage",
+            "inputs": {
+                "steps": steps,
+                "step_seconds": 0.25,
+                "width": 32,
+                "height": 32,
+                "red": 1.0,
+                "green": green,
+                "blue": 0.0,
+            },
+        },
+        "2": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["1", 0], "filename_prefix": f"mcp-{uuid.uuid4().hex[:8]}"},
+        },
+    }
+
+
+def call(url: str, *calls: tuple[str, dict[str, Any]]) -> list[Any]:
+    app = App()
+    app.flags.update(api_url=url, server_type="comfyui")
+    tools = Tools(app)
+    server = build_server(tools)
+    results: list[Any] = []
+
+    async def scenario() -> None:
+        async with Client(server) as client:
+            for name, arguments in calls:
+                results.append(await client.call_tool(name, arguments))
+
+    try:
+        anyio.run(scenario)
+    finally:
+        # Our own prompts only, by their ids: the server may be shared.
+        tools.stop_all("the test is over", handed_back=True)
+        app.close()
+    return results
+
+
+def error_of(result: Any) -> dict[str, str]:
+    assert result.is_error is True and result.structured_content is None
+    return json.loads(result.content[0].text)["error"]
+
+
+def test_an_inline_workflow_with_set_runs_and_saves(comfy: tuple[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    comfy_url, _ = comfy
+    [made, again] = call(
+        comfy_url,
+        (
+            "generate_image",
+            {
+                "workflow": slow_graph(),
+                "set": {"1.green": 1.0},
+                "output_dir": str(tmp_path),
+            },
+        ),
+        ("generate_image", {"workflow": json.dumps(slow_graph()), "output_dir": str(tmp_path)}),
+    )
+    document = made.structured_content
+    assert document["status"] == "succeeded", made.content[0].text
+    [image] = document["images"]
+    with Image.open(image["path"]) as saved:
+        # set reached the node: red and green make yellow.
+        assert saved.convert("RGB").getpixel((0, 0)) == (255, 255, 0)
+    # A workflow's JSON text is the workflow too (clients that send objects as text).
+    assert again.structured_content["status"] == "succeeded"
+
+
+def test_a_workflow_file_and_params_refused_on_comfyui(
+    comfy: tuple[str, Any], tmp_path: Path, state_dir: Path
+) -> None:
+    comfy_url, emulator = comfy
+    workflow = tmp_path / "slow.json"
+    workflow.write_text(json.dumps(slow_graph()))
+    made, refused, missing = call(
+        comfy_url,
+        ("generate_image", {"workflow": str(workflow), "output_dir": str(tmp_path)}),
+        (
+            "generate_image",
+            {"workflow": str(workflow), "params": {"clipstopatlayer": 2}, "output_dir": "x"},
+        ),
+        ("generate_image", {"workflow": str(tmp_path / "nope.json")}),
+    )
+    assert made.structured_content["status"] == "succeeded"
+    error = error_of(refused)
+    assert error["code"] == "usage_error"
+    assert (
+        error["message"].startswith("params is a SwarmUI option") and "ComfyUI" in error["message"]
+    )
+    assert error_of(missing)["code"] == "file_error"
+    # Only the first call queued anything.
+    assert len(read_registry(state_dir)["generations"]) == 1
+    if emulator is not None:
+        assert len(emulator.calls("/prompt")) == 1
+
+
+def test_bad_input_sends_nothing_to_comfyui(comfy: tuple[str, Any], tmp_path: Path) -> None:
+    comfy_url, emulator = comfy
+    if emulator is None:
+        pytest.skip("a shared real server cannot say what it did not receive")
+    results = call(
+        comfy_url,
+        ("generate_image", {"workflow": slow_graph(), "params": {"a": 1}}),
+        ("generate_image", {"workflow": slow_graph(), "steps": "4"}),
+        ("cancel_generation", {"all": "yes"}),
+    )
+    assert [error_of(r)["code"] for r in results] == ["usage_error"] * 3
+    assert emulator.requests == []
+
+
+def test_work_left_running_is_cancelled_by_its_id(comfy: tuple[str, Any], tmp_path: Path) -> None:
+    comfy_url, _ = comfy
+    started, stopped, shown = call(
+        comfy_url,
+        (
+            "generate_image",
+            {"workflow": slow_graph(steps=40), "wait": False, "output_dir": str(tmp_path)},
+        ),
+        ("cancel_generation", {}),
+        ("generation_status", {}),
+    )
+    generation_id = started.structured_content["generation_id"]
+    body = stopped.structured_content
+    assert body["was_active"] is True and [r["id"] for r in body["cancelled"]] == [generation_id]
+    [record] = shown.structured_content["generations"]
+    assert record["id"] == generation_id and record["status"] in ("cancelled", "running")
+
+
+def test_the_built_in_graph_takes_sampler_and_scheduler_and_says_the_drawn_seed(
+    comfy: tuple[str, Any], tmp_path: Path
+) -> None:
+    comfy_url, emulator = comfy
+    [made] = call(
+        comfy_url,
+        (
+            "generate_image",
+            {
+                "prompt": "a cat",
+                "model": "random-sd15.safetensors",
+                "sampler": "euler",
+                "scheduler": "karras",
+                "steps": 2,
+                "width": 64,
+                "height": 64,
+                "output_dir": str(tmp_path),
+            },
+        ),
+    )
+    document = made.structured_content
+    assert document["status"] == "succeeded", made.content[0].text
+    [image] = document["images"]
+    # ComfyUI has no random seed: the client drew one, and says how to repeat it.
+    [note] = document["notes"]
+    assert f"seed {image['seed']}" in note and "--" not in note
+    if emulator is not None:
+        [sent] = emulator.calls("/prompt")
+        [sampler] = [n for n in sent.body["prompt"].values() if n["class_type"] == "KSampler"]
+        assert sampler["inputs"]["sampler_name"] == "euler"
+        assert sampler["inputs"]["scheduler"] == "karras"
