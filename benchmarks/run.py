@@ -85,6 +85,8 @@ PIPELINE_STEP_SECONDS = 0.05
 COMFY_ASSETS = 20
 COMFY_STEPS = 10
 COMFY_STEP_SECONDS = 0.03
+# Against a real ComfyUI (--comfyui-url): a CPU peer runs a 64x64 image of few steps in seconds.
+REAL_STEPS = 4
 
 
 def _execution_span(entry: dict) -> tuple[float, float]:
@@ -92,6 +94,31 @@ def _execution_span(entry: dict) -> tuple[float, float]:
     stamps = {event: data.get("timestamp") for event, data in entry["status"]["messages"]}
     end = next(stamps[e] for e in ("execution_success", "execution_error") if e in stamps)
     return stamps["execution_start"] / 1000, end / 1000
+
+
+def _queue_figures(wall: float, spans: list[tuple[float, float]]) -> tuple[float, ...]:
+    """(wall, ideal, mean gap, largest gap, prompts) of one pipeline run on ComfyUI."""
+    ideal = sum(end - start for start, end in spans)
+    gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(spans)]
+    return wall, ideal, statistics.mean(gaps), max(gaps), len(spans)
+
+
+def _queue_table(title: str, figures: dict[str, tuple[float, ...]]) -> list[str]:
+    """The queue-depth table: the default --parallel beside --parallel 1."""
+    wall, ideal, gap, worst, count = figures["default"]
+    serial = figures["serial"]
+    return [
+        f"{title} ({count} prompts run):",
+        "",
+        "| figure | default --parallel (2) | --parallel 1 | budget | holds |",
+        "| --- | ---: | ---: | --- | --- |",
+        f"| gap between prompts, mean | {gap * 1000:.0f} ms | {serial[2] * 1000:.0f} ms | "
+        f"<= 50 ms | {'yes' if gap <= 0.05 else 'NO'} |",
+        f"| gap between prompts, largest | {worst * 1000:.0f} ms | {serial[3] * 1000:.0f} ms | | |",
+        f"| ideal (sum of the prompts' execution) | {ideal:.2f} s | {serial[1]:.2f} s | | |",
+        f"| wall (the whole command) | {wall:.2f} s | {serial[0]:.2f} s | | |",
+        f"| wall / ideal | {wall / ideal:.2f}x | {serial[0] / serial[1]:.2f}x | | |",
+    ]
 
 
 def pipeline_spec(count: int) -> str:
@@ -161,6 +188,7 @@ class Bench:
         self.leaving_lines: list[str] = []
         self.comfy_lines: list[str] = []
         self.comfy_generate_lines: list[str] = []
+        self.comfy_real_lines: list[str] = []
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None
@@ -649,25 +677,48 @@ class Bench:
                 )  # fmt: skip
                 wall = time.perf_counter() - started
                 spans = sorted(_execution_span(entry) for entry in emu.history().values())
-            ideal = sum(end - start for start, end in spans)
-            gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(spans)]
-            figures[label] = (wall, ideal, statistics.mean(gaps), max(gaps), len(spans))
-        wall, ideal, gap, worst, count = figures["default"]
-        serial = figures["serial"]
-        self.comfy_lines = [
+            figures[label] = _queue_figures(wall, spans)
+        self.comfy_lines = _queue_table(
             f"`pipeline` on ComfyUI: {COMFY_ASSETS} assets x {COMFY_STEPS} steps x "
-            f"{COMFY_STEP_SECONDS * 1000:.0f} ms on the ComfyUI emulator ({count} prompts run):",
-            "",
-            "| figure | default --parallel (2) | --parallel 1 | budget | holds |",
-            "| --- | ---: | ---: | --- | --- |",
-            f"| gap between prompts, mean | {gap * 1000:.0f} ms | {serial[2] * 1000:.0f} ms | "
-            f"<= 50 ms | {'yes' if gap <= 0.05 else 'NO'} |",
-            f"| gap between prompts, largest | {worst * 1000:.0f} ms | {serial[3] * 1000:.0f} ms "
-            "| | |",
-            f"| ideal (sum of the prompts' execution) | {ideal:.2f} s | {serial[1]:.2f} s | | |",
-            f"| wall (the whole command) | {wall:.2f} s | {serial[0]:.2f} s | | |",
-            f"| wall / ideal | {wall / ideal:.2f}x | {serial[0] / serial[1]:.2f}x | | |",
-        ]
+            f"{COMFY_STEP_SECONDS * 1000:.0f} ms on the ComfyUI emulator",
+            figures,
+        )
+
+    def comfy_pipeline_real(self, url: str, model: str) -> None:
+        """The same 20-asset figure once against a real ComfyUI (issue 18): its own history.
+
+        A shared server: only the prompts this run added to the history are counted, and the
+        run uses the smallest image and few steps so that a CPU peer finishes it in minutes.
+        """
+        import httpx
+
+        figures = {}
+        for label, extra in (("default", []), ("serial", ["--parallel", "1"])):
+            spec = self.temp / "comfy-real-pipeline.yaml"
+            spec.write_text(pipeline_spec(COMFY_ASSETS))
+            out = self.temp / "comfy-real-out"
+            shutil.rmtree(out, ignore_errors=True)
+            before = set(httpx.get(f"{url}/history", timeout=30).json())
+            started = time.perf_counter()
+            subprocess.run(
+                [*PROGRAM, "pipeline", str(spec), "-q", "-o", str(out), "--base-seed",
+                 str(int(time.time())), "--model", model, "--steps", str(REAL_STEPS),
+                 "--width", "64", "--height", "64", *extra],
+                env={**self.env, "ASSET_GENERATOR_API_URL": url,
+                     "ASSET_GENERATOR_SERVER_TYPE": "comfyui"},
+                stdout=subprocess.DEVNULL, check=True,
+            )  # fmt: skip
+            wall = time.perf_counter() - started
+            history = httpx.get(f"{url}/history", timeout=30).json()
+            spans = sorted(
+                _execution_span(entry) for key, entry in history.items() if key not in before
+            )
+            figures[label] = _queue_figures(wall, spans)
+        self.comfy_real_lines = _queue_table(
+            f"`pipeline` on a real ComfyUI ({url}): {COMFY_ASSETS} assets x {REAL_STEPS} steps, "
+            f"64x64, model {model}",
+            figures,
+        )
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -759,6 +810,8 @@ class Bench:
             lines += ["", *self.comfy_lines]
         if self.comfy_generate_lines:
             lines += ["", *self.comfy_generate_lines]
+        if self.comfy_real_lines:
+            lines += ["", *self.comfy_real_lines]
         if memory:
             lines += [
                 "",
@@ -793,8 +846,23 @@ def main() -> int:
     parser.add_argument(
         "--only-comfyui", action="store_true", help="just the ComfyUI cancel, status, generate rows"
     )
+    parser.add_argument(
+        "--comfyui-url",
+        metavar="URL",
+        help="just the ComfyUI pipeline figure, against this real ComfyUI (a shared server: "
+        "only this run's prompts are counted)",
+    )
+    parser.add_argument(
+        "--comfyui-model",
+        default="random-sd15.safetensors",
+        help="checkpoint for --comfyui-url [default: the peer's random-weight SD 1.5]",
+    )
     args = parser.parse_args()
     bench = Bench(args.repeat)
+    if args.comfyui_url:
+        bench.comfy_pipeline_real(args.comfyui_url.rstrip("/"), args.comfyui_model)
+        print(bench.report(None))
+        return 0
     if args.only_comfyui:
         bench.comfy_rows()
         bench.comfy_generate()
