@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,9 @@ def _queue_figures(wall: float, spans: list[tuple[float, float]]) -> tuple[float
     return wall, ideal, statistics.mean(gaps), max(gaps), len(spans)
 
 
-def _queue_table(title: str, figures: dict[str, tuple[float, ...]]) -> list[str]:
+def _queue_table(
+    title: str, figures: dict[str, tuple[float, ...]], budget: float = 0.05
+) -> list[str]:
     """The queue-depth table: the default --parallel beside --parallel 1."""
     wall, ideal, gap, worst, count = figures["default"]
     serial = figures["serial"]
@@ -113,12 +116,38 @@ def _queue_table(title: str, figures: dict[str, tuple[float, ...]]) -> list[str]
         "| figure | default --parallel (2) | --parallel 1 | budget | holds |",
         "| --- | ---: | ---: | --- | --- |",
         f"| gap between prompts, mean | {gap * 1000:.0f} ms | {serial[2] * 1000:.0f} ms | "
-        f"<= 50 ms | {'yes' if gap <= 0.05 else 'NO'} |",
+        f"<= {budget * 1000:.0f} ms | {'yes' if gap <= budget else 'NO'} |",
         f"| gap between prompts, largest | {worst * 1000:.0f} ms | {serial[3] * 1000:.0f} ms | | |",
         f"| ideal (sum of the prompts' execution) | {ideal:.2f} s | {serial[1]:.2f} s | | |",
         f"| wall (the whole command) | {wall:.2f} s | {serial[0]:.2f} s | | |",
         f"| wall / ideal | {wall / ideal:.2f}x | {serial[0] / serial[1]:.2f}x | | |",
     ]
+
+
+def _all_queued_at_once(url: str, graph: dict, count: int) -> tuple[float, ...]:
+    """The floor on a real ComfyUI: ``count`` copies of ``graph`` (new seeds) queued at once."""
+    import httpx
+
+    sampler = next(key for key, node in graph.items() if "seed" in node.get("inputs", {}))
+    client_id = str(uuid.uuid4())
+    base = int(time.time())
+    started = time.perf_counter()
+    ids = []
+    for i in range(count):
+        copy = json.loads(json.dumps(graph))
+        copy[sampler]["inputs"]["seed"] = base + i
+        answer = httpx.post(
+            f"{url}/prompt", json={"prompt": copy, "client_id": client_id}, timeout=30
+        )
+        answer.raise_for_status()
+        ids.append(answer.json()["prompt_id"])
+    while True:
+        history = httpx.get(f"{url}/history", timeout=30).json()
+        if all(i in history for i in ids):
+            break
+        time.sleep(0.5)
+    wall = time.perf_counter() - started
+    return _queue_figures(wall, sorted(_execution_span(history[i]) for i in ids))
 
 
 def pipeline_spec(count: int) -> str:
@@ -689,10 +718,14 @@ class Bench:
 
         A shared server: only the prompts this run added to the history are counted, and the
         run uses the smallest image and few steps so that a CPU peer finishes it in minutes.
+        A real ComfyUI has a gap of its own between two prompts (its worker's bookkeeping
+        after each one), so the floor is measured in the same run: the same 20 prompts
+        queued at once by a bare HTTP client, the best any client can do.
         """
         import httpx
 
         figures = {}
+        graph: dict = {}
         for label, extra in (("default", []), ("serial", ["--parallel", "1"])):
             spec = self.temp / "comfy-real-pipeline.yaml"
             spec.write_text(pipeline_spec(COMFY_ASSETS))
@@ -710,15 +743,23 @@ class Bench:
             )  # fmt: skip
             wall = time.perf_counter() - started
             history = httpx.get(f"{url}/history", timeout=30).json()
-            spans = sorted(
-                _execution_span(entry) for key, entry in history.items() if key not in before
-            )
-            figures[label] = _queue_figures(wall, spans)
-        self.comfy_real_lines = _queue_table(
-            f"`pipeline` on a real ComfyUI ({url}): {COMFY_ASSETS} assets x {REAL_STEPS} steps, "
-            f"64x64, model {model}",
-            figures,
-        )
+            ours = [entry for key, entry in history.items() if key not in before]
+            graph = ours[0]["prompt"][2]
+            figures[label] = _queue_figures(wall, sorted(_execution_span(e) for e in ours))
+        figures["floor"] = _all_queued_at_once(url, graph, COMFY_ASSETS)
+        floor_gap = figures["floor"][2]
+        self.comfy_real_lines = [
+            *_queue_table(
+                f"`pipeline` on a real ComfyUI ({url}): {COMFY_ASSETS} assets x "
+                f"{REAL_STEPS} steps, 64x64, model {model}",
+                figures,
+                budget=floor_gap + 0.05,
+            ),
+            "",
+            f"Floor: the same prompts all queued at once by a bare HTTP client: mean gap "
+            f"{floor_gap * 1000:.0f} ms, largest {figures['floor'][3] * 1000:.0f} ms "
+            "(the server's own time between two prompts); the budget is that plus 50 ms.",
+        ]
 
     # -- memory ---------------------------------------------------------------------------------
 
