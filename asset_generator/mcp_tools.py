@@ -545,6 +545,13 @@ Seed = Annotated[
         description="-1 or left out: random. The first image's seed; image i gets seed + i.",
     ),
 ]
+NegativePrompt = Annotated[str | None, Field(description="What to avoid.")]
+ModelName = Annotated[str | None, Field(description="Model name exactly as list_models shows it.")]
+Side = Annotated[int | None, Field(ge=64, le=16384)]
+Steps = Annotated[int | None, Field(ge=0, le=500)]
+CfgScale = Annotated[float | None, Field(ge=0, le=100)]
+Sampler = Annotated[str | None, Field(description="e.g. euler, dpmpp_2m.")]
+Scheduler = Annotated[str | None, Field(description="e.g. normal, karras.")]
 Loras = Annotated[
     list[str] | None,
     Field(description='LoRAs as "NAME" or "NAME:WEIGHT" (list_models subtype LoRA).'),
@@ -624,17 +631,15 @@ def build_server(tools: Tools) -> MCPServer:
                 min_length=1,
             ),
         ] = None,
-        negative_prompt: Annotated[str | None, Field(description="What to avoid.")] = None,
-        model: Annotated[
-            str | None, Field(description="Model name exactly as list_models shows it.")
-        ] = None,
-        width: Annotated[int | None, Field(ge=64, le=16384)] = None,
-        height: Annotated[int | None, Field(ge=64, le=16384)] = None,
-        steps: Annotated[int | None, Field(ge=0, le=500)] = None,
-        cfg_scale: Annotated[float | None, Field(ge=0, le=100)] = None,
+        negative_prompt: NegativePrompt = None,
+        model: ModelName = None,
+        width: Side = None,
+        height: Side = None,
+        steps: Steps = None,
+        cfg_scale: CfgScale = None,
         seed: Seed = None,
-        sampler: Annotated[str | None, Field(description="e.g. euler, dpmpp_2m.")] = None,
-        scheduler: Annotated[str | None, Field(description="e.g. normal, karras.")] = None,
+        sampler: Sampler = None,
+        scheduler: Scheduler = None,
         images: Annotated[int | None, Field(ge=1, le=10000, description="How many.")] = None,
         loras: Loras = None,
         params: Params = None,
@@ -684,16 +689,14 @@ def build_server(tools: Tools) -> MCPServer:
         ] = None,
         style_prefix: Annotated[str | None, Field(description="Put before every prompt.")] = None,
         style_suffix: Annotated[str | None, Field(description="Put after every prompt.")] = None,
-        negative_prompt: Annotated[str | None, Field(description="What to avoid.")] = None,
-        model: Annotated[str | None, Field(description="Model name as list_models shows it.")] = (
-            None
-        ),
-        width: Annotated[int | None, Field(ge=64, le=16384)] = None,
-        height: Annotated[int | None, Field(ge=64, le=16384)] = None,
-        steps: Annotated[int | None, Field(ge=0, le=500)] = None,
-        cfg_scale: Annotated[float | None, Field(ge=0, le=100)] = None,
-        sampler: Annotated[str | None, Field(description="e.g. euler, dpmpp_2m.")] = None,
-        scheduler: Annotated[str | None, Field(description="e.g. normal, karras.")] = None,
+        negative_prompt: NegativePrompt = None,
+        model: ModelName = None,
+        width: Side = None,
+        height: Side = None,
+        steps: Steps = None,
+        cfg_scale: CfgScale = None,
+        sampler: Sampler = None,
+        scheduler: Scheduler = None,
         loras: Loras = None,
         params: Params = None,
         workflow: Workflow = None,

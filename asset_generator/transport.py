@@ -511,6 +511,20 @@ def _wake_reader_on_close(session: Any) -> None:
     stream.close = shut_then_close
 
 
+class Client:
+    """Calls to one server over a Transport: each adapter's client adds its own routes."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    @property
+    def server(self) -> str:
+        return self.transport.server
+
+    def close(self) -> None:
+        self.transport.close()
+
+
 class WebSocketRefused(ServerError):
     """The WebSocket upgrade was answered with plain HTTP."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_generator.agent.failures import ToolFailure
-from asset_generator.server.types import OPTIONS
+from asset_generator.server.types import OPTIONS, RUN_OPTIONS
 
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
@@ -53,11 +53,10 @@ def pipeline_params(
     """run_pipeline's generation arguments as `pipeline`'s: the config's [generate] values
     (below the spec's ``params:``) and the call's own (above them)."""
     from asset_generator.pipeline.launch import command_line
-    from asset_generator.pipeline.plan import OPTION_NAMES
 
     defaults = [
         (name, app.settings[f"generate.{name}"])
-        for name in OPTION_NAMES
+        for name in RUN_OPTIONS
         if app.settings[f"generate.{name}"] is not None
     ]
     overrides = command_line(

@@ -14,18 +14,6 @@ if TYPE_CHECKING:
     from asset_generator.cli.app import App
     from asset_generator.server.types import Lora, Request, SetInput, Workflow
 
-# The options a Request carries that `pipeline` passes on (seed and images are its own).
-RUN_OPTIONS = (
-    "negative_prompt",
-    "model",
-    "width",
-    "height",
-    "steps",
-    "cfg_scale",
-    "sampler",
-    "scheduler",
-)
-
 
 def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--negative-prompt`` … ``--set``: generation options, sent only when set.

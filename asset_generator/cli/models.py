@@ -10,22 +10,11 @@ from asset_generator.cli import WholeNumber, global_options
 from asset_generator.cli.app import App
 from asset_generator.cli.output import one_line as printable
 from asset_generator.report import list_models, models_document
+from asset_generator.server.types import MAX_MODEL_DEPTH as MAX_DEPTH
+from asset_generator.server.types import MODEL_KINDS as SUBTYPES
 
 if TYPE_CHECKING:
     from asset_generator.server.types import ModelListing
-
-# SwarmUI's model sub-types (swarmui-protocol.md §7); ComfyUI maps them to its folders.
-SUBTYPES = (
-    "Stable-Diffusion",
-    "VAE",
-    "LoRA",
-    "Embedding",
-    "ControlNet",
-    "Clip",
-    "ClipVision",
-    "Wildcards",
-)
-MAX_DEPTH = 20
 
 
 @click.group("models")

@@ -14,7 +14,6 @@ import click
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.genoptions import (
-    RUN_OPTIONS,
     config_defaults,
     generation_options,
     parse_params,
@@ -28,7 +27,8 @@ from asset_generator.cli.postprocess import (
     postprocess_from,
     postprocess_options,
 )
-from asset_generator.pipeline.launch import DEFAULT_OUTPUT_DIR
+from asset_generator.pipeline.launch import DEFAULT_OUTPUT_DIR, Unseen
+from asset_generator.server.types import RUN_OPTIONS
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
@@ -276,17 +276,11 @@ def _leave_at_once(app: App, runner: PipelineRun, signum: int) -> str:
 # -- what a person sees ------------------------------------------------------------------------
 
 
-class _PlainReporter:
+class _PlainReporter(Unseen):
     """Paths on stdout as saved; one stderr line per finished asset."""
 
     def __init__(self, app: App) -> None:
         self.app = app
-
-    def started(self, asset: PlannedAsset, generation_id: str) -> None:
-        pass
-
-    def progress(self, asset: PlannedAsset, fraction: float) -> None:
-        pass
 
     def saved(self, path: str) -> None:
         if not self.app.output.is_json:

@@ -93,18 +93,8 @@ class NotQueued(ServerError):
         self.phrase = cause.phrase
 
 
-class ComfyClient:
+class ComfyClient(base.Client):
     """Calls to one ComfyUI server over a Transport."""
-
-    def __init__(self, transport: base.Transport) -> None:
-        self.transport = transport
-
-    @property
-    def server(self) -> str:
-        return self.transport.server
-
-    def close(self) -> None:
-        self.transport.close()
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from asset_generator.server.errors import (
     ServerError,
 )
 from asset_generator.server.types import (
+    MAX_MODEL_DEPTH,
     Accepted,
     Ended,
     Event,
@@ -88,7 +89,7 @@ KINDS = {
     "clip": "text_encoders",
     "clipvision": "clip_vision",
 }
-MAX_DEPTH = 20
+MAX_DEPTH = MAX_MODEL_DEPTH
 # A drawn seed stays inside what every sampler and SwarmUI's int64 take.
 DRAWN_SEED_BELOW = 2**32
 OBJECT_INFO_FILE = "object_info.json"

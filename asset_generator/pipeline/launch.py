@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from asset_generator.pipeline.plan import Plan, make_plan
 from asset_generator.pipeline.spec import Spec, SpecError, load_spec, parse_spec
+from asset_generator.server.types import RUN_OPTIONS
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
@@ -205,10 +206,9 @@ def command_line(
     """The caller's generation options for every asset, as (name, value) pairs above the
     spec's ``params:``: free parameters, then the explicit options (which win over them),
     LoRAs, the workflow and its ``set`` values."""
-    from asset_generator.pipeline.plan import OPTION_NAMES
 
     pairs: list[tuple[str, Any]] = list(params)
-    pairs += [(name, options[name]) for name in OPTION_NAMES if options.get(name) is not None]
+    pairs += [(name, options[name]) for name in RUN_OPTIONS if options.get(name) is not None]
     loras = list(loras)
     if loras:
         pairs.append(("loras", loras))
@@ -352,7 +352,8 @@ class Conclusion:
 
 
 class Unseen:
-    """A reporter that shows nothing (the caller may put its own in ``runner.reporter``)."""
+    """A reporter that shows nothing (the caller may put its own in ``runner.reporter``);
+    reporters that show something override what they show."""
 
     def started(self, asset: Any, generation_id: str) -> None:
         pass

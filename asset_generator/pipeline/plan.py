@@ -15,21 +15,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from asset_generator.pipeline.spec import Asset, Group, Spec, SpecError
-from asset_generator.server.types import Lora, Request, SetInput, Workflow
+from asset_generator.server.types import RUN_OPTIONS, Lora, Request, SetInput, Workflow
 
 MANIFEST_NAME = "asset-generator-manifest.json"
 MAX_SEED = 2**63 - 1
-# `params:` keys that are `generate image` options, by their config name.
-OPTION_NAMES = (
-    "negative_prompt",
-    "model",
-    "width",
-    "height",
-    "steps",
-    "cfg_scale",
-    "sampler",
-    "scheduler",
-)
 _INTEGER_PARAMS = {"width", "height", "steps"}
 _NUMBER_PARAMS = {"cfg_scale"}
 _TEXT_PARAMS = {"negative_prompt", "model", "sampler", "scheduler"}
@@ -42,7 +31,7 @@ _NOT_LETTERS = re.compile(r"[^a-z]")
 # A key's letters, lower-cased, name the same option however it is spelt (cfg_scale, CFGScale).
 _BY_LETTERS = {
     _NOT_LETTERS.sub("", name): name
-    for name in (*OPTION_NAMES, *_OWN_PARAMS, "loras", "loraweights", _WORKFLOW, _SET)
+    for name in (*RUN_OPTIONS, *_OWN_PARAMS, "loras", "loraweights", _WORKFLOW, _SET)
 }
 
 
@@ -223,7 +212,7 @@ def _replaced(spec_params: dict[str, tuple[str, Any]], above: dict[str, Any]) ->
 
 def _flag(name: str, above: dict[str, Any]) -> str:
     """How the user typed an option on the command line (``--cfg-scale``, ``--param X``)."""
-    if name in OPTION_NAMES or name in (_WORKFLOW, _SET):
+    if name in RUN_OPTIONS or name in (_WORKFLOW, _SET):
         return "--" + name.replace("_", "-")
     if name == "loras":
         return "--lora"
@@ -277,7 +266,7 @@ def _plan_asset(
     merged.pop("loraweights", None)
     workflow = merged.pop(_WORKFLOW, (None, None))[1]
     sets = merged.pop(_SET, (None, None))[1]
-    options = {name: merged.pop(name)[1] for name in OPTION_NAMES if name in merged}
+    options = {name: merged.pop(name)[1] for name in RUN_OPTIONS if name in merged}
     request = Request(
         prompt=prompt,
         seed=seed,
@@ -398,7 +387,7 @@ def _params_level(
             raise SpecError(f"{where}: expected text, found {value!r}")
         if isinstance(value, dict) or value is None:
             raise SpecError(f"{where}: expected a value or a list, found {value!r}")
-        level[name if name in OPTION_NAMES else key] = value
+        level[name if name in RUN_OPTIONS else key] = value
     return level
 
 

@@ -35,6 +35,8 @@ OPTIONS = (
     "scheduler",
     "images",
 )
+# The options every run of a pipeline takes alike (its seed and image count are its own).
+RUN_OPTIONS = tuple(name for name in OPTIONS if name not in ("seed", "images"))
 # The seed of a run as the user may give it: -1 or unset is random.
 RANDOM_SEED = -1
 
@@ -402,6 +404,23 @@ class Model:
     resolution: str | None = None
     loaded: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+# The model types `models list --subtype` takes: SwarmUI's sub-types and its pseudo-type
+# Wildcards (swarmui-protocol.md §7), which SwarmUI matches case-sensitively; ComfyUI's adapter
+# maps them to its folders.
+MODEL_KINDS = (
+    "Stable-Diffusion",
+    "VAE",
+    "LoRA",
+    "Embedding",
+    "ControlNet",
+    "Clip",
+    "ClipVision",
+    "Wildcards",
+)
+# How deep `models list --depth` may look into a model folder.
+MAX_MODEL_DEPTH = 20
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from asset_generator.swarm.errors import (
     UnknownRoute,
     UnrecognisedRoute,
 )
-from asset_generator.swarm.http import Transport, WebSocket, shown_path
+from asset_generator.swarm.http import Client, WebSocket, shown_path
 
 INTERRUPTED_TEXT = "Generation session interrupted."
 
@@ -254,18 +254,8 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class SwarmClient:
+class SwarmClient(Client):
     """Calls to one SwarmUI server over a Transport."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-
-    @property
-    def server(self) -> str:
-        return self.transport.server
-
-    def close(self) -> None:
-        self.transport.close()
 
     # -- plumbing -----------------------------------------------------------------------------
 

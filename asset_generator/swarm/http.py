@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from asset_generator import transport as base
 from asset_generator.transport import (  # noqa: F401 - the names the SwarmUI code uses
+    Client,
     ExchangeLogger,
     WebSocket,
     WebSocketRefused,

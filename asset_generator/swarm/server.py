@@ -23,6 +23,8 @@ from asset_generator.registry import CANCELLED, RegistryError
 from asset_generator.server import types
 from asset_generator.server.errors import RequestError
 from asset_generator.server.types import (
+    MAX_MODEL_DEPTH,
+    MODEL_KINDS,
     Accepted,
     Discarded,
     Ended,
@@ -94,19 +96,9 @@ SERVER_FACTS_SECONDS = 60.0
 STARTING_ROLLUPS = ("loading", "some_loading", "empty")
 # Text-model backends (protocol §6.3) generate no images.
 TEXT_BACKENDS = ("localllama", "simpleremotellm")
-# SwarmUI's model sub-types and the pseudo-type Wildcards (protocol §7). The server matches
-# them case-sensitively and answers anything else "Invalid sub-type.".
-SUBTYPES = (
-    "Stable-Diffusion",
-    "VAE",
-    "LoRA",
-    "Embedding",
-    "ControlNet",
-    "Clip",
-    "ClipVision",
-    "Wildcards",
-)
-MAX_DEPTH = 20
+# SwarmUI's model sub-types (protocol §7): it answers any other name "Invalid sub-type.".
+SUBTYPES = MODEL_KINDS
+MAX_DEPTH = MAX_MODEL_DEPTH
 
 
 # -- the session cache (the adapter's memory in the registry) -------------------------------------
