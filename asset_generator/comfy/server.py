@@ -71,6 +71,8 @@ POLL_SECONDS = 0.25
 # /history are read: a socket that ComfyUI silenced (a reused client id, §4.5), events lost in
 # a reconnect, or a prompt of ours deleted by another process all show there.
 RECONCILE_SECONDS = 5.0
+# How often a stop of our own run looks whether its prompts have left the queue.
+LEAVE_POLL_SECONDS = 0.05
 # How often a queue change (a `status` broadcast) may make us read /queue.
 QUEUE_LOOK_SECONDS = 1.0
 # Reconnecting a dropped WebSocket: a few tries, then /queue and /history alone.
@@ -549,6 +551,21 @@ class ComfyServer:
             for prompt_id in started:
                 self._interrupt_running(prompt_id, timeout)
         return set(pending) | set(running)
+
+    def wait_left(self, ids: set[str], deadline: float) -> bool:
+        """Poll ``/queue`` until none of ``ids`` is pending or running, or ``deadline``
+        (monotonic) passes; True when they left. A queue that cannot be read ends the wait."""
+        while ids:
+            try:
+                queue = self.client.queue(timeout=max(0.1, deadline - time.monotonic()))
+            except ServerError:
+                return False
+            if not any(queue.state_of(p) in ("pending", "running") for p in ids):
+                return True
+            if time.monotonic() + LEAVE_POLL_SECONDS >= deadline:
+                return False
+            time.sleep(LEAVE_POLL_SECONDS)
+        return True
 
     def _stop_unseen(self, ids: list[str], cause: ServerError, timeout: float | None) -> set[str]:
         """Stop ``ids`` without seeing the queue: delete them all (a no-op for any that is not
@@ -1137,7 +1154,14 @@ class ComfyRun:
         self._look_now = True
 
     def cancel(self, timeout: float) -> bool:
-        """Delete our pending prompts and interrupt our running one, by id (bounded)."""
+        """Delete our pending prompts and interrupt our running one, by id, then wait for
+        them to leave the queue; all within ``timeout`` seconds.
+
+        A real ComfyUI keeps an interrupted prompt in ``queue_running`` until its node next
+        checks for the interrupt and its worker has written the history (a few hundred ms):
+        a process that exits at once would leave it there for ``status`` to see.
+        """
+        deadline = time.monotonic() + timeout
         self._cancelled = True
         ids = [p.id for p in self.prompts if p.state in ("sending", "queued", "running")]
         try:
@@ -1147,6 +1171,7 @@ class ComfyRun:
             return False
         self.stopped_on_server = self.stopped_on_server or bool(stopped)
         self._look_now = True
+        self.server.wait_left(stopped, deadline)
         return True
 
     def open_image(self, image: ImageReady) -> AbstractContextManager[Iterator[bytes]]:
