@@ -618,6 +618,9 @@ def test_models_map_swarmui_subtypes_to_folders(
     assert loras["subtype"] == "loras"
     assert [m["name"] for m in loras["models"]] == ["random-lora.safetensors",
                                                     "sub/fake_lora.safetensors"]  # fmt: skip
+    # ComfyUI knows only file names: the table has no empty columns beside them.
+    table = cli("models", "list", "--subtype", "LoRA").stdout.splitlines()
+    assert [line.rstrip() for line in table] == ["NAME", *(m["name"] for m in loras["models"])]
     folder = cli("models", "list", "--subtype", "loras", "--path", "sub", "-f", "json").json()
     assert [m["name"] for m in folder["models"]] == ["sub/fake_lora.safetensors"]
     unknown = cli("models", "list", "--subtype", "Bogus")

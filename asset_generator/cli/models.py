@@ -86,6 +86,13 @@ def _print_table(app: App, listing: ModelListing, folder: str) -> None:
     from rich.table import Table
 
     console = app.output.stdout_console()
+    if not listing.described:
+        names = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, pad_edge=False)
+        names.add_column("NAME", no_wrap=True, overflow="ignore")
+        for model in listing.models:
+            names.add_row(printable(model.name))
+        app.output.rich(names, console)
+        return
     name, title, architecture = (
         _fit(listing, console.width) if console.is_terminal else (None, None, None)
     )

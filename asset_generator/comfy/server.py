@@ -816,6 +816,7 @@ class ComfyServer:
             folders=tuple(sorted(subfolders)),
             models=tuple(Model(m, raw={"name": m, "folder": name}) for m in shown),
             complete=not root and depth == MAX_DEPTH,
+            described=False,
         )
 
 

@@ -432,6 +432,9 @@ class ModelListing:
     models: tuple[Model, ...]
     # The listing covers every model of the kind (so the completion cache is replaced).
     complete: bool = True
+    # The server describes its models (title, architecture, resolution, loaded); False where
+    # it knows only their file names (ComfyUI), so a table shows no empty columns.
+    described: bool = True
 
 
 class Server(Protocol):
