@@ -194,6 +194,8 @@ def test_reconnect_during_a_run(comfy: Target) -> None:
     first.wait_for(lambda f: f.type == "progress" and f.prompt_id == prompt_id)
     first.close()
     second = comfy.socket(client_id)
+    # The greeting is awaited on connecting; the frame after it may still be on its way.
+    second.wait_for(lambda f: f.type == "executing")
     assert second.frames[0].data["status"]["exec_info"]["queue_remaining"] >= 1
     assert second.frames[1].type == "executing"
     assert second.frames[1].data == {"node": "1"}  # only the node: no prompt_id
