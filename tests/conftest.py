@@ -57,6 +57,32 @@ def pytest_configure(config: pytest.Config) -> None:
         compileall.compile_dir(Path(asset_generator.__file__).parent, quiet=1)
 
 
+def _on_real_comfyui(item: pytest.Item) -> bool:
+    """The test runs against the real ComfyUI (it is skipped without one)."""
+    reasons = (str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif"))
+    return bool(COMFYUI_URL) and any("ASSET_GENERATOR_TEST_COMFYUI_URL" in r for r in reasons)
+
+
+@pytest.fixture(autouse=True)
+def one_real_comfyui_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Tests on the real ComfyUI take turns, across xdist workers: the server is shared, so
+    one test's `cancel --all` (global on ComfyUI) or its queue broadcasts would reach the
+    prompts and sockets of a test running beside it. (xdist's loadgroup would say this, but
+    it does not group under pytest 9.)"""
+    if not _on_real_comfyui(request.node):
+        yield
+        return
+    import fcntl
+
+    # The parent of a worker's base directory is the run's, shared by every worker.
+    lock = tmp_path_factory.getbasetemp().parent / "real-comfyui.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own config/state dirs and a plain, colourless terminal."""
