@@ -159,7 +159,8 @@ def _free_port() -> int:
 
 def test_a_down_server_says_what_to_check_whichever_phrase(cli: Runner, emulator_factory) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
-    hint = f"is SwarmUI running at {url}? (set the address with --api-url)"
+    # The server's type is not known yet: it may be either.
+    hint = f"is SwarmUI or ComfyUI running at {url}? (set the address with --api-url)"
     first = cli("status", "--api-url", url)
     assert first.code == 1
     assert first.stderr == (

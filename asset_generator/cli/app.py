@@ -203,8 +203,10 @@ class App:
         from asset_generator.server.errors import AuthFailed, BadResponse, ServerError
 
         refused: ServerError | None = None
+        # Until one answers, a server that cannot be reached may be either.
+        unknown = " or ".join(SERVER_TYPES[name].label for name in PROBE_ORDER)
         for name in PROBE_ORDER:
-            adapter = self._adapter(name)
+            adapter = self._adapter(name, product=unknown)
             # Held here so that close() closes it whatever the probe raises.
             self._server = adapter
             try:
@@ -230,7 +232,9 @@ class App:
             "address of one of them? (--server-type skips the question)"
         )
 
-    def _adapter(self, name: str) -> Server:
+    def _adapter(self, name: str, *, product: str | None = None) -> Server:
+        """The adapter for server type ``name``; ``product``: how its hints name the server
+        ("is SwarmUI running at …?"), its own label unless given."""
         import importlib
 
         from asset_generator.registry import ServerLedger
@@ -246,6 +250,7 @@ class App:
             timeout=self.settings["timeout"],
             log=self.output.exchange,
             debug=self.output.debug,
+            product=product or SERVER_TYPES[name].label,
         )
 
     def wrong_type_remembered(self, exc: BaseException) -> bool:

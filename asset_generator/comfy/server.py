@@ -166,6 +166,7 @@ class ComfyServer:
         debug: Callable[[str], None] = lambda message: None,
         transport: Any = None,
         cache_dir: Path | None = None,
+        product: str = "ComfyUI",
     ) -> None:
         self.ledger = ledger
         self.debug = debug
@@ -197,7 +198,7 @@ class ComfyServer:
         access = base.Access(
             headers,
             f"{shown} {refused}",
-            "ComfyUI",
+            product,
             show_status=True,
             basic_challenge=basic,
             fix=fix,

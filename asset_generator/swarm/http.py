@@ -61,11 +61,12 @@ class Transport(base.Transport):
         timeout: float = 30.0,
         transport: Any = None,
         log: ExchangeLogger | None = None,
+        product: str = "SwarmUI",
     ) -> None:
         self.credentials = credentials or Credentials()
         server = base.describe_server(base_url.rstrip("/"))
         access = base.Access(
-            self.credentials.headers(), f"{server} {self.credentials.refused()}", "SwarmUI"
+            self.credentials.headers(), f"{server} {self.credentials.refused()}", product
         )
         super().__init__(base_url, access, timeout=timeout, transport=transport, log=log)
 

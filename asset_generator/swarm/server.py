@@ -310,6 +310,7 @@ class SwarmServer:
         log: Callable[[str, str, int | None, float], None] | None = None,
         debug: Callable[[str], None] = lambda message: None,
         transport: Any = None,
+        product: str = "SwarmUI",
     ) -> None:
         self.ledger = ledger
         self.debug = debug
@@ -320,6 +321,7 @@ class SwarmServer:
                 timeout=timeout,
                 log=log,
                 transport=transport,
+                product=product,
             )
         )
         self.name = self.client.server
