@@ -229,3 +229,36 @@ def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_fli
     result = jobs.cancel_all(generations)
     assert registry.read().generations["gen_late0001"].status == "cancelled"
     assert [r.id for r in result.cancelled] == ["gen_late0001"]
+
+
+# -- ComfyUI -----------------------------------------------------------------------------------
+
+COMFY_URL = "http://comfy.test:8188"
+
+
+def comfy_server(tmp_path, handler):
+    from asset_generator.comfy.server import ComfyServer
+    from asset_generator.registry import Registry, ServerLedger
+
+    ledger = ServerLedger(Registry(tmp_path), "k")
+    with ledger.change() as view:
+        view.cache["version"] = "0.3.64"
+        view.cache["jobs_api"] = False
+    return ComfyServer(COMFY_URL, ledger, transport=httpx.MockTransport(handler))
+
+
+def test_an_empty_prompt_id_never_becomes_a_global_interrupt(tmp_path) -> None:
+    # ComfyUI reads {"prompt_id": ""} (and {}) as "interrupt whatever runs" (protocol §11.5).
+    sent: list[object] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200)
+
+    client = comfy_server(tmp_path, handler).client
+    with pytest.raises(ValueError):
+        client.interrupt("")
+    client.interrupt("p1")
+    client.interrupt(None)
+    assert sent == [{"prompt_id": "p1"}, {}]
+

@@ -241,8 +241,13 @@ class ComfyClient(base.Client):
         self._post("/queue", {"clear": True}, timeout=timeout)
 
     def interrupt(self, prompt_id: str | None, *, timeout: float | None = None) -> None:
-        """``POST /interrupt``: targeted with a prompt id (≥ 0.3.57), else global (§5.1)."""
-        self._post("/interrupt", {"prompt_id": prompt_id} if prompt_id else {}, timeout=timeout)
+        """``POST /interrupt``: targeted with a prompt id (≥ 0.3.57), global with None (§5.1)."""
+        if prompt_id == "":
+            # ComfyUI reads {"prompt_id": ""} as a global interrupt (§11.5): it would stop
+            # whatever runs, anyone's.
+            raise ValueError("an empty prompt id would interrupt every client's prompt")
+        body = {} if prompt_id is None else {"prompt_id": prompt_id}
+        self._post("/interrupt", body, timeout=timeout)
 
     def cancel_job(self, prompt_id: str, *, timeout: float | None = None) -> bool | None:
         """``POST /api/jobs/{id}/cancel`` (newer servers, §6.6): None where it does not exist."""
