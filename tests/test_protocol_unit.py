@@ -262,3 +262,24 @@ def test_an_empty_prompt_id_never_becomes_a_global_interrupt(tmp_path) -> None:
     client.interrupt(None)
     assert sent == [{"prompt_id": "p1"}, {}]
 
+
+def test_a_stop_that_happened_stands_when_the_second_queue_look_fails(tmp_path) -> None:
+    # The pending prompt is deleted and the running one interrupted; the second /queue (for a
+    # prompt that started in between) times out: what was stopped is still reported stopped.
+    queue = {"queue_running": [[1, "run", {}, {}, []]], "queue_pending": [[2, "wait", {}, {}, []]]}
+    looks: list[str] = []
+    posted: list[tuple[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/queue" and request.method == "GET":
+            looks.append("queue")
+            if len(looks) > 1:
+                raise httpx.ReadTimeout("slow", request=request)
+            return json_reply(200, queue)
+        posted.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200)
+
+    server = comfy_server(tmp_path, handler)
+    assert server.stop_prompts(["run", "wait"], timeout=1) == {"run", "wait"}
+    assert posted == [("/queue", {"delete": ["wait"]}), ("/interrupt", {"prompt_id": "run"})]
+    assert len(looks) == 2

@@ -545,13 +545,23 @@ class ComfyServer:
         for prompt_id in running:
             self._interrupt_running(prompt_id, timeout)
         if pending:
-            after = self.client.queue(timeout=timeout)
-            started = [p for p in pending if after.state_of(p) == "running"]
-            still = [p for p in pending if after.state_of(p) == "pending"]
-            self.client.delete(still, timeout=timeout)
-            for prompt_id in started:
-                self._interrupt_running(prompt_id, timeout)
+            # Best effort: what was deleted and interrupted above stays stopped whatever this
+            # second look meets, and must not be reported as not stopped.
+            try:
+                self._stop_started(pending, timeout)
+            except ServerError as exc:
+                self.debug(f"could not look again for a prompt of ours that started: {exc.message}")
         return set(pending) | set(running)
+
+    def _stop_started(self, pending: list[str], timeout: float | None) -> None:
+        """One of ``pending`` may have started between our ``/queue`` and the delete: it is
+        interrupted; one still pending (a delete that came too soon) is deleted again."""
+        after = self.client.queue(timeout=timeout)
+        started = [p for p in pending if after.state_of(p) == "running"]
+        still = [p for p in pending if after.state_of(p) == "pending"]
+        self.client.delete(still, timeout=timeout)
+        for prompt_id in started:
+            self._interrupt_running(prompt_id, timeout)
 
     def wait_left(self, ids: set[str], deadline: float) -> bool:
         """Poll ``/queue`` until none of ``ids`` is pending or running, or ``deadline``
