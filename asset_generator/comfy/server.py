@@ -785,10 +785,6 @@ class ComfyServer:
             brief=("version", "queue"),
         )
 
-    def workers(self) -> int:
-        """ComfyUI runs one prompt at a time."""
-        return 1
-
     def parallelism(self) -> tuple[int, bool]:
         """Two of a pipeline's prompts in the queue: the next waits while one runs (§7)."""
         return 2, False

@@ -37,9 +37,8 @@ FRONTEND_ONLY_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNo
 # LGraphEventMode: 2 is "never" (muted), 4 is "bypass". 0, 1 and 3 all execute.
 _MUTED = 2
 _BYPASSED = 4
-# The ids litegraph gives a subgraph's input and output nodes inside its definition.
+# The id litegraph gives a subgraph's input node inside its definition.
 _SUBGRAPH_INPUT_NODE = -10
-_SUBGRAPH_OUTPUT_NODE = -20
 
 # Node types the web UI renames on load (app.ts loadGraphData).
 _RENAMED_TYPES = {

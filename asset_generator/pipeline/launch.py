@@ -396,7 +396,7 @@ def launch(
     prepared = {a.index: server.prepare(a.request) for a in needed} if server else {}
     parallel, queue_ahead = options.parallel or 1, False
     if server is not None:
-        default, ahead_from = server.parallelism()  # type: ignore[attr-defined]
+        default, ahead_from = server.parallelism()
         parallel = options.parallel or default
         queue_ahead = ahead_from and parallel >= default
     record = PipelineRecord(
