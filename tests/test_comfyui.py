@@ -480,6 +480,28 @@ def test_cancel_of_ours_pending_behind_a_foreign_prompt_only_deletes_ours(
     assert wait_record(state_dir, "waiting")["status"] == "cancelled"
 
 
+def test_a_prompt_removed_by_another_client_is_a_failure_not_a_cancel(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    # Nobody of ours cancelled it (cli-contract §3): a prompt that left the queue without a
+    # word is the silent ending, whatever removed it (a restart, another client's delete).
+    theirs = foreign(comfy, steps=400, step_seconds=0.05)
+    assert wait_for(lambda: queue_ids(comfy)[0] == [theirs])
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "vanishing"), "-f", "json")
+    record = wait_record(state_dir, "vanishing")
+    (ours,) = record["handle"]["prompt_ids"]
+    assert wait_for(lambda: ours in queue_ids(comfy)[1])
+    httpx.post(f"{comfy.url}/queue", json={"delete": [ours]}, timeout=10)
+    code, out, err = finish(process)
+    assert code == 1, err
+    assert err.strip().splitlines()[-1].startswith("request failed: ")
+    assert "removed from the queue by another client" in err and "cancelled" not in err
+    assert json.loads(out)["error"]["code"] == "server_error"
+    assert wait_record(state_dir, "vanishing")["status"] == "failed"
+    httpx.post(f"{comfy.url}/queue", json={"delete": [theirs]}, timeout=10)
+    httpx.post(f"{comfy.url}/interrupt", json={"prompt_id": theirs}, timeout=10)
+
+
 def test_nothing_of_ours_is_no_request(comfy: ComfyEmulator, cli: Runner) -> None:
     foreign(comfy, steps=50)
     before = len(comfy.requests)

@@ -1135,10 +1135,15 @@ class ComfyRun:
             bad = next((p for p in self.prompts if p.state == state), None)
             if bad is not None:
                 return Ended(how, bad.text)
-        removed = next((p for p in self.prompts if p.state == "removed"), None)
-        if removed is not None:
-            return Ended(types.INTERRUPTED, removed.text or "removed from the queue")
+        removed = [p for p in self.prompts if p.state == "removed"]
+        if removed and self._cancelled:
+            return Ended(types.INTERRUPTED, removed[0].text or "removed from the queue")
         made = sum(p.results for p in self.prompts)
+        if removed:
+            # Gone without a word (a restart, another client's delete): the silent ending, a
+            # cancel only if our mark says so (generation._classify). Each short one counts.
+            short = sum(max(self.payload.batch - p.results, 1) for p in removed)
+            return Ended(types.DONE, images=made + short)
         if made == 0:
             return Ended(
                 types.FAILED,

@@ -287,8 +287,9 @@ class Ended:
 
     how: str
     text: str | None = None
-    # How many result images the server made in all, when it says (ComfyUI announces each
-    # one); the run is then complete when every one of them was saved.
+    # How many result images the run comes to, when the server says (ComfyUI announces each
+    # one; a prompt of it that vanished counts what it did not make); the run is then
+    # complete when every one of them was saved.
     images: int | None = None
 
 
