@@ -321,6 +321,41 @@ def test_two_places_or_none_are_refused_with_a_pointer_to_set(
     assert (graph["3"]["inputs"]["steps"], graph["11"]["inputs"]["steps"]) == (3, 5)
 
 
+def test_config_seed_and_images_leave_a_two_sampler_workflow_alone(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    # A config value must not refuse every --workflow run: it applies where the workflow has
+    # one place for it, else the workflow keeps its own values (the command line still asks).
+    doubled = t2i()
+    doubled["11"] = json.loads(json.dumps(doubled["3"]))
+    doubled["11"]["inputs"]["latent_image"] = ["3", 0]
+    doubled["8"]["inputs"]["samples"] = ["11", 0]
+    workflow = write(workdir, "two.json", doubled)
+    for key, value in (("generate.seed", "7"), ("generate.images", "2")):
+        assert cli("config", "set", key, value).code == 0
+    result = cli("generate", "image", "--workflow", workflow, "-o", "out")
+    assert result.code == 0, result.stderr
+    (graph,) = sent(comfy)
+    assert graph == doubled
+    asked = cli("generate", "image", "--workflow", workflow, "--seed", "3")
+    assert asked.code == 2 and "--seed" in asked.stderr and "2 places" in asked.stderr
+    # Where the workflow has one place, the config's seed and count apply.
+    single = cli("generate", "image", "--workflow", write(workdir, "one.json", t2i()), "-o", "o")
+    assert single.code == 0, single.stderr
+    assert [g["3"]["inputs"]["seed"] for g in sent(comfy)[1:]] == [7, 8]
+
+
+def test_the_config_model_is_resolved_in_a_workflow_as_model_is(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    workflow = write(workdir, "t2i.json", t2i(**{"4.ckpt_name": "sd15/v1-5-pruned-emaonly"}))
+    assert cli("config", "set", "generate.model", "random-sd15").code == 0
+    result = cli("generate", "image", "--workflow", workflow, "-o", "out")
+    assert result.code == 0, result.stderr
+    (graph,) = sent(comfy)
+    assert graph["4"]["inputs"]["ckpt_name"] == "random-sd15.safetensors"
+
+
 def test_files_that_are_not_workflows_are_file_errors(
     comfy: ComfyEmulator, cli: Runner, workdir: Path
 ) -> None:

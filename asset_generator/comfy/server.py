@@ -278,7 +278,6 @@ class ComfyServer:
                 "nodes always write the file",
                 "--no-save",
             )
-        images = request.option("images") or 1
         if request.workflow is not None:
             graph = self._workflow_graph(request)
             explicit = dict(request.given())
@@ -306,23 +305,26 @@ class ComfyServer:
         values.update(
             {name: explicit.get(name) for name in graphs.SAMPLER_INPUTS if name != "seed"}
         )
-        if values.get("model"):
-            values["model"] = self._resolve("checkpoints", str(values["model"]))
-        places = graphs.place_options(graph, values)
+        places = graphs.place_options(graph, self._checkpoint_named(values))
         # The config's [generate] values go where they have one place; a workflow without
-        # one (two samplers, say) keeps its own values rather than refusing every run.
+        # one (two samplers, say) keeps its own values rather than refusing every run. The
+        # seed and -n are placed below, by the same rule.
         fitting = {
             name: value
             for name, value in defaults.items()
             if name in places.options and len(places.options[name].nodes) == 1 and name != "seed"
         }
-        graphs.place_options(graph, fitting)
+        graphs.place_options(graph, self._checkpoint_named(fitting))
         loras = [
             types.Lora(self._resolve("loras", lora.name), lora.weight) for lora in request.loras
         ]
         graphs.insert_loras(graph, loras, places)
         graphs.apply_sets(graph, request.sets)
         places = graphs.find_places(graph)
+        # -n varies the one seed: the config's image count, like its seed, only applies where
+        # the workflow has one.
+        configured = request.workflow is None or len(places.options["seed"].nodes) == 1
+        images = request.images or (request.defaults.get("images") if configured else None) or 1
         base_seed, notes = self._seed(request, graph, places, images)
         if base_seed is None:
             prompts = [graph for _ in range(images)]
@@ -373,8 +375,10 @@ class ComfyServer:
         reported, so ``--seed S+i -n 1`` remakes image i. A workflow's own seed stands when
         none is given.
         """
-        given = request.option("seed")
         has_place = len(places.options["seed"].nodes) == 1
+        given = request.seed
+        if given is None and (request.workflow is None or has_place):
+            given = request.defaults.get("seed")
         if given is None and request.workflow is not None:
             if images > 1:
                 places.node_of("seed")  # -n needs the one seed to vary (raises otherwise)
@@ -403,6 +407,12 @@ class ComfyServer:
             return None
         value = graph[places.checkpoint[0]]["inputs"].get("ckpt_name")
         return value if isinstance(value, str) else None
+
+    def _checkpoint_named(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with its model named as the server lists it (as ``--model`` is)."""
+        if values.get("model"):
+            values["model"] = self._resolve("checkpoints", str(values["model"]))
+        return values
 
     def _resolve(self, folder: str, name: str) -> str:
         """A model name as `models list` shows it; the extension may be left out when that
