@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest import Runner, read_registry, wait_for
 
-from asset_generator.emulator import ComfyEmulator
+from asset_generator.emulator import ComfyEmulator, Fault, FaultPoint
 
 TEMPLATES = "comfyui_workflow_templates"
 
@@ -471,6 +471,46 @@ def test_a_dropped_websocket_loses_no_image(
     assert code == 0, err
     assert (workdir / out.strip()).read_bytes().startswith(b"\x89PNG")
     assert wait_record(state_dir, "dropped")["status"] == "succeeded"
+
+
+def two_saves(workdir: Path, name: str) -> str:
+    """A quick image saved first, then a slow one: two SaveImage nodes, one prompt."""
+    path = Path(slow(workdir, name, steps=1, step_seconds=0.01))
+    graph = json.loads(path.read_text())
+    graph["3"] = json.loads(json.dumps(graph["1"]))
+    graph["3"]["inputs"].update(steps=40, step_seconds=0.05, red=0.0)
+    graph["4"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["3", 0], "filename_prefix": f"t_{name}_slow"},
+    }
+    path.write_text(json.dumps(graph))
+    return str(path)
+
+
+def test_an_image_announced_while_the_websocket_was_down_is_still_saved(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    # The socket drops as the first `executed` is sent; the prompt goes on and ends on the
+    # new socket: the image announced into the gap comes from /history (cli-contract §7).
+    dropped = []
+
+    def drop_first_executed(point: FaultPoint) -> Fault | None:
+        message = point.message or {}
+        if point.transport == "ws" and message.get("type") == "executed" and not dropped:
+            dropped.append(message)
+            return Fault(reset=True)
+        return None
+
+    comfy = comfy_factory(faults=drop_first_executed)
+    process = cli.start("generate", "image", "--workflow", two_saves(workdir, "gap"), "-o", "out")
+    code, out, err = finish(process)
+    assert code == 0, err
+    assert dropped and len(comfy.websocket_connects()) == 2
+    paths = out.splitlines()
+    assert len(paths) == 2 and len(set(paths)) == 2
+    for path in paths:
+        assert (workdir / path).read_bytes().startswith(b"\x89PNG")
+    assert len(wait_record(state_dir, "gap")["images"]) == 2
 
 
 # -- cancel: exactly our work ---------------------------------------------------------------------

@@ -861,6 +861,9 @@ class _Prompt:
     # Output images announced so far (deduplicated: history repeats what `executed` said).
     seen: set[tuple[str, str, str]] = field(default_factory=set)
     results: int = 0
+    # The WebSocket dropped before it finished: an `executed` sent meanwhile is lost (§4.5),
+    # so it is done only once /history has given its outputs.
+    gap: bool = False
 
     @property
     def finished(self) -> bool:
@@ -990,6 +993,8 @@ class ComfyRun:
                 # /history for whatever ended meanwhile.
                 stack.close()
                 socket = None
+                for prompt in self.prompts:
+                    prompt.gap = prompt.gap or not prompt.finished
                 if tries < RECONNECT_TRIES:
                     tries += 1
                     time.sleep(0.2 * tries)
@@ -1043,6 +1048,10 @@ class ComfyRun:
             output = data.get("output")
             yield from self._outputs(prompt, images_of(output))
         elif kind == "execution_success":
+            if prompt.gap:
+                # Its outputs are read from /history at the final `executing`, written
+                # before it (§11.25), or at the next look at the queue.
+                return
             prompt.state = "done"
         elif kind == "execution_error":
             prompt.state = "failed"
