@@ -513,6 +513,47 @@ def test_an_image_announced_while_the_websocket_was_down_is_still_saved(
     assert len(wait_record(state_dir, "gap")["images"]) == 2
 
 
+def test_a_websocket_that_drops_now_and_then_is_reconnected_every_time(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path
+) -> None:
+    # Tries count the reconnects since the last message, not over the whole run: a fourth
+    # drop long after the third is reconnected too.
+    at = {5, 15, 25, 35}
+
+    def drop_now_and_then(point: FaultPoint) -> Fault | None:
+        message = point.message or {}
+        if point.transport != "ws" or message.get("type") != "progress":
+            return None
+        if message["data"].get("value") not in at:
+            return None
+        at.discard(message["data"]["value"])
+        return Fault(reset=True)
+
+    comfy = comfy_factory(faults=drop_now_and_then)
+    workflow = slow(workdir, "flaky", steps=45, step_seconds=0.05)
+    result = cli("generate", "image", "--workflow", workflow, "-o", "out")
+    assert result.code == 0, result.stderr
+    assert not at and len(comfy.websocket_connects()) == 5
+
+
+def test_without_a_websocket_the_queue_is_read_at_most_once_a_second(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path
+) -> None:
+    # GET /queue carries every queued graph, anyone's: polling it 4 times a second loads the
+    # server for nothing.
+    def no_websocket(point: FaultPoint) -> Fault | None:
+        return Fault(status=404, body=b"") if point.transport == "upgrade" else None
+
+    comfy = comfy_factory(faults=no_websocket)
+    workflow = slow(workdir, "polled", steps=35, step_seconds=0.1)
+    result = cli("generate", "image", "--workflow", workflow, "-o", "out")
+    assert result.code == 0, result.stderr
+    (queued,) = comfy.calls("/prompt")
+    looks = [c for c in comfy.calls("/queue") if c.method == "GET" and c.time >= queued.time]
+    seconds = looks[-1].time - queued.time
+    assert seconds >= 3 and len(looks) <= seconds + 2, (len(looks), seconds)
+
+
 # -- cancel: exactly our work ---------------------------------------------------------------------
 
 

@@ -957,6 +957,7 @@ class ComfyRun:
         self, stack: contextlib.ExitStack, socket: base.WebSocket | None
     ) -> Iterator[Event]:
         quiet_since = time.monotonic()
+        # Reconnects since the last message: a socket that keeps dropping at once is given up.
         tries = 0
         while True:
             if self._look_now:
@@ -969,7 +970,9 @@ class ComfyRun:
             if socket is None:
                 time.sleep(POLL_SECONDS)
                 yield Tick()
-                yield from self._reconcile()
+                # /queue carries every queued graph, anyone's: not read more often than this.
+                if time.monotonic() - self._last_queue_look >= QUEUE_LOOK_SECONDS:
+                    yield from self._reconcile()
                 self._give_up_if_unanswered()
                 continue
             try:
@@ -1004,6 +1007,7 @@ class ComfyRun:
                 yield from self._reconcile()
                 continue
             quiet_since = time.monotonic()
+            tries = 0
             yield from self._message(message)
 
     def _give_up_if_unanswered(self) -> None:
