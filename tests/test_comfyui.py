@@ -6,9 +6,11 @@ server received, and that other clients' prompts were left alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -709,6 +711,39 @@ def test_ctrl_c_stops_exactly_our_prompts(
     assert wait_for(lambda: (history_of(comfy, theirs) or {}).get("status", {}).get(
         "status_str") == "success")  # fmt: skip
     assert wait_record(state_dir, "mine")["status"] == "cancelled"
+
+
+def test_ctrl_c_while_the_prompt_is_being_sent_stops_it_when_it_reaches_the_queue(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    # A busy server: the prompt reaches the queue a second after POST /prompt arrived, its
+    # answer later still. Ctrl-C comes in between: the id is ours, so the stop looks for it.
+    def slow_answer(point: FaultPoint) -> Fault | None:
+        if point.transport == "http" and point.route == "/prompt" and point.method == "POST":
+            return Fault(delay_seconds=2.0)
+        return None
+
+    comfy = comfy_factory(faults=slow_answer)
+    queue = comfy.server.prompt_queue
+    put = queue.put
+
+    def late_put(item: Any) -> None:
+        asyncio.get_running_loop().call_later(1.0, put, item)
+
+    queue.put = late_put  # type: ignore[method-assign]
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "sent", steps=40,
+                        step_seconds=0.05))  # fmt: skip
+    record = wait_record(state_dir, "sent")
+    assert wait_for(lambda: comfy.calls("/prompt"))
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 130, err
+    (ours,) = record["handle"]["prompt_ids"]
+    time.sleep(1.5)  # past its arrival in the queue
+    assert ours not in queue_ids(comfy)[0] + queue_ids(comfy)[1]
+    assert (history_of(comfy, ours) or {}).get("status", {}).get("status_str") != "success"
+    assert wait_record(state_dir, "sent")["status"] == "cancelled"
 
 
 # -- status, models, auth -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -573,20 +573,33 @@ class ComfyServer:
         for prompt_id in started:
             self._interrupt_running(prompt_id, timeout)
 
-    def wait_left(self, ids: set[str], deadline: float) -> bool:
+    def wait_left(self, ids: set[str], deadline: float, arriving: Iterable[str] = ()) -> set[str]:
         """Poll ``/queue`` until none of ``ids`` is pending or running, or ``deadline``
-        (monotonic) passes; True when they left. A queue that cannot be read ends the wait."""
-        while ids:
+        (monotonic) passes; a queue that cannot be read ends the wait.
+
+        ``arriving``: ids of ours that may still reach the queue (their ``POST /prompt`` got
+        no answer; the ids are ours, chosen before it): each is stopped by id as it appears,
+        and looked for until the deadline. Returns those it stopped.
+        """
+        ids, arriving, stopped = set(ids), set(arriving), set()
+        while ids or arriving:
             try:
                 queue = self.client.queue(timeout=max(0.1, deadline - time.monotonic()))
-            except ServerError:
-                return False
-            if not any(queue.state_of(p) in ("pending", "running") for p in ids):
-                return True
+                appeared = [p for p in arriving if queue.state_of(p) is not None]
+                if appeared:
+                    arriving -= set(appeared)
+                    stopped |= self.stop_prompts(appeared, max(0.1, deadline - time.monotonic()))
+                    ids |= stopped
+            except ServerError as exc:
+                self.debug(f"stopped waiting for our prompts to leave the queue: {exc.message}")
+                return stopped
+            # (One stopped just now still shows in this look: the next one says.)
+            if not arriving and not any(queue.state_of(p) in ("pending", "running") for p in ids):
+                return stopped
             if time.monotonic() + LEAVE_POLL_SECONDS >= deadline:
-                return False
+                return stopped
             time.sleep(LEAVE_POLL_SECONDS)
-        return True
+        return stopped
 
     def _stop_unseen(self, ids: list[str], cause: ServerError, timeout: float | None) -> set[str]:
         """Stop ``ids`` without seeing the queue: delete them all (a no-op for any that is not
@@ -1205,9 +1218,11 @@ class ComfyRun:
         except ServerError as exc:
             self.server.debug(f"could not stop our prompts on the server: {exc.message}")
             return False
+        # A prompt still being sent may reach the queue after that look: stopped as it does.
+        sending = [p.id for p in self.prompts if p.state == "sending" and p.id not in stopped]
+        stopped |= self.server.wait_left(stopped, deadline, sending)
         self.stopped_on_server = self.stopped_on_server or bool(stopped)
         self._look_now = True
-        self.server.wait_left(stopped, deadline)
         return True
 
     def open_image(self, image: ImageReady) -> AbstractContextManager[Iterator[bytes]]:
