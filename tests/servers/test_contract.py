@@ -85,7 +85,10 @@ def test_cancel_all_reaches_every_generation_of_ours(
 ):
     processes = [cli.start(*backend.slow(f"contract all {i}"), "-o", "out") for i in range(2)]
     for i in range(2):
-        wait_record(state_dir, f"contract all {i}", lambda r: True, backend.patience)
+        # The record is written before its request is sent: wait until the server holds it.
+        assert backend_holds(
+            backend, wait_record(state_dir, f"contract all {i}", lambda r: True, backend.patience)
+        )
     result = cli("cancel", "--all", "-f", "json", timeout=backend.patience)
     assert result.code == 0, result.stderr
     document = result.json()
