@@ -190,7 +190,10 @@ def test_failure_and_interrupt_events(comfy: Target) -> None:
 def test_reconnect_during_a_run(comfy: Target) -> None:
     client_id = f"ag-reconnect-{time.time_ns()}"
     first = comfy.socket(client_id)
-    prompt_id = comfy.submit(slow_graph(15, comfy.step), client_id=client_id)
+    # A run of about 2 s on either server (the real one's step is longer): the reconnect must
+    # land while node 1 still runs, even on a loaded machine.
+    steps = round(2.0 / comfy.step)
+    prompt_id = comfy.submit(slow_graph(steps, comfy.step), client_id=client_id)
     first.wait_for(lambda f: f.type == "progress" and f.prompt_id == prompt_id)
     first.close()
     second = comfy.socket(client_id)
