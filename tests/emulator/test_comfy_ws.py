@@ -212,6 +212,7 @@ def test_a_reused_client_id_silences_the_newer_socket(comfy: Target) -> None:
     newer = comfy.socket(client_id)
     prompt_id = comfy.submit(slow_graph(1, 0.0), client_id=client_id)
     newer.wait_end(prompt_id)
+    older.settle()  # anything sent to the older socket has had time to arrive
     assert older.of(prompt_id) == []  # replaced: the older socket hears nothing
     older.close()  # ...and its clean-up removes the newer socket's entry
     newer.settle()
