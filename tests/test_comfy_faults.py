@@ -499,12 +499,27 @@ def test_a_pipeline_whose_download_fails_leaves_none_of_its_queued_prompts(
         assert len(sent) == 2 and max(sent) < view
         left = _left(emulator, prompts)
         history = emulator.history()
+        interrupts = [c.body for c in emulator.calls("/interrupt") if c.method == "POST"]
+        queue_posts = [c.body for c in emulator.calls("/queue") if c.method == "POST"]
     finally:
         emulator.stop()
     seen = observe(result, names={}, secrets=(TOKEN, *prompts, *clients))
     assert seen.exit == 1 and seen.code == "partial"
     assert "cancelled" in result.json()["summary"] and left == "none"
     # The first ran to its end (its image was what failed); the other never did.
-    ends = sorted(str(history.get(p, {}).get("status", {}).get("status_str")) for p in prompts)
+    end = {p: str(history.get(p, {}).get("status", {}).get("status_str")) for p in prompts}
+    ends = sorted(end.values())
     assert ends in (["None", "success"], ["error", "success"]), ends
+    # By its id: every interrupt names a prompt of ours, every delete only ours, the queue is
+    # never cleared (the server may be shared), and the other prompt was deleted or interrupted.
+    assert all(
+        set(body) == {"prompt_id"} and body["prompt_id"] in prompts for body in interrupts
+    ), interrupts
+    assert {"clear": True} not in queue_posts, queue_posts
+    assert all(
+        set(body) == {"delete"} and set(body["delete"]) <= set(prompts) for body in queue_posts
+    ), queue_posts
+    (other,) = [p for p in prompts if end[p] != "success"]
+    deleted = {p for body in queue_posts for p in body["delete"]}
+    assert other in deleted or {"prompt_id": other} in interrupts, (interrupts, queue_posts)
     assert [c for c in emulator.calls("/view") if c.status == 200] == []

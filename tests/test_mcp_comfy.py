@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -28,6 +28,8 @@ from asset_generator.mcp_tools import Tools, build_server
 pytestmark = pytest.mark.usefixtures("checked_results")
 
 REAL_URL = os.environ.get("ASSET_GENERATOR_TEST_COMFYUI_URL", "").rstrip("/")
+
+T = TypeVar("T")
 
 
 def _emulator_class() -> Any:
@@ -88,25 +90,37 @@ def slow_graph(steps: int = 4, green: float = 0.0) -> dict[str, Any]:
     }
 
 
-def call(url: str, *calls: tuple[str, dict[str, Any]]) -> list[Any]:
+def with_client(url: str, scenario: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``scenario`` with a client of a fresh server over ``url``; end all it started."""
     app = App()
     app.flags.update(api_url=url, server_type="comfyui")
     tools = Tools(app)
     server = build_server(tools)
-    results: list[Any] = []
 
-    async def scenario() -> None:
+    async def main() -> T:
         async with Client(server) as client:
-            for name, arguments in calls:
-                results.append(await client.call_tool(name, arguments))
+            return await scenario(client)
 
     try:
-        anyio.run(scenario)
+        return anyio.run(main)
     finally:
         # Our own prompts only, by their ids: the server may be shared.
         tools.stop_all("the test is over", handed_back=True)
         app.close()
-    return results
+
+
+def call(url: str, *calls: tuple[str, dict[str, Any]]) -> list[Any]:
+    """Run tool calls in order; return their results."""
+
+    async def scenario(client: Client) -> list[Any]:
+        return [await client.call_tool(name, arguments) for name, arguments in calls]
+
+    return with_client(url, scenario)
+
+
+def queued(emulator: Any, prompt_id: str) -> bool:
+    """The emulator holds ``prompt_id``, running or pending."""
+    return any(item[1] == prompt_id for part in emulator.queue() for item in part)
 
 
 def error_of(result: Any) -> dict[str, str]:
@@ -182,22 +196,54 @@ def test_bad_input_sends_nothing_to_comfyui(comfy: tuple[str, Any], tmp_path: Pa
     assert emulator.requests == []
 
 
-def test_work_left_running_is_cancelled_by_its_id(comfy: tuple[str, Any], tmp_path: Path) -> None:
-    comfy_url, _ = comfy
-    started, stopped, shown = call(
-        comfy_url,
-        (
+def test_work_left_running_is_cancelled_by_its_id(
+    comfy: tuple[str, Any], tmp_path: Path, state_dir: Path
+) -> None:
+    comfy_url, emulator = comfy
+    # A shared real server may be busy with others' prompts before ours starts.
+    patience = 20.0 if emulator is not None else 300.0
+    seen: dict[str, Any] = {}
+
+    async def scenario(client: Client) -> None:
+        started = await client.call_tool(
             "generate_image",
             {"workflow": slow_graph(steps=40), "wait": False, "output_dir": str(tmp_path)},
-        ),
-        ("cancel_generation", {}),
-        ("generation_status", {}),
-    )
-    generation_id = started.structured_content["generation_id"]
-    body = stopped.structured_content
-    assert body["was_active"] is True and [r["id"] for r in body["cancelled"]] == [generation_id]
-    [record] = shown.structured_content["generations"]
-    assert record["id"] == generation_id and record["status"] in ("cancelled", "running")
+        )
+        generation_id = started.structured_content["generation_id"]
+        seen["id"] = generation_id
+        # Cancelled once the server runs it (not before anything reached the server).
+        with anyio.fail_after(patience):
+            while True:
+                status = await client.call_tool(
+                    "generation_status", {"generation_id": generation_id}
+                )
+                state = status.structured_content["status"]
+                if state == "running":
+                    break
+                assert state == "queued", status.content[0].text
+                await anyio.sleep(0.05)
+        seen["stopped"] = await client.call_tool("cancel_generation", {})
+        seen["shown"] = await client.call_tool("generation_status", {})
+        if emulator is not None:
+            # What the cancel sent, and where it left our prompt: before the clean-up acts.
+            (seen["pid"],) = read_registry(state_dir)["generations"][generation_id]["handle"][
+                "prompt_ids"
+            ]
+            deadline = anyio.current_time() + patience
+            while queued(emulator, seen["pid"]) and anyio.current_time() < deadline:
+                await anyio.sleep(0.02)
+            seen["queued"] = queued(emulator, seen["pid"])
+            seen["interrupts"] = [c.body for c in emulator.calls("/interrupt")]
+
+    with_client(comfy_url, scenario)
+    body = seen["stopped"].structured_content
+    assert body["was_active"] is True and [r["id"] for r in body["cancelled"]] == [seen["id"]]
+    [record] = seen["shown"].structured_content["generations"]
+    assert record["id"] == seen["id"] and record["status"] == "cancelled"
+    if emulator is not None:
+        # By its id, and nothing global: the server may be shared.
+        assert seen["interrupts"] == [{"prompt_id": seen["pid"]}]
+        assert seen["queued"] is False  # neither running nor pending any more
 
 
 def test_the_built_in_graph_takes_sampler_and_scheduler_and_says_the_drawn_seed(

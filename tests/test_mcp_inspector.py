@@ -6,8 +6,10 @@ not match; the Python SDK does not, which is how 20 of 21 error results once wen
 (issue 21). The Inspector also starts one server process per call, so a generation started
 with ``wait: false`` must outlive the process that started it.
 
-Needs ``npx`` (Node 20 runs 0.15.0) and the npm registry or cache; skipped otherwise, unless
-``ASSET_GENERATOR_TEST_INSPECTOR=required`` (CI), which makes a missing Inspector a failure.
+Needs ``npx`` (Node 20 runs 0.15.0) and the npm registry or cache; skipped otherwise. CI
+(``.ci/run``) installs no Node, so these run where a developer has npx and the registry or a
+cache. ``ASSET_GENERATOR_TEST_INSPECTOR=required`` makes a missing Inspector a failure instead
+of a skip (nothing sets it today: set it where the Inspector must not go untested).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from comfy_helpers import Socket, Target, slow_graph
+from comfy_helpers import Frame, Socket, Target, slow_graph
 
 
 def _long(comfy: Target, sock: Socket) -> str:
@@ -21,6 +21,13 @@ def _outcome(comfy: Target, sock: Socket, prompt_id: str) -> str:
     sock.wait_end(prompt_id)
     entry = comfy.history(prompt_id)[prompt_id]
     return entry["status"]["messages"][-1][0]
+
+
+def _remaining(frame: Frame) -> int | None:
+    """A status frame's queue_remaining (None for any other frame)."""
+    if frame.type != "status":
+        return None
+    return frame.data["status"]["exec_info"]["queue_remaining"]
 
 
 def test_targeted_interrupt_of_the_running_prompt(comfy: Target) -> None:
@@ -114,11 +121,13 @@ def test_clear_keeps_the_running_prompt_and_cancel_all_order(emulator_only) -> N
     sock = target.socket()
     running = _long(target, sock)
     pending = [target.submit(slow_graph(1, 0.0), client_id=sock.client_id) for _ in range(3)]
-    statuses = len([f for f in sock.snapshot() if f.type == "status"])
+    # The last submit's status first: a status frame counted after the clear is then its own.
+    sock.wait_for(lambda f: _remaining(f) == 4)
+    before = len(sock.snapshot())
     assert target.http.post("/queue", json={"clear": True}).content == b""
     running_ids, pending_ids = target.queue_ids()
     assert (running_ids, pending_ids) == ([running], [])
-    sock.wait_for(lambda f: len([g for g in sock.snapshot() if g.type == "status"]) > statuses)
+    sock.wait_for(lambda f: 1 in [_remaining(g) for g in sock.snapshot()[before:]])
     target.http.post("/interrupt")
     assert _outcome(target, sock, running) == "execution_interrupted"
     assert all(target.history(p) == {} for p in pending)

@@ -190,7 +190,10 @@ def test_failure_and_interrupt_events(comfy: Target) -> None:
 def test_reconnect_during_a_run(comfy: Target) -> None:
     client_id = f"ag-reconnect-{time.time_ns()}"
     first = comfy.socket(client_id)
-    prompt_id = comfy.submit(slow_graph(15, comfy.step), client_id=client_id)
+    # A run of about 2 s on either server (the real one's step is longer): the reconnect must
+    # land while node 1 still runs, even on a loaded machine.
+    steps = round(2.0 / comfy.step)
+    prompt_id = comfy.submit(slow_graph(steps, comfy.step), client_id=client_id)
     first.wait_for(lambda f: f.type == "progress" and f.prompt_id == prompt_id)
     first.close()
     second = comfy.socket(client_id)
@@ -209,6 +212,7 @@ def test_a_reused_client_id_silences_the_newer_socket(comfy: Target) -> None:
     newer = comfy.socket(client_id)
     prompt_id = comfy.submit(slow_graph(1, 0.0), client_id=client_id)
     newer.wait_end(prompt_id)
+    older.settle()  # anything sent to the older socket has had time to arrive
     assert older.of(prompt_id) == []  # replaced: the older socket hears nothing
     older.close()  # ...and its clean-up removes the newer socket's entry
     newer.settle()
