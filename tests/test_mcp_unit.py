@@ -589,3 +589,62 @@ def test_a_client_cancel_of_a_waiting_run_pipeline_stops_the_whole_run(
     finally:
         tools.stop_all("the test is over", handed_back=True)
         app.close()
+
+
+# -- the config's [generate] post-processing ----------------------------------------------------
+
+POSTPROCESSING = "[generate]\ndownscale_width = 32\nstrip_metadata = true\n"
+
+
+def test_generate_image_applies_the_configs_post_processing(
+    emulator: Emulator, tmp_path: Path, config_dir: Path
+) -> None:
+    from PIL import Image
+
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text(POSTPROCESSING)
+    [made] = call(
+        emulator.url,
+        (
+            "generate_image",
+            {"prompt": "x", "width": 512, "height": 512, "output_dir": str(tmp_path)},
+        ),
+    )
+    document = made.structured_content
+    assert document is not None and document["status"] == "succeeded", document_of(made)
+    [image] = document["images"]
+    # The emulator draws 512 px at 1/8 scale (64x64); the config downscales it to 32 wide.
+    assert (image["width"], image["height"]) == (32, 32)
+    with Image.open(image["path"]) as saved:
+        assert saved.size == (32, 32)
+        assert "parameters" not in saved.info
+
+
+def test_run_pipeline_after_the_command_on_the_same_spec_regenerates_nothing(
+    cli: Any, emulator: Emulator, workdir: Path, config_dir: Path
+) -> None:
+    from PIL import Image
+
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text(POSTPROCESSING)
+    spec_path = workdir / "spec.yaml"
+    spec_path.write_text(json.dumps(SPEC))
+    first = cli("pipeline", "spec.yaml", "-o", "out", "--base-seed", "3", "--width", "512")
+    assert first.code == 0, first.stderr
+    made = workdir / "out/characters/mage.png"
+    with Image.open(made) as image:
+        assert image.size == (32, 32)
+    before = made.stat().st_mtime_ns
+    emulator.reset_log()
+    [again] = call(
+        emulator.url,
+        (
+            "run_pipeline",
+            {"spec": str(spec_path), "output_dir": str(workdir / "out"), "width": 512},
+        ),
+    )
+    document = again.structured_content
+    assert document is not None, document_of(again)
+    assert document["summary"]["skipped"] == 3 and document["status"] == "succeeded", document
+    assert generation_requests(emulator) == []
+    assert made.stat().st_mtime_ns == before

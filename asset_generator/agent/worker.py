@@ -221,6 +221,7 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
     """Everything that can be refused before the server sees the request; not yet recorded."""
     from asset_generator.agent.requests import generation_request
     from asset_generator.downloads import check_template, check_writable
+    from asset_generator.generate_settings import postprocess_of
     from asset_generator.generation import GenerationRun
     from asset_generator.saving import SaveOptions
 
@@ -231,6 +232,8 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
     except ValueError as exc:
         raise ToolFailure("usage_error", f"generate.filename_template: {exc}") from None
     request = generation_request(app, arguments)
+    # The config's post-processing, as `generate image` applies it (no flags here).
+    postprocess = postprocess_of(settings)
     directory = Path(arguments.get("output_dir") or settings["generate.output_dir"])
     directory = directory.expanduser().resolve()
     # Before anything reaches the server: a bad output directory must not cost a run.
@@ -245,7 +248,9 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
         app.registry,
         app.server_key,
         view=_GenerationView(events),
-        save=SaveOptions(directory, template, bool(settings["generate.overwrite"])),
+        save=SaveOptions(
+            directory, template, bool(settings["generate.overwrite"]), postprocess=postprocess
+        ),
         debug=app.output.debug,
         notice=app.output.warn,
         owner=OWNER,
@@ -343,13 +348,13 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     from asset_generator.registry import RegistryError
 
     try:
-        loaded, options = _plan(app, arguments)
+        loaded, options, postprocess = _plan(app, arguments)
         if arguments.get("dry_run"):
             said = [*loaded.plan.warnings, *loaded.reasons(dry_run=True)]
             warnings = [in_tool_words(line) for line in said]
             events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
             return 0
-        run = launch.launch(app, loaded, options, debug=app.output.debug)
+        run = launch.launch(app, loaded, options, postprocess=postprocess, debug=app.output.debug)
     except Exception as exc:
         events.end(None, _failure_before_start(exc, app, arguments))
         return 1
@@ -382,8 +387,11 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     return 0 if ended.ok else 1
 
 
-def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
+def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The spec loaded and planned, its run options, and the config's post-processing (in
+    the manifest too, as `pipeline` puts it: a run by either is a rerun for the other)."""
     from asset_generator.agent.requests import pipeline_params
+    from asset_generator.generate_settings import postprocess_of
     from asset_generator.pipeline import launch
     from asset_generator.pipeline.spec import SpecError, SpecFileError
 
@@ -409,13 +417,14 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
     else:
         source = Path(spec).expanduser()
     defaults, overrides = pipeline_params(app, arguments)
+    postprocess = postprocess_of(app.settings)
     try:
-        loaded = launch.load(source, options, defaults, overrides)
+        loaded = launch.load(source, options, defaults, overrides, postprocess)
     except SpecFileError as exc:
         raise ToolFailure("file_error", str(exc)) from None
     except SpecError as exc:
         raise ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}")) from None
-    return loaded, options
+    return loaded, options, postprocess
 
 
 if __name__ == "__main__":
