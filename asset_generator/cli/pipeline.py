@@ -14,7 +14,6 @@ import click
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.genoptions import (
-    config_defaults,
     generation_options,
     parse_params,
     parse_sets,
@@ -28,7 +27,6 @@ from asset_generator.cli.postprocess import (
     postprocess_options,
 )
 from asset_generator.pipeline.launch import DEFAULT_OUTPUT_DIR, Unseen
-from asset_generator.server.types import RUN_OPTIONS
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
@@ -151,19 +149,18 @@ def _run_params(
     sets: tuple[str, ...] = (),
     workflow: str | None = None,
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """The config's [generate] values (below the spec) and the command line's (above it:
-    --param, then the explicit options, which win over it), as (name, value) pairs."""
-    from asset_generator.pipeline.launch import command_line
+    """``launch.run_params`` of the command line: --param, then the explicit options (which
+    win over it), the config's [generate] values below the spec."""
+    from asset_generator.pipeline.launch import run_params
 
-    defaults = list(config_defaults(app, RUN_OPTIONS).items())
-    overrides = command_line(
+    return run_params(
+        app.settings,
         parse_params(params),
         options,
         loras=loras,
         workflow=read_workflow_option(workflow),
         sets=parse_sets(sets),
     )
-    return defaults, overrides
 
 
 # -- dry run -----------------------------------------------------------------------------------
