@@ -648,3 +648,34 @@ def test_run_pipeline_after_the_command_on_the_same_spec_regenerates_nothing(
     assert document["summary"]["skipped"] == 3 and document["status"] == "succeeded", document
     assert generation_requests(emulator) == []
     assert made.stat().st_mtime_ns == before
+
+
+def test_an_image_above_pillows_pixel_limit_keeps_its_size_and_gets_no_preview(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from asset_generator.agent.results import image_size, thumbnail
+
+    # As a 16384x16384 image is for Pillow's default limit: Image.open raises
+    # DecompressionBombError (twice the limit), after the file was saved.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    [made] = call(
+        emulator.url,
+        (
+            "generate_image",
+            {"prompt": "x", "width": 512, "height": 512, "output_dir": str(tmp_path)},
+        ),
+    )
+    document = made.structured_content
+    assert document is not None and document["status"] == "succeeded", document_of(made)
+    # No preview: the result is the document alone.
+    assert [c.type for c in made.content] == ["text"]
+    path = Path(document["images"][0]["path"])
+    assert image_size(path) == (64, 64)
+    assert thumbnail(path) is None
+    [again] = call(emulator.url, ("get_images", {"generation_id": document["generation_id"]}))
+    shown = again.structured_content
+    assert shown is not None, document_of(again)
+    assert (shown["images"][0]["width"], shown["images"][0]["height"]) == (64, 64)
+    assert shown["previews"] == 0 and [c.type for c in again.content] == ["text"]
