@@ -740,7 +740,9 @@ def build_server(tools: Tools) -> MCPServer:
     async def generation_status(
         generation_id: Annotated[
             str | None,
-            Field(description="A gen_ or pipe_ id; without it, all of this client's."),
+            Field(
+                min_length=1, description="A gen_ or pipe_ id; without it, all of this client's."
+            ),
         ] = None,
     ) -> Annotated[CallToolResult, StatusResult]:
         """State and progress of the work this client (CLI or MCP) started on this server.
@@ -757,24 +759,31 @@ def build_server(tools: Tools) -> MCPServer:
         annotations=ToolAnnotations(
             read_only_hint=False,
             destructive_hint=True,
-            idempotent_hint=True,
+            # Only with an id: without one, a retry stops whatever runs next.
+            idempotent_hint=False,
             open_world_hint=True,
         ),
     )
     async def cancel_generation(
         generation_id: Annotated[
             str | None,
-            Field(description="The gen_ or pipe_ id to stop; without it, the current one."),
+            Field(
+                min_length=1,
+                description="The gen_ or pipe_ id to stop; without it, the current one.",
+            ),
         ] = None,
-        feature: Annotated[str | None, Field(description="Same as generation_id.")] = None,
+        feature: Annotated[
+            str | None, Field(min_length=1, description="Same as generation_id.")
+        ] = None,
         all: Annotated[bool, Field(description=ALL_REACH)] = False,
     ) -> Annotated[CallToolResult, CancelResult]:
         """Stop a generation or a whole pipeline on the server.
 
         Without arguments: this client's work that the server is running, else the newest
-        still queued (was_active false when there is none). With an id: that one (a pipe_
-        id stops the whole pipeline); an already finished one is returned with its state and
-        was_active false (idempotent); an unknown id is error not_found. Other work keeps
+        still queued (was_active false when there is none), so calling it again stops the
+        next one: retry with the id. With an id: that one (a pipe_ id stops the whole
+        pipeline); an already finished one is returned with its state and was_active false
+        (idempotent); an unknown id is error not_found. Other work keeps
         going. all: true stops more than this client's work: on SwarmUI every session of
         the server user this client logs in as (on a server without accounts, the usual
         local one, that is every client, browser tabs and other machines included); on

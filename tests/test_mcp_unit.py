@@ -100,6 +100,11 @@ def generation_requests(emulator: Emulator) -> list[Any]:
         ("generation_status", {"id": "gen_1"}, "'id'"),
         ("server_status", {"verbose": True}, "'verbose'"),
         ("cancel_generation", {"generation_id": "gen_a", "feature": "gen_b"}, "feature"),
+        # An empty id is not "no id": that would stop the current generation.
+        ("cancel_generation", {"generation_id": ""}, "generation_id"),
+        ("cancel_generation", {"feature": ""}, "feature"),
+        ("cancel_generation", {"generation_id": "", "all": True}, "generation_id"),
+        ("generation_status", {"generation_id": ""}, "generation_id"),
     ],
 )
 def test_bad_arguments_are_usage_errors_and_send_nothing(
