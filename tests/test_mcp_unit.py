@@ -684,3 +684,27 @@ def test_an_image_above_pillows_pixel_limit_keeps_its_size_and_gets_no_preview(
     assert shown is not None, document_of(again)
     assert (shown["images"][0]["width"], shown["images"][0]["height"]) == (64, 64)
     assert shown["previews"] == 0 and [c.type for c in again.content] == ["text"]
+
+
+def test_a_failure_after_every_image_was_saved_leaves_the_generation_succeeded(
+    emulator_factory, tmp_path: Path, state_dir: Path
+) -> None:
+    from asset_generator.emulator import Fault, FaultPoint
+
+    def garbage_after_the_images(point: FaultPoint) -> Fault | None:
+        message = point.message or {}
+        if point.transport == "ws" and (
+            "socket_intention" in message or "discard_indices" in message
+        ):
+            return Fault(replace_message="{not json")
+        return None
+
+    emu = emulator_factory(faults=garbage_after_the_images)
+    [made] = call(emu.url, ("generate_image", {"prompt": "x", "output_dir": str(tmp_path)}))
+    # The stream broke, as `generate image` reports it; the one image is saved all the same.
+    assert "not JSON" in error_of(made)["message"]
+    [image] = document_of(made)["images"]
+    assert Path(image["path"]).is_file()
+    # Not re-marked failed "...; stopped on the server": the record says what `generate` says.
+    [record] = read_registry(state_dir)["generations"].values()
+    assert record["status"] == "succeeded" and record["error"] is None, record

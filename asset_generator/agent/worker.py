@@ -277,17 +277,11 @@ def _stop_after_failure(
     prefix: str = "",
     details: dict[str, Any] | None = None,
 ) -> ToolFailure:
-    """Closing a connection stops nothing on either server: record, interrupt, record."""
-    import contextlib
-
+    """Stop the run as `generate image` does (``GenerationRun.stop_after_failure``)."""
     from asset_generator.agent.results import generation_result
-    from asset_generator.registry import RegistryError
 
     assert run is not None
-    if run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and run.stopped_on_server:
-        problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
-        with contextlib.suppress(RegistryError):
-            run.mark(FAILED, problem)
+    problem = run.stop_after_failure(problem, INTERRUPT_BOUND_SECONDS)
     shown = {**generation_result(run.outcome(problem)), **(details or {})}
     return ToolFailure(code, prefix + problem, shown)
 
