@@ -708,3 +708,23 @@ def test_a_failure_after_every_image_was_saved_leaves_the_generation_succeeded(
     # Not re-marked failed "...; stopped on the server": the record says what `generate` says.
     [record] = read_registry(state_dir)["generations"].values()
     assert record["status"] == "succeeded" and record["error"] is None, record
+
+
+def test_workers_never_import_from_the_servers_working_directory(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client may start the server anywhere, a checkout or a project with a yaml.py included.
+    started = tmp_path / "somewhere"
+    for name in ("asset_generator/__init__.py", "yaml.py"):
+        (started / name).parent.mkdir(parents=True, exist_ok=True)
+        (started / name).write_text("raise SystemExit('imported from the working directory')\n")
+    monkeypatch.chdir(started)
+    made, ran = call(
+        emulator.url,
+        ("generate_image", {"prompt": "x", "output_dir": str(tmp_path / "out")}),
+        ("run_pipeline", {"spec": SPEC, "output_dir": str(tmp_path / "assets")}),
+    )
+    assert made.structured_content is not None, document_of(made)
+    assert made.structured_content["status"] == "succeeded"
+    assert ran.structured_content is not None, document_of(ran)
+    assert ran.structured_content["status"] == "succeeded"

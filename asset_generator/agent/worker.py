@@ -1,6 +1,6 @@
 """One generation or one pipeline for an MCP tool call, in a process of its own.
 
-``asset-generator mcp`` starts ``python -m asset_generator.agent.worker`` for each
+``asset-generator mcp`` starts ``python -P -m asset_generator.agent.worker`` for each
 generate_image and run_pipeline call, sends it the job (settings and arguments, one JSON
 document) on stdin, and reads what happens as JSON lines on its stdout. The worker runs in a
 session of its own, so work whose id the agent was handed back (``wait: false``, or a
