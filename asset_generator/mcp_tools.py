@@ -981,17 +981,24 @@ async def _run_call(
         raise
     finally:
         job.waiting -= 1
-    document, failure = tools.snapshot(job)
+    # Off the event loop: the registry read and the preview's decoding block (get_images too).
+    document, failure, preview = await anyio.to_thread.run_sync(_ended, tools, job)
     if failure is not None:
         failure.details = document
         return error_result(failure)
-    extra = []
-    if job.done.is_set() and kind == GENERATION and document.get("status") == SUCCEEDED:
-        first = next((i["path"] for i in document.get("images", []) if i.get("path")), None)
-        data = thumbnail(first) if first else None
-        if data is not None:
-            extra.append(picture(data))
-    return ok_result(document, *extra)
+    return ok_result(document, *([picture(preview)] if preview is not None else []))
+
+
+def _ended(tools: Tools, job: WorkerJob) -> tuple[dict[str, Any], ToolFailure | None, str | None]:
+    """A call's result: the job's document, its failure, and a preview of a finished
+    generation's first image."""
+    document, failure = tools.snapshot(job)
+    if failure is not None or not job.done.is_set():
+        return document, failure, None
+    if job.kind != GENERATION or document.get("status") != SUCCEEDED:
+        return document, None, None
+    first = next((i["path"] for i in document.get("images", []) if i.get("path")), None)
+    return document, None, thumbnail(first) if first else None
 
 
 __all__ = [

@@ -728,3 +728,48 @@ def test_workers_never_import_from_the_servers_working_directory(
     assert made.structured_content["status"] == "succeeded"
     assert ran.structured_content is not None, document_of(ran)
     assert ran.structured_content["status"] == "succeeded"
+
+
+def test_the_result_preview_is_made_off_the_event_loop(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from asset_generator import mcp_tools
+
+    began: list[float] = []
+
+    def slow_thumbnail(path: Any, pixels: int = 256) -> None:
+        began.append(time.monotonic())
+        time.sleep(1.5)
+
+    monkeypatch.setattr(mcp_tools, "thumbnail", slow_thumbnail)
+    app = App()
+    app.flags.update(api_url=emulator.url)
+    tools = Tools(app)
+    server = build_server(tools)
+    ticks: list[float] = []
+
+    async def scenario() -> None:
+        async with Client(server) as client, anyio.create_task_group() as group:
+
+            async def tick() -> None:
+                while True:
+                    ticks.append(time.monotonic())
+                    await anyio.sleep(0.05)
+
+            group.start_soon(tick)
+            made = await client.call_tool(
+                "generate_image", {"prompt": "x", "output_dir": str(tmp_path)}
+            )
+            assert made.structured_content["status"] == "succeeded"
+            group.cancel_scope.cancel()
+
+    try:
+        anyio.run(scenario)
+    finally:
+        tools.stop_all("the test is over", handed_back=True)
+        app.close()
+    [start] = began
+    # Other calls (a status poll, a cancel) are served while a preview is being made.
+    assert any(start + 0.3 < t < start + 1.2 for t in ticks)
