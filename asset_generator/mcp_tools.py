@@ -474,9 +474,7 @@ class Tools:
 
 
 def _ended_percent(record: PipelineRecord) -> float:
-    counts = record.tally()
-    ended = record.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
-    return round(100.0 * ended / record.total, 1) if record.total else 100.0
+    return round(100.0 * record.ended / record.total, 1) if record.total else 100.0
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -32,8 +32,7 @@ from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEED
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
     from asset_generator.generation import GenerationRun, Outcome
-    from asset_generator.pipeline.plan import PlannedAsset
-    from asset_generator.pipeline.run import AssetResult
+    from asset_generator.pipeline.run import AssetResult, Reporter
     from asset_generator.registry import PipelineRecord
     from asset_generator.saving import SavedImage
     from asset_generator.steps import StepProgress
@@ -309,29 +308,24 @@ def _ended(app: App, outcome: Outcome) -> tuple[dict[str, Any], ToolFailure | No
 # -- one pipeline --------------------------------------------------------------------------------
 
 
-class _PipelineReporter:
-    """A pipeline ``Reporter`` whose progress is the assets that ended, of the total."""
+def _pipeline_reporter(events: Events) -> Reporter:
+    """A pipeline ``Reporter`` whose progress is the assets that ended, of the total.
 
-    def __init__(self, events: Events) -> None:
-        self.events = events
+    Made here, not at import: pipeline.launch would double what starting the MCP server
+    imports (it imports this module for GENERATION and PIPELINE).
+    """
+    from asset_generator.pipeline.launch import Unseen
 
-    def started(self, asset: PlannedAsset, generation_id: str) -> None:
-        pass
+    class AssetsEnded(Unseen):
+        def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+            counts = tally.tally()
+            events.send("asset", asset=result.public(), done=tally.done)
+            words = [f"{tally.done} done"]
+            words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts[name]]
+            message = f"{tally.ended} of {tally.total} assets ended ({', '.join(words)})"
+            events.send("progress", value=tally.ended, total=tally.total, message=message)
 
-    def progress(self, asset: PlannedAsset, fraction: float) -> None:
-        pass
-
-    def saved(self, path: str) -> None:
-        pass
-
-    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
-        counts = tally.tally()
-        ended = tally.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
-        self.events.send("asset", asset=result.public(), done=tally.done)
-        words = [f"{tally.done} done"]
-        words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts.get(name)]
-        message = f"{ended} of {tally.total} assets ended ({', '.join(words)})"
-        self.events.send("progress", value=ended, total=tally.total, message=message)
+    return AssetsEnded()
 
 
 def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
@@ -352,7 +346,7 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     except Exception as exc:
         events.end(None, _failure_before_start(exc, app, arguments))
         return 1
-    run.runner.reporter = _PipelineReporter(events)
+    run.runner.reporter = _pipeline_reporter(events)
     events.send(
         "started",
         id=run.record.id,

@@ -433,10 +433,8 @@ class _RichReporter(_PlainReporter):
             task = self._tasks.pop(result.asset.index, None)
         if task is not None:
             self._progress.remove_task(task)
-        counts = tally.tally()
-        ended = tally.total - counts["in_flight"] - counts["not_started"]
         self._progress.update(
-            self._overall, completed=ended, description=f"assets {_counted(tally)}"
+            self._overall, completed=tally.ended, description=f"assets {_counted(tally)}"
         )
         if result.status not in ("succeeded", "skipped") and not self.app.output.quiet:
             self._progress.console.print(_finished_line(result, tally), soft_wrap=True)
