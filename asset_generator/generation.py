@@ -383,6 +383,21 @@ class GenerationRun:
             self.release()
         return self.stop_confirmed
 
+    def stop_after_failure(self, problem: str, timeout: float = 3.0) -> str:
+        """Something broke after registering (a full disk, a broken stream): record the run
+        failed and stop our work on the server, since closing a connection stops nothing on
+        either server. Returns the problem as recorded: with "; stopped ID on the server"
+        when the server stopped work of ours. A run whose every image is saved keeps what
+        ``stop`` records (succeeded)."""
+        if self.record is None:
+            return problem
+        stopped = self.stop(FAILED, problem, timeout)
+        if stopped and not self.complete and self.stopped_on_server:
+            problem = f"{problem}; stopped {self.record.id} on the server"
+            with contextlib.suppress(RegistryError):
+                self.mark(FAILED, problem)
+        return problem
+
     @property
     def complete(self) -> bool:
         """Every image the run expects is saved."""

@@ -474,9 +474,7 @@ class Tools:
 
 
 def _ended_percent(record: PipelineRecord) -> float:
-    counts = record.tally()
-    ended = record.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
-    return round(100.0 * ended / record.total, 1) if record.total else 100.0
+    return round(100.0 * record.ended / record.total, 1) if record.total else 100.0
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -740,7 +738,9 @@ def build_server(tools: Tools) -> MCPServer:
     async def generation_status(
         generation_id: Annotated[
             str | None,
-            Field(description="A gen_ or pipe_ id; without it, all of this client's."),
+            Field(
+                min_length=1, description="A gen_ or pipe_ id; without it, all of this client's."
+            ),
         ] = None,
     ) -> Annotated[CallToolResult, StatusResult]:
         """State and progress of the work this client (CLI or MCP) started on this server.
@@ -757,24 +757,31 @@ def build_server(tools: Tools) -> MCPServer:
         annotations=ToolAnnotations(
             read_only_hint=False,
             destructive_hint=True,
-            idempotent_hint=True,
+            # Only with an id: without one, a retry stops whatever runs next.
+            idempotent_hint=False,
             open_world_hint=True,
         ),
     )
     async def cancel_generation(
         generation_id: Annotated[
             str | None,
-            Field(description="The gen_ or pipe_ id to stop; without it, the current one."),
+            Field(
+                min_length=1,
+                description="The gen_ or pipe_ id to stop; without it, the current one.",
+            ),
         ] = None,
-        feature: Annotated[str | None, Field(description="Same as generation_id.")] = None,
+        feature: Annotated[
+            str | None, Field(min_length=1, description="Same as generation_id.")
+        ] = None,
         all: Annotated[bool, Field(description=ALL_REACH)] = False,
     ) -> Annotated[CallToolResult, CancelResult]:
         """Stop a generation or a whole pipeline on the server.
 
         Without arguments: this client's work that the server is running, else the newest
-        still queued (was_active false when there is none). With an id: that one (a pipe_
-        id stops the whole pipeline); an already finished one is returned with its state and
-        was_active false (idempotent); an unknown id is error not_found. Other work keeps
+        still queued (was_active false when there is none), so calling it again stops the
+        next one: retry with the id. With an id: that one (a pipe_ id stops the whole
+        pipeline); an already finished one is returned with its state and was_active false
+        (idempotent); an unknown id is error not_found. Other work keeps
         going. all: true stops more than this client's work: on SwarmUI every session of
         the server user this client logs in as (on a server without accounts, the usual
         local one, that is every client, browser tabs and other machines included); on
@@ -972,17 +979,24 @@ async def _run_call(
         raise
     finally:
         job.waiting -= 1
-    document, failure = tools.snapshot(job)
+    # Off the event loop: the registry read and the preview's decoding block (get_images too).
+    document, failure, preview = await anyio.to_thread.run_sync(_ended, tools, job)
     if failure is not None:
         failure.details = document
         return error_result(failure)
-    extra = []
-    if job.done.is_set() and kind == GENERATION and document.get("status") == SUCCEEDED:
-        first = next((i["path"] for i in document.get("images", []) if i.get("path")), None)
-        data = thumbnail(first) if first else None
-        if data is not None:
-            extra.append(picture(data))
-    return ok_result(document, *extra)
+    return ok_result(document, *([picture(preview)] if preview is not None else []))
+
+
+def _ended(tools: Tools, job: WorkerJob) -> tuple[dict[str, Any], ToolFailure | None, str | None]:
+    """A call's result: the job's document, its failure, and a preview of a finished
+    generation's first image."""
+    document, failure = tools.snapshot(job)
+    if failure is not None or not job.done.is_set():
+        return document, failure, None
+    if job.kind != GENERATION or document.get("status") != SUCCEEDED:
+        return document, None, None
+    first = next((i["path"] for i in document.get("images", []) if i.get("path")), None)
+    return document, None, thumbnail(first) if first else None
 
 
 __all__ = [

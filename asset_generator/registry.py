@@ -247,6 +247,13 @@ class PipelineRecord(JobRecord):
         """Assets whose file is made: succeeded or skipped (never failed or cancelled)."""
         return sum(self.counts.get(name, 0) for name in DONE_COUNTS)
 
+    @property
+    def ended(self) -> int:
+        """Assets that ended, however (done, failed or cancelled): neither in flight nor
+        waiting to start. A pipeline's progress is this of the total."""
+        counts = self.tally()
+        return self.total - counts["in_flight"] - counts["not_started"]
+
     def tally(self) -> dict[str, int]:
         """Every count of PIPELINE_COUNTS; what no count covers has not started.
 

@@ -115,3 +115,17 @@ def test_configuration_section_lists_every_key_and_its_example_is_valid(tmp_path
     laptop = settings.resolve({}, config_path=path, profile="laptop", environ={})
     assert (top["generate.steps"], laptop["generate.steps"]) == (30, 12)
     assert laptop["api_url"] == "http://localhost:7801"
+
+
+def test_the_documented_generate_image_result_has_every_key_the_tool_returns() -> None:
+    import json
+    import re
+
+    pytest.importorskip("mcp")
+    from asset_generator.mcp_tools import GenerateResult
+
+    text = (ROOT / "docs" / "mcp.md").read_text(encoding="utf-8")
+    section = text.split("### `generate_image`", 1)[1].split("\n### ", 1)[0]
+    documents = [json.loads(block) for block in re.findall(r"```json\n(.*?)\n```", section, re.S)]
+    [result] = [d for d in documents if d.get("status") == "succeeded"]
+    assert set(result) == set(GenerateResult.model_fields)

@@ -100,6 +100,11 @@ def generation_requests(emulator: Emulator) -> list[Any]:
         ("generation_status", {"id": "gen_1"}, "'id'"),
         ("server_status", {"verbose": True}, "'verbose'"),
         ("cancel_generation", {"generation_id": "gen_a", "feature": "gen_b"}, "feature"),
+        # An empty id is not "no id": that would stop the current generation.
+        ("cancel_generation", {"generation_id": ""}, "generation_id"),
+        ("cancel_generation", {"feature": ""}, "feature"),
+        ("cancel_generation", {"generation_id": "", "all": True}, "generation_id"),
+        ("generation_status", {"generation_id": ""}, "generation_id"),
     ],
 )
 def test_bad_arguments_are_usage_errors_and_send_nothing(
@@ -601,3 +606,182 @@ def test_a_client_cancel_of_a_waiting_run_pipeline_stops_the_whole_run(
     finally:
         tools.stop_all("the test is over", handed_back=True)
         app.close()
+
+
+# -- the config's [generate] post-processing ----------------------------------------------------
+
+POSTPROCESSING = "[generate]\ndownscale_width = 32\nstrip_metadata = true\n"
+
+
+def test_generate_image_applies_the_configs_post_processing(
+    emulator: Emulator, tmp_path: Path, config_dir: Path
+) -> None:
+    from PIL import Image
+
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text(POSTPROCESSING)
+    [made] = call(
+        emulator.url,
+        (
+            "generate_image",
+            {"prompt": "x", "width": 512, "height": 512, "output_dir": str(tmp_path)},
+        ),
+    )
+    document = made.structured_content
+    assert document is not None and document["status"] == "succeeded", document_of(made)
+    [image] = document["images"]
+    # The emulator draws 512 px at 1/8 scale (64x64); the config downscales it to 32 wide.
+    assert (image["width"], image["height"]) == (32, 32)
+    with Image.open(image["path"]) as saved:
+        assert saved.size == (32, 32)
+        assert "parameters" not in saved.info
+
+
+def test_run_pipeline_after_the_command_on_the_same_spec_regenerates_nothing(
+    cli: Any, emulator: Emulator, workdir: Path, config_dir: Path
+) -> None:
+    from PIL import Image
+
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text(POSTPROCESSING)
+    spec_path = workdir / "spec.yaml"
+    spec_path.write_text(json.dumps(SPEC))
+    first = cli("pipeline", "spec.yaml", "-o", "out", "--base-seed", "3", "--width", "512")
+    assert first.code == 0, first.stderr
+    made = workdir / "out/characters/mage.png"
+    with Image.open(made) as image:
+        assert image.size == (32, 32)
+    before = made.stat().st_mtime_ns
+    emulator.reset_log()
+    [again] = call(
+        emulator.url,
+        (
+            "run_pipeline",
+            {"spec": str(spec_path), "output_dir": str(workdir / "out"), "width": 512},
+        ),
+    )
+    document = again.structured_content
+    assert document is not None, document_of(again)
+    assert document["summary"]["skipped"] == 3 and document["status"] == "succeeded", document
+    assert generation_requests(emulator) == []
+    assert made.stat().st_mtime_ns == before
+
+
+def test_an_image_above_pillows_pixel_limit_keeps_its_size_and_gets_no_preview(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from asset_generator.agent.results import image_size, thumbnail
+
+    # As a 16384x16384 image is for Pillow's default limit: Image.open raises
+    # DecompressionBombError (twice the limit), after the file was saved.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    [made] = call(
+        emulator.url,
+        (
+            "generate_image",
+            {"prompt": "x", "width": 512, "height": 512, "output_dir": str(tmp_path)},
+        ),
+    )
+    document = made.structured_content
+    assert document is not None and document["status"] == "succeeded", document_of(made)
+    # No preview: the result is the document alone.
+    assert [c.type for c in made.content] == ["text"]
+    path = Path(document["images"][0]["path"])
+    assert image_size(path) == (64, 64)
+    assert thumbnail(path) is None
+    [again] = call(emulator.url, ("get_images", {"generation_id": document["generation_id"]}))
+    shown = again.structured_content
+    assert shown is not None, document_of(again)
+    assert (shown["images"][0]["width"], shown["images"][0]["height"]) == (64, 64)
+    assert shown["previews"] == 0 and [c.type for c in again.content] == ["text"]
+
+
+def test_a_failure_after_every_image_was_saved_leaves_the_generation_succeeded(
+    emulator_factory, tmp_path: Path, state_dir: Path
+) -> None:
+    from asset_generator.emulator import Fault, FaultPoint
+
+    def garbage_after_the_images(point: FaultPoint) -> Fault | None:
+        message = point.message or {}
+        if point.transport == "ws" and (
+            "socket_intention" in message or "discard_indices" in message
+        ):
+            return Fault(replace_message="{not json")
+        return None
+
+    emu = emulator_factory(faults=garbage_after_the_images)
+    [made] = call(emu.url, ("generate_image", {"prompt": "x", "output_dir": str(tmp_path)}))
+    # The stream broke, as `generate image` reports it; the one image is saved all the same.
+    assert "not JSON" in error_of(made)["message"]
+    [image] = document_of(made)["images"]
+    assert Path(image["path"]).is_file()
+    # Not re-marked failed "...; stopped on the server": the record says what `generate` says.
+    [record] = read_registry(state_dir)["generations"].values()
+    assert record["status"] == "succeeded" and record["error"] is None, record
+
+
+def test_workers_never_import_from_the_servers_working_directory(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client may start the server anywhere, a checkout or a project with a yaml.py included.
+    started = tmp_path / "somewhere"
+    for name in ("asset_generator/__init__.py", "yaml.py"):
+        (started / name).parent.mkdir(parents=True, exist_ok=True)
+        (started / name).write_text("raise SystemExit('imported from the working directory')\n")
+    monkeypatch.chdir(started)
+    made, ran = call(
+        emulator.url,
+        ("generate_image", {"prompt": "x", "output_dir": str(tmp_path / "out")}),
+        ("run_pipeline", {"spec": SPEC, "output_dir": str(tmp_path / "assets")}),
+    )
+    assert made.structured_content is not None, document_of(made)
+    assert made.structured_content["status"] == "succeeded"
+    assert ran.structured_content is not None, document_of(ran)
+    assert ran.structured_content["status"] == "succeeded"
+
+
+def test_the_result_preview_is_made_off_the_event_loop(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from asset_generator import mcp_tools
+
+    began: list[float] = []
+
+    def slow_thumbnail(path: Any, pixels: int = 256) -> None:
+        began.append(time.monotonic())
+        time.sleep(1.5)
+
+    monkeypatch.setattr(mcp_tools, "thumbnail", slow_thumbnail)
+    app = App()
+    app.flags.update(api_url=emulator.url)
+    tools = Tools(app)
+    server = build_server(tools)
+    ticks: list[float] = []
+
+    async def scenario() -> None:
+        async with Client(server) as client, anyio.create_task_group() as group:
+
+            async def tick() -> None:
+                while True:
+                    ticks.append(time.monotonic())
+                    await anyio.sleep(0.05)
+
+            group.start_soon(tick)
+            made = await client.call_tool(
+                "generate_image", {"prompt": "x", "output_dir": str(tmp_path)}
+            )
+            assert made.structured_content["status"] == "succeeded"
+            group.cancel_scope.cancel()
+
+    try:
+        anyio.run(scenario)
+    finally:
+        tools.stop_all("the test is over", handed_back=True)
+        app.close()
+    [start] = began
+    # Other calls (a status poll, a cancel) are served while a preview is being made.
+    assert any(start + 0.3 < t < start + 1.2 for t in ticks)

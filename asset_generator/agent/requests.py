@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asset_generator.agent.failures import ToolFailure
-from asset_generator.server.types import OPTIONS, RUN_OPTIONS
+from asset_generator.server.types import OPTIONS
 
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
@@ -23,6 +23,7 @@ INLINE_WORKFLOW = "(inline workflow)"
 
 def generation_request(app: App, arguments: dict[str, Any]) -> Request:
     """generate_image's arguments as a Request, the config's [generate] values under them."""
+    from asset_generator.generate_settings import config_defaults
     from asset_generator.server.types import Lora, Request
 
     workflow = workflow_of(arguments.get("workflow"))
@@ -31,11 +32,6 @@ def generation_request(app: App, arguments: dict[str, Any]) -> Request:
         raise ToolFailure(
             "usage_error", "prompt: required (only a ComfyUI workflow can do without one)"
         )
-    defaults = {
-        name: app.settings[f"generate.{name}"]
-        for name in OPTIONS
-        if app.settings[f"generate.{name}"] is not None
-    }
     return Request(
         prompt=prompt,
         **{name: arguments.get(name) for name in OPTIONS},
@@ -43,30 +39,25 @@ def generation_request(app: App, arguments: dict[str, Any]) -> Request:
         params=tuple((arguments.get("params") or {}).items()),
         workflow=workflow,
         sets=sets_of(arguments.get("set")),
-        defaults=defaults,
+        defaults=config_defaults(app.settings, OPTIONS),
     )
 
 
 def pipeline_params(
     app: App, arguments: dict[str, Any]
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """run_pipeline's generation arguments as `pipeline`'s: the config's [generate] values
-    (below the spec's ``params:``) and the call's own (above them)."""
-    from asset_generator.pipeline.launch import command_line
+    """run_pipeline's generation arguments as `pipeline`'s (``launch.run_params``): the
+    config's [generate] values below the spec's ``params:``, the call's own above them."""
+    from asset_generator.pipeline.launch import run_params
 
-    defaults = [
-        (name, app.settings[f"generate.{name}"])
-        for name in RUN_OPTIONS
-        if app.settings[f"generate.{name}"] is not None
-    ]
-    overrides = command_line(
+    return run_params(
+        app.settings,
         (arguments.get("params") or {}).items(),
         arguments,
         loras=arguments.get("loras") or (),
         workflow=workflow_of(arguments.get("workflow")),
         sets=sets_of(arguments.get("set")),
     )
-    return defaults, overrides
 
 
 def workflow_of(value: str | dict[str, Any] | None) -> Workflow | None:

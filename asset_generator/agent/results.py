@@ -53,6 +53,21 @@ def image_size(path: Path | None) -> tuple[int | None, int | None]:
             return image.size
     except (ImportError, OSError, ValueError):
         return None, None
+    except Image.DecompressionBombError:
+        # Above Pillow's pixel limit (16384 x 16384 is): the size from the PNG header.
+        return _png_size(path)
+
+
+def _png_size(path: Path) -> tuple[int | None, int | None]:
+    """Width and height from a PNG's IHDR chunk, without decoding; None for another file."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(24)
+    except OSError:
+        return None, None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None, None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def generation_result(outcome: Outcome) -> dict[str, Any]:
@@ -80,6 +95,9 @@ def thumbnail(path: str | Path | None, pixels: int = PREVIEW_PIXELS) -> str | No
             mode = "RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"
             source = image.convert(mode)
     except (ImportError, OSError, ValueError):
+        return None
+    except Image.DecompressionBombError:
+        # Too large to decode safely for a preview; its path and size are in the result.
         return None
     while True:
         shown = source.copy()

@@ -1,6 +1,6 @@
 """One generation or one pipeline for an MCP tool call, in a process of its own.
 
-``asset-generator mcp`` starts ``python -m asset_generator.agent.worker`` for each
+``asset-generator mcp`` starts ``python -P -m asset_generator.agent.worker`` for each
 generate_image and run_pipeline call, sends it the job (settings and arguments, one JSON
 document) on stdin, and reads what happens as JSON lines on its stdout. The worker runs in a
 session of its own, so work whose id the agent was handed back (``wait: false``, or a
@@ -32,8 +32,7 @@ from asset_generator.registry import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEED
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
     from asset_generator.generation import GenerationRun, Outcome
-    from asset_generator.pipeline.plan import PlannedAsset
-    from asset_generator.pipeline.run import AssetResult
+    from asset_generator.pipeline.run import AssetResult, Reporter
     from asset_generator.registry import PipelineRecord
     from asset_generator.saving import SavedImage
     from asset_generator.steps import StepProgress
@@ -221,6 +220,7 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
     """Everything that can be refused before the server sees the request; not yet recorded."""
     from asset_generator.agent.requests import generation_request
     from asset_generator.downloads import check_template, check_writable
+    from asset_generator.generate_settings import postprocess_of
     from asset_generator.generation import GenerationRun
     from asset_generator.saving import SaveOptions
 
@@ -231,6 +231,8 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
     except ValueError as exc:
         raise ToolFailure("usage_error", f"generate.filename_template: {exc}") from None
     request = generation_request(app, arguments)
+    # The config's post-processing, as `generate image` applies it (no flags here).
+    postprocess = postprocess_of(settings)
     directory = Path(arguments.get("output_dir") or settings["generate.output_dir"])
     directory = directory.expanduser().resolve()
     # Before anything reaches the server: a bad output directory must not cost a run.
@@ -245,7 +247,9 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
         app.registry,
         app.server_key,
         view=_GenerationView(events),
-        save=SaveOptions(directory, template, bool(settings["generate.overwrite"])),
+        save=SaveOptions(
+            directory, template, bool(settings["generate.overwrite"]), postprocess=postprocess
+        ),
         debug=app.output.debug,
         notice=app.output.warn,
         owner=OWNER,
@@ -272,17 +276,11 @@ def _stop_after_failure(
     prefix: str = "",
     details: dict[str, Any] | None = None,
 ) -> ToolFailure:
-    """Closing a connection stops nothing on either server: record, interrupt, record."""
-    import contextlib
-
+    """Stop the run as `generate image` does (``GenerationRun.stop_after_failure``)."""
     from asset_generator.agent.results import generation_result
-    from asset_generator.registry import RegistryError
 
     assert run is not None
-    if run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and run.stopped_on_server:
-        problem = f"{problem}; stopped {run.record.id if run.record else ''} on the server"
-        with contextlib.suppress(RegistryError):
-            run.mark(FAILED, problem)
+    problem = run.stop_after_failure(problem, INTERRUPT_BOUND_SECONDS)
     shown = {**generation_result(run.outcome(problem)), **(details or {})}
     return ToolFailure(code, prefix + problem, shown)
 
@@ -310,29 +308,24 @@ def _ended(app: App, outcome: Outcome) -> tuple[dict[str, Any], ToolFailure | No
 # -- one pipeline --------------------------------------------------------------------------------
 
 
-class _PipelineReporter:
-    """A pipeline ``Reporter`` whose progress is the assets that ended, of the total."""
+def _pipeline_reporter(events: Events) -> Reporter:
+    """A pipeline ``Reporter`` whose progress is the assets that ended, of the total.
 
-    def __init__(self, events: Events) -> None:
-        self.events = events
+    Made here, not at import: pipeline.launch would double what starting the MCP server
+    imports (it imports this module for GENERATION and PIPELINE).
+    """
+    from asset_generator.pipeline.launch import Unseen
 
-    def started(self, asset: PlannedAsset, generation_id: str) -> None:
-        pass
+    class AssetsEnded(Unseen):
+        def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
+            counts = tally.tally()
+            events.send("asset", asset=result.public(), done=tally.done)
+            words = [f"{tally.done} done"]
+            words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts[name]]
+            message = f"{tally.ended} of {tally.total} assets ended ({', '.join(words)})"
+            events.send("progress", value=tally.ended, total=tally.total, message=message)
 
-    def progress(self, asset: PlannedAsset, fraction: float) -> None:
-        pass
-
-    def saved(self, path: str) -> None:
-        pass
-
-    def finished(self, result: AssetResult, tally: PipelineRecord) -> None:
-        counts = tally.tally()
-        ended = tally.total - counts.get("in_flight", 0) - counts.get("not_started", 0)
-        self.events.send("asset", asset=result.public(), done=tally.done)
-        words = [f"{tally.done} done"]
-        words += [f"{counts[name]} {name}" for name in ("failed", "cancelled") if counts.get(name)]
-        message = f"{ended} of {tally.total} assets ended ({', '.join(words)})"
-        self.events.send("progress", value=ended, total=tally.total, message=message)
+    return AssetsEnded()
 
 
 def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
@@ -343,17 +336,17 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     from asset_generator.registry import RegistryError
 
     try:
-        loaded, options = _plan(app, arguments)
+        loaded, options, postprocess = _plan(app, arguments)
         if arguments.get("dry_run"):
             said = [*loaded.plan.warnings, *loaded.reasons(dry_run=True)]
             warnings = [in_tool_words(line) for line in said]
             events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
             return 0
-        run = launch.launch(app, loaded, options, debug=app.output.debug)
+        run = launch.launch(app, loaded, options, postprocess=postprocess, debug=app.output.debug)
     except Exception as exc:
         events.end(None, _failure_before_start(exc, app, arguments))
         return 1
-    run.runner.reporter = _PipelineReporter(events)
+    run.runner.reporter = _pipeline_reporter(events)
     events.send(
         "started",
         id=run.record.id,
@@ -382,8 +375,11 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     return 0 if ended.ok else 1
 
 
-def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
+def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The spec loaded and planned, its run options, and the config's post-processing (in
+    the manifest too, as `pipeline` puts it: a run by either is a rerun for the other)."""
     from asset_generator.agent.requests import pipeline_params
+    from asset_generator.generate_settings import postprocess_of
     from asset_generator.pipeline import launch
     from asset_generator.pipeline.spec import SpecError, SpecFileError
 
@@ -409,13 +405,14 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any]:
     else:
         source = Path(spec).expanduser()
     defaults, overrides = pipeline_params(app, arguments)
+    postprocess = postprocess_of(app.settings)
     try:
-        loaded = launch.load(source, options, defaults, overrides)
+        loaded = launch.load(source, options, defaults, overrides, postprocess)
     except SpecFileError as exc:
         raise ToolFailure("file_error", str(exc)) from None
     except SpecError as exc:
         raise ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}")) from None
-    return loaded, options
+    return loaded, options, postprocess
 
 
 if __name__ == "__main__":

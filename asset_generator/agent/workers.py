@@ -157,7 +157,9 @@ def spawn(kind: str, flags: dict[str, Any], arguments: dict[str, Any]) -> Worker
     and logs through our stderr while we are there to pass it on.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asset_generator.agent.worker"],
+        # -P: not the working directory first on sys.path (as -m puts it), so an
+        # asset_generator/ or yaml.py where the client started us is never imported.
+        [sys.executable, "-P", "-m", "asset_generator.agent.worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

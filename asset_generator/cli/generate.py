@@ -329,10 +329,8 @@ def _stop_after_failure(
     """
     if run.record is None:
         raise CommandError(problem, code)
-    stopped = sent and run.stop(FAILED, problem, INTERRUPT_BOUND_SECONDS) and not run.complete
-    if stopped and run.stopped_on_server:
-        problem = f"{problem}; stopped {run.record.id} on the server"
-        run.mark(FAILED, problem)
+    if sent:
+        problem = run.stop_after_failure(problem, INTERRUPT_BOUND_SECONDS)
     _fail_with(app, run.outcome(problem), prefix + problem, code)
 
 

@@ -92,12 +92,6 @@ def parse_params(items: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
         raise click.BadParameter(str(exc), param_hint="--param") from None
 
 
-def config_defaults(app: App, names: tuple[str, ...]) -> dict[str, Any]:
-    """The config's ``[generate]`` values of ``names`` that are set."""
-    values = {name: app.settings[f"generate.{name}"] for name in names}
-    return {name: value for name, value in values.items() if value is not None}
-
-
 def parse_sets(items: tuple[str, ...]) -> tuple[SetInput, ...]:
     """``--set NODE.INPUT=VALUE`` items; a usage error names the bad one."""
     from asset_generator.workflows import parse_set
@@ -137,6 +131,7 @@ def request_from(
     no_save: bool = False,
 ) -> Request:
     """A Request from the command line's ``names`` options, the config's under them."""
+    from asset_generator.generate_settings import config_defaults
     from asset_generator.server.types import Request
 
     return Request(
@@ -147,5 +142,5 @@ def request_from(
         workflow=read_workflow_option(workflow),
         sets=parse_sets(sets),
         no_save=no_save,
-        defaults=config_defaults(app, names),
+        defaults=config_defaults(app.settings, names),
     )

@@ -14,7 +14,6 @@ import click
 from asset_generator.cli import global_options
 from asset_generator.cli.app import App, CommandError, Stopped
 from asset_generator.cli.genoptions import (
-    config_defaults,
     generation_options,
     parse_params,
     parse_sets,
@@ -28,7 +27,6 @@ from asset_generator.cli.postprocess import (
     postprocess_options,
 )
 from asset_generator.pipeline.launch import DEFAULT_OUTPUT_DIR, Unseen
-from asset_generator.server.types import RUN_OPTIONS
 
 if TYPE_CHECKING:
     from asset_generator.images import PostProcess
@@ -151,19 +149,18 @@ def _run_params(
     sets: tuple[str, ...] = (),
     workflow: str | None = None,
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """The config's [generate] values (below the spec) and the command line's (above it:
-    --param, then the explicit options, which win over it), as (name, value) pairs."""
-    from asset_generator.pipeline.launch import command_line
+    """``launch.run_params`` of the command line: --param, then the explicit options (which
+    win over it), the config's [generate] values below the spec."""
+    from asset_generator.pipeline.launch import run_params
 
-    defaults = list(config_defaults(app, RUN_OPTIONS).items())
-    overrides = command_line(
+    return run_params(
+        app.settings,
         parse_params(params),
         options,
         loras=loras,
         workflow=read_workflow_option(workflow),
         sets=parse_sets(sets),
     )
-    return defaults, overrides
 
 
 # -- dry run -----------------------------------------------------------------------------------
@@ -436,10 +433,8 @@ class _RichReporter(_PlainReporter):
             task = self._tasks.pop(result.asset.index, None)
         if task is not None:
             self._progress.remove_task(task)
-        counts = tally.tally()
-        ended = tally.total - counts["in_flight"] - counts["not_started"]
         self._progress.update(
-            self._overall, completed=ended, description=f"assets {_counted(tally)}"
+            self._overall, completed=tally.ended, description=f"assets {_counted(tally)}"
         )
         if result.status not in ("succeeded", "skipped") and not self.app.output.quiet:
             self._progress.console.print(_finished_line(result, tally), soft_wrap=True)

@@ -87,18 +87,6 @@ POSTPROCESS_OPTIONS = (
         help="Quality of JPEG outputs [default 90].",
     ),
 )
-POSTPROCESS_NAMES = (
-    "auto_crop",
-    "auto_crop_threshold",
-    "auto_crop_tolerance",
-    "auto_crop_preserve_aspect",
-    "downscale_width",
-    "downscale_height",
-    "downscale_percentage",
-    "downscale_filter",
-    "strip_metadata",
-    "jpeg_quality",
-)
 
 
 def postprocess_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,43 +101,16 @@ def postprocess_from(app: App, options: dict[str, Any]) -> PostProcess | None:
 
     Removes the post-processing keys from ``options``.
     """
+    from asset_generator.generate_settings import POSTPROCESS_NAMES, postprocess_of
+
     flags = {name: options.pop(name, None) for name in POSTPROCESS_NAMES}
-
-    def value(name: str) -> Any:
-        given = flags[name]
-        return given if given is not None else app.settings[f"generate.{name}"]
-
-    # A size on the command line replaces the config's size as a whole: a configured
-    # percentage must not collide with a --downscale-width typed today.
-    size_names = ("downscale_width", "downscale_height", "downscale_percentage")
-    if any(flags[name] is not None for name in size_names):
-        width, height, percentage = (flags[name] for name in size_names)
-    else:
-        width, height, percentage = (app.settings[f"generate.{name}"] for name in size_names)
-    if percentage is not None and (width or height):
+    if flags["downscale_percentage"] is not None and (
+        flags["downscale_width"] or flags["downscale_height"]
+    ):
         raise click.UsageError(
             "--downscale-percentage cannot be combined with --downscale-width/--downscale-height"
         )
-    crop = bool(value("auto_crop"))
-    strip = bool(value("strip_metadata"))
-    if not (crop or strip or width or height or percentage):
-        return None
-    from asset_generator.images import CropOptions, DownscaleOptions, PostProcess
-
-    return PostProcess(
-        crop=CropOptions(
-            threshold=value("auto_crop_threshold"),
-            tolerance=value("auto_crop_tolerance"),
-            preserve_aspect=bool(value("auto_crop_preserve_aspect")),
-        )
-        if crop
-        else None,
-        downscale=DownscaleOptions(width, height, percentage, value("downscale_filter").lower())
-        if width or height or percentage
-        else None,
-        strip_metadata=strip,
-        jpeg_quality=value("jpeg_quality"),
-    )
+    return postprocess_of(app.settings, flags)
 
 
 # -- the offline commands' shared shape -------------------------------------------------------

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from asset_generator.pipeline.run import AssetResult, PipelineRun, Reporter
     from asset_generator.registry import PipelineRecord, Registry
     from asset_generator.server.types import Server, SetInput, Workflow
+    from asset_generator.settings import Resolved
 
 DEFAULT_OUTPUT_DIR = "pipeline-output"
 SUMMARY_KEYS = ("succeeded", "skipped", "failed", "cancelled", "not_started")
@@ -218,6 +219,24 @@ def command_line(
     if sets:
         pairs.append(("set", sets))
     return pairs
+
+
+def run_params(
+    settings: Resolved,
+    params: Iterable[tuple[str, Any]],
+    options: dict[str, Any],
+    *,
+    loras: Iterable[str] = (),
+    workflow: Workflow | None = None,
+    sets: Iterable[SetInput] = (),
+) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """``load``'s ``defaults`` and ``overrides``: the config's [generate] values (below the
+    spec's ``params:``) and the caller's options (``command_line``, above them)."""
+    from asset_generator.generate_settings import config_defaults
+
+    defaults = list(config_defaults(settings, RUN_OPTIONS).items())
+    overrides = command_line(params, options, loras=loras, workflow=workflow, sets=sets)
+    return defaults, overrides
 
 
 def _base_seed(given: int, manifest: Manifest) -> tuple[int, str]:
@@ -476,4 +495,5 @@ __all__ = [
     "SpecError",
     "launch",
     "load",
+    "run_params",
 ]
