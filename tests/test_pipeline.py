@@ -115,7 +115,8 @@ def fail_prompts(word: str):
 def test_nested_spec_runs_every_asset_on_every_backend(
     cli: Runner, emulator_factory, workdir: Path
 ) -> None:
-    emu = emulator_factory(backends=3, step_seconds=0.03)
+    # Steps long enough that three assets overlap even on a loaded machine.
+    emu = emulator_factory(backends=3, step_seconds=0.1)
     cli.url = emu.url
     result = cli("pipeline", spec(workdir), "--base-seed", "50", "-o", "out")
     assert result.code == 0, result.stderr
