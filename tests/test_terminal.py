@@ -282,7 +282,13 @@ def test_watch_shows_the_restarted_servers_version(cli, emulator_factory, tmp_pa
     cli.url = first.url
     term = Terminal(120, 35)
     term.start("status", "--watch", cwd=cli.cwd, env=cli.env())
-    assert term.run_until(lambda: "0.9.8.1.GIT-old" in term.text())
+    # The whole frame, not just its first lines: a frame is drawn in more than one write.
+    assert term.run_until(
+        lambda: (
+            "0.9.8.1.GIT-old" in term.text()
+            and any(line.startswith("server id") for line in term.display())
+        )
+    )
     old_id = next(line for line in term.display() if line.startswith("server id")).split()[-1]
     port = first.port
     first.stop()
