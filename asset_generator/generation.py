@@ -86,6 +86,9 @@ class Outcome:
     postprocess_errors: list[str] = field(default_factory=list)
     # Images the server sent that are not results: mini-grid, intermediates, extra outputs.
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # A cancel of ours (this process, or `cancel` through the registry) stopped it; else a
+    # cancelled run was stopped by the web UI or another client.
+    cancelled_by_us: bool = False
 
     @property
     def status(self) -> str:
@@ -142,6 +145,8 @@ class GenerationRun:
         self._first_image: float | None = None
         self._last_write = 0.0
         self._self_cancelled = False
+        # Set by _classify: our own cancel is what ended the run.
+        self._cancelled_here = False
         # When the server took the request (wall clock, to compare with a mark's time).
         self._accepted_at: float | None = None
         # Until when another process's unconfirmed cancel may still be confirmed (monotonic).
@@ -463,6 +468,7 @@ class GenerationRun:
         assert self.record is not None
         latest = self.registry.read().generations.get(self.record.id)
         cancelled_here = self._self_cancelled or (latest is not None and latest.status == CANCELLED)
+        self._cancelled_here = cancelled_here
         ended = self._ended or Ended(types.DONE)
         if ended.images is not None and self.prepared is not None:
             self.prepared.expected = ended.images
@@ -510,6 +516,7 @@ class GenerationRun:
             timings,
             list(self.postprocess_errors),
             list(self.skipped),
+            cancelled_by_us=self._cancelled_here,
         )
 
     def _update_record(self, **changes: Any) -> None:

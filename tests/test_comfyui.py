@@ -569,13 +569,33 @@ def test_cancel_interrupts_our_running_prompt_by_id_and_leaves_a_foreign_one(
     assert result.code == 0, result.stderr
     assert result.json()["was_active"] is True
     code, _, err = finish(process)
-    assert code == 1 and err.strip().splitlines()[-1].startswith("cancelled: ")
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    # Our cancel marked it, so the message names it (cli-contract §7).
+    assert last.startswith(f"cancelled: {record['id']} was cancelled on "), last
+    assert "by `asset-generator cancel` (0 of 1 saved)" in last and "web UI" not in last
     (ours,) = record["handle"]["prompt_ids"]
     assert interrupts(comfy) == [{"prompt_id": ours}]
     # The foreign prompt ran to its end.
     assert wait_for(lambda: (history_of(comfy, theirs) or {}).get("status", {}).get(
         "status_str") == "success")  # fmt: skip
     assert history_of(comfy, ours)["status"]["status_str"] == "error"
+
+
+def test_an_interrupt_from_elsewhere_is_a_cancel_by_the_web_ui_or_another_client(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    process = cli.start("generate", "image", "--workflow", slow(workdir, "stopped", steps=400))
+    record = wait_record(state_dir, "stopped", "running")
+    assert wait_for(lambda: (record_named(state_dir, "stopped") or {}).get("progress", 0) > 0)
+    # The web UI's Cancel button: a global interrupt, nothing of ours marked.
+    httpx.post(f"{comfy.url}/interrupt", json={}, timeout=10)
+    code, _, err = finish(process)
+    last = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert last.startswith(f"cancelled: {record['id']} was cancelled on "), last
+    assert "by the web UI or another client (0 of 1 saved)" in last
+    assert "asset-generator cancel" not in last
 
 
 def test_cancel_of_ours_pending_behind_a_foreign_prompt_only_deletes_ours(

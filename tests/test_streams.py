@@ -228,7 +228,8 @@ def test_a_cancel_from_elsewhere_reads_cancelled(
     assert "Traceback" not in err and "request failed" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("cancelled: gen_"), last
-    assert "`asset-generator cancel`, the web UI or another client (0 of 1 saved)" in last
+    # Our `cancel` marked it: the message names it (not "the web UI or another client").
+    assert "by `asset-generator cancel` (0 of 1 saved)" in last
     if fmt == "json":
         document = json.loads(out)
         assert document["ok"] is False and document["error"]["code"] == "cancelled"

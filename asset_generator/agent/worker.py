@@ -293,11 +293,13 @@ def _ended(app: App, outcome: Outcome) -> tuple[dict[str, Any], ToolFailure | No
     generation_id, status = document["generation_id"], document["status"]
     text = document.get("error") or status
     if status == CANCELLED:
-        # The generate command's wording (cli-contract §3): who can have stopped it.
-        message = (
-            f"cancelled: {generation_id} was stopped on the server by a cancel "
-            f"(cancel_generation, `asset-generator cancel`, the web UI or another client): {text}"
+        # The generate command's wording (cli-contract §3, §7): who stopped it.
+        who = (
+            "a cancel of ours (cancel_generation or `asset-generator cancel`)"
+            if outcome.cancelled_by_us
+            else "the web UI or another client"
         )
+        message = f"cancelled: {generation_id} was stopped on the server by {who}: {text}"
         return document, ToolFailure("cancelled", message)
     if status == FAILED:
         message = f"request failed: {app.server_name} ({generation_id} failed): {text}"

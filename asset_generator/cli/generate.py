@@ -281,10 +281,15 @@ def _report(app: App, outcome: Outcome) -> int:
 def _failure_text(app: App, outcome: Outcome) -> str:
     text = outcome.error or outcome.status
     if outcome.status == CANCELLED:
-        # Never a network failure (cli-contract §3): say who can have stopped it.
+        # Never a network failure (cli-contract §3): say who stopped it — our `cancel` when
+        # the registry holds our mark, else the web UI or another client (§7).
+        who = (
+            "`asset-generator cancel`"
+            if outcome.cancelled_by_us
+            else "the web UI or another client"
+        )
         return (
-            f"cancelled: {outcome.record.id} was cancelled on {app.server_name} by "
-            f"`asset-generator cancel`, the web UI or another client "
+            f"cancelled: {outcome.record.id} was cancelled on {app.server_name} by {who} "
             f"({_saved_count(outcome)} saved): {text}"
         )
     return f"request failed: {app.server_name} ({outcome.record.id} {outcome.status}): {text}"
