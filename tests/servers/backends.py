@@ -48,12 +48,19 @@ class Backend:
             return ["generate", "image", "-p", prompt, "--steps", str(steps)]
         # ComfyUI: the SlowSolidImage test node (comfyui-peer/slow_node.py) in a workflow
         # named after the prompt, so the record (and status) shows it.
-        graph = {
+        path = self.workdir / f"{prompt}.json"
+        path.write_text(json.dumps(self._graph(steps)))
+        return ["generate", "image", "--workflow", str(path)]
+
+    @staticmethod
+    def _graph(steps: int, step_seconds: float = 0.05) -> dict[str, Any]:
+        """SlowSolidImage -> SaveImage: ``steps`` x ``step_seconds``, then a 16x16 image."""
+        return {
             "1": {
                 "class_type": "SlowSolidImage",
                 "inputs": {
                     "steps": steps,
-                    "step_seconds": 0.05,
+                    "step_seconds": step_seconds,
                     "width": 16,
                     "height": 16,
                     "red": 0.2,
@@ -66,9 +73,6 @@ class Backend:
                 "inputs": {"images": ["1", 0], "filename_prefix": f"ag_{uuid.uuid4().hex[:8]}"},
             },
         }
-        path = self.workdir / f"{prompt}.json"
-        path.write_text(json.dumps(graph))
-        return ["generate", "image", "--workflow", str(path)]
 
     def on_server(self, record: dict[str, Any]) -> bool:
         """The server still holds the record's work (queued or running)."""
@@ -92,26 +96,44 @@ class Backend:
         try:
             records = read_registry(state_dir)["generations"].values()
         except OSError:
-            return
+            records = []
         ids = [p for r in records for p in r.get("handle", {}).get("prompt_ids", [])]
+        ids += self.started  # the prompts a scenario queued as another client
         if ids:
             httpx.post(f"{self.url}/queue", json={"delete": ids}, timeout=10)
             for prompt_id in ids:
                 httpx.post(f"{self.url}/interrupt", json={"prompt_id": prompt_id}, timeout=10)
 
+    def foreign(self, steps: int, step_seconds: float = 0.05) -> str:
+        """ComfyUI: queue a prompt as another client would (its own client id); its id."""
+        graph = json.loads(json.dumps(self._graph(steps, step_seconds)))
+        answer = httpx.post(
+            f"{self.url}/prompt",
+            json={"prompt": graph, "client_id": f"someone-else-{uuid.uuid4().hex[:8]}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        prompt_id = answer.json()["prompt_id"]
+        self.started.append(prompt_id)
+        return prompt_id
 
-def _params() -> list[Any]:
-    return [
-        pytest.param("swarmui", id="swarmui"),
-        pytest.param("comfyui", id="comfyui"),
-        pytest.param(
-            "comfyui-real",
-            id="comfyui-real",
-            marks=pytest.mark.skipif(
-                not REAL_COMFYUI, reason="set ASSET_GENERATOR_TEST_COMFYUI_URL to a real ComfyUI"
-            ),
-        ),
-    ]
+    def outcome(self, prompt_id: str) -> str | None:
+        """ComfyUI: how a prompt ended (its history's status_str), None while it has none."""
+        entry = httpx.get(f"{self.url}/history/{prompt_id}", timeout=10).json().get(prompt_id)
+        return entry["status"].get("status_str") if entry else None
+
+    def queued(self, prompt_id: str) -> bool:
+        queue = httpx.get(f"{self.url}/queue", timeout=10).json()
+        return prompt_id in {i[1] for i in queue["queue_running"] + queue["queue_pending"]}
+
+
+def _params(kinds: tuple[str, ...] = ("swarmui", "comfyui", "comfyui-real")) -> list[Any]:
+    marks = {
+        "comfyui-real": pytest.mark.skipif(
+            not REAL_COMFYUI, reason="set ASSET_GENERATOR_TEST_COMFYUI_URL to a real ComfyUI"
+        )
+    }
+    return [pytest.param(kind, id=kind, marks=marks.get(kind, ())) for kind in kinds]
 
 
 @pytest.fixture(params=_params())
@@ -123,10 +145,34 @@ def backend(
     state_dir: Path,
     tmp_path: Path,
 ) -> Iterator[Backend]:
-    if request.param == "swarmui":
+    yield from _backend(request.param, emulator_factory, cli, workdir, state_dir, tmp_path)
+
+
+@pytest.fixture(params=_params(("comfyui", "comfyui-real")))
+def comfy_backend(
+    request: pytest.FixtureRequest,
+    emulator_factory: Callable[..., Any],
+    cli: Runner,
+    workdir: Path,
+    state_dir: Path,
+    tmp_path: Path,
+) -> Iterator[Backend]:
+    """ComfyUI only: its emulator and the real server (scenarios with other clients' prompts)."""
+    yield from _backend(request.param, emulator_factory, cli, workdir, state_dir, tmp_path)
+
+
+def _backend(
+    kind: str,
+    emulator_factory: Callable[..., Any],
+    cli: Runner,
+    workdir: Path,
+    state_dir: Path,
+    tmp_path: Path,
+) -> Iterator[Backend]:
+    if kind == "swarmui":
         emulator = emulator_factory(backends=1, step_seconds=0.05)
         found = Backend("swarmui", emulator.url, emulator, workdir)
-    elif request.param == "comfyui":
+    elif kind == "comfyui":
         from asset_generator.emulator import ComfyEmulator
 
         emulator = ComfyEmulator(base_dir=tmp_path / "comfy").start()
@@ -139,7 +185,7 @@ def backend(
         yield found
     finally:
         found.cleanup(state_dir)
-        if request.param == "comfyui" and emulator is not None:
+        if kind == "comfyui" and emulator is not None:
             emulator.stop()
 
 
