@@ -295,14 +295,19 @@ def test_the_workflow_s_own_values_stand_for_what_is_not_given(
     assert result.stdout.strip() == "out/a cat-42.png"
 
 
-def test_two_places_or_none_are_refused_with_a_pointer_to_set(
-    comfy: ComfyEmulator, cli: Runner, workdir: Path
-) -> None:
+def two_samplers() -> dict[str, Any]:
+    """t2i() with a second KSampler after the first (a two-pass, "hires fix" shape)."""
     doubled = t2i()
     doubled["11"] = json.loads(json.dumps(doubled["3"]))
     doubled["11"]["inputs"]["latent_image"] = ["3", 0]
     doubled["8"]["inputs"]["samples"] = ["11", 0]
-    workflow = write(workdir, "two.json", doubled)
+    return doubled
+
+
+def test_two_places_or_none_are_refused_with_a_pointer_to_set(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    workflow = write(workdir, "two.json", two_samplers())
     result = cli("generate", "image", "--workflow", workflow, "--steps", "9")
     assert result.code == 2
     assert "--steps" in result.stderr and "2 places" in result.stderr
@@ -328,17 +333,13 @@ def test_config_seed_and_images_leave_a_two_sampler_workflow_alone(
 ) -> None:
     # A config value must not refuse every --workflow run: it applies where the workflow has
     # one place for it, else the workflow keeps its own values (the command line still asks).
-    doubled = t2i()
-    doubled["11"] = json.loads(json.dumps(doubled["3"]))
-    doubled["11"]["inputs"]["latent_image"] = ["3", 0]
-    doubled["8"]["inputs"]["samples"] = ["11", 0]
-    workflow = write(workdir, "two.json", doubled)
+    workflow = write(workdir, "two.json", two_samplers())
     for key, value in (("generate.seed", "7"), ("generate.images", "2")):
         assert cli("config", "set", key, value).code == 0
     result = cli("generate", "image", "--workflow", workflow, "-o", "out")
     assert result.code == 0, result.stderr
     (graph,) = sent(comfy)
-    assert graph == doubled
+    assert graph == two_samplers()
     asked = cli("generate", "image", "--workflow", workflow, "--seed", "3")
     assert asked.code == 2 and "--seed" in asked.stderr and "2 places" in asked.stderr
     # Where the workflow has one place, the config's seed and count apply.

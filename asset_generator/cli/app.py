@@ -210,7 +210,7 @@ class App:
             # Held here so that close() closes it whatever the probe raises.
             self._server = adapter
             try:
-                found = adapter.probe()  # type: ignore[attr-defined]
+                found = adapter.probe()
             except ServerError as exc:
                 if refused is not None:
                     raise refused from None

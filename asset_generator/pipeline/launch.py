@@ -451,7 +451,7 @@ def launch(
         overwrite=options.overwrite,
         continue_on_error=options.continue_on_error,
         reporter=reporter or Unseen(),
-        claimer=server.pool() if server is not None else None,  # type: ignore[attr-defined]
+        claimer=server.pool() if server is not None else None,
         queue_ahead=queue_ahead,
         debug=debug,
         decisions=decisions,
