@@ -895,6 +895,65 @@ def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_f
     assert len(sent(comfy)) == 4
 
 
+def test_a_pipeline_asks_each_model_folder_once_and_the_next_command_asks_again(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    """Every asset is prepared before the first is queued; the model and LoRA names are
+    looked up once per command, not once per asset, and not kept for the next command."""
+    spec = workdir / "five.yaml"
+    items = "".join(f"      - {{id: a{i}, prompt: 'asset {i}'}}\n" for i in range(5))
+    spec.write_text(f"assets:\n  - name: set\n    assets:\n{items}")
+    options = ("--base-seed", "1", "--steps", "1", "--width", "64", "--height", "64", "-q")
+
+    def asked(folder: str) -> int:
+        return len([c for c in comfy.calls("/models/{folder}") if c.path == f"/models/{folder}"])
+
+    result = cli("pipeline", str(spec), "--model", "random-sd15", "--lora", "random-lora:0.5",
+                 *options)  # fmt: skip
+    assert result.code == 0, result.stderr
+    graphs = sent(comfy)
+    assert len(graphs) == 5
+    for graph in graphs:
+        assert graph["4"]["inputs"]["ckpt_name"] == "random-sd15.safetensors"
+        (lora,) = [n for n in graph.values() if n["class_type"] == "LoraLoader"]
+        assert lora["inputs"]["lora_name"] == "random-lora.safetensors"
+    assert (asked("checkpoints"), asked("loras")) == (1, 1)
+    # A model added between two commands is found by the next one.
+    comfy.config.checkpoints.append("added-later.safetensors")
+    again = cli("pipeline", str(spec), "--model", "added-later", "--force", *options)
+    assert again.code == 0, again.stderr
+    assert {g["4"]["inputs"]["ckpt_name"] for g in sent(comfy)[5:]} == {"added-later.safetensors"}
+    assert (asked("checkpoints"), asked("loras")) == (2, 1)
+
+
+def test_a_pipeline_of_ui_format_assets_refreshes_a_stale_catalogue_once(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, tmp_path: Path
+) -> None:
+    """A cached catalogue without a class the workflow needs is fetched again (a new custom
+    node), once for the whole pipeline; the next command takes the cached copy."""
+    templates = pytest.importorskip(TEMPLATES)
+    source = Path(templates.__file__).parent / "templates" / "default.json"
+    first = cli("generate", "image", "--workflow", str(source), "--model", "random-sd15",
+                "--steps", "1", "-o", "out")  # fmt: skip
+    assert first.code == 0, first.stderr
+    (cached,) = (tmp_path / "home" / "xdg_cache_home").rglob("*-object_info.json")
+    stale = json.loads(cached.read_text())
+    del stale["KSampler"]
+    cached.write_text(json.dumps(stale))
+    spec = workdir / "ui.yaml"
+    items = "".join(f"      - {{id: a{i}, prompt: 'asset {i}'}}\n" for i in range(3))
+    spec.write_text(f"assets:\n  - name: set\n    assets:\n{items}")
+    options = ("--workflow", str(source), "--model", "random-sd15", "--steps", "1", "-q")
+    result = cli("pipeline", str(spec), *options)
+    assert result.code == 0, result.stderr
+    assert len(comfy.calls("/object_info")) == 2
+    assert "KSampler" in json.loads(cached.read_text())
+    again = cli("pipeline", str(spec), "--force", *options)
+    assert again.code == 0, again.stderr
+    assert len(comfy.calls("/object_info")) == 2
+    assert len(sent(comfy)) == 7
+
+
 def test_a_cancel_goes_by_the_version_the_first_use_saw(
     comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
 ) -> None:

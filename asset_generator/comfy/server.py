@@ -214,6 +214,13 @@ class ComfyServer:
         self.name = self.client.server
         self._cache_dir = cache_dir
         self._version: str | None = None
+        # Kept for this adapter's life, one command (the pipeline prepares every asset before
+        # the first is queued): GET /models/{folder} once per folder, None for a folder the
+        # server lacks, and the catalogue parsed once. Not on disk: a model added between two
+        # commands is found by the next one. The MCP server's own adapter lives longer but
+        # never prepares; its generations and pipelines run in workers with their own.
+        self._model_names: dict[str, list[str] | None] = {}
+        self._catalogue: dict[str, Any] | None = None
 
     def close(self) -> None:
         self.client.close()
@@ -419,9 +426,13 @@ class ComfyServer:
         leaves one match (cli-contract §7)."""
         if PurePosixPath(name).suffix.lower() in MODEL_EXTENSIONS:
             return name
-        try:
-            known = self.client.models(folder)
-        except NotFound:
+        if folder not in self._model_names:
+            try:
+                self._model_names[folder] = self.client.models(folder)
+            except NotFound:
+                self._model_names[folder] = None
+        known = self._model_names[folder]
+        if known is None:
             return name
         if name in known:
             return name
@@ -462,6 +473,8 @@ class ComfyServer:
     def object_info(self, needed: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """The server's node catalogue, cached on disk per server (it is large); fetched again
         when a class the workflow needs is missing from the cached copy (a new custom node)."""
+        if self._catalogue is not None and set(needed) <= set(self._catalogue):
+            return self._catalogue
         path = self._object_info_path()
         cached: dict[str, Any] | None = None
         if path is not None:
@@ -469,6 +482,7 @@ class ComfyServer:
                 loaded = json.loads(path.read_bytes())
                 cached = loaded if isinstance(loaded, dict) else None
         if cached is not None and set(needed) <= set(cached):
+            self._catalogue = cached
             return cached
         fresh = self.client.object_info()
         if path is not None:
@@ -477,6 +491,7 @@ class ComfyServer:
             with contextlib.suppress(Exception):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, json.dumps(fresh).encode(), what="the node catalogue")
+        self._catalogue = fresh
         return fresh
 
     def _object_info_path(self) -> Path | None:
