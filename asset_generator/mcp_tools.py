@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -48,6 +48,8 @@ from asset_generator.text import one_line
 if TYPE_CHECKING:
     from asset_generator.cli.app import App
     from asset_generator.registry import GenerationRecord, PipelineRecord
+
+T = TypeVar("T")
 
 # How often a waiting call relays its work's progress to the client.
 RELAY_SECONDS = 0.1
@@ -183,6 +185,19 @@ class Tools:
 
     def generations(self) -> jobs.Generations:
         return self.app.generations()
+
+    def asking_again(self, work: Callable[[], T]) -> T:
+        """``work``, run once more when it failed because the server type remembered for the
+        URL no longer fits (cli-contract §7: another server listens there now), as the CLI
+        runs a command once more; the App's adapter is made afresh for it."""
+        self.app.reuse()
+        try:
+            return work()
+        except Exception as exc:
+            if not self.app.wrong_type_remembered(exc):
+                raise
+        self.app.forget_type()
+        return work()
 
     def job(self, job_id: str) -> WorkerJob | None:
         """This server's worker for ``job_id``, if it started one."""
@@ -750,7 +765,9 @@ def build_server(tools: Tools) -> MCPServer:
         assets in flight. Without: active generations and pipelines, then the latest
         finished ones. Unknown id: error not_found. Cheap: poll it every few seconds.
         """
-        return await in_thread(lambda: tools.status(generation_id), tools.server_name())
+        return await in_thread(
+            lambda: tools.asking_again(lambda: tools.status(generation_id)), tools.server_name()
+        )
 
     @tool(
         title="Cancel a generation or pipeline",
@@ -794,7 +811,9 @@ def build_server(tools: Tools) -> MCPServer:
             )
             return error_result(failure)
         target = generation_id or feature
-        return await in_thread(lambda: tools.cancel(target, all), tools.server_name())
+        return await in_thread(
+            lambda: tools.asking_again(lambda: tools.cancel(target, all)), tools.server_name()
+        )
 
     @tool(
         title="Get a generation's images",
@@ -845,7 +864,10 @@ def build_server(tools: Tools) -> MCPServer:
         depth: Annotated[int, Field(ge=1, le=20, description="Folder levels below path.")] = 20,
     ) -> Annotated[CallToolResult, ModelsResult]:
         """Models the server offers; pass a name as generate_image's model (or loras) as is."""
-        return await in_thread(lambda: tools.models(subtype, path, depth), tools.server_name())
+        return await in_thread(
+            lambda: tools.asking_again(lambda: tools.models(subtype, path, depth)),
+            tools.server_name(),
+        )
 
     @tool(
         title="Server status",
@@ -853,7 +875,7 @@ def build_server(tools: Tools) -> MCPServer:
     )
     async def server_status() -> Annotated[CallToolResult, ServerStatusResult]:
         """The server: reachable, type, version, backends or devices, and this client's work."""
-        return await in_thread(tools.server_status, tools.server_name())
+        return await in_thread(lambda: tools.asking_again(tools.server_status), tools.server_name())
 
     return server
 

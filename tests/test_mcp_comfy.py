@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-from conftest import read_registry
+from conftest import Runner, read_registry
 
 pytest.importorskip("mcp")
 from mcp import Client
@@ -90,10 +90,12 @@ def slow_graph(steps: int = 4, green: float = 0.0) -> dict[str, Any]:
     }
 
 
-def with_client(url: str, scenario: Callable[[Client], Awaitable[T]]) -> T:
+def with_client(
+    url: str, scenario: Callable[[Client], Awaitable[T]], server_type: str = "comfyui"
+) -> T:
     """Run ``scenario`` with a client of a fresh server over ``url``; end all it started."""
     app = App()
-    app.flags.update(api_url=url, server_type="comfyui")
+    app.flags.update(api_url=url, server_type=server_type)
     tools = Tools(app)
     server = build_server(tools)
 
@@ -277,3 +279,65 @@ def test_the_built_in_graph_takes_sampler_and_scheduler_and_says_the_drawn_seed(
         [sampler] = [n for n in sent.body["prompt"].values() if n["class_type"] == "KSampler"]
         assert sampler["inputs"]["sampler_name"] == "euler"
         assert sampler["inputs"]["scheduler"] == "karras"
+
+
+def test_a_remembered_type_that_no_longer_fits_is_asked_again(
+    emulator_factory: Any, cli: Runner, state_dir: Path, tmp_path: Path
+) -> None:
+    """cli-contract §7 through MCP: SwarmUI is remembered for the URL, ComfyUI listens there
+    now. The worker (told SwarmUI by the registry) and the MCP server (holding the adapter it
+    made while SwarmUI answered) ask again, and the registry then remembers ComfyUI."""
+    comfy_class = _emulator_class()
+    if comfy_class is None:
+        pytest.skip("the ComfyUI emulator is not in this tree")
+    swarm = emulator_factory()
+    cli.url = swarm.url
+    assert cli("status", "-f", "json").json()["type"] == "swarmui"
+    assert read_registry(state_dir)["kinds"][swarm.url] == "swarmui"
+    started: list[Any] = []
+    generate = {
+        "prompt": "a heron",
+        "model": "random-sd15.safetensors",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "output_dir": str(tmp_path / "out"),
+    }
+
+    def swap() -> None:
+        swarm.stop()
+        started.append(comfy_class(base_dir=tmp_path / "comfy", port=swarm.port).start())
+
+    async def scenario(client: Client) -> list[Any]:
+        results = [await client.call_tool("server_status", {})]
+        await anyio.to_thread.run_sync(swap)
+        for name, arguments in [
+            ("generate_image", generate),
+            ("generate_image", generate),
+            ("server_status", {}),
+            ("list_models", {}),
+        ]:
+            results.append(await client.call_tool(name, arguments))
+        return results
+
+    try:
+        before, first, made, after, models = with_client(swarm.url, scenario, "auto")
+        prompts = started[0].calls("/prompt")
+    finally:
+        for emulator in started:
+            emulator.stop()
+    assert before.structured_content["type"] == "swarmui"
+    # The SwarmUI session cached by `status` let the first one register without a request;
+    # once registered it is never run again (its request reached the server), as `generate`.
+    assert error_of(first)["code"] == "bad_response"
+    assert "not a SwarmUI server" in error_of(first)["message"]
+    # The next asks SwarmUI for a session, before registering: the server is asked again.
+    assert made.structured_content is not None, made.content[0].text
+    assert made.structured_content["status"] == "succeeded"
+    assert len(prompts) == 1
+    # The MCP server's own adapter, made for SwarmUI, made way for one asked afresh.
+    assert after.structured_content is not None, after.content[0].text
+    assert after.structured_content["type"] == "comfyui"
+    assert models.structured_content is not None, models.content[0].text
+    assert "random-sd15.safetensors" in [m["name"] for m in models.structured_content["models"]]
+    assert read_registry(state_dir)["kinds"][swarm.url] == "comfyui"

@@ -172,9 +172,18 @@ def run_generation(app: App, arguments: dict[str, Any], events: Events) -> int:
     run: GenerationRun | None = None
     try:
         try:
-            run = _prepared_run(app, arguments, events)
-            assert run.prepared is not None
-            record = run.register(run.prepared)
+            for last in (False, True):
+                try:
+                    run = _prepared_run(app, arguments, events)
+                    assert run.prepared is not None
+                    record = run.register(run.prepared)
+                    break
+                except Exception as exc:
+                    # Nothing is recorded or sent yet, so a server type remembered for the
+                    # URL that no longer fits is asked again, once, as `generate` does.
+                    if last or not app.wrong_type_remembered(exc):
+                        raise
+                    app.forget_type()
         except Exception as exc:
             events.end(None, _failure_before_start(exc, app, arguments))
             return 1
@@ -338,13 +347,24 @@ def run_pipeline(app: App, arguments: dict[str, Any], events: Events) -> int:
     from asset_generator.registry import RegistryError
 
     try:
-        loaded, options, postprocess = _plan(app, arguments)
-        if arguments.get("dry_run"):
-            said = [*loaded.plan.warnings, *loaded.reasons(dry_run=True)]
-            warnings = [in_tool_words(line) for line in said]
-            events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
-            return 0
-        run = launch.launch(app, loaded, options, postprocess=postprocess, debug=app.output.debug)
+        for last in (False, True):
+            loaded, options, postprocess = _plan(app, arguments)
+            if arguments.get("dry_run"):
+                said = [*loaded.plan.warnings, *loaded.reasons(dry_run=True)]
+                warnings = [in_tool_words(line) for line in said]
+                events.end({**loaded.dry_run_document(), "warnings": warnings}, None)
+                return 0
+            try:
+                run = launch.launch(
+                    app, loaded, options, postprocess=postprocess, debug=app.output.debug
+                )
+                break
+            except Exception as exc:
+                # launch asks the server before it records the pipeline: nothing recorded
+                # or sent yet, so a remembered type that no longer fits is asked again, once.
+                if last or not app.wrong_type_remembered(exc):
+                    raise
+                app.forget_type()
     except Exception as exc:
         events.end(None, _failure_before_start(exc, app, arguments))
         return 1

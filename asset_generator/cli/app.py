@@ -92,6 +92,9 @@ class App:
         # The server type came from the registry's memory (`--server-type auto`): if the
         # server answers like another kind, it is asked again (cli.run does that, once).
         self.type_remembered = False
+        # The remembered type was forgotten (forget_type): the next adapter asks the server,
+        # whatever our older records there were made on.
+        self._ask_type = False
 
     # -- settings and output ------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class App:
         wanted = self.settings["server_type"]
         if wanted != "auto":
             return self._adapter(wanted)
+        if self._ask_type or self.flags.get("_asked_again"):
+            return self._identify()
         remembered = self._remembered_type()
         if remembered is not None:
             self.type_remembered = True
@@ -221,6 +226,7 @@ class App:
                 refused, found = exc, False
             if found:
                 self.remember_type(name)
+                self._ask_type = False
                 self.output.debug(f"{self.server_name} is {SERVER_TYPES[name].label}")
                 return adapter
             adapter.close()
@@ -265,14 +271,28 @@ class App:
         cause = getattr(exc, "cause", exc)
         return isinstance(cause, NotFound)
 
+    def reuse(self) -> None:
+        """A long-lived App (the MCP server's) starts another use: an adapter an earlier use
+        identified counts as remembered, so a server swapped since is asked again, once."""
+        if self._server is not None and self.settings["server_type"] == "auto":
+            self.type_remembered = True
+
     def remember_type(self, name: str) -> None:
         with self.registry.transaction() as state:
             state.kinds[self.server_name] = name
 
     def forget_type(self) -> None:
-        """The remembered type no longer fits: the next command asks the server again."""
+        """The remembered type no longer fits: forget it, and the adapter made for it, so the
+        next use (the next command, or the MCP server's next call) asks the server again.
+
+        The MCP server keeps one App for its lifetime, so the adapter goes too; and asking
+        again sets ``type_remembered`` anew, so a failure after that is not asked about twice.
+        """
         with self.registry.transaction() as state:
             state.kinds.pop(self.server_name, None)
+        self.close()
+        self.type_remembered = False
+        self._ask_type = True
 
     def close(self) -> None:
         if self._server is not None:
