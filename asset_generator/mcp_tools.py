@@ -191,13 +191,7 @@ class Tools:
         URL no longer fits (cli-contract §7: another server listens there now), as the CLI
         runs a command once more; the App's adapter is made afresh for it."""
         self.app.reuse()
-        try:
-            return work()
-        except Exception as exc:
-            if not self.app.wrong_type_remembered(exc):
-                raise
-        self.app.forget_type()
-        return work()
+        return self.app.asking_again(work)
 
     def job(self, job_id: str) -> WorkerJob | None:
         """This server's worker for ``job_id``, if it started one."""

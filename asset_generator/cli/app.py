@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asset_generator import settings
 from asset_generator.cli.output import Output, register_secret
 from asset_generator.registry import Registry, server_key
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from asset_generator.jobs import Generations
     from asset_generator.server.types import Server
 
@@ -293,6 +297,19 @@ class App:
         self.close()
         self.type_remembered = False
         self._ask_type = True
+
+    def asking_again(self, work: Callable[[], T]) -> T:
+        """``work``, run once more when it failed because the server type remembered for the
+        URL no longer fits (cli-contract §7: another server listens there now). Only for work
+        that records and sends nothing before such a failure (the MCP tools, and a worker's
+        start); a command is run once more whole instead (``cli.run``)."""
+        try:
+            return work()
+        except Exception as exc:
+            if not self.wrong_type_remembered(exc):
+                raise
+        self.forget_type()
+        return work()
 
     def close(self) -> None:
         if self._server is not None:
