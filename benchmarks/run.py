@@ -325,16 +325,7 @@ class Bench:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        state = Path(self.env["XDG_STATE_HOME"]) / "asset-generator" / "generations.json"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                records = json.loads(state.read_text())["generations"].values()
-            except (OSError, ValueError, KeyError):
-                records = []
-            if any(r["pid"] == process.pid and r["status"] == "running" for r in records):
-                break
-            time.sleep(0.01)
+        self._wait_running(process.pid)
         floor_started = time.perf_counter()
         self.python(HTTPX_FLOOR, "127.0.0.1", str(emu.port), str(floor_requests))
         floor = time.perf_counter() - floor_started
