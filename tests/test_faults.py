@@ -72,6 +72,10 @@ def _image_path(path: str) -> Hook:
 
 ALL = ("generate", "status", "cancel", "cancel --all", "models list")
 
+# Built once: making 40 MiB per answer inside the emulator's event loop delayed even the
+# headers past the cells' one-second --timeout on a loaded machine (a CI run saw `timeout`).
+HUGE_JSON = b'{"pad":"' + b"x" * (40 * 1024 * 1024) + b'"}'
+
 FAULTS = [
     FaultCase(
         "session",
@@ -144,7 +148,7 @@ FAULTS = [
     FaultCase(
         "huge-json",
         "A JSON body far larger than any real answer (40 MiB)",
-        _http(lambda p: json_body(b'{"pad":"' + b"x" * (40 * 1024 * 1024) + b'"}')),
+        _http(lambda p: json_body(HUGE_JSON)),
         ALL,
     ),
     FaultCase(

@@ -293,10 +293,12 @@ class HttpTransport:
             await writer.drain()
             writer.transport.abort()
             return
-        if body:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
+        # The headers go out first and a body is passed through uncopied: a large one
+        # (the fault matrix sends 40 MiB) must not hold back the headers a client acts on.
         writer.write(data)
+        if body:
+            writer.writelines(conn.send_with_data_passthrough(h11.Data(data=body)))
+        writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
     async def _protocol_error(
