@@ -59,6 +59,20 @@ def test_a_command_imports_only_itself() -> None:
         assert f"asset_generator.cli.{other}" not in loaded
 
 
+def test_cancel_with_nothing_active_loads_no_protocol_code() -> None:
+    # No request is made, so neither the seam's vocabulary of a run nor an adapter or the HTTP
+    # stack has any use (they were a third of its start-up beyond click's).
+    loaded = set(loaded_modules("cancel", "-q"))
+    assert "asset_generator.jobs" in loaded
+    assert not loaded & {
+        "asset_generator.server.types",
+        "asset_generator.swarm",
+        "asset_generator.comfy",
+        "asset_generator.transport",
+        "httpx",
+    }
+
+
 def test_a_network_command_skips_httpx_cli_and_websockets(emulator) -> None:
     # httpx's own CLI would pull in rich.progress, rich.syntax and pygments; only generate
     # needs the WebSocket stack.

@@ -400,10 +400,10 @@ def test_refresh_confirms_a_lost_cancel_only_when_the_server_shows_the_work_gone
     import time
 
     from asset_generator.jobs.generations import Generations
-    from asset_generator.server import types
+    from asset_generator.server import jobstate
 
     now = time.time()
-    answers = {"s-idle": types.IDLE, "s-gone": types.GONE, "s-busy": types.RUNNING}
+    answers = {"s-idle": jobstate.IDLE, "s-gone": jobstate.GONE, "s-busy": jobstate.RUNNING}
 
     class Server:
         type, label, name, gone_text = "swarmui", "SwarmUI", "http://h:1", "gone"

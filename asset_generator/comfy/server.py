@@ -32,7 +32,7 @@ from asset_generator.comfy.client import (
     images_of,
 )
 from asset_generator.comfy.metadata import seed_of_file
-from asset_generator.server import types
+from asset_generator.server import jobstate, types
 from asset_generator.server.errors import (
     AuthFailed,
     BadResponse,
@@ -529,11 +529,11 @@ class ComfyServer:
         for handle in handles:
             found = {queue.state_of(p) for p in prompt_ids(handle)}
             if "running" in found:
-                states.append(types.RUNNING)
+                states.append(jobstate.RUNNING)
             elif "pending" in found:
-                states.append(types.QUEUED)
+                states.append(jobstate.QUEUED)
             else:
-                states.append(types.IDLE)
+                states.append(jobstate.IDLE)
         return states
 
     def cancel(self, handles: list[Handle], *, timeout: float | None = None) -> list[bool]:
@@ -978,7 +978,7 @@ class ComfyRun:
                 )
         if all(p.state == "removed" for p in self.prompts):
             return Ended(types.INTERRUPTED, "cancelled before any prompt was queued")
-        yield Waiting(types.QUEUED, "queued")
+        yield Waiting(jobstate.QUEUED, "queued")
         return None
 
     def _follow(
@@ -1061,7 +1061,7 @@ class ComfyRun:
             return
         if kind == "execution_start":
             prompt.state = "running"
-            yield Waiting(types.RUNNING, self._running_text(prompt))
+            yield Waiting(jobstate.RUNNING, self._running_text(prompt))
             if self._cancelled or self.marked():
                 # An interrupt that reached the server between taking the prompt from the
                 # queue and starting it was reset when it started (execution.py:652, §5.1).
@@ -1073,7 +1073,7 @@ class ComfyRun:
             if isinstance(value, int | float) and isinstance(most, int | float) and most > 0:
                 if prompt.state != "running":
                     prompt.state = "running"
-                    yield Waiting(types.RUNNING, self._running_text(prompt))
+                    yield Waiting(jobstate.RUNNING, self._running_text(prompt))
                 for index in self._indices(prompt):
                     yield Progress(index, min(max(value / most, 0.0), 1.0))
         elif kind == "executed":
@@ -1150,7 +1150,7 @@ class ComfyRun:
             state = queue.state_of(prompt.id)
             if state == "running" and prompt.state == "queued":
                 prompt.state = "running"
-                yield Waiting(types.RUNNING, self._running_text(prompt))
+                yield Waiting(jobstate.RUNNING, self._running_text(prompt))
             if state is not None:
                 continue
             entry = entries[prompt.id]

@@ -26,7 +26,7 @@ from asset_generator.registry import (
     PipelineRecord,
     active_under_other_credentials,
 )
-from asset_generator.server import types
+from asset_generator.server import jobstate
 from asset_generator.text import plural
 
 __all__ = [
@@ -270,7 +270,7 @@ def wait_stopped(generations: Generations, records: list[GenerationRecord], time
     server = generations.server()
     while pending:
         states = server.job_states([r.handle for r in pending])
-        pending = [r for r, s in zip(pending, states, strict=True) if s in types.ACTIVE_STATES]
+        pending = [r for r, s in zip(pending, states, strict=True) if s in jobstate.ACTIVE_STATES]
         if not pending:
             return
         if time.monotonic() >= deadline:

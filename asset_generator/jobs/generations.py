@@ -8,6 +8,7 @@ so a command with nothing to ask makes no request and imports no protocol code.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from asset_generator.registry import (
     CANCELLED,
@@ -17,8 +18,10 @@ from asset_generator.registry import (
     GenerationRecord,
     Registry,
 )
-from asset_generator.server import types
-from asset_generator.server.types import Server
+from asset_generator.server import jobstate
+
+if TYPE_CHECKING:
+    from asset_generator.server.types import Server
 
 ORPHANED = "the generating process ended without recording a result"
 CANCEL_REQUESTED = "cancelled by request"
@@ -80,12 +83,12 @@ class Generations:
             for record, state in zip(ours, states, strict=True):
                 dead = record.process_alive() is False
                 if record.ended:
-                    if state == types.GONE or (state == types.IDLE and dead):
+                    if state == jobstate.GONE or (state == jobstate.IDLE and dead):
                         confirmed.add(record.id)
-                elif state == types.GONE:
+                elif state == jobstate.GONE:
                     updates[record.id] = (FAILED, server.gone_text)
-                elif state in types.ACTIVE_STATES:
-                    updates[record.id] = (RUNNING if state == types.RUNNING else QUEUED, None)
+                elif state in jobstate.ACTIVE_STATES:
+                    updates[record.id] = (RUNNING if state == jobstate.RUNNING else QUEUED, None)
                 elif dead:
                     updates[record.id] = (FAILED, ORPHANED)
         if updates or confirmed:

@@ -16,10 +16,7 @@ from typing import Any, Protocol
 
 Handle = dict[str, Any]
 
-# What the server says of one handle's work (Server.job_states).
-QUEUED, RUNNING, IDLE, GONE = "queued", "running", "idle", "gone"
-ACTIVE_STATES = frozenset({QUEUED, RUNNING})
-# Waiting.state: QUEUED, RUNNING, or waiting for a model to load.
+# Waiting.state: jobstate.QUEUED, jobstate.RUNNING, or waiting for a model to load.
 LOADING = "loading model"
 
 # `generate image` options a Request carries, by their config names.

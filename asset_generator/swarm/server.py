@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from asset_generator.downloads import decode_data_url, extension_of
 from asset_generator.registry import CANCELLED, RegistryError
-from asset_generator.server import types
+from asset_generator.server import jobstate, types
 from asset_generator.server.errors import RequestError
 from asset_generator.server.types import (
     MAX_MODEL_DEPTH,
@@ -444,12 +444,12 @@ class SwarmServer:
                 with self._reaching():
                     counters = self.client.current_status(session_of(handle)).counters
             except InvalidSession:
-                states.append(types.GONE)
+                states.append(jobstate.GONE)
                 continue
             if counters.busy:
-                states.append(types.RUNNING if counters.live else types.QUEUED)
+                states.append(jobstate.RUNNING if counters.live else jobstate.QUEUED)
             else:
-                states.append(types.IDLE)
+                states.append(jobstate.IDLE)
         return states
 
     def cancel(self, handles: list[Handle], *, timeout: float | None = None) -> list[bool]:
@@ -716,14 +716,14 @@ def not_an_output(batch_index: int, expected: int) -> str | None:
 def describe_wait(counters: Counters) -> tuple[str, str] | None:
     """The state a status message shows (and the words for it), or None when idle."""
     if counters.live:
-        return types.RUNNING, "running"
+        return jobstate.RUNNING, "running"
     if not counters.busy:
         return None
     if counters.loading_models:
         return types.LOADING, "waiting for a model to load"
     if counters.waiting_backends:
-        return types.QUEUED, "queued, waiting for a backend"
-    return types.QUEUED, "queued"
+        return jobstate.QUEUED, "queued, waiting for a backend"
+    return jobstate.QUEUED, "queued"
 
 
 class SwarmRun:
@@ -879,7 +879,7 @@ class SwarmRun:
         once the server shows the request (its session busy), it is Accepted and an interrupt
         reaches it.
         """
-        yield Waiting(types.QUEUED, "queued")
+        yield Waiting(jobstate.QUEUED, "queued")
         # A cancel recorded while the WebSocket was tried must stop us before we send.
         yield Tick(look=True)
         if self._cancelled:
