@@ -537,8 +537,18 @@ class SwarmServer:
         if rollup.get("message"):
             summary += f": {rollup['message']}"
         features = list(current.supported_features)
+        # `server` is an object on every server type (cli-contract §7: JSON `server.type`);
+        # the top-level keys repeat its facts, as on ComfyUI.
         document = {
-            "server": self.name,
+            "server": {
+                "url": self.name,
+                "type": self.type,
+                "reachable": True,
+                "response_ms": round(elapsed[-1], 1),
+                "version": version,
+                "server_id": server_id,
+                "user": user,
+            },
             "type": self.type,
             "reachable": True,
             "response_ms": round(elapsed[-1], 1),
