@@ -231,6 +231,71 @@ def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_fli
     assert [r.id for r in result.cancelled] == ["gen_late0001"]
 
 
+@pytest.mark.parametrize("claimer", ["generate", "pipeline"])
+def test_a_new_session_is_never_seen_idle_before_its_record(tmp_path, claimer: str) -> None:
+    # Two processes start a generation at once with no idle session cached. The session one
+    # of them makes must not be cached before the record that holds it: the other would take
+    # it as idle, and a cancel of either generation would stop both (cli-contract §5).
+    import contextlib
+    import itertools
+    import os
+    import time
+
+    from asset_generator.registry import GenerationRecord, Registry, ServerLedger
+    from asset_generator.swarm.server import SwarmServer
+
+    numbers = itertools.count(1)
+    answered: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/API/GetNewSession"
+        answered.append(f"{next(numbers):040x}")
+        return json_reply(200, {"session_id": answered[-1], "user_id": "local"})
+
+    def record_for(gen_id: str):
+        def record(handle):
+            return GenerationRecord(
+                id=gen_id,
+                server=URL,
+                server_key="k",
+                server_type="swarmui",
+                handle=dict(handle),
+                pid=os.getpid(),
+                host=os.uname().nodename,
+                prompt=gen_id,
+                created=time.time(),
+            )
+
+        return record
+
+    other_ledger = ServerLedger(Registry(tmp_path), "k")
+    other = SwarmServer(URL, other_ledger, transport=httpx.MockTransport(handler))
+    other_handles: list[dict] = []
+    mine = Registry(tmp_path)
+    original = mine.transaction
+
+    @contextlib.contextmanager
+    def transaction():
+        with original() as state:
+            yield state
+        # The other process claims as soon as this one lets go of the lock after its
+        # GetNewSession was answered.
+        if answered and not other_handles:
+            claim = other.claimer().claim
+            other_handles.append(claim(other_ledger, record_for("gen_other"), None))  # type: ignore[arg-type]
+
+    mine.transaction = transaction  # type: ignore[method-assign]
+    ledger = ServerLedger(mine, "k")
+    server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
+    chooser = server.claimer() if claimer == "generate" else server.pool()
+    handle = chooser.claim(ledger, record_for("gen_mine"), None)  # type: ignore[arg-type]
+    assert other_handles, "the other process never got to claim"
+    assert handle["session_id"] != other_handles[0]["session_id"]
+    records = Registry(tmp_path).read().generations
+    assert records["gen_mine"].handle == handle
+    assert records["gen_other"].handle == other_handles[0]
+
+
 # -- ComfyUI -----------------------------------------------------------------------------------
 
 COMFY_URL = "http://comfy.test:8188"

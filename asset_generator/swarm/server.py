@@ -221,11 +221,7 @@ class SessionClaimer:
                 handle = {"session_id": idle.id}
                 view.add(record(handle))
                 return handle
-        session = self.server.new_session()
-        handle = {"session_id": session.id}
-        with ledger.change() as view:
-            view.add(record(handle))
-        return handle
+        return self.server.new_held_session(ledger, record)
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
         """``cancelled``: an interrupt may still reach the session, so it rests a while; else
@@ -249,32 +245,34 @@ class SessionPool:
         self._lock = threading.Lock()
 
     def claim(self, ledger: Ledger, record: Callable[[Handle], Any], prepared: Prepared) -> Handle:
-        session_id = self._acquire(ledger)
-        handle = {"session_id": session_id}
-        with ledger.change() as view:
-            view.add(record(handle))
-        return handle
-
-    def _acquire(self, ledger: Ledger) -> str:
         with self._lock:
             now = time.monotonic()
             for index, (ready, session_id) in enumerate(self._free):
                 if ready <= now:
                     del self._free[index]
-                    return session_id
-            view = ledger.read()
-            held = _resting(view, time.time())
-            idle = next(
-                (
-                    s.id
-                    for s in reversed(sessions_of(view))
-                    if s.id not in held and s.id not in self._owned
-                ),
-                None,
-            )
-            session_id = idle if idle is not None else self.server.new_session().id
-            self._owned.add(session_id)
-            return session_id
+                    handle = {"session_id": session_id}
+                    with ledger.change() as view:
+                        view.add(record(handle))
+                    return handle
+            # A cached session is taken in the same transaction that records it, so another
+            # process's `generate` cannot take it in between.
+            with ledger.change() as view:
+                held = _resting(view, time.time())
+                idle = next(
+                    (
+                        s.id
+                        for s in reversed(sessions_of(view))
+                        if s.id not in held and s.id not in self._owned
+                    ),
+                    None,
+                )
+                if idle is not None:
+                    handle = {"session_id": idle}
+                    view.add(record(handle))
+            if idle is None:
+                handle = self.server.new_held_session(ledger, record)
+            self._owned.add(session_of(handle))
+            return handle
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
         with self._lock:
@@ -355,6 +353,21 @@ class SwarmServer:
         with self.ledger.change() as view:
             _add_session(view, session)
         return session
+
+    def new_held_session(self, ledger: Ledger, record: Callable[[Handle], Any]) -> Handle:
+        """A new server session for one generation, cached together with its record.
+
+        Stored in one transaction: a session cached before the record that holds it looks
+        idle, and another process's `generate` could take it (two generations on one
+        session, so a cancel of one would stop both).
+        """
+        with self._reaching():
+            session = CachedSession.from_info(self.client.new_session())
+        handle = {"session_id": session.id}
+        with ledger.change() as view:
+            view.add(record(handle))
+            _add_session(view, session)
+        return handle
 
     def forget_session(self, session_id: str) -> None:
         with self.ledger.change() as view:
