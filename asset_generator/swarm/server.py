@@ -182,6 +182,8 @@ def _resting(view: LedgerView, now: float) -> set[str]:
         if r.server_type == "swarmui"
         and (
             not r.is_final
+            # An interrupt on its way (its process records the end before the session rests).
+            or r.cancel_unconfirmed is not None
             or (r.status == CANCELLED and now - (r.finished or now) < SESSION_REST_SECONDS)
         )
     }
@@ -247,34 +249,42 @@ class SessionPool:
     def claim(self, ledger: Ledger, record: Callable[[Handle], Any], prepared: Prepared) -> Handle:
         with self._lock:
             now = time.monotonic()
-            for index, (ready, session_id) in enumerate(self._free):
-                if ready <= now:
-                    del self._free[index]
-                    handle = {"session_id": session_id}
-                    with ledger.change() as view:
-                        view.add(record(handle))
-                    return handle
-            # A cached session is taken in the same transaction that records it, so another
-            # process's `generate` cannot take it in between.
+            # A session is taken in the same transaction that records it, so another
+            # process's `generate` cannot take it in between; one of ours that such a
+            # process took while it was free is held by its record and passed over.
             with ledger.change() as view:
                 held = _resting(view, time.time())
-                idle = next(
-                    (
-                        s.id
-                        for s in reversed(sessions_of(view))
-                        if s.id not in held and s.id not in self._owned
-                    ),
-                    None,
-                )
-                if idle is not None:
-                    handle = {"session_id": idle}
+                ours = [
+                    (index, session_id)
+                    for index, (ready, session_id) in enumerate(self._free)
+                    if ready <= now and session_id not in held
+                ]
+                if ours:
+                    index, chosen = ours[0]
+                    del self._free[index]
+                else:
+                    chosen = next(
+                        (
+                            s.id
+                            for s in reversed(sessions_of(view))
+                            if s.id not in held and s.id not in self._owned
+                        ),
+                        None,
+                    )
+                if chosen is not None:
+                    handle = {"session_id": chosen}
                     view.add(record(handle))
-            if idle is None:
+            if chosen is None:
                 handle = self.server.new_held_session(ledger, record)
             self._owned.add(session_of(handle))
             return handle
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
+        """Free for our next asset; after a cancel the session rests, for other processes'
+        generations too (the registry says so)."""
+        if cancelled:
+            with self.server.ledger.change() as view:
+                _rest(view, session_of(handle), time.time())
         with self._lock:
             ready = time.monotonic() + (SESSION_REST_SECONDS if cancelled else 0.0)
             self._free.append((ready, session_of(handle)))
