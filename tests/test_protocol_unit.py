@@ -296,6 +296,28 @@ def test_a_new_session_is_never_seen_idle_before_its_record(tmp_path, claimer: s
     assert records["gen_other"].handle == other_handles[0]
 
 
+def test_a_renewed_session_is_held_before_the_record_takes_it(tmp_path) -> None:
+    # The server forgot a generation's session (a restart): the run gets a new one, which
+    # its record takes a moment later (the Renewed event). Meanwhile it must not look idle.
+    import time
+
+    from asset_generator.registry import Registry, ServerLedger
+    from asset_generator.server.types import Prepared, Renewed, Request
+    from asset_generator.swarm.server import SwarmServer, _resting
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/API/GetNewSession"
+        return json_reply(200, {"session_id": "n" * 40, "user_id": "local"})
+
+    ledger = ServerLedger(Registry(tmp_path), "k")
+    server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
+    prepared = Prepared(Request(prompt="x"), 1, None, None, "x", {"prompt": "x", "images": 1})
+    run = server.start({"session_id": "s" * 40}, prepared)
+    renewed = run._renew()
+    assert isinstance(renewed, Renewed) and renewed.handle == {"session_id": "n" * 40}
+    assert "n" * 40 in _resting(ledger.read(), time.time())
+
+
 def test_a_pipeline_session_another_process_took_is_not_handed_out_twice(tmp_path) -> None:
     # Between two assets a pipeline's session is free, and another process's `generate` may
     # take it (it is the newest idle session): the pipeline's next asset must not share it.

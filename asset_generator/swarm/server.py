@@ -806,6 +806,9 @@ class SwarmRun:
         session = CachedSession.from_info(self.client.new_session())
         with self.server.ledger.change() as view:
             _keep_sessions(view, [s for s in sessions_of(view) if s.id != stale] + [session])
+            # Our record takes the new session only when the Renewed event is handled; until
+            # then it rests, so no other process's generation takes it as idle.
+            _rest(view, session.id, time.time())
         self.handle = {"session_id": session.id}
         return Renewed(dict(self.handle))
 
