@@ -560,18 +560,8 @@ class SwarmServer:
         if rollup.get("message"):
             summary += f": {rollup['message']}"
         features = list(current.supported_features)
-        # `server` is an object on every server type (cli-contract §7: JSON `server.type`);
-        # the top-level keys repeat its facts, as on ComfyUI.
         document = {
-            "server": {
-                "url": self.name,
-                "type": self.type,
-                "reachable": True,
-                "response_ms": round(elapsed[-1], 1),
-                "version": version,
-                "server_id": server_id,
-                "user": user,
-            },
+            "server": self.name,
             "type": self.type,
             "reachable": True,
             "response_ms": round(elapsed[-1], 1),
