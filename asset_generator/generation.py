@@ -157,6 +157,9 @@ class GenerationRun:
         # another process marked a cancel (then interrupts) before we recorded the end.
         self._interrupt_may_land = False
         self._released = False
+        # The record was kept unconfirmed (not final) only until release() lets the handle
+        # rest: a handle an interrupt may still reach must never look free in between.
+        self._held_for_rest = False
 
     @property
     def expected(self) -> int:
@@ -378,8 +381,10 @@ class GenerationRun:
         complete = self.complete
         if complete:
             status, reason = self._classify_complete()
+        # Our interrupt follows the mark: the handle must not look free before it rests.
+        self._interrupt_may_land = True
         with contextlib.suppress(RegistryError):
-            self.mark(status, reason, unconfirmed=not complete)
+            self.mark(status, reason, unconfirmed=not complete, releasing=True)
         self.stop_confirmed = self.interrupt(timeout)
         if self.stop_confirmed and not complete:
             with contextlib.suppress(RegistryError):
@@ -408,11 +413,19 @@ class GenerationRun:
         """Every image the run expects is saved."""
         return self.prepared is not None and len(self.images) >= self.expected
 
-    def mark(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
+    def mark(
+        self,
+        status: str,
+        error: str | None = None,
+        *,
+        unconfirmed: bool = False,
+        releasing: bool = False,
+    ) -> None:
         """Record how the generation ended; a cancel recorded by another process stands.
 
         ``unconfirmed``: an interrupt of our work is about to be sent (or was lost); without
-        it the work is over, which confirms any cancel of it.
+        it the work is over, which confirms any cancel of it. ``releasing``: release() comes
+        next, so a handle an interrupt may still reach can stay held until it rests there.
         """
         assert self.record is not None
         with self.registry.transaction() as state:
@@ -429,7 +442,13 @@ class GenerationRun:
                 self._interrupt_may_land = True
                 if status != SUCCEEDED:
                     status, error = CANCELLED, saved.error or error
-            saved.finish(status, error, unconfirmed=unconfirmed)
+            # A finished record frees its handle for the next generation (a SwarmUI session),
+            # which an interrupt still on its way would stop: until release() has the handle
+            # rest, the record stays unconfirmed, so it still holds the handle.
+            held = releasing and self._interrupt_may_land and not self._released
+            held = held and not unconfirmed
+            saved.finish(status, error, unconfirmed=unconfirmed or held)
+            self._held_for_rest = held
             self.record = saved
 
     def _confirm(self) -> None:
@@ -443,7 +462,7 @@ class GenerationRun:
     def _conclude(self) -> Outcome:
         assert self.record is not None
         status, error = self._classify()
-        self.mark(status, error)
+        self.mark(status, error, releasing=True)
         self.release()
         return self.outcome(error)
 
@@ -455,6 +474,9 @@ class GenerationRun:
         self._released = True
         may_land = cancelled or self._interrupt_may_land or self.record.status == CANCELLED
         self.claimer.release(self.record.handle, cancelled=may_land)
+        if self._held_for_rest:
+            self._held_for_rest = False
+            self._confirm()
 
     def _classify(self) -> tuple[str, str | None]:
         """How the run ended: cancelled only when someone is known to have cancelled it.

@@ -525,10 +525,30 @@ class Registry:
         self.path = directory / FILE_NAME
         self._lock_path = directory / LOCK_NAME
         self._warn = warn or (lambda message: None)
+        self._warned: set[str] = set()
 
     def read(self) -> State:
-        """A consistent snapshot; the file is only ever replaced whole, so no lock is needed."""
-        return self._load(set_aside=False)
+        """A consistent snapshot; the file is only ever replaced whole, so no lock is needed.
+
+        A corrupt file is set aside and rebuilt here too (under the lock), so a command that
+        only reads (`cancel` with nothing active) says so once and leaves a good file behind.
+        """
+        try:
+            return self._load(set_aside=False)
+        except _Corrupt as corrupt:
+            try:
+                with self.transaction() as state:
+                    return state
+            except RegistryError:
+                self._warn_once(
+                    f"warning: the session cache {self.path} is corrupt ({corrupt}); ignoring it"
+                )
+                return State()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self._warn(message)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[State]:
@@ -586,7 +606,9 @@ class Registry:
             return State()
         except OSError as exc:
             if not set_aside:
-                self._warn(f"warning: cannot read the session cache {self.path}: {exc.strerror}")
+                self._warn_once(
+                    f"warning: cannot read the session cache {self.path}: {exc.strerror}"
+                )
                 return State()
             raise RegistryError(
                 f"cannot read the session cache {self.path}: {exc.strerror}"
@@ -599,13 +621,12 @@ class Registry:
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             if not set_aside:
-                self._warn(
-                    f"warning: the session cache {self.path} is corrupt ({reason}); ignoring it"
-                )
-                return State()
-            aside = self.path.with_name(f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+                raise _Corrupt(reason) from None
+            aside = self._aside_name()
             try:
                 os.replace(self.path, aside)
+                # It may hold session ids, which are credentials on SwarmUI.
+                os.chmod(aside, 0o600)
             except OSError:
                 aside = self.path
             self._warn(
@@ -614,9 +635,23 @@ class Registry:
             )
             return State()
 
+    def _aside_name(self) -> Path:
+        """A name for a corrupt file that no earlier one (of the same second) holds."""
+        stem = f"{FILE_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside = self.path.with_name(stem)
+        number = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{stem}-{number}")
+            number += 1
+        return aside
+
     def _write(self, state: State) -> None:
         payload = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
         write_atomic(self.path, payload, what="the session cache")
+
+
+class _Corrupt(Exception):
+    """The registry file holds something that is not a registry (the reason is the text)."""
 
 
 def write_atomic(path: Path, payload: bytes, *, what: str, mode: int = 0o600) -> None:

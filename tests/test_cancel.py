@@ -265,9 +265,20 @@ def test_corrupt_cache_warns_and_still_works(
     result = cli("cancel")
     assert result.code == 0
     assert "corrupt" in result.stderr and result.stderr.count("no active generation") == 1
+    # cli-contract §4: set aside with *a* warning and rebuilt, even by a command that only
+    # reads (cancel with nothing active); the file left behind is a good one, mode 0600.
+    assert result.stderr.count("warning:") == 1, result.stderr
+    assert len(list(state_dir.glob("generations.json.corrupt-*"))) == 1
+    cache = state_dir / "generations.json"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert read_registry(state_dir)["generations"] == {}
+    (state_dir / "generations.json").write_text("[]")
+    again = cli("cancel")
+    assert again.code == 0 and again.stderr.count("warning:") == 1, again.stderr
+    # Two set aside within one second keep both.
+    assert len(list(state_dir.glob("generations.json.corrupt-*"))) == 2
     generated = cli("generate", "image", "--prompt", "after corruption", "--steps", "2")
     assert generated.code == 0, generated.stderr
-    cache = state_dir / "generations.json"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     assert "after corruption" in json.dumps(read_registry(state_dir))
     assert list(state_dir.glob("generations.json.corrupt-*"))

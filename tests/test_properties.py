@@ -215,7 +215,8 @@ def test_deeply_nested_cache_is_set_aside(tmp_path_factory: pytest.TempPathFacto
     assert registry.read().generations == {}
     with registry.transaction() as state:
         assert state.generations == {}
-    assert len(warnings) == 2 and all("corrupt" in w for w in warnings)
+    # The read set it aside (one warning); the transaction then found a good file.
+    assert len(warnings) == 1 and "corrupt" in warnings[0]
 
 
 # -- server answers ---------------------------------------------------------------------------

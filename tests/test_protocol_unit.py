@@ -231,6 +231,187 @@ def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_fli
     assert [r.id for r in result.cancelled] == ["gen_late0001"]
 
 
+@pytest.mark.parametrize("claimer", ["generate", "pipeline"])
+def test_a_new_session_is_never_seen_idle_before_its_record(tmp_path, claimer: str) -> None:
+    # Two processes start a generation at once with no idle session cached. The session one
+    # of them makes must not be cached before the record that holds it: the other would take
+    # it as idle, and a cancel of either generation would stop both (cli-contract §5).
+    import contextlib
+    import itertools
+    import os
+    import time
+
+    from asset_generator.registry import GenerationRecord, Registry, ServerLedger
+    from asset_generator.swarm.server import SwarmServer
+
+    numbers = itertools.count(1)
+    answered: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/API/GetNewSession"
+        answered.append(f"{next(numbers):040x}")
+        return json_reply(200, {"session_id": answered[-1], "user_id": "local"})
+
+    def record_for(gen_id: str):
+        def record(handle):
+            return GenerationRecord(
+                id=gen_id,
+                server=URL,
+                server_key="k",
+                server_type="swarmui",
+                handle=dict(handle),
+                pid=os.getpid(),
+                host=os.uname().nodename,
+                prompt=gen_id,
+                created=time.time(),
+            )
+
+        return record
+
+    other_ledger = ServerLedger(Registry(tmp_path), "k")
+    other = SwarmServer(URL, other_ledger, transport=httpx.MockTransport(handler))
+    other_handles: list[dict] = []
+    mine = Registry(tmp_path)
+    original = mine.transaction
+
+    @contextlib.contextmanager
+    def transaction():
+        with original() as state:
+            yield state
+        # The other process claims as soon as this one lets go of the lock after its
+        # GetNewSession was answered.
+        if answered and not other_handles:
+            claim = other.claimer().claim
+            other_handles.append(claim(other_ledger, record_for("gen_other"), None))  # type: ignore[arg-type]
+
+    mine.transaction = transaction  # type: ignore[method-assign]
+    ledger = ServerLedger(mine, "k")
+    server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
+    chooser = server.claimer() if claimer == "generate" else server.pool()
+    handle = chooser.claim(ledger, record_for("gen_mine"), None)  # type: ignore[arg-type]
+    assert other_handles, "the other process never got to claim"
+    assert handle["session_id"] != other_handles[0]["session_id"]
+    records = Registry(tmp_path).read().generations
+    assert records["gen_mine"].handle == handle
+    assert records["gen_other"].handle == other_handles[0]
+
+
+def test_a_renewed_session_is_held_before_the_record_takes_it(tmp_path) -> None:
+    # The server forgot a generation's session (a restart): the run gets a new one, which
+    # its record takes a moment later (the Renewed event). Meanwhile it must not look idle.
+    import time
+
+    from asset_generator.registry import Registry, ServerLedger
+    from asset_generator.server.types import Prepared, Renewed, Request
+    from asset_generator.swarm.server import SwarmServer, _resting
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/API/GetNewSession"
+        return json_reply(200, {"session_id": "n" * 40, "user_id": "local"})
+
+    ledger = ServerLedger(Registry(tmp_path), "k")
+    server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
+    prepared = Prepared(Request(prompt="x"), 1, None, None, "x", {"prompt": "x", "images": 1})
+    run = server.start({"session_id": "s" * 40}, prepared)
+    renewed = run._renew()
+    assert isinstance(renewed, Renewed) and renewed.handle == {"session_id": "n" * 40}
+    assert "n" * 40 in _resting(ledger.read(), time.time())
+
+
+def test_a_pipeline_session_another_process_took_is_not_handed_out_twice(tmp_path) -> None:
+    # Between two assets a pipeline's session is free, and another process's `generate` may
+    # take it (it is the newest idle session): the pipeline's next asset must not share it.
+    import itertools
+    import os
+    import time
+
+    from asset_generator.registry import GenerationRecord, Registry, ServerLedger
+    from asset_generator.swarm.server import SwarmServer
+
+    numbers = itertools.count(1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return json_reply(200, {"session_id": f"{next(numbers):040x}", "user_id": "local"})
+
+    def record_for(gen_id: str):
+        def record(handle):
+            return GenerationRecord(
+                id=gen_id,
+                server=URL,
+                server_key="k",
+                server_type="swarmui",
+                handle=dict(handle),
+                pid=os.getpid(),
+                host=os.uname().nodename,
+                prompt=gen_id,
+                created=time.time(),
+            )
+
+        return record
+
+    ledger = ServerLedger(Registry(tmp_path), "k")
+    server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
+    pool = server.pool()
+    first = pool.claim(ledger, record_for("gen_asset1"), None)  # type: ignore[arg-type]
+    with Registry(tmp_path).transaction() as state:
+        state.generations["gen_asset1"].finish("succeeded")
+    pool.release(first, cancelled=False)
+    other_ledger = ServerLedger(Registry(tmp_path), "k")
+    other = SwarmServer(URL, other_ledger, transport=httpx.MockTransport(handler))
+    taken = other.claimer().claim(other_ledger, record_for("gen_other"), None)  # type: ignore[arg-type]
+    assert taken == first
+    second = pool.claim(ledger, record_for("gen_asset2"), None)  # type: ignore[arg-type]
+    assert second != taken
+
+
+def test_a_run_cancelled_as_it_succeeds_holds_its_session_until_it_rests(tmp_path) -> None:
+    # `cancel` marked the run, then interrupts its session; the run saved its last image
+    # meanwhile and ends succeeded. Its record must not free the session before the session
+    # rests: a new generation taking it in between would be hit by that interrupt.
+    import time
+    from types import SimpleNamespace
+
+    from asset_generator.generation import GenerationRun
+    from asset_generator.jobs.stop import mark_cancelled
+    from asset_generator.registry import LedgerView, Registry
+    from asset_generator.saving import SavedImage, SaveOptions
+    from asset_generator.server.types import Prepared, Request
+    from asset_generator.swarm.server import _resting
+
+    registry = Registry(tmp_path)
+    seen_at_release: list[bool] = []
+
+    class Claimer:
+        def claim(self, ledger, record, prepared):
+            handle = {"session_id": "s" * 40}
+            with ledger.change() as view:
+                view.add(record(handle))
+            return handle
+
+        def release(self, handle, *, cancelled):
+            view = LedgerView(Registry(tmp_path).read(), "k")
+            seen_at_release.append(handle["session_id"] in _resting(view, time.time()))
+            assert cancelled
+
+    server = SimpleNamespace(name=URL, type="swarmui", read_seed=lambda path: (None, None))
+    run = GenerationRun(
+        server,  # type: ignore[arg-type]
+        registry,
+        "k",
+        view=SimpleNamespace(),  # type: ignore[arg-type]
+        save=SaveOptions(output_dir=tmp_path, template="{id}"),
+        claimer=Claimer(),
+    )
+    request = Request(prompt="x")
+    run.register(Prepared(request, 1, None, None, "x", {}))
+    mark_cancelled(registry, [run.record.id])
+    run.images.append(SavedImage(0, "View/x.png", tmp_path / "x.png", None, None))
+    run._conclude()
+    assert seen_at_release == [True]
+    final = registry.read().generations[run.record.id]
+    assert final.status == "succeeded" and final.is_final
+
+
 # -- ComfyUI -----------------------------------------------------------------------------------
 
 COMFY_URL = "http://comfy.test:8188"

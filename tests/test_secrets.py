@@ -129,7 +129,9 @@ def test_no_secret_in_any_output_or_file(
     run("config", "get", "api_key", "-f", "json", extra=from_file)
     run("generate", "image", "-p", "three", "--steps", "2", "-o", "out", "-v", extra=from_file)
 
-    assert len(watch.handed_out) >= 2
+    # At least one session id to look for. A second one is made only when the last generate
+    # starts while the cancelled session still rests (10 s), which a loaded machine misses.
+    assert watch.handed_out
     sessions = set(watch.handed_out) | {r.session_id for r in emu.requests if r.session_id}
     hidden = {"token": token, "header": AUTH_HEADER, "header secret": AUTH_HEADER.split()[1]}
     hidden |= {"wrong token": WRONG_TOKEN, "wrong header": WRONG_HEADER}

@@ -118,9 +118,16 @@ class AssetRun(GenerationRun):
 
     settled = False
 
-    def mark(self, status: str, error: str | None = None, *, unconfirmed: bool = False) -> None:
+    def mark(
+        self,
+        status: str,
+        error: str | None = None,
+        *,
+        unconfirmed: bool = False,
+        releasing: bool = False,
+    ) -> None:
         if not self.settled:
-            super().mark(status, error, unconfirmed=unconfirmed)
+            super().mark(status, error, unconfirmed=unconfirmed, releasing=releasing)
 
 
 class _AssetView:
@@ -446,9 +453,9 @@ class PipelineRun:
         # no longer mark it, so it can never interrupt the next one. The image arrived, but a
         # post-processing failure (full-size file kept, named in the error) fails the asset.
         if run.postprocess_errors:
-            run.mark(FAILED, run.postprocess_errors[0])
+            run.mark(FAILED, run.postprocess_errors[0], releasing=True)
         else:
-            run.mark(SUCCEEDED)
+            run.mark(SUCCEEDED, releasing=True)
         status = run.record.status if run.record else SUCCEEDED
         run.settled = True
         self._release(worker, rest=status == CANCELLED)

@@ -182,6 +182,8 @@ def _resting(view: LedgerView, now: float) -> set[str]:
         if r.server_type == "swarmui"
         and (
             not r.is_final
+            # An interrupt on its way (its process records the end before the session rests).
+            or r.cancel_unconfirmed is not None
             or (r.status == CANCELLED and now - (r.finished or now) < SESSION_REST_SECONDS)
         )
     }
@@ -221,11 +223,7 @@ class SessionClaimer:
                 handle = {"session_id": idle.id}
                 view.add(record(handle))
                 return handle
-        session = self.server.new_session()
-        handle = {"session_id": session.id}
-        with ledger.change() as view:
-            view.add(record(handle))
-        return handle
+        return self.server.new_held_session(ledger, record)
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
         """``cancelled``: an interrupt may still reach the session, so it rests a while; else
@@ -249,34 +247,44 @@ class SessionPool:
         self._lock = threading.Lock()
 
     def claim(self, ledger: Ledger, record: Callable[[Handle], Any], prepared: Prepared) -> Handle:
-        session_id = self._acquire(ledger)
-        handle = {"session_id": session_id}
-        with ledger.change() as view:
-            view.add(record(handle))
-        return handle
-
-    def _acquire(self, ledger: Ledger) -> str:
         with self._lock:
             now = time.monotonic()
-            for index, (ready, session_id) in enumerate(self._free):
-                if ready <= now:
+            # A session is taken in the same transaction that records it, so another
+            # process's `generate` cannot take it in between; one of ours that such a
+            # process took while it was free is held by its record and passed over.
+            with ledger.change() as view:
+                held = _resting(view, time.time())
+                ours = [
+                    (index, session_id)
+                    for index, (ready, session_id) in enumerate(self._free)
+                    if ready <= now and session_id not in held
+                ]
+                if ours:
+                    index, chosen = ours[0]
                     del self._free[index]
-                    return session_id
-            view = ledger.read()
-            held = _resting(view, time.time())
-            idle = next(
-                (
-                    s.id
-                    for s in reversed(sessions_of(view))
-                    if s.id not in held and s.id not in self._owned
-                ),
-                None,
-            )
-            session_id = idle if idle is not None else self.server.new_session().id
-            self._owned.add(session_id)
-            return session_id
+                else:
+                    chosen = next(
+                        (
+                            s.id
+                            for s in reversed(sessions_of(view))
+                            if s.id not in held and s.id not in self._owned
+                        ),
+                        None,
+                    )
+                if chosen is not None:
+                    handle = {"session_id": chosen}
+                    view.add(record(handle))
+            if chosen is None:
+                handle = self.server.new_held_session(ledger, record)
+            self._owned.add(session_of(handle))
+            return handle
 
     def release(self, handle: Handle, *, cancelled: bool) -> None:
+        """Free for our next asset; after a cancel the session rests, for other processes'
+        generations too (the registry says so)."""
+        if cancelled:
+            with self.server.ledger.change() as view:
+                _rest(view, session_of(handle), time.time())
         with self._lock:
             ready = time.monotonic() + (SESSION_REST_SECONDS if cancelled else 0.0)
             self._free.append((ready, session_of(handle)))
@@ -355,6 +363,21 @@ class SwarmServer:
         with self.ledger.change() as view:
             _add_session(view, session)
         return session
+
+    def new_held_session(self, ledger: Ledger, record: Callable[[Handle], Any]) -> Handle:
+        """A new server session for one generation, cached together with its record.
+
+        Stored in one transaction: a session cached before the record that holds it looks
+        idle, and another process's `generate` could take it (two generations on one
+        session, so a cancel of one would stop both).
+        """
+        with self._reaching():
+            session = CachedSession.from_info(self.client.new_session())
+        handle = {"session_id": session.id}
+        with ledger.change() as view:
+            view.add(record(handle))
+            _add_session(view, session)
+        return handle
 
     def forget_session(self, session_id: str) -> None:
         with self.ledger.change() as view:
@@ -773,6 +796,9 @@ class SwarmRun:
         session = CachedSession.from_info(self.client.new_session())
         with self.server.ledger.change() as view:
             _keep_sessions(view, [s for s in sessions_of(view) if s.id != stale] + [session])
+            # Our record takes the new session only when the Renewed event is handled; until
+            # then it rests, so no other process's generation takes it as idle.
+            _rest(view, session.id, time.time())
         self.handle = {"session_id": session.id}
         return Renewed(dict(self.handle))
 
