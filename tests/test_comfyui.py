@@ -733,6 +733,22 @@ def test_cancel_all_clears_then_interrupts_and_says_whose(
     assert document["scope"] == "server"
 
 
+def test_cancel_all_wait_waits_for_every_prompt_it_stopped_anyone_s(
+    comfy: ComfyEmulator, cli: Runner
+) -> None:
+    # §7: --wait waits until none of the cancelled prompts is pending or running; with --all
+    # those are anyone's. Nothing of ours here, yet a running prompt was stopped: active.
+    theirs = foreign(comfy, steps=20, step_seconds=1.0)  # the interrupt lands at a step's end
+    assert wait_for(lambda: queue_ids(comfy)[0] == [theirs])
+    result = cli("cancel", "--all", "--wait", "-f", "json")
+    assert result.code == 0, result.stderr
+    assert queue_ids(comfy) == ([], [])
+    assert result.json() == {"ok": True, "scope": "server", "cancelled": [], "was_active": True}
+    # Nothing left to stop: not active.
+    again = cli("cancel", "--all", "--wait", "-f", "json")
+    assert again.json()["was_active"] is False
+
+
 def test_a_server_before_0_3_57_gets_a_global_interrupt_only_while_ours_runs(
     comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
 ) -> None:

@@ -762,7 +762,14 @@ class ComfyServer:
             f"{'prompt' if len(running) + len(pending) == 1 else 'prompts'} stopped, "
             f"{ours_stopped} of them ours ({scope})"
         )
-        return Reach("server", text)
+        # --wait waits for every prompt it stopped, anyone's (§7: "none of the cancelled
+        # prompts is pending or running").
+        others = tuple(
+            {"prompt_ids": [item.prompt_id]}
+            for item in running + pending
+            if item.prompt_id not in mine
+        )
+        return Reach("server", text, others, stopped=bool(running or pending))
 
     # -- status, parallelism, models --------------------------------------------------------------
 
