@@ -363,11 +363,26 @@ def test_set_adds_an_input_the_workflow_leaves_out_that_the_node_has(
     assert len(sent(comfy)) == 1
 
 
+def test_n_on_a_workflow_without_a_seed_queues_n_copies(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    # -n is not an option placed by meaning: it queues N prompts. The slow test node never
+    # hits the cache, so each copy makes an image of its own.
+    result = cli("generate", "image", "--workflow", slow(workdir, "solid"), "-n", "3", "-o",
+                 "out", "-f", "json")  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert len(sent(comfy)) == 3
+    paths = [image["path"] for image in result.json()["images"]]
+    assert len(set(paths)) == 3 and all((cli.cwd / p).is_file() for p in paths)
+
+
 def test_options_needing_a_place_name_themselves_and_a_directory_is_a_file_error(
     comfy: ComfyEmulator, cli: Runner, workdir: Path
 ) -> None:
-    # -n varies the one seed; a LoRA goes after the one checkpoint loader.
-    images = cli("generate", "image", "--workflow", slow(workdir, "solid"), "-n", "2")
+    # -n varies the one seed (two: which one is the user's to say); a LoRA goes after the
+    # one checkpoint loader.
+    images = cli("generate", "image", "--workflow", write(workdir, "two.json", two_samplers()),
+                 "-n", "2")  # fmt: skip
     assert images.code == 2
     assert "Error: --images:" in images.stderr and "--seed" not in images.stderr
     lora = cli("generate", "image", "--workflow", slow(workdir, "solid"), "--lora", "x")

@@ -393,13 +393,17 @@ class ComfyServer:
         given = request.seed if set_seed is None else set_seed
         if given is None and (request.workflow is None or has_place):
             given = request.defaults.get("seed")
+        # -n varies the one seed; a workflow without any queues N copies of itself (a node
+        # that never hits the cache, like the slow test node, makes N images), while two
+        # seeds are refused: which one varies is the user's to say.
+        seedless = not places.options["seed"].nodes
         if given is None and request.workflow is not None:
-            if images > 1:
-                places.node_of("seed", "--images")  # -n varies the one seed (raises otherwise)
+            if images > 1 and not seedless:
+                places.node_of("seed", "--images")
             return (graphs.seed_in(graph, places) if has_place else None), []
         if given is None or given == types.RANDOM_SEED:
             if not has_place:
-                if images > 1 or given is not None:
+                if given is not None or not seedless:
                     places.node_of("seed", None if given is not None else "--images")
                 return None, []
             drawn = secrets.randbelow(DRAWN_SEED_BELOW)
