@@ -359,12 +359,13 @@ def seed_set(graph: Graph, places: Places, sets: Iterable[SetInput]) -> int | No
     """The seed the last ``--set`` gave the one sampler, if any: it wins over ``--seed``, and
     ``-n`` counts up from it."""
     nodes = places.options["seed"].nodes
+    if len(nodes) != 1:
+        return None
     found = None
     for item in sets:
         value = item.value
         if (
-            len(nodes) == 1
-            and item.input in SAMPLER_INPUTS["seed"]
+            item.input in SAMPLER_INPUTS["seed"]
             and isinstance(value, int)
             and not isinstance(value, bool)
             and find_node(graph, item.node) == nodes[0]
