@@ -328,6 +328,74 @@ def test_two_places_or_none_are_refused_with_a_pointer_to_set(
     assert (graph["3"]["inputs"]["steps"], graph["11"]["inputs"]["steps"]) == (3, 5)
 
 
+def test_a_set_of_the_sampler_s_seed_wins_and_n_counts_up_from_it(
+    comfy: ComfyEmulator, cli: Runner
+) -> None:
+    # --set is applied last, so it wins over --seed, and over the seed the client would draw.
+    result = cli(
+        "generate", "image", "-p", "x", "--model", "random-sd15", "--steps", "1",
+        "--seed", "9", "--set", "3.seed=6", "-n", "2", "-o", "out",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert [g["3"]["inputs"]["seed"] for g in sent(comfy)] == [6, 7]
+    assert result.stdout.splitlines() == ["out/x-6.png", "out/x-7.png"]
+    drawn = cli("generate", "image", "-p", "y", "--model", "random-sd15", "--steps", "1",
+                "--set", "KSampler.seed=5", "-o", "out")  # fmt: skip
+    assert drawn.code == 0, drawn.stderr
+    assert sent(comfy)[-1]["3"]["inputs"]["seed"] == 5
+    assert "drawn by the client" not in drawn.stderr
+
+
+def test_set_adds_an_input_the_workflow_leaves_out_that_the_node_has(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    # The probe workflow of protocol §0.3 has no fail_at_step; the node declares it (optional).
+    workflow = slow(workdir, "probe", steps=4)
+    result = cli("generate", "image", "--workflow", workflow, "--set", "Colour.fail_at_step=2",
+                 "-f", "json")  # fmt: skip
+    assert result.code == 1, result.stderr
+    assert result.json()["error"]["code"] == "server_error"
+    assert "requested failure at step 2" in result.json()["error"]["message"]
+    assert sent(comfy)[0]["1"]["inputs"]["fail_at_step"] == 2
+    typo = cli("generate", "image", "--workflow", workflow, "--set", "1.fail_at_stp=2")
+    assert typo.code == 2
+    assert "fail_at_stp" in typo.stderr and "fail_at_step" in typo.stderr
+    assert len(sent(comfy)) == 1
+
+
+def test_n_on_a_workflow_without_a_seed_queues_n_copies(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    # -n is not an option placed by meaning: it queues N prompts. The slow test node never
+    # hits the cache, so each copy makes an image of its own.
+    result = cli("generate", "image", "--workflow", slow(workdir, "solid"), "-n", "3", "-o",
+                 "out", "-f", "json")  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert len(sent(comfy)) == 3
+    paths = [image["path"] for image in result.json()["images"]]
+    assert len(set(paths)) == 3 and all((cli.cwd / p).is_file() for p in paths)
+
+
+def test_options_needing_a_place_name_themselves_and_a_directory_is_a_file_error(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    # -n varies the one seed (two: which one is the user's to say); a LoRA goes after the
+    # one checkpoint loader.
+    images = cli("generate", "image", "--workflow", write(workdir, "two.json", two_samplers()),
+                 "-n", "2")  # fmt: skip
+    assert images.code == 2
+    assert "Error: --images:" in images.stderr and "--seed" not in images.stderr
+    lora = cli("generate", "image", "--workflow", slow(workdir, "solid"), "--lora", "x")
+    assert lora.code == 2
+    assert "Error: --lora:" in lora.stderr and "--model" not in lora.stderr
+    (workdir / "folder").mkdir()
+    folder = cli("generate", "image", "--workflow", str(workdir / "folder"), "-f", "json")
+    assert folder.code == 1
+    assert folder.json()["error"]["code"] == "file_error"
+    assert "folder" in folder.json()["error"]["message"]
+    assert comfy.calls("/prompt") == []
+
+
 def test_config_seed_and_images_leave_a_two_sampler_workflow_alone(
     comfy: ComfyEmulator, cli: Runner, workdir: Path
 ) -> None:
@@ -447,6 +515,13 @@ def test_a_rejected_workflow_names_node_input_and_reason(
     assert "node 4 (CheckpointLoaderSimple)" in line and "ckpt_name" in line
     assert "'nope.safetensors'" in line and "random-sd15.safetensors" in line
     assert not (workdir / "out").exists() or list((workdir / "out").iterdir()) == []
+    # A long list of allowed values is shortened to its length; no input named twice.
+    sampler = cli("generate", "image", "--workflow", write(workdir, "s.json", t2i()),
+                  "--sampler", "bogus", "--steps", "1", "--set", "3.steps=-5")  # fmt: skip
+    assert sampler.code == 1
+    assert "sampler_name: 'bogus' is not one of its " in sampler.stderr
+    assert "steps: Value -5 smaller than min of 1" in sampler.stderr
+    assert "min of 1: steps" not in sampler.stderr
 
 
 def test_a_cached_prompt_still_yields_its_image(
@@ -671,6 +746,22 @@ def test_cancel_all_clears_then_interrupts_and_says_whose(
     assert wait_for(lambda: queue_ids(comfy) == ([], []))
     document = cli("cancel", "--all", "-f", "json").json()
     assert document["scope"] == "server"
+
+
+def test_cancel_all_wait_waits_for_every_prompt_it_stopped_anyone_s(
+    comfy: ComfyEmulator, cli: Runner
+) -> None:
+    # §7: --wait waits until none of the cancelled prompts is pending or running; with --all
+    # those are anyone's. Nothing of ours here, yet a running prompt was stopped: active.
+    theirs = foreign(comfy, steps=20, step_seconds=1.0)  # the interrupt lands at a step's end
+    assert wait_for(lambda: queue_ids(comfy)[0] == [theirs])
+    result = cli("cancel", "--all", "--wait", "-f", "json")
+    assert result.code == 0, result.stderr
+    assert queue_ids(comfy) == ([], [])
+    assert result.json() == {"ok": True, "scope": "server", "cancelled": [], "was_active": True}
+    # Nothing left to stop: not active.
+    again = cli("cancel", "--all", "--wait", "-f", "json")
+    assert again.json()["was_active"] is False
 
 
 def test_a_server_before_0_3_57_gets_a_global_interrupt_only_while_ours_runs(

@@ -54,7 +54,8 @@ def generation_options(*, scope: str = "") -> Callable[[Callable[..., Any]], Cal
         click.option(
             "--workflow",
             metavar="FILE",
-            type=click.Path(dir_okay=False),
+            # A directory is an unreadable workflow (exit 1, file_error), as read_workflow says.
+            type=click.Path(),
             help=f"ComfyUI: run this workflow{scope} (API format, or the web UI's saved "
             "format); the options above set its nodes by meaning.",
         ),

@@ -18,7 +18,7 @@ def command() -> None:
 
 
 @command.command("show")
-@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("file", metavar="FILE", type=click.Path())
 @global_options
 @click.pass_obj
 def show(app: App, file: str) -> int:

@@ -7,6 +7,7 @@ cannot parse is a plain-text 500 (§1): every answer is checked for its real sha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -391,8 +392,14 @@ def _reason_text(reason: dict[str, Any]) -> str:
             )
             allowed = f"allowed: {shown}{more}" if choices else "the server has none"
             return f"{name}: {got!r} is not one of its values ({allowed})"
-        details = reason.get("details")
+        details = str(reason.get("details") or "")
+        # Over 20 values the server sends no list, only "… not in (list of length 42)".
+        length = re.search(r"\(list of length (\d+)\)", details)
+        if length and "received_value" in extra:
+            return f"{name}: {got!r} is not one of its {length.group(1)} values"
         return f"{name}: {details or message}"
     details = reason.get("details")
-    text = message if not details or details in message else f"{message}: {details}"
+    text = (
+        message if not details or details in message or details == name else f"{message}: {details}"
+    )
     return f"{name}: {text}" if name and not text.startswith(str(name)) else text

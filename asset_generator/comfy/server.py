@@ -326,13 +326,15 @@ class ComfyServer:
             types.Lora(self._resolve("loras", lora.name), lora.weight) for lora in request.loras
         ]
         graphs.insert_loras(graph, loras, places)
-        graphs.apply_sets(graph, request.sets)
+        graphs.apply_sets(graph, request.sets, self._declared_inputs)
         places = graphs.find_places(graph)
         # -n varies the one seed: the config's image count, like its seed, only applies where
         # the workflow has one.
         configured = request.workflow is None or len(places.options["seed"].nodes) == 1
         images = request.images or (request.defaults.get("images") if configured else None) or 1
-        base_seed, notes = self._seed(request, graph, places, images)
+        base_seed, notes = self._seed(
+            request, graphs.seed_set(graph, places, request.sets), graph, places, images
+        )
         if base_seed is None:
             prompts = [graph for _ in range(images)]
             seeds: list[int | None] = [None] * images
@@ -374,26 +376,35 @@ class ComfyServer:
         )
 
     def _seed(
-        self, request: Request, graph: graphs.Graph, places: graphs.Places, images: int
+        self,
+        request: Request,
+        set_seed: int | None,
+        graph: graphs.Graph,
+        places: graphs.Places,
+        images: int,
     ) -> tuple[int | None, list[str]]:
         """The first prompt's seed and what to say about it.
 
         ComfyUI has no random seed: an unset (built-in graph) or -1 seed is drawn here and
         reported, so ``--seed S+i -n 1`` remakes image i. A workflow's own seed stands when
-        none is given.
+        none is given; a ``--set`` of the sampler's seed wins over ``--seed``.
         """
         has_place = len(places.options["seed"].nodes) == 1
-        given = request.seed
+        given = request.seed if set_seed is None else set_seed
         if given is None and (request.workflow is None or has_place):
             given = request.defaults.get("seed")
+        # -n varies the one seed; a workflow without any queues N copies of itself (a node
+        # that never hits the cache, like the slow test node, makes N images), while two
+        # seeds are refused: which one varies is the user's to say.
+        seedless = not places.options["seed"].nodes
         if given is None and request.workflow is not None:
-            if images > 1:
-                places.node_of("seed")  # -n needs the one seed to vary (raises otherwise)
+            if images > 1 and not seedless:
+                places.node_of("seed", "--images")
             return (graphs.seed_in(graph, places) if has_place else None), []
         if given is None or given == types.RANDOM_SEED:
             if not has_place:
-                if images > 1 or given is not None:
-                    places.node_of("seed")
+                if given is not None or not seedless:
+                    places.node_of("seed", None if given is not None else "--images")
                 return None, []
             drawn = secrets.randbelow(DRAWN_SEED_BELOW)
             return drawn, [f"seed {drawn} (drawn by the client; --seed {drawn} repeats it)"]
@@ -452,6 +463,20 @@ class ComfyServer:
             return graphs.check_api_format(document, where)
         except graphs.WorkflowShapeError as exc:
             raise WorkflowFileError(str(exc)) from None
+
+    def _declared_inputs(self, class_type: str) -> list[str]:
+        """The inputs the server declares for a node class, optional ones included (what
+        ``--set`` may add to a node that leaves them out); none for a class it lacks."""
+        info = self.object_info({class_type}).get(class_type)
+        declared = info.get("input") if isinstance(info, dict) else None
+        if not isinstance(declared, dict):
+            return []
+        return [
+            name
+            for group in ("required", "optional")
+            if isinstance(declared.get(group), dict)
+            for name in declared[group]
+        ]
 
     def convert(self, document: dict[str, Any], where: str) -> dict[str, Any]:
         """A workflow in the web UI's saved format, in the API format (as the web UI converts
@@ -741,7 +766,14 @@ class ComfyServer:
             f"{'prompt' if len(running) + len(pending) == 1 else 'prompts'} stopped, "
             f"{ours_stopped} of them ours ({scope})"
         )
-        return Reach("server", text)
+        # --wait waits for every prompt it stopped, anyone's (§7: "none of the cancelled
+        # prompts is pending or running").
+        others = tuple(
+            {"prompt_ids": [item.prompt_id]}
+            for item in running + pending
+            if item.prompt_id not in mine
+        )
+        return Reach("server", text, others, stopped=bool(running or pending))
 
     # -- status, parallelism, models --------------------------------------------------------------
 

@@ -11,7 +11,7 @@ network.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,10 +150,11 @@ class Places:
     # The latent source's batch size (images per prompt), when there is one source.
     batch: int = 1
 
-    def node_of(self, option: str) -> str:
-        """The one node ``option`` sets; RequestError when there is none or more than one."""
+    def node_of(self, option: str, flag: str | None = None) -> str:
+        """The one node ``option`` sets; RequestError when there is none or more than one,
+        naming ``flag`` (the option the user gave, when it needs another's place)."""
         place = self.options[option]
-        flag = FLAGS[option]
+        flag = flag or FLAGS[option]
         if len(place.nodes) == 1:
             return place.nodes[0]
         if not place.nodes:
@@ -265,7 +266,7 @@ def insert_loras(graph: Graph, loras: Iterable[Lora], places: Places) -> None:
     if not loras:
         return
     if len(places.checkpoint) != 1:
-        places.node_of("model")  # raises, naming --model's (missing or doubled) place
+        places.node_of("model", "--lora")  # raises: the loader is missing or doubled
     loader = places.checkpoint[0]
     consumers = [
         (node_id, name, value)
@@ -324,26 +325,53 @@ def _label(node: Mapping[str, Any]) -> str:
     )
 
 
-def apply_sets(graph: Graph, sets: Iterable[SetInput]) -> None:
-    """``--set NODE.INPUT=VALUE``, in order (each wins over the options and earlier sets)."""
+def apply_sets(
+    graph: Graph,
+    sets: Iterable[SetInput],
+    declared: Callable[[str], Collection[str]] = lambda class_type: (),
+) -> None:
+    """``--set NODE.INPUT=VALUE``, in order (each wins over the options and earlier sets).
+
+    An input the workflow leaves out (an optional one, say) can be set when ``declared``
+    (the server's inputs of a node class) has it.
+    """
     for item in sets:
         node_id = find_node(graph, item.node)
         node = graph[node_id]
         inputs = node["inputs"]
-        if item.input not in inputs:
-            names = ", ".join(sorted(inputs)) or "none"
+        if item.input not in inputs and item.input not in declared(node["class_type"]):
+            names = ", ".join(sorted(set(inputs) | set(declared(node["class_type"])))) or "none"
             raise RequestError(
                 f"--set {item.text}: node {node_id} ({_label(node)}) has no input "
                 f"{item.input!r}; its inputs: {names}",
                 "--set",
             )
-        if is_link(inputs[item.input]):
+        if is_link(inputs.get(item.input)):
             raise RequestError(
                 f"--set {item.text}: input {item.input!r} of node {node_id} ({_label(node)}) "
                 f"is a link from node {inputs[item.input][0]}; --set replaces values, not links",
                 "--set",
             )
         inputs[item.input] = item.value
+
+
+def seed_set(graph: Graph, places: Places, sets: Iterable[SetInput]) -> int | None:
+    """The seed the last ``--set`` gave the one sampler, if any: it wins over ``--seed``, and
+    ``-n`` counts up from it."""
+    nodes = places.options["seed"].nodes
+    if len(nodes) != 1:
+        return None
+    found = None
+    for item in sets:
+        value = item.value
+        if (
+            item.input in SAMPLER_INPUTS["seed"]
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and find_node(graph, item.node) == nodes[0]
+        ):
+            found = value
+    return found
 
 
 def with_seed(graph: Graph, places: Places, seed: int) -> Graph:

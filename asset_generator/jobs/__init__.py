@@ -9,8 +9,9 @@ the adapter's (a SwarmUI session interrupt, ComfyUI's queue delete and targeted 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asset_generator.jobs.generations import CANCEL_REQUESTED, ORPHANED, Generations
 from asset_generator.jobs.pipelines import (
@@ -28,6 +29,9 @@ from asset_generator.registry import (
 )
 from asset_generator.server import jobstate
 from asset_generator.text import plural
+
+if TYPE_CHECKING:
+    from asset_generator.server.types import Handle
 
 __all__ = [
     "CANCEL_REQUESTED",
@@ -235,9 +239,11 @@ def cancel_all(generations: Generations, *, wait_timeout: float | None = None) -
     cancelled += mark_cancelled(registry, [r.id for r in late])
     ours += late
     if wait_timeout is not None:
-        wait_stopped(generations, ours, wait_timeout)
+        wait_stopped(generations, ours, wait_timeout, reach.others)
     line = f"{reach.text}; {len(cancelled)} of ours marked cancelled"
-    return CancelResult(reach.scope, cancelled, was_active=bool(ours), lines=[line])
+    # Active: work of ours, or (where the server shows it) anyone's that --all stopped.
+    was_active = bool(ours) or bool(reach.stopped)
+    return CancelResult(reach.scope, cancelled, was_active=was_active, lines=[line])
 
 
 def _cancel_pipeline(
@@ -260,17 +266,23 @@ def _cancel_pipeline(
     return done
 
 
-def wait_stopped(generations: Generations, records: list[GenerationRecord], timeout: float) -> None:
-    """Poll the server until none of ``records`` shows waiting or live work.
+def wait_stopped(
+    generations: Generations,
+    records: list[GenerationRecord],
+    timeout: float,
+    others: Sequence[Handle] = (),
+) -> None:
+    """Poll the server until none of ``records`` (nor of ``others``: other clients' work
+    that ``--all`` stopped) shows waiting or live work.
 
     Raises CancelError (``timeout``) when ``timeout`` seconds pass first.
     """
     deadline = time.monotonic() + timeout
-    pending = list(records)
+    pending = [r.handle for r in records] + list(others)
     server = generations.server()
     while pending:
-        states = server.job_states([r.handle for r in pending])
-        pending = [r for r, s in zip(pending, states, strict=True) if s in jobstate.ACTIVE_STATES]
+        states = server.job_states(pending)
+        pending = [h for h, s in zip(pending, states, strict=True) if s in jobstate.ACTIVE_STATES]
         if not pending:
             return
         if time.monotonic() >= deadline:

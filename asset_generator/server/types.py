@@ -356,10 +356,17 @@ class Run(Protocol):
 
 @dataclass(frozen=True)
 class Reach:
-    """What ``cancel --all`` reached: ``scope`` "user" (SwarmUI) or "server" (ComfyUI)."""
+    """What ``cancel --all`` reached: ``scope`` "user" (SwarmUI) or "server" (ComfyUI).
+
+    ``others``: other clients' work it stopped, as handles ``job_states`` reads (what
+    ``--wait`` waits for besides ours), where the server shows it; ``stopped``: whether it
+    stopped anything at all (None: unknown).
+    """
 
     scope: str
     text: str
+    others: tuple[Handle, ...] = ()
+    stopped: bool | None = None
 
 
 @dataclass

@@ -92,3 +92,36 @@ def test_a_pipeline_runs_every_asset_and_a_rerun_sends_nothing(
     assert again.code == 0, again.stderr
     summary = again.json()["summary"]
     assert (summary["skipped"], summary["succeeded"], summary["failed"]) == (3, 0, 0)
+
+
+def test_sigterm_stops_all_n_of_our_prompts_and_a_foreign_one_behind_them_runs(
+    comfy_backend: Backend, cli: Runner, state_dir: Path
+) -> None:
+    # -n 3 of a workflow without a seed: three copies, one running and two pending.
+    backend = comfy_backend
+    process = cli.start(*backend.slow("scenario sigterm"), "-n", "3", "-o", "out")
+    record = wait_record(state_dir, "scenario sigterm", lambda r: r["progress"] > 0, 600)
+    assert len(record["handle"]["prompt_ids"]) == 3
+    theirs = backend.foreign(steps=10)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=backend.patience)
+    assert process.returncode == 143, err
+    assert record_of(state_dir, "scenario sigterm")["status"] == "cancelled"
+    assert wait_for(lambda: not backend.on_server(record), timeout=30)
+    first, *rest = record["handle"]["prompt_ids"]
+    assert wait_for(lambda: backend.outcome(first) == "error", timeout=30)  # interrupted
+    assert all(backend.outcome(p) is None for p in rest)  # deleted before they ran
+    assert wait_for(lambda: backend.outcome(theirs) == "success", timeout=backend.patience)
+
+
+def test_set_adds_the_optional_input_the_probe_workflow_leaves_out(
+    comfy_backend: Backend, cli: Runner
+) -> None:
+    # protocol §0.3: fail_at_step is optional, so an exported probe workflow may lack it.
+    result = cli(*comfy_backend.quick("scenario fail"), "--set", "SlowSolidImage.fail_at_step=1",
+                 "-f", "json", timeout=comfy_backend.patience)  # fmt: skip
+    assert result.code == 1, result.stderr
+    error = result.json()["error"]
+    assert error["code"] == "server_error"
+    assert "node 1 (SlowSolidImage)" in error["message"]
+    assert "requested failure at step 1" in error["message"]
