@@ -844,6 +844,23 @@ def test_api_key_is_a_bearer_token_and_auth_header_wins(
     assert "s3cret-token" not in run.stdout + run.stderr
 
 
+def test_api_key_goes_as_bearer_on_every_request_while_the_server_type_is_asked(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    # Auto type, nothing remembered: SwarmUI's GetNewSession is asked first, and a ComfyUI (or
+    # the proxy before it) must see the token on that request too (cli-contract §7).
+    comfy = comfy_factory(required_authorization="Bearer s3cret-token")
+    run = cli("generate", "image", "--workflow", slow(workdir, "first"), "--api-key",
+              "s3cret-token", "-o", "out", "-v")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
+    assert comfy.requests[0].path == "/API/GetNewSession"
+    assert [c.path for c in comfy.requests if c.status == 401] == []
+    assert all(c.headers.get("authorization") == "Bearer s3cret-token" for c in comfy.requests)
+    assert not any("origin" in c.headers for c in comfy.requests)
+    assert "s3cret-token" not in run.stdout + run.stderr
+
+
 # -- pipeline -------------------------------------------------------------------------------------
 
 

@@ -339,7 +339,8 @@ class SwarmServer:
         any other failure is raised, as the command itself would have met it.
         """
         try:
-            self.new_session()
+            with self.client.transport.any_server_type():
+                self.new_session()
         except SessionFailed as exc:
             if isinstance(exc.cause, NotFound):
                 return False
