@@ -805,6 +805,23 @@ def test_status_shows_a_restarted_servers_version_at_once(
     assert document["version"] == document["server"]["version"] == "0.3.64"
 
 
+def test_status_of_a_stopped_server_shows_our_work_as_recorded(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    made = cli("generate", "image", "--workflow", slow(workdir, "kept"), "-o", "out", "-q")
+    assert made.code == 0, made.stderr
+    comfy.stop()
+    down = cli("status", "-f", "json")
+    assert down.code == 1
+    document = down.json()
+    assert document["ok"] is False and document["error"]["code"] == "connection_failed"
+    assert document["server"] == {"url": cli.url, "type": "comfyui", "reachable": False}
+    assert [g["prompt"] for g in document["generations"]] == ["kept"]
+    table = cli("status")
+    assert table.code == 1 and "kept" in table.stdout
+    assert table.stderr.startswith("request failed: ")
+
+
 def test_models_map_swarmui_subtypes_to_folders(
     comfy: ComfyEmulator, cli: Runner, state_dir: Path
 ) -> None:

@@ -50,7 +50,9 @@ def test_status_reports_server_rollup_and_backends(cli: Runner, emulator: Emulat
     assert as_json.code == 0
     document = as_json.json()
     assert document["ok"] is True and document["reachable"] is True
-    assert document["server"] == emulator.url
+    assert document["server"]["url"] == emulator.url and document["type"] == "swarmui"
+    assert document["server"]["type"] == "swarmui" and document["server"]["reachable"] is True
+    assert document["server"]["version"] == document["version"]
     assert document["user"] == "local"
     assert document["version"] == "0.9.8.2.GIT-emulator"
     assert document["server_id"]
@@ -134,7 +136,7 @@ def test_status_against_a_stopped_server_exits_1(cli: Runner, emulator_factory) 
     document = as_json.json()
     assert document["ok"] is False and document["reachable"] is False
     assert document["error"]["code"] == "connection_failed"
-    assert document["server"] == cli.url
+    assert document["server"] == {"url": cli.url, "type": None, "reachable": False}
 
     # With a cached session the first request is GetCurrentStatus: "request failed".
     emu = emulator_factory()
@@ -183,7 +185,8 @@ def test_a_stopped_server_still_shows_our_work_from_the_registry(
     document = as_json.json()
     assert document["ok"] is False and document["error"]["code"] == "connection_failed"
     assert document["error"]["message"] == error
-    assert document["reachable"] is False and document["server"] == cli.url
+    assert document["reachable"] is False and document["server"]["url"] == cli.url
+    assert document["server"]["reachable"] is False
     assert document["live_state"] == "unknown"
     shown = {g["id"]: g["status"] for g in document["generations"]}
     assert shown[ours["left running"]["id"]] == "running"

@@ -538,11 +538,21 @@ class SwarmServer:
         if rollup.get("message"):
             summary += f": {rollup['message']}"
         features = list(current.supported_features)
+        response_ms = round(elapsed[-1], 1)
         document = {
-            "server": self.name,
+            # As on ComfyUI (cli-contract §7: `server.type`); the flat keys stay for scripts.
+            "server": {
+                "url": self.name,
+                "type": self.type,
+                "reachable": True,
+                "response_ms": response_ms,
+                "version": version,
+                "server_id": server_id,
+                "user": user,
+            },
             "type": self.type,
             "reachable": True,
-            "response_ms": round(elapsed[-1], 1),
+            "response_ms": response_ms,
             "version": version,
             "server_id": server_id,
             "user": user,
