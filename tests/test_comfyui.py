@@ -259,6 +259,33 @@ def test_the_type_is_remembered_and_asked_again_when_another_server_listens_ther
     assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
 
 
+def test_a_remembered_comfyui_is_asked_again_when_swarmui_listens_there(
+    comfy_factory: Callable[..., ComfyEmulator], emulator_factory, cli: Runner, state_dir: Path
+) -> None:
+    # The other way round: SwarmUI answers ComfyUI's GET routes with a redirect (to
+    # /Error/404), not a 404, and that too means another server listens there now.
+    comfy = comfy_factory()
+    url, port = comfy.url, comfy.port
+    assert cli("models", "list", "-q").code == 0
+    assert read_registry(state_dir)["kinds"][url] == "comfyui"
+    comfy.stop()
+    swarm = emulator_factory(port=port)
+    listed = cli("models", "list", "-f", "json")
+    assert listed.code == 0, listed.stderr
+    assert listed.json()["type"] == "swarmui"
+    assert read_registry(state_dir)["kinds"][url] == "swarmui"
+    assert swarm.calls("ListModels")
+    swarm.stop()
+    back = comfy_factory(port=port)
+    status = cli("status", "-f", "json")
+    assert status.code == 0, status.stderr
+    assert status.json()["server"]["type"] == "comfyui"
+    back.stop()
+    swarm_again = emulator_factory(port=port)
+    assert cli("status", "-f", "json").json()["server"]["type"] == "swarmui"
+    assert swarm_again.calls("GetNewSession")
+
+
 # -- user workflows ------------------------------------------------------------------------------
 
 
