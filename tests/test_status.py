@@ -37,10 +37,11 @@ def test_status_reports_server_rollup_and_backends(cli: Runner, emulator: Emulat
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["server", emulator.url]
     assert lines[1].startswith("reachable") and "yes (" in lines[1]
-    assert lines[2].split() == ["version", "0.9.8.2.GIT-emulator"]
-    assert lines[4].split() == ["user", "local"]
-    assert lines[5].split() == ["backends", "running"]
-    assert lines[6].startswith("features") and "comfyui" in lines[6]
+    assert lines[2].split() == ["type", "swarmui"]
+    assert lines[3].split() == ["version", "0.9.8.2.GIT-emulator"]
+    assert lines[5].split() == ["user", "local"]
+    assert lines[6].split() == ["backends", "running"]
+    assert lines[7].startswith("features") and "comfyui" in lines[7]
     assert "BACKEND" in result.stdout and "LAST USED" in result.stdout
     backend_row = next(line for line in lines if line.startswith("0 "))
     assert "comfyui_selfstart" in backend_row and "running" in backend_row

@@ -577,6 +577,7 @@ class SwarmServer:
             "supported_features": features,
         }
         rows = [
+            ("type", self.type),
             ("version", version or "unknown"),
             ("server id", server_id or "unknown"),
             ("user", user or "unknown"),
