@@ -940,7 +940,8 @@ def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_f
     assert document["pipeline"]["parallel"] == 2
     assert document["summary"]["succeeded"] == 4
     graphs = {g["6"]["inputs"]["text"]: g for g in sent(comfy)}
-    assert sorted(graphs) == ["first", "fourth", "second", "third"]
+    # ComfyUI runs its one queue in the order it was sent: the spec's order.
+    assert list(graphs) == ["first", "second", "third", "fourth"]
     assert all(g["3"]["inputs"]["cfg"] == 5.0 for g in graphs.values())
     assert graphs["second"]["7"]["inputs"]["text"] == "blurry"
     assert graphs["first"]["7"]["inputs"]["text"] == ""

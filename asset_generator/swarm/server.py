@@ -291,6 +291,8 @@ class SwarmServer:
     type = "swarmui"
     label = "SwarmUI"
     gone_text = "the server no longer knows this generation's session"
+    # Backends take requests as they free up; the order of sending decides little.
+    one_queue = False
     silent_causes = (
         "a backend failure (ComfyUI timed out or crashed, the server shut down) or an interrupt "
         "from outside this client (the web UI, another client's cancel --all)"
