@@ -894,6 +894,10 @@ def test_api_key_goes_as_bearer_on_every_request_while_the_server_type_is_asked(
     # Auto type, nothing remembered: SwarmUI's GetNewSession is asked first, and a ComfyUI (or
     # the proxy before it) must see the token on that request too (cli-contract §7).
     comfy = comfy_factory(required_authorization="Bearer s3cret-token")
+    wrong = cli("status", "--api-key", "not-it")
+    assert wrong.code == 1 and "--api-key" in wrong.stderr
+    assert "none was sent" not in wrong.stderr and "not-it" not in wrong.stderr
+    comfy.reset_log()
     run = cli("generate", "image", "--workflow", slow(workdir, "first"), "--api-key",
               "s3cret-token", "-o", "out", "-v")  # fmt: skip
     assert run.code == 0, run.stderr

@@ -81,7 +81,13 @@ class Transport(base.Transport):
             yield
             return
         plain = self.access
-        self.access = replace(plain, headers={**plain.headers, "Authorization": f"Bearer {key}"})
+        self.access = replace(
+            plain,
+            headers={**plain.headers, "Authorization": f"Bearer {key}"},
+            refused=f"{self.server} refused the token (sent as SwarmUI's swarm_token cookie and "
+            "as an Authorization: Bearer header, HTTP 401 Unauthorized); check --api-key, or "
+            "give the header the server or its proxy wants with --auth-header",
+        )
         try:
             yield
         finally:
