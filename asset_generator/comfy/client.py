@@ -137,8 +137,8 @@ class ComfyClient(base.Client):
             # /Error/404 (swarmui-protocol §1.2), and a login proxy to its page.
             raise WrongServer(
                 f"{self.server} answered {answer.path} with a redirect (HTTP {answer.status}), "
-                "which ComfyUI never sends: is --api-url a ComfyUI address (SwarmUI, or a "
-                "login page, there)?"
+                "which ComfyUI never sends: is --api-url a ComfyUI address? (SwarmUI or a "
+                "proxy's login page answers so)"
             )
         if answer.status == 413:
             raise BadResponse(
