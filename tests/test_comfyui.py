@@ -241,6 +241,16 @@ def test_options_for_the_other_server_are_usage_errors(
     assert swarm.code == 2
     assert "--workflow" in swarm.stderr and "SwarmUI" in swarm.stderr
     assert emulator.calls("GenerateText2ImageWS") == []
+    # A pipeline's too, before anything is sent or made on disk.
+    spec = workdir / "one.yaml"
+    spec.write_text("assets:\n  - name: g\n    assets:\n      - {id: a, prompt: x}\n")
+    out = workdir / "never"
+    setting = cli("pipeline", str(spec), "--set", "KSampler.cfg=2", "--output-dir", str(out),
+                  "--api-url", emulator.url)  # fmt: skip
+    assert setting.code == 2
+    assert "--set" in setting.stderr and "SwarmUI" in setting.stderr
+    assert emulator.calls("GenerateText2ImageWS") == []
+    assert not out.exists()
 
 
 def test_the_type_is_remembered_and_asked_again_when_another_server_listens_there(
