@@ -116,6 +116,7 @@ class GenerationRun:
         view: View,
         save: SaveOptions,
         on_saved: Callable[[SavedImage], None] = lambda saved: None,
+        on_accepted: Callable[[], None] = lambda: None,
         debug: Callable[[str], None] = lambda message: None,
         notice: Callable[[str], None] | None = None,
         owner: str | None = None,
@@ -129,6 +130,8 @@ class GenerationRun:
         self.view = view
         self.save = save
         self.on_saved = on_saved
+        # The server holds the request (a pipeline sends its next asset after this one).
+        self.on_accepted = on_accepted
         self.debug = debug
         # Warnings from the server worth a line even without -v.
         self.notice = notice or debug
@@ -235,6 +238,7 @@ class GenerationRun:
             # The server holds the request now: a cancel that came before it reached nothing.
             self._accepted_at = time.time()
             self._look_for_cancel()
+            self.on_accepted()
         elif isinstance(event, Waiting):
             self._on_wait(event)
         elif isinstance(event, Progress):

@@ -163,7 +163,7 @@ class ModelsResult(_Open):
 
 
 class ServerStatusResult(_Open):
-    server: Any = Field(description="The server (SwarmUI: its URL; ComfyUI: an object).")
+    server: Any = Field(description="The server: url, type, reachable, response_ms, version, ...")
     reachable: bool | None = None
     generations: list[dict[str, Any]] = Field(default_factory=list)
 

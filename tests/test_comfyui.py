@@ -241,6 +241,16 @@ def test_options_for_the_other_server_are_usage_errors(
     assert swarm.code == 2
     assert "--workflow" in swarm.stderr and "SwarmUI" in swarm.stderr
     assert emulator.calls("GenerateText2ImageWS") == []
+    # A pipeline's too, before anything is sent or made on disk.
+    spec = workdir / "one.yaml"
+    spec.write_text("assets:\n  - name: g\n    assets:\n      - {id: a, prompt: x}\n")
+    out = workdir / "never"
+    setting = cli("pipeline", str(spec), "--set", "KSampler.cfg=2", "--output-dir", str(out),
+                  "--api-url", emulator.url)  # fmt: skip
+    assert setting.code == 2
+    assert "--set" in setting.stderr and "SwarmUI" in setting.stderr
+    assert emulator.calls("GenerateText2ImageWS") == []
+    assert not out.exists()
 
 
 def test_the_type_is_remembered_and_asked_again_when_another_server_listens_there(
@@ -257,6 +267,33 @@ def test_the_type_is_remembered_and_asked_again_when_another_server_listens_ther
     document = cli("status", "-f", "json").json()
     assert document["type"] == "comfyui" and document["server"]["type"] == "comfyui"
     assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
+
+
+def test_a_remembered_comfyui_is_asked_again_when_swarmui_listens_there(
+    comfy_factory: Callable[..., ComfyEmulator], emulator_factory, cli: Runner, state_dir: Path
+) -> None:
+    # The other way round: SwarmUI answers ComfyUI's GET routes with a redirect (to
+    # /Error/404), not a 404, and that too means another server listens there now.
+    comfy = comfy_factory()
+    url, port = comfy.url, comfy.port
+    assert cli("models", "list", "-q").code == 0
+    assert read_registry(state_dir)["kinds"][url] == "comfyui"
+    comfy.stop()
+    swarm = emulator_factory(port=port)
+    listed = cli("models", "list", "-f", "json")
+    assert listed.code == 0, listed.stderr
+    assert listed.json()["type"] == "swarmui"
+    assert read_registry(state_dir)["kinds"][url] == "swarmui"
+    assert swarm.calls("ListModels")
+    swarm.stop()
+    back = comfy_factory(port=port)
+    status = cli("status", "-f", "json")
+    assert status.code == 0, status.stderr
+    assert status.json()["server"]["type"] == "comfyui"
+    back.stop()
+    swarm_again = emulator_factory(port=port)
+    assert cli("status", "-f", "json").json()["server"]["type"] == "swarmui"
+    assert swarm_again.calls("GetNewSession")
 
 
 # -- user workflows ------------------------------------------------------------------------------
@@ -896,6 +933,23 @@ def test_status_shows_a_restarted_servers_version_at_once(
     assert document["version"] == document["server"]["version"] == "0.3.64"
 
 
+def test_status_of_a_stopped_server_shows_our_work_as_recorded(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    made = cli("generate", "image", "--workflow", slow(workdir, "kept"), "-o", "out", "-q")
+    assert made.code == 0, made.stderr
+    comfy.stop()
+    down = cli("status", "-f", "json")
+    assert down.code == 1
+    document = down.json()
+    assert document["ok"] is False and document["error"]["code"] == "connection_failed"
+    assert document["server"] == {"url": cli.url, "type": "comfyui", "reachable": False}
+    assert [g["prompt"] for g in document["generations"]] == ["kept"]
+    table = cli("status")
+    assert table.code == 1 and "kept" in table.stdout
+    assert table.stderr.startswith("request failed: ")
+
+
 def test_models_map_swarmui_subtypes_to_folders(
     comfy: ComfyEmulator, cli: Runner, state_dir: Path
 ) -> None:
@@ -935,6 +989,27 @@ def test_api_key_is_a_bearer_token_and_auth_header_wins(
     assert "s3cret-token" not in run.stdout + run.stderr
 
 
+def test_api_key_goes_as_bearer_on_every_request_while_the_server_type_is_asked(
+    comfy_factory: Callable[..., ComfyEmulator], cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    # Auto type, nothing remembered: SwarmUI's GetNewSession is asked first, and a ComfyUI (or
+    # the proxy before it) must see the token on that request too (cli-contract §7).
+    comfy = comfy_factory(required_authorization="Bearer s3cret-token")
+    wrong = cli("status", "--api-key", "not-it")
+    assert wrong.code == 1 and "--api-key" in wrong.stderr
+    assert "none was sent" not in wrong.stderr and "not-it" not in wrong.stderr
+    comfy.reset_log()
+    run = cli("generate", "image", "--workflow", slow(workdir, "first"), "--api-key",
+              "s3cret-token", "-o", "out", "-v")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
+    assert comfy.requests[0].path == "/API/GetNewSession"
+    assert [c.path for c in comfy.requests if c.status == 401] == []
+    assert all(c.headers.get("authorization") == "Bearer s3cret-token" for c in comfy.requests)
+    assert not any("origin" in c.headers for c in comfy.requests)
+    assert "s3cret-token" not in run.stdout + run.stderr
+
+
 # -- pipeline -------------------------------------------------------------------------------------
 
 
@@ -970,7 +1045,8 @@ def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_f
     assert document["pipeline"]["parallel"] == 2
     assert document["summary"]["succeeded"] == 4
     graphs = {g["6"]["inputs"]["text"]: g for g in sent(comfy)}
-    assert sorted(graphs) == ["first", "fourth", "second", "third"]
+    # ComfyUI runs its one queue in the order it was sent: the spec's order.
+    assert list(graphs) == ["first", "second", "third", "fourth"]
     assert all(g["3"]["inputs"]["cfg"] == 5.0 for g in graphs.values())
     assert graphs["second"]["7"]["inputs"]["text"] == "blurry"
     assert graphs["first"]["7"]["inputs"]["text"] == ""

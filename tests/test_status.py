@@ -37,10 +37,11 @@ def test_status_reports_server_rollup_and_backends(cli: Runner, emulator: Emulat
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["server", emulator.url]
     assert lines[1].startswith("reachable") and "yes (" in lines[1]
-    assert lines[2].split() == ["version", "0.9.8.2.GIT-emulator"]
-    assert lines[4].split() == ["user", "local"]
-    assert lines[5].split() == ["backends", "running"]
-    assert lines[6].startswith("features") and "comfyui" in lines[6]
+    assert lines[2].split() == ["type", "swarmui"]
+    assert lines[3].split() == ["version", "0.9.8.2.GIT-emulator"]
+    assert lines[5].split() == ["user", "local"]
+    assert lines[6].split() == ["backends", "running"]
+    assert lines[7].startswith("features") and "comfyui" in lines[7]
     assert "BACKEND" in result.stdout and "LAST USED" in result.stdout
     backend_row = next(line for line in lines if line.startswith("0 "))
     assert "comfyui_selfstart" in backend_row and "running" in backend_row
@@ -50,7 +51,9 @@ def test_status_reports_server_rollup_and_backends(cli: Runner, emulator: Emulat
     assert as_json.code == 0
     document = as_json.json()
     assert document["ok"] is True and document["reachable"] is True
-    assert document["server"] == emulator.url
+    assert document["server"]["url"] == emulator.url and document["type"] == "swarmui"
+    assert document["server"]["type"] == "swarmui" and document["server"]["reachable"] is True
+    assert document["server"]["version"] == document["version"]
     assert document["user"] == "local"
     assert document["version"] == "0.9.8.2.GIT-emulator"
     assert document["server_id"]
@@ -134,7 +137,7 @@ def test_status_against_a_stopped_server_exits_1(cli: Runner, emulator_factory) 
     document = as_json.json()
     assert document["ok"] is False and document["reachable"] is False
     assert document["error"]["code"] == "connection_failed"
-    assert document["server"] == cli.url
+    assert document["server"] == {"url": cli.url, "type": None, "reachable": False}
 
     # With a cached session the first request is GetCurrentStatus: "request failed".
     emu = emulator_factory()
@@ -183,7 +186,8 @@ def test_a_stopped_server_still_shows_our_work_from_the_registry(
     document = as_json.json()
     assert document["ok"] is False and document["error"]["code"] == "connection_failed"
     assert document["error"]["message"] == error
-    assert document["reachable"] is False and document["server"] == cli.url
+    assert document["reachable"] is False and document["server"]["url"] == cli.url
+    assert document["server"]["reachable"] is False
     assert document["live_state"] == "unknown"
     shown = {g["id"]: g["status"] for g in document["generations"]}
     assert shown[ours["left running"]["id"]] == "running"

@@ -270,10 +270,10 @@ class App:
             return False
         if "asset_generator.server.errors" not in sys.modules:
             return False
-        from asset_generator.server.errors import NotFound
+        from asset_generator.server.errors import NotFound, WrongServer
 
         cause = getattr(exc, "cause", exc)
-        return isinstance(cause, NotFound)
+        return isinstance(cause, (NotFound, WrongServer))
 
     def reuse(self) -> None:
         """A long-lived App (the MCP server's) starts another use: an adapter an earlier use

@@ -86,12 +86,19 @@ def _unreachable(
     """
     problem = f"{exc.phrase}: {exc.message}"
     report = gather_local(generations, app.server_name, problem, finished_limit=finished_limit)
+    # The shape of the answered document's `server` (cli-contract §7), unreachable.
+    server = {"url": app.server_name, "type": app.known_type(), "reachable": exc.reachable}
     if report.ours and not app.output.is_json and not app.output.quiet:
         app.output.rich(render(report))
     raise CommandError(
         problem,
         exc.code,
-        details={"server": app.server_name, "reachable": exc.reachable, **report.to_json()},
+        details={
+            "server": server,
+            "type": server["type"],
+            "reachable": exc.reachable,
+            **report.to_json(),
+        },
     )
 
 

@@ -20,6 +20,7 @@ from asset_generator.server.errors import (
     BadResponse,
     NotFound,
     ServerError,
+    WrongServer,
 )
 from asset_generator.transport import Answer, WebSocket
 
@@ -132,6 +133,14 @@ class ComfyClient(base.Client):
             )
         if answer.status in (401, 403):
             raise self.transport.refusal(answer.status, answer.challenge)
+        if 300 <= answer.status < 400:
+            # ComfyUI never redirects a route; SwarmUI sends every GET that is not its own to
+            # /Error/404 (swarmui-protocol §1.2), and a login proxy to its page.
+            raise WrongServer(
+                f"{self.server} answered {answer.path} with a redirect (HTTP {answer.status}), "
+                "which ComfyUI never sends: is --api-url a ComfyUI address? (SwarmUI or a "
+                "proxy's login page answers so)"
+            )
         if answer.status == 413:
             raise BadResponse(
                 f"{self.server} refused {answer.path}: the request is larger than the server "

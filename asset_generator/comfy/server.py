@@ -147,6 +147,7 @@ class ComfyServer:
     type = "comfyui"
     label = "ComfyUI"
     gone_text = "none of its prompts is queued or running on the server any more"
+    one_queue = True
     silent_causes = (
         "a server restart (its history is kept in memory only) or a prompt removed from the "
         "queue by another client"

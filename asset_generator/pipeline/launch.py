@@ -408,11 +408,12 @@ def launch(
     from asset_generator.registry import PipelineRecord, new_pipeline_id, this_host
 
     plan, manifest, decisions = loaded.plan, loaded.manifest, loaded.decisions
-    prepare_directory(plan.output_dir)
     # A rerun with every asset done sends nothing at all: not even a question to the server.
     needed = [a for a in plan.assets if decisions[a.index].verdict == GENERATE]
     server = host.server() if needed else None
     prepared = {a.index: server.prepare(a.request) for a in needed} if server else {}
+    # After the requests are known to be usable: a refused option leaves no directory behind.
+    prepare_directory(plan.output_dir)
     parallel, queue_ahead = options.parallel or 1, False
     if server is not None:
         default, ahead_from = server.parallelism()

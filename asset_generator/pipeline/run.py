@@ -50,6 +50,9 @@ INTERRUPT_BOUND_SECONDS = 3.0
 # socket ends) before the pipeline reports them cancelled and exits.
 DRAIN_BOUND_SECONDS = 5.0
 CANCEL_POLL_SECONDS = 0.25
+# On a server with one queue, an asset's request waits this long at most for the asset before
+# it to be taken (a request that hangs must not hold the rest back for its whole timeout).
+IN_ORDER_BOUND_SECONDS = 5.0
 NOT_SENT = "the pipeline stopped before this asset was sent"
 
 
@@ -163,6 +166,10 @@ class _Worker:
         self.reported = False
         # Its handle went back to the claimer (SwarmUI: the session serves the next asset).
         self.released = False
+        # Set once the server holds its request, or it ended without one.
+        self.sent = threading.Event()
+        # On a server with one queue: the asset started before it, whose request goes first.
+        self.after: _Worker | None = None
 
 
 class PipelineRun:
@@ -224,6 +231,7 @@ class PipelineRun:
         self._standby: list[_Worker] = []
         self._ahead = self.parallel if queue_ahead else 1
         self._threads: list[threading.Thread] = []
+        self._last_started: _Worker | None = None
         self._last_poll = 0.0
         self._counts_due = False
         self._counts_at = 0.0
@@ -304,6 +312,8 @@ class PipelineRun:
 
     def _start(self, asset: PlannedAsset, *, go: bool, slot: bool) -> _Worker:
         worker = _Worker(asset)
+        if self.server.one_queue:
+            worker.after, self._last_started = self._last_started, worker
         self._inflight[asset.index] = worker
         if slot:
             self._generating.add(asset.index)
@@ -411,6 +421,7 @@ class PipelineRun:
                     filename=asset.path.name,
                 ),
                 on_saved=lambda saved: self._saved(worker),
+                on_accepted=worker.sent.set,
                 debug=self.debug,
                 claimer=self.claimer,
             )
@@ -418,6 +429,10 @@ class PipelineRun:
             asset.path.parent.mkdir(parents=True, exist_ok=True)
             record = run.register(self.prepared[asset.index], pipeline_id=self.record.id)
             worker.go.wait()
+            if worker.after is not None:
+                # The spec's order is the order the server runs them in (ComfyUI's one queue).
+                worker.after.sent.wait(IN_ORDER_BOUND_SECONDS)
+                worker.after = None
             if worker.abort or self.stopping or self._pipeline_cancelled():
                 # Stopped (or a cancel of the whole pipeline came) before the request was sent.
                 run.mark(CANCELLED, NOT_SENT)
@@ -438,6 +453,7 @@ class PipelineRun:
                 worker.run.stop(FAILED, error, INTERRUPT_BOUND_SECONDS)
                 status = worker.run.record.status
         finally:
+            worker.sent.set()
             if not (worker.run is not None and worker.run.settled):
                 self._release(worker, rest=status == CANCELLED)
                 self._events.put(("done", worker, status, error))

@@ -452,6 +452,9 @@ class Server(Protocol):
     name: str
     # Words for a record whose work the server no longer knows.
     gone_text: str
+    # One queue that runs requests in the order they arrive (ComfyUI): a pipeline then sends
+    # its assets in the spec's order, not as its threads happen to get there.
+    one_queue: bool
 
     def probe(self) -> bool:
         """Is this server of the adapter's type? (identification, cli-contract §7)"""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -69,6 +69,29 @@ class Transport(base.Transport):
             self.credentials.headers(), f"{server} {self.credentials.refused()}", product
         )
         super().__init__(base_url, access, timeout=timeout, transport=transport, log=log)
+
+    @contextmanager
+    def any_server_type(self) -> Iterator[None]:
+        """While the server has not said what it is (``--server-type auto``), ``--api-key`` also
+        goes as ComfyUI's ``Authorization: Bearer`` token, beside the cookie: a ComfyUI, or the
+        proxy in front of it, then sees it on every request, the question included
+        (cli-contract §7). ``--auth-header`` is that header already."""
+        key = self.credentials.api_key
+        if not key or self.credentials.auth_header:
+            yield
+            return
+        plain = self.access
+        self.access = replace(
+            plain,
+            headers={**plain.headers, "Authorization": f"Bearer {key}"},
+            refused=f"{self.server} refused the token (sent as SwarmUI's swarm_token cookie and "
+            "as an Authorization: Bearer header, HTTP 401 Unauthorized); check --api-key, or "
+            "give the header the server or its proxy wants with --auth-header",
+        )
+        try:
+            yield
+        finally:
+            self.access = plain
 
     def post_json(  # type: ignore[override]
         self, route: str, body: dict[str, Any], *, timeout: float | None = None

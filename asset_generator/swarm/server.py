@@ -299,6 +299,8 @@ class SwarmServer:
     type = "swarmui"
     label = "SwarmUI"
     gone_text = "the server no longer knows this generation's session"
+    # Backends take requests as they free up; the order of sending decides little.
+    one_queue = False
     silent_causes = (
         "a backend failure (ComfyUI timed out or crashed, the server shut down) or an interrupt "
         "from outside this client (the web UI, another client's cancel --all)"
@@ -347,7 +349,8 @@ class SwarmServer:
         any other failure is raised, as the command itself would have met it.
         """
         try:
-            self.new_session()
+            with self.client.transport.any_server_type():
+                self.new_session()
         except SessionFailed as exc:
             if isinstance(exc.cause, NotFound):
                 return False
@@ -560,11 +563,21 @@ class SwarmServer:
         if rollup.get("message"):
             summary += f": {rollup['message']}"
         features = list(current.supported_features)
+        response_ms = round(elapsed[-1], 1)
         document = {
-            "server": self.name,
+            # As on ComfyUI (cli-contract §7: `server.type`); the flat keys stay for scripts.
+            "server": {
+                "url": self.name,
+                "type": self.type,
+                "reachable": True,
+                "response_ms": response_ms,
+                "version": version,
+                "server_id": server_id,
+                "user": user,
+            },
             "type": self.type,
             "reachable": True,
-            "response_ms": round(elapsed[-1], 1),
+            "response_ms": response_ms,
             "version": version,
             "server_id": server_id,
             "user": user,
@@ -589,6 +602,7 @@ class SwarmServer:
             "supported_features": features,
         }
         rows = [
+            ("type", self.type),
             ("version", version or "unknown"),
             ("server id", server_id or "unknown"),
             ("user", user or "unknown"),

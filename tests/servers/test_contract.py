@@ -158,12 +158,10 @@ def test_status_names_the_server_and_its_type(backend: Backend, cli: Runner):
     assert result.code == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["ok"] is True and document["reachable"] is True
-    assert document["type"] == backend.kind
+    assert document["type"] == document["server"]["type"] == backend.kind
+    assert document["server"]["url"] == backend.url and document["server"]["reachable"] is True
     if backend.kind == "comfyui":
-        assert document["server"]["type"] == "comfyui"
         assert set(document["queue"]) == {"running", "pending", "ours_running", "ours_pending"}
-    else:
-        assert document["server"] == backend.url
 
 
 # -- issue 19: a lost cancel, a server away, a full stdout, -q data --------------------------------
