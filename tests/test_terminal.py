@@ -308,10 +308,12 @@ def test_watch_shows_the_restarted_servers_version(cli, emulator_factory, tmp_pa
 
 def test_a_typed_ctrl_c_leaves_one_copy_of_the_bars(cli, emulator_factory, workdir: Path) -> None:
     # At full width the echoed "^C" wrapped and the last redraw left the bars twice.
+    # Image 3 starts once 1 and 2 are saved and runs 3 s: a loaded machine that shows its
+    # bar late still types the Ctrl-C while it runs (at 1.5 s all three were saved once).
     emu = emulator_factory(backends=2, step_seconds=0.05)
     term = Terminal(80, 24)
     term.start(
-        "generate", "image", "-p", "stop me", "-n", "3", "--steps", "30", "-o", "out", "-v",
+        "generate", "image", "-p", "stop me", "-n", "3", "--steps", "60", "-o", "out", "-v",
         cwd=workdir, env={**cli.env(), "ASSET_GENERATOR_API_URL": emu.url},
     )  # fmt: skip
     assert term.run_until(lambda: "image 3/3" in term.text())
