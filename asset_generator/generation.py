@@ -350,6 +350,12 @@ class GenerationRun:
         self.interrupt()
 
     @property
+    def cancelled_by_us(self) -> bool:
+        """Whether the run ended cancelled by this client: its own stop or a cancel of ours
+        marked in the registry (known once the run ended; cli-contract §7 names who)."""
+        return self._cancelled_here
+
+    @property
     def stopped_on_server(self) -> bool:
         """Whether stopping found work of ours on the server and stopped it, so a message may
         say so. A run that does not tell (SwarmUI: an interrupt of our own session always

@@ -1062,6 +1062,45 @@ def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_f
     assert len(sent(comfy)) == 4
 
 
+def test_a_pipeline_asset_stopped_elsewhere_is_named_so_and_one_we_cancel_is_named_ours(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
+) -> None:
+    # The pipeline's cancelled message says who stopped its assets, as generate's does (§7).
+    write(workdir, "t2i.json", t2i())
+    spec = workdir / "two.yaml"
+    spec.write_text(
+        "params: {workflow: t2i.json}\n"
+        "assets:\n"
+        "  - name: g\n"
+        "    assets:\n"
+        '      - {id: a, prompt: alpha, params: {set: {"KSampler.steps": 2000}}}\n'
+        "      - {id: b, prompt: beta}\n"
+    )
+    process = cli.start("pipeline", str(spec), "--parallel", "1", "-f", "json")
+    first = wait_record(state_dir, "alpha", "running")["id"]
+    # The web UI's Cancel button: a global interrupt, nothing of ours marked.
+    httpx.post(f"{comfy.url}/interrupt", json={}, timeout=10)
+    code, out, err = finish(process)
+    assert code == 1, err
+    message = json.loads(out)["error"]["message"]
+    assert message.startswith("cancelled: a of pipe_")
+    assert "by the web UI or another client" in message and "asset-generator cancel" not in message
+
+    again = cli.start("pipeline", str(spec), "--parallel", "1", "-f", "json")
+
+    def rerun() -> list[str]:
+        records = read_registry(state_dir)["generations"].values()
+        return [r["id"] for r in records if r["id"] != first and r["status"] == "running"]
+
+    assert wait_for(rerun)
+    assert cli("cancel", rerun()[0]).code == 0
+    code, out, err = finish(again)
+    assert code == 1, err
+    message = json.loads(out)["error"]["message"]
+    assert message.startswith("cancelled: a of pipe_") and "by `asset-generator cancel`;" in message
+    assert json.loads(out)["summary"]["skipped"] == 1
+
+
 def test_a_pipeline_asks_each_model_folder_once_and_the_next_command_asks_again(
     comfy: ComfyEmulator, cli: Runner, workdir: Path
 ) -> None:

@@ -378,6 +378,8 @@ def test_cancel_from_another_process_stops_the_whole_pipeline(
     out, err = process.communicate(timeout=30)
     assert process.returncode == 1, err
     assert "cancelled:" in err and "Traceback" not in err
+    # Only a cancel of ours marks the pipeline: the message names it (cli-contract §7).
+    assert f"cancelled: {row['id']} was cancelled by `asset-generator cancel`;" in err
     document = json.loads(out)
     assert document["error"]["code"] == "cancelled"
     assert document["summary"]["not_started"] >= 2
@@ -403,6 +405,7 @@ def test_cancel_one_asset_and_the_pipeline_goes_on(
     assert document["ok"] is False
     assert document["error"]["code"] == "cancelled"
     assert document["error"]["message"].startswith("cancelled: ")
+    assert "by `asset-generator cancel`;" in document["error"]["message"]
     by_generation = {a["generation_id"]: a for a in document["assets"]}
     assert by_generation[victim["id"]]["status"] == "cancelled"
     assert document["summary"]["succeeded"] == 5

@@ -334,22 +334,22 @@ class Launch:
             return Conclusion(
                 CANCELLED,
                 "cancelled",
-                f"cancelled: {record.id} was cancelled (by `asset-generator cancel`, the web "
-                f"UI or another client); {counts}",
+                # Only a cancel of ours marks the pipeline's record (cli-contract §7: say who).
+                f"cancelled: {record.id} was cancelled by `asset-generator cancel`; {counts}",
                 document,
             )
         if counted["cancelled"] and not counted["failed"]:
             # `cancel gen_…` of one asset: the rest went on, but the set is not whole because
             # someone cancelled, which the contract reports as `cancelled`, not as a failure.
-            ids = ", ".join(r.asset.id for r in results if r.status == CANCELLED)
+            cancelled = [r for r in results if r.status == CANCELLED]
+            ids = ", ".join(r.asset.id for r in cancelled)
+            ours = [r.cancelled_by_us for r in cancelled]
+            who = "`asset-generator cancel`" if all(ours) else "the web UI or another client"
+            if any(ours) and not all(ours):
+                who = f"`asset-generator cancel` and {who}"
             finish_record(registry, runner, CANCELLED, f"assets cancelled: {ids}")
-            return Conclusion(
-                CANCELLED,
-                "cancelled",
-                f"cancelled: {ids} of {record.id} (by `asset-generator cancel`, the web UI or "
-                f"another client); {counts}",
-                document,
-            )
+            message = f"cancelled: {ids} of {record.id} by {who}; {counts}"
+            return Conclusion(CANCELLED, "cancelled", message, document)
         finish_record(registry, runner, FAILED, runner.stop_reason or "some assets failed")
         first = next((r for r in results if r.status == "failed"), None)
         why = f"; first failure: {first.asset.id}: {first.error}" if first else ""

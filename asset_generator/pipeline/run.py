@@ -87,6 +87,8 @@ class AssetResult:
     status: str = NOT_STARTED
     generation_id: str | None = None
     error: str | None = None
+    # Cancelled by a cancel of ours (the registry's mark), not by the web UI or another client.
+    cancelled_by_us: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -339,6 +341,9 @@ class PipelineRun:
             # A standby the stop caught before it sent anything: nothing to report or record.
             return
         result.generation_id = worker.run.record.id if worker.run and worker.run.record else None
+        result.cancelled_by_us = status == CANCELLED and (
+            worker.run is None or worker.run.cancelled_by_us or self.cancelled
+        )
         self._finish(result, status, error, kept_file=bool(worker.run and worker.run.images))
         self._save_manifest()
         if status == FAILED and not self.continue_on_error and self.stop_reason is None:
