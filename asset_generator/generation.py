@@ -419,6 +419,19 @@ class GenerationRun:
         return problem
 
     @property
+    def reached_nothing(self) -> bool:
+        """The server never took the request (no Accepted event, no image): nothing of this
+        run can be running anywhere."""
+        return self._accepted_at is None and not self.images
+
+    def withdraw(self) -> None:
+        """Take back a record whose request no server took (another kind of server answered
+        at the address), so that the command, run once more, leaves one record, not two."""
+        assert self.record is not None and self.reached_nothing
+        with self.registry.transaction() as state:
+            state.generations.pop(self.record.id, None)
+
+    @property
     def complete(self) -> bool:
         """Every image the run expects is saved."""
         return self.prepared is not None and len(self.images) >= self.expected

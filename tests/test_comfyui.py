@@ -269,6 +269,32 @@ def test_the_type_is_remembered_and_asked_again_when_another_server_listens_ther
     assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
 
 
+def test_the_first_generate_after_swarmui_gave_way_to_comfyui_runs_and_leaves_one_record(
+    comfy_factory: Callable[..., ComfyEmulator],
+    emulator_factory,
+    cli: Runner,
+    state_dir: Path,
+    workdir: Path,
+) -> None:
+    # A cached SwarmUI session let generate register before its first request, which
+    # ComfyUI refused (405): the command failed once instead of asking the type again (§7).
+    swarm = emulator_factory()
+    cli.url = swarm.url
+    assert cli("generate", "image", "-p", "before", "--steps", "2", "-o", "out").code == 0
+    swarm.stop()
+    comfy = comfy_factory(port=swarm.port)
+    done = cli("generate", "image", "-p", "after", "--model", "random-sd15", "-o", "out")
+    assert done.code == 0, done.stderr
+    assert read_registry(state_dir)["kinds"][comfy.url] == "comfyui"
+    assert len(comfy.calls("/prompt")) == 1
+    records = read_registry(state_dir)["generations"].values()
+    assert sorted((r["prompt"], r["status"]) for r in records) == [
+        ("after", "succeeded"),
+        ("before", "succeeded"),
+    ]
+    assert len(list((workdir / "out").glob("after-*.png"))) == 1
+
+
 def test_a_remembered_comfyui_is_asked_again_when_swarmui_listens_there(
     comfy_factory: Callable[..., ComfyEmulator], emulator_factory, cli: Runner, state_dir: Path
 ) -> None:

@@ -246,6 +246,12 @@ def _run(
         except ServerError as exc:
             if not sent or run is None:
                 raise
+            if app.wrong_type_remembered(exc) and run.reached_nothing:
+                # Another kind of server listens at the address now (a cached SwarmUI session
+                # let us register before the first request): cli.run asks the server's type
+                # again and runs the command once more (cli-contract §7).
+                run.withdraw()
+                raise
             _stop_after_failure(
                 app, run, exc.message, exc.code, sent=True, prefix=f"{exc.phrase}: "
             )
