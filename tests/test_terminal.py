@@ -347,3 +347,42 @@ def test_many_parallel_images_keep_the_live_area_small(
     assert max(image_lines) == 6
     assert any("2 more running" in line for frame in term.frames for line in frame)
     assert len(saved_files(workdir / "out")) == 8
+
+
+@SIZES
+def test_comfyui_prompts_show_one_at_a_time_and_never_go_backwards(
+    cli, workdir: Path, tmp_path: Path, columns: int, lines: int, images: int
+) -> None:
+    # ComfyUI runs one prompt at a time: the overall bar counts prompts, the line below it
+    # the running prompt's sampler steps (cli-contract §7 "Progress").
+    from asset_generator.emulator import ComfyEmulator
+
+    with ComfyEmulator(base_dir=tmp_path / "comfy", step_seconds=0.02) as comfy:
+        term = Terminal(columns, lines)
+        term.start(
+            "generate", "image", "-p", "a lighthouse at dusk", "--model", "random-sd15",
+            "-n", str(images), "--steps", "20", "--seed", "5", "-o", "out",
+            cwd=workdir, env={**cli.env(), "ASSET_GENERATOR_API_URL": comfy.url},
+        )  # fmt: skip
+        assert term.finish() == 0
+    files = saved_files(workdir / "out")
+    assert [p.name for p in files] == [f"a lighthouse at dusk-{5 + i}.png" for i in range(images)]
+    overall = [
+        int(m.group(2)) for frame in term.frames for line in frame if (m := OVERALL.match(line))
+    ]
+    assert overall and overall == sorted(overall) and overall[-1] == 100, overall
+    # Never two prompts running at once, and each one's steps only go forward.
+    step = re.compile(rf"image (\d)/{images} .*?(\d+)% step (\d+)/20")
+    seen: dict[str, list[int]] = {}
+    for frame in term.frames:
+        running = [m for line in frame if (m := step.search(line))]
+        assert len(running) <= 1, frame
+        for m in running:
+            seen.setdefault(m.group(1), []).append(int(m.group(3)))
+    assert seen and all(steps == sorted(steps) for steps in seen.values()), seen
+    assert any(f"running prompt 2 of {images}" in line for frame in term.frames for line in frame)
+    screen = term.display()
+    bar_line = next(i for i, line in enumerate(screen) if OVERALL.match(line))
+    assert "done" in screen[bar_line] and f"{images}/{images} saved" in screen[bar_line]
+    assert bar_line > max(screen.index(f"out/{p.name}") for p in files)
+    assert not any(BAR in line and "out/" in line for frame in term.frames for line in frame)
