@@ -1088,6 +1088,60 @@ def test_a_pipeline_keeps_two_of_its_prompts_queued_and_takes_workflow_and_set_f
     assert len(sent(comfy)) == 4
 
 
+def test_a_rerun_with_every_asset_skipped_reports_comfyui_s_default_parallel(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    write(workdir, "t2i.json", t2i())
+    spec = workdir / "two.yaml"
+    spec.write_text(
+        "params: {workflow: t2i.json}\n"
+        "assets:\n  - {name: g, assets: [{id: a, prompt: one}, {id: b, prompt: two}]}\n"
+    )
+    first = cli("pipeline", str(spec), "-f", "json")
+    assert first.code == 0, first.stderr
+    rerun = cli("pipeline", str(spec), "-f", "json")
+    assert rerun.code == 0 and rerun.json()["summary"]["skipped"] == 2
+    # Nothing was sent, and the document still says what --parallel is on ComfyUI (§7).
+    assert rerun.json()["pipeline"]["parallel"] == 2
+    assert "2 at once" in rerun.stderr
+    assert len(sent(comfy)) == 2
+
+
+def test_a_spec_whose_params_the_workflow_cannot_take_is_a_bad_spec(
+    comfy: ComfyEmulator, cli: Runner, workdir: Path
+) -> None:
+    # A spec that cannot be used is bad_spec, exit 1 (§3); what the command line gave stays a
+    # usage error, exit 2. Nothing is sent and no directory is made either way.
+    write(workdir, "t2i.json", t2i())
+    no_prompt = t2i()
+    no_prompt["6"]["inputs"]["text"] = ["12", 0]
+    no_prompt["12"] = {"class_type": "PrimitiveString", "inputs": {"value": "a cat"}}
+    write(workdir, "no_prompt.json", no_prompt)
+    assets = "assets:\n  - {name: g, assets: [{id: a, prompt: one}]}\n"
+    (workdir / "unknown.yaml").write_text(
+        'params: {workflow: t2i.json, set: {"Nope.steps": 3}}\n' + assets
+    )
+    (workdir / "promptless.yaml").write_text("params: {workflow: no_prompt.json}\n" + assets)
+    (workdir / "plain.yaml").write_text("params: {workflow: t2i.json}\n" + assets)
+    unknown = cli("pipeline", "unknown.yaml", "-f", "json")
+    assert unknown.code == 1, unknown.stderr
+    error = unknown.json()["error"]
+    assert error["code"] == "bad_spec"
+    assert error["message"].startswith("bad spec: unknown.yaml line 3 (assets[0].assets[0])")
+    assert "Nope" in error["message"]
+    promptless = cli("pipeline", "promptless.yaml")
+    assert promptless.code == 1
+    assert promptless.stderr.startswith("bad spec: promptless.yaml") and "no place" in (
+        promptless.stderr
+    )
+    given = cli("pipeline", "plain.yaml", "--set", "Nope.steps=3", "-f", "json")
+    assert given.code == 2 and given.json()["error"]["code"] == "usage_error"
+    workflow = cli("pipeline", "plain.yaml", "--workflow", "no_prompt.json")
+    assert workflow.code == 2 and "no place" in workflow.stderr
+    assert comfy.calls("/prompt") == []
+    assert not (workdir / "pipeline-output").exists()
+
+
 def test_a_pipeline_asset_stopped_elsewhere_is_named_so_and_one_we_cancel_is_named_ours(
     comfy: ComfyEmulator, cli: Runner, workdir: Path, state_dir: Path
 ) -> None:

@@ -268,8 +268,12 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
 
 
 def _failure_before_start(exc: Exception, app: App, arguments: dict[str, Any]) -> ToolFailure:
+    from asset_generator.pipeline.spec import SpecError
     from asset_generator.workflows import WorkflowFileError
 
+    if isinstance(exc, SpecError):
+        # launch found the spec's params unusable on this server (pipeline.launch._prepare).
+        return ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}"))
     if isinstance(exc, WorkflowFileError):
         # A workflow given in the call is the caller's argument, not a file of theirs.
         given = arguments.get("workflow")

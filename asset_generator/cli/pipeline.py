@@ -206,6 +206,8 @@ def _run(app: App, loaded: Loaded, settings: Options, postprocess: PostProcess |
         run = launch.launch(app, loaded, settings, postprocess=postprocess, debug=app.output.debug)
     except DownloadError as exc:
         raise CommandError(str(exc), "file_error") from None
+    except launch.SpecError as exc:
+        raise CommandError(f"bad spec: {exc}", "bad_spec") from None
     app.output.info(run.describe())
     reporter = run.runner.reporter = _make_reporter(app, len(loaded.plan.assets), run.to_generate)
     previous = signals.install(lambda signum: _leave_at_once(app, run.runner, signum))

@@ -32,7 +32,7 @@ from asset_generator.comfy.client import (
     images_of,
 )
 from asset_generator.comfy.metadata import seed_of_file
-from asset_generator.server import jobstate, types
+from asset_generator.server import SERVER_TYPES, jobstate, types
 from asset_generator.server.errors import (
     AuthFailed,
     BadResponse,
@@ -858,7 +858,7 @@ class ComfyServer:
 
     def parallelism(self) -> tuple[int, bool]:
         """Two of a pipeline's prompts in the queue: the next waits while one runs (§7)."""
-        return 2, False
+        return SERVER_TYPES[self.type].parallel or 1, False
 
     def kind_of(self, name: str) -> str:
         """ComfyUI's folder for a SwarmUI sub-type name; any other name as it is."""

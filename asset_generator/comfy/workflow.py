@@ -313,7 +313,9 @@ def find_node(graph: Graph, name: str) -> str:
                 "--set",
             )
     known = ", ".join(f"{i} ({_label(graph[i])})" for i in sorted(graph, key=_id_order))
-    raise RequestError(f"--set {name}: no node with that id, title or class; nodes: {known}")
+    raise RequestError(
+        f"--set {name}: no node with that id, title or class; nodes: {known}", "--set"
+    )
 
 
 def _label(node: Mapping[str, Any]) -> str:

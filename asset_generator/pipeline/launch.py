@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from asset_generator.pipeline.plan import Plan, make_plan
+from asset_generator.pipeline.plan import Plan, PlannedAsset, make_plan
 from asset_generator.pipeline.spec import Spec, SpecError, load_spec, parse_spec
 from asset_generator.server.types import RUN_OPTIONS
 
@@ -406,15 +406,19 @@ def launch(
     from asset_generator.pipeline.manifest import GENERATE
     from asset_generator.pipeline.run import PipelineRun
     from asset_generator.registry import PipelineRecord, new_pipeline_id, this_host
+    from asset_generator.server import DEFAULT_TYPE, SERVER_TYPES
 
     plan, manifest, decisions = loaded.plan, loaded.manifest, loaded.decisions
     # A rerun with every asset done sends nothing at all: not even a question to the server.
     needed = [a for a in plan.assets if decisions[a.index].verdict == GENERATE]
     server = host.server() if needed else None
-    prepared = {a.index: server.prepare(a.request) for a in needed} if server else {}
+    prepared = {a.index: _prepare(server, a, loaded.label) for a in needed} if server else {}
     # After the requests are known to be usable: a refused option leaves no directory behind.
     prepare_directory(plan.output_dir)
-    parallel, queue_ahead = options.parallel or 1, False
+    server_type = server.type if server is not None else host.known_type() or DEFAULT_TYPE
+    # Nothing to send: the run reports the --parallel it would have used where the type alone
+    # says it (ComfyUI's 2), without asking the server.
+    parallel, queue_ahead = options.parallel or SERVER_TYPES[server_type].parallel or 1, False
     if server is not None:
         default, ahead_from = server.parallelism()
         parallel = options.parallel or default
@@ -423,7 +427,7 @@ def launch(
         id=new_pipeline_id(),
         server=host.server_name,
         server_key=host.server_key,
-        server_type=server.type if server is not None else host.known_type() or "swarmui",
+        server_type=server_type,
         pid=os.getpid(),
         host=this_host(),
         spec=loaded.label if loaded.label == INLINE_SPEC else str(Path(loaded.label).resolve()),
@@ -459,6 +463,20 @@ def launch(
         postprocess=postprocess,
     )
     return Launch(host, loaded, record, runner, parallel)
+
+
+def _prepare(server: Server, asset: PlannedAsset, label: str) -> Any:
+    """One asset's request translated; a refusal caused by the spec's params alone (an unknown
+    node in its ``set:``, a workflow with no place for the prompt) is SpecError (``bad_spec``),
+    one caused by the command line stays a usage error."""
+    from asset_generator.server.errors import RequestError
+
+    try:
+        return server.prepare(asset.request)
+    except RequestError as exc:
+        if not asset.spec_at_fault(exc.option):
+            raise
+        raise SpecError(f"{label} {asset.where}, asset {asset.id}: {exc.message}") from None
 
 
 def finish_record(registry: Registry, runner: PipelineRun, status: str, error: str | None) -> None:

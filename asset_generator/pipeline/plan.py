@@ -48,6 +48,21 @@ class PlannedAsset:
     relative_path: str
     path: Path
     request: Request
+    # Where the asset is written (``line 12 (assets[0].assets[1])``), for messages.
+    where: str = ""
+    # The options (as flags: ``--set``, ``--param``) the spec's params and the command line
+    # gave this asset: a request the server cannot take is then the spec's fault or the user's.
+    spec_options: frozenset[str] = frozenset()
+    command_options: frozenset[str] = frozenset()
+
+    def spec_at_fault(self, option: str | None) -> bool:
+        """Whether a request refused for ``option`` is the spec's doing (``bad_spec``), not
+        the command line's (a usage error): the option came from the spec's params alone.
+        The prompt and seed are the pipeline's own, so for them the workflow that has no
+        single place for them is what counts."""
+        if option in ("--prompt", "--seed"):
+            option = "--workflow"
+        return option in self.spec_options and option not in self.command_options
 
     @property
     def params(self) -> dict[str, Any]:
@@ -139,13 +154,14 @@ def make_plan(
                 replaced.update(dict.fromkeys(names))
                 if names:
                     overridden.append(asset.id)
-                assets.append(
-                    _plan_asset(
-                        spec, asset, len(assets), seed, directory, metadata,
-                        config | spec_params, command_line, " / ".join(path),
-                        output_dir, style_prefix, style_suffix, when,
-                    )
+                planned = _plan_asset(
+                    spec, asset, len(assets), seed, directory, metadata,
+                    config | spec_params, command_line, " / ".join(path),
+                    output_dir, style_prefix, style_suffix, when,
                 )  # fmt: skip
+                planned.spec_options = frozenset(map(_option_of, spec_params))
+                planned.command_options = frozenset(map(_option_of, command_line))
+                assets.append(planned)
             walk(group.subgroups, directory, metadata, levels, path)
 
     walk(spec.groups, PurePosixPath(), {}, [top], [])
@@ -218,6 +234,15 @@ def _flag(name: str, above: dict[str, Any]) -> str:
         return "--lora"
     key = next((k for k in above if _canonical(k) == name), name)
     return f"--param {key}"
+
+
+def _option_of(name: str) -> str:
+    """The flag a server's refusal names for a canonical params name (``RequestError.option``)."""
+    if name in RUN_OPTIONS or name in (_WORKFLOW, _SET):
+        return "--" + name.replace("_", "-")
+    if name in ("loras", "loraweights"):
+        return "--lora"
+    return "--param"
 
 
 def compose_prompt(
@@ -294,6 +319,7 @@ def _plan_asset(
         relative_path=relative.as_posix(),
         path=output_dir / relative,
         request=request,
+        where=f"line {asset.line} ({asset.place})",
     )
 
 

@@ -25,6 +25,9 @@ class ServerType:
     lora_kind: str
     # module:function reading the seed a saved image of this server records (no network).
     seed_reader: str
+    # A pipeline's default --parallel when the type fixes it (ComfyUI: 2 prompts in its one
+    # queue); None when the server is asked (SwarmUI: its backends).
+    parallel: int | None = None
 
 
 SERVER_TYPES: dict[str, ServerType] = {
@@ -43,6 +46,7 @@ SERVER_TYPES: dict[str, ServerType] = {
         "checkpoints",
         "loras",
         "asset_generator.comfy.metadata:seed_of_file",
+        parallel=2,
     ),
 }
 # The order `--server-type auto` asks in: SwarmUI's GetNewSession first, because on SwarmUI
