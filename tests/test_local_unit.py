@@ -424,3 +424,30 @@ def test_refresh_confirms_a_lost_cancel_only_when_the_server_shows_the_work_gone
     # The status stays cancelled throughout: the server running it does not make it "running".
     assert {r.id: r.status for r in saved.values()} == dict.fromkeys(answers, CANCELLED)
     assert {r.id for r in saved.values() if r.cancel_unconfirmed is None} == {"s-idle", "s-gone"}
+
+
+def test_a_signal_inside_a_deferred_block_raises_once_the_block_is_over() -> None:
+    # A line printed above a live display must stay whole: the first signal's exception waits
+    # for the end of the write (a half-written redraw left a second copy of the bars).
+    import signal
+
+    from asset_generator.cli import signals
+
+    previous = signals.install()
+    try:
+        finished = []
+        with pytest.raises(signals.Signalled) as raised, signals.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler has run by now: it only took note
+                pass
+            finished.append(True)
+        assert finished == [True] and raised.value.exit_code == 130
+        # Outside a deferred block a signal raises at once, as before.
+        signals.restore(previous)
+        previous = signals.install()
+        with pytest.raises(signals.Signalled):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+    finally:
+        signals.restore(previous)

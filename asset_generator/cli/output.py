@@ -110,7 +110,11 @@ class Output:
         live = self._live_for(stream)
         try:
             if live is not None:
-                live.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
+                from asset_generator.cli.signals import deferred
+
+                # A Ctrl-C waits until the line and the redraw under it are whole.
+                with deferred():
+                    live.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
             elif stream is None:
                 if not err:
                     # Started with `>&-`: click would drop the data without a word.

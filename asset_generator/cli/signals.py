@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -35,6 +35,32 @@ class Signalled(BaseException):
         return SIGNAL_EXIT.get(signal.Signals(self.signum), 130)
 
 
+class _Deferral:
+    """Whether a first signal must wait (``deferred``), and the one that is waiting."""
+
+    depth = 0
+    pending: int | None = None
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A first SIGINT/SIGTERM that arrives inside the block raises only once it is over.
+
+    For a line printed above a live display: the signal's exception, raised inside a write
+    to a terminal that is slow to read (EINTR), left half a redraw on the screen, and the
+    last frame then climbed too few lines and left a copy of the bars behind. A second
+    signal still exits at once.
+    """
+    _Deferral.depth += 1
+    try:
+        yield
+    finally:
+        _Deferral.depth -= 1
+        if _Deferral.depth == 0 and _Deferral.pending is not None:
+            signum, _Deferral.pending = _Deferral.pending, None
+            raise Signalled(signum)
+
+
 def install(on_second: Callable[[int], str | None] | None = None) -> dict[int, Any]:
     """SIGINT/SIGTERM raise Signalled; a second one exits at once.
 
@@ -46,6 +72,9 @@ def install(on_second: Callable[[int], str | None] | None = None) -> dict[int, A
         # A second signal while we are cleaning up exits at once.
         for sig in SIGNAL_EXIT:
             signal.signal(sig, second)
+        if _Deferral.depth:
+            _Deferral.pending = signum
+            return
         raise Signalled(signum)
 
     def second(signum: int, frame: Any) -> None:
