@@ -73,6 +73,13 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _complete_file(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Tab completion of a file name (``--config``): the shell lists them."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
+
+
 def _global(*decls: str, **attrs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(*decls, expose_value=False, callback=_remember, **attrs)
 
@@ -104,6 +111,7 @@ GLOBAL_OPTIONS = (
     _global(
         "--config",
         metavar="PATH",
+        shell_complete=_complete_file,
         help="Config file [env ASSET_GENERATOR_CONFIG; default <config dir>/config.toml].",
     ),
     _global(
