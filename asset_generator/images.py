@@ -654,6 +654,13 @@ def process_file(
     """
     data = read_bytes(source)
     image = open_image(source, data)
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and (steps.crop or steps.downscale):
+        # Pillow hands over the first frame only: writing it would lose the animation.
+        raise ImageError(
+            f"{source}: an animated image ({frames} frames); crop and downscale handle "
+            "still images only"
+        )
     fmt = format_for(output, image.format)
     result = Result(source, output, size_before=image.size, size_after=image.size)
     changed = fmt != image.format
@@ -672,10 +679,16 @@ def process_file(
         if box != (0, 0, *image.size):
             image, changed = image.crop(box), True
     if steps.downscale is not None:
+        # A camera photo stored a quarter turn from upright (EXIF Orientation 5-8) is seen
+        # with its sides swapped: width and height mean what every viewer shows.
+        turned = image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8)
+        shown = (image.height, image.width) if turned else image.size
         try:
-            size = target_size(image.size, steps.downscale)
+            size = target_size(shown, steps.downscale)
         except ImageError as exc:
             raise ImageError(f"{source}: {exc}") from None
+        if turned:
+            size = (size[1], size[0])
         if size != image.size:
             image, changed = resize(image, size, steps.downscale.filter), True
     result.size_after = image.size

@@ -242,3 +242,10 @@ def test_pipeline_specs_complete_files_and_output_dirs_complete_directories(
         assert raw_complete(cli, f"asset-generator generate image {option} ou") == ["dir,ou"]
     # As crop's files do.
     assert raw_complete(cli, "asset-generator crop sp") == ["file,sp"]
+
+
+def test_config_files_complete_before_and_after_the_command(cli: Runner) -> None:
+    cli.url = stopped_server()
+    assert raw_complete(cli, "asset-generator --config my") == ["file,my"]
+    assert raw_complete(cli, "asset-generator status --config ") == ["file,"]
+    assert raw_complete(cli, "asset-generator config view --config my") == ["file,my"]

@@ -654,6 +654,49 @@ def test_orientation_survives_stripping_png_and_webp_too(cli: Runner, workdir: P
     assert b"Exif\x00" not in (workdir / "p.jpg").read_bytes()
 
 
+def test_downscale_sizes_a_camera_photo_as_it_is_seen(cli: Runner, workdir: Path) -> None:
+    # Stored 24x16 with Orientation 6: every viewer shows it 16 wide and 24 tall.
+    camera_jpeg(workdir / "photo.jpg")
+    result = cli("-f", "json", "downscale", "photo.jpg", "-w", "8")
+    assert result.code == 0, result.stderr
+    with Image.open(workdir / "photo_downscaled.jpg") as out:
+        assert ImageOps.exif_transpose(out).size == (8, 12)
+        assert out.getexif()[0x0112] == 6
+    # The no-upscaling rule measures the same sides: 20 is wider than the 16 one sees.
+    wide = cli("downscale", "photo.jpg", "-w", "20", "-o", "wide.jpg")
+    assert wide.code == 1
+    assert "20x30 is larger than the image (16x24)" in wide.stderr
+    assert not (workdir / "wide.jpg").exists()
+
+
+def test_an_animated_image_is_refused_not_cut_to_its_first_frame(
+    cli: Runner, workdir: Path
+) -> None:
+    frames = [Image.new("RGB", (30, 20), WHITE) for _ in range(3)]
+    for step, frame in enumerate(frames):
+        frame.paste(INK, (4 + step * 4, 4, 14 + step * 4, 14))
+    frames[0].save(workdir / "walk.gif", save_all=True, append_images=frames[1:], loop=0)
+    frames[0].save(workdir / "walk.webp", save_all=True, append_images=frames[1:], lossless=True)
+    bordered(workdir / "still.png")
+    for args in (["crop"], ["downscale", "-p", "50"]):
+        result = cli("-f", "json", *args, "walk.gif", "walk.webp", "still.png", "--overwrite")
+        assert result.code == 1, args
+        errors = [f["error"] for f in result.json()["files"]]
+        assert (
+            errors[0] == "walk.gif: an animated image (3 frames); crop and downscale "
+            "handle still images only"
+        )
+        assert errors[1].startswith("walk.webp: an animated image (3 frames)")
+        assert errors[2] is None
+    assert sorted(path.name for path in workdir.iterdir()) == [
+        "still-cropped.png",
+        "still.png",
+        "still_downscaled.png",
+        "walk.gif",
+        "walk.webp",
+    ]
+
+
 def deep_png(path: Path, colour_type: int = 2, size: tuple[int, int] = (20, 12)) -> Path:
     """A PNG at 16 bits per channel (colour type 2 RGB, 6 RGBA), written by hand: Pillow
     cannot write one."""

@@ -263,6 +263,9 @@ def test_no_arguments_at_all_is_the_help_and_a_usage_exit(cli: Runner) -> None:
             "-l/--height",
         ),
         (["downscale", "photo.png", "-h", "100"], "downscale", "-l/--height"),
+        # Joined to its value, as -l100 is accepted: not click's "No such option '-1'".
+        (["downscale", "photo.png", "-h100", "-o", "sq.png"], "downscale", "-l/--height"),
+        (["generate", "image", "-p", "a cat", "-h512"], "generate image", "--height"),
         (["generate", "image", "-p", "a cat", "-h", "512"], "generate image", "--height"),
         (["pipeline", "game.yaml", "-h", "512", "--dry-run"], "pipeline", "--height"),
     ],

@@ -73,6 +73,13 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _complete_file(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Tab completion of a file name (``--config``): the shell lists them."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
+
+
 def _global(*decls: str, **attrs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(*decls, expose_value=False, callback=_remember, **attrs)
 
@@ -104,6 +111,7 @@ GLOBAL_OPTIONS = (
     _global(
         "--config",
         metavar="PATH",
+        shell_complete=_complete_file,
         help="Config file [env ASSET_GENERATOR_CONFIG; default <config dir>/config.toml].",
     ),
     _global(
@@ -251,6 +259,10 @@ class LazyGroup(click.Group):
         return COMMANDS[name][1]
 
 
+def _h_with_number(arg: str) -> bool:
+    return arg.startswith("-h") and arg[2:].isdigit()
+
+
 def _refuse_h_as_height(
     ctx: click.Context, name: str | None, command: click.Command, args: list[str]
 ) -> None:
@@ -272,17 +284,21 @@ def _refuse_h_as_height(
         else:
             return
     height = next((p for p in command.params if "--height" in getattr(p, "opts", ())), None)
-    if height is None or "-h" not in args:
+    # `-h100`, as `-l100` is accepted: click would read it as -h -1 -0 -0.
+    index = next((i for i, arg in enumerate(args) if arg == "-h" or _h_with_number(arg)), None)
+    if height is None or index is None:
         return
-    if "--" in args and args.index("--") < args.index("-h"):
+    if "--" in args and args.index("--") < index:
         return
-    index = args.index("-h")
-    value = args[index + 1] if index + 1 < len(args) else None
-    if value is None or value.startswith("-"):
-        return
-    others = len(args) > 2
-    if not (value.isdigit() or others):
-        return
+    if args[index] != "-h":
+        value = args[index][2:]
+    else:
+        value = args[index + 1] if index + 1 < len(args) else None
+        if value is None or value.startswith("-"):
+            return
+        others = len(args) > 2
+        if not (value.isdigit() or others):
+            return
     names = "/".join(height.opts)
     example = f"{height.opts[0]} {value}"
     raise click.UsageError(
