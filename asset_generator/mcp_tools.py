@@ -142,7 +142,7 @@ class CancelResult(BaseModel):
         None, description="The asked-for generation's state when it had already ended."
     )
     pipeline: dict[str, Any] | None = Field(None, description="The pipeline, for a pipe_ id.")
-    message: str | None = None
+    message: str | None = Field(None, description="What the cancel did, as `cancel` says it.")
 
 
 class SavedImage(ImageResult):
@@ -418,8 +418,11 @@ class Tools:
         else:
             result = jobs.cancel_current(generations, server=self.server_name())
         document = result.to_json()
-        if result.notes:
-            document["message"] = result.notes[0]
+        # What `cancel` tells a person: why nothing was stopped, else what was (on ComfyUI,
+        # with all, how many running and pending prompts, and how many of them ours).
+        said = result.notes or result.lines
+        if said:
+            document["message"] = said[0]
         return document
 
     # -- get_images -------------------------------------------------------------------------------
