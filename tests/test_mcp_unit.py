@@ -471,7 +471,7 @@ def test_run_pipeline_inline_spec_reports_assets_done_of_total(
 
 
 def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) -> None:
-    plan, broken, missing, yaml_text = call(
+    plan, broken, missing, yaml_text, one_line, bad_line = call(
         emulator.url,
         ("run_pipeline", {"spec": SPEC, "dry_run": True, "base_seed": 5}),
         ("run_pipeline", {"spec": {"groups": []}}),
@@ -483,6 +483,12 @@ def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) 
                 "dry_run": True,
             },
         ),
+        # YAML text on one line is the spec too, not a file's name; broken, it is bad_spec.
+        (
+            "run_pipeline",
+            {"spec": "assets: [{name: g, assets: [{id: a, prompt: p}]}]", "dry_run": True},
+        ),
+        ("run_pipeline", {"spec": "assets: [{name: g"}),
     )
     document = plan.structured_content
     assert document["dry_run"] is True and document["status"] == "planned"
@@ -490,6 +496,8 @@ def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) 
     assert error_of(broken)["code"] == "bad_spec"
     assert error_of(missing)["code"] == "file_error"
     assert yaml_text.structured_content["total"] == 1
+    assert one_line.structured_content["total"] == 1
+    assert error_of(bad_line)["code"] == "bad_spec"
     assert emulator.requests == []
 
 

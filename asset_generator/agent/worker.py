@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import threading
 import traceback
@@ -422,7 +423,7 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
     source: Path | str
     if isinstance(spec, dict):
         source = json.dumps(spec, indent=1, ensure_ascii=False)
-    elif "\n" in spec or spec.lstrip().startswith("{"):
+    elif _spec_text(spec):
         source = spec
     else:
         source = Path(spec).expanduser()
@@ -435,6 +436,14 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
     except SpecError as exc:
         raise ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}")) from None
     return loaded, options, postprocess
+
+
+def _spec_text(spec: str) -> bool:
+    """``spec`` is the spec itself, not a file's path: YAML on several lines, a JSON object,
+    or one line of flow YAML (``assets: [...]``) that names no file."""
+    if "\n" in spec or spec.lstrip().startswith("{"):
+        return True
+    return re.match(r"\s*assets\s*:", spec) is not None and not Path(spec).expanduser().exists()
 
 
 if __name__ == "__main__":
