@@ -196,6 +196,8 @@ def test_sampler_scheduler_and_params_reach_swarmui(emulator: Emulator, tmp_path
     ("arguments", "named"),
     [
         ({"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}, "workflow"),
+        # Refused for what it is, whether or not there is such a file (not file_error).
+        ({"workflow": "no-such-workflow.json"}, "workflow"),
         ({"set": {"KSampler.cfg": 7}}, "set"),
     ],
 )
@@ -212,6 +214,24 @@ def test_comfyui_arguments_on_swarmui_are_usage_errors(
     # Named as the tool's argument, with the server type; not as the CLI's --option.
     assert error["message"].startswith(f"{named} is a ComfyUI option"), error
     assert "SwarmUI" in error["message"] and "--" not in error["message"]
+    assert emulator.requests == []
+
+
+def test_run_pipeline_refuses_a_workflow_on_swarmui_readable_or_not(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    spec = {"assets": [{"name": "g", "assets": [{"id": "a", "prompt": "p"}]}]}
+    [refused] = call(
+        emulator.url,
+        (
+            "run_pipeline",
+            {"spec": spec, "workflow": str(tmp_path / "nope.json"), "output_dir": str(tmp_path)},
+        ),
+        server_type="swarmui",
+    )
+    error = error_of(refused)
+    assert error["code"] == "usage_error"
+    assert error["message"].startswith("workflow is a ComfyUI option"), error
     assert emulator.requests == []
 
 
