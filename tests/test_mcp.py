@@ -399,7 +399,9 @@ def test_missing_extra_names_the_install_command() -> None:
         )
         assert done.returncode == 1
         [line] = done.stderr.splitlines()
-        assert line.startswith("the mcp command needs the MCP SDK (the mcp extra): ")
+        assert line.startswith(
+            "the mcp command needs the MCP SDK (the mcp extra, asset-generator[mcp]): "
+        )
         assert_install_hint(line, "mcp")
         assert "Traceback" not in done.stderr
     assert json.loads(done.stdout)["error"]["code"] == "unavailable"
