@@ -771,8 +771,9 @@ def build_server(tools: Tools) -> MCPServer:
         annotations=ToolAnnotations(
             read_only_hint=False,
             destructive_hint=True,
-            # Only with an id: without one, a retry stops whatever runs next.
-            idempotent_hint=False,
+            # cli-contract §5: idempotent, by id (a finished one is returned as it is);
+            # without an id a retry stops whatever runs next, which the description says.
+            idempotent_hint=True,
             open_world_hint=True,
         ),
     )

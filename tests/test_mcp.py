@@ -116,8 +116,9 @@ def test_tools_have_schemas_annotations_and_descriptions(emulator: Emulator, wor
             for name in ("generation_status", "list_models", "server_status"):
                 assert listed[name].annotations.read_only_hint is True
             cancel = listed["cancel_generation"].annotations
-            # Without an id a retry stops the next generation: not idempotent as a whole.
-            assert cancel.destructive_hint is True and cancel.idempotent_hint is False
+            # Idempotent as cli-contract §5 says (by id); the description warns that a retry
+            # without an id stops the next generation.
+            assert cancel.destructive_hint is True and cancel.idempotent_hint is True
             assert "retry with the id" in listed["cancel_generation"].description
             assert "every client" in listed["cancel_generation"].description
             assert {"generation_id", "feature", "all"} <= set(
