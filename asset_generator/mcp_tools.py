@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asset_generator import __version__, jobs
 from asset_generator.agent.arguments import ArgumentError, check, published
-from asset_generator.agent.failures import ToolFailure, failure_of
+from asset_generator.agent.failures import ToolFailure, failure_of, in_tool_words
 from asset_generator.agent.results import (
     MAX_PREVIEW_PIXELS,
     PREVIEW_PIXELS,
@@ -422,7 +422,7 @@ class Tools:
         # with all, how many running and pending prompts, and how many of them ours).
         said = result.notes or result.lines
         if said:
-            document["message"] = said[0]
+            document["message"] = in_tool_words(said[0])
         return document
 
     # -- get_images -------------------------------------------------------------------------------

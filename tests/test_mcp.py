@@ -250,7 +250,10 @@ def test_cancel_generation_finished_unknown_and_all(emulator: Emulator, workdir)
 
             nothing = await session.call_tool("cancel_generation", {})
             assert nothing.structured_content["was_active"] is False
-            assert nothing.structured_content["message"].startswith("no active generation")
+            said = nothing.structured_content["message"]
+            assert said.startswith("no active generation")
+            # The reach of all, in the tool's words (an agent has no `cancel --all` to run).
+            assert "cancel_generation with all: true" in said and "--all" not in said
 
             everything = await session.call_tool("cancel_generation", {"all": True})
             assert everything.is_error is False

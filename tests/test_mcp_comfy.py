@@ -278,6 +278,7 @@ def test_cancel_all_says_how_many_prompts_it_stopped_and_how_many_were_ours(
     assert body["scope"] == "server" and body["was_active"] is True
     assert [r["id"] for r in body["cancelled"]] == [started.structured_content["generation_id"]]
     assert "1 running and 1 pending prompts stopped, 1 of them ours" in body["message"]
+    assert "--all" not in body["message"]
     assert emulator.queue() == ([], [])
 
 
