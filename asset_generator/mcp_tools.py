@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asset_generator import __version__, jobs
 from asset_generator.agent.arguments import ArgumentError, check, published
-from asset_generator.agent.failures import ToolFailure, failure_of
+from asset_generator.agent.failures import ToolFailure, failure_of, in_tool_words
 from asset_generator.agent.results import (
     MAX_PREVIEW_PIXELS,
     PREVIEW_PIXELS,
@@ -142,7 +142,7 @@ class CancelResult(BaseModel):
         None, description="The asked-for generation's state when it had already ended."
     )
     pipeline: dict[str, Any] | None = Field(None, description="The pipeline, for a pipe_ id.")
-    message: str | None = None
+    message: str | None = Field(None, description="What the cancel did, as `cancel` says it.")
 
 
 class SavedImage(ImageResult):
@@ -418,8 +418,11 @@ class Tools:
         else:
             result = jobs.cancel_current(generations, server=self.server_name())
         document = result.to_json()
-        if result.notes:
-            document["message"] = result.notes[0]
+        # What `cancel` tells a person: why nothing was stopped, else what was (on ComfyUI,
+        # with all, how many running and pending prompts, and how many of them ours).
+        said = result.notes or result.lines
+        if said:
+            document["message"] = in_tool_words(said[0])
         return document
 
     # -- get_images -------------------------------------------------------------------------------
@@ -768,8 +771,9 @@ def build_server(tools: Tools) -> MCPServer:
         annotations=ToolAnnotations(
             read_only_hint=False,
             destructive_hint=True,
-            # Only with an id: without one, a retry stops whatever runs next.
-            idempotent_hint=False,
+            # cli-contract §5: idempotent, by id (a finished one is returned as it is);
+            # without an id a retry stops whatever runs next, which the description says.
+            idempotent_hint=True,
             open_world_hint=True,
         ),
     )

@@ -116,8 +116,9 @@ def test_tools_have_schemas_annotations_and_descriptions(emulator: Emulator, wor
             for name in ("generation_status", "list_models", "server_status"):
                 assert listed[name].annotations.read_only_hint is True
             cancel = listed["cancel_generation"].annotations
-            # Without an id a retry stops the next generation: not idempotent as a whole.
-            assert cancel.destructive_hint is True and cancel.idempotent_hint is False
+            # Idempotent as cli-contract §5 says (by id); the description warns that a retry
+            # without an id stops the next generation.
+            assert cancel.destructive_hint is True and cancel.idempotent_hint is True
             assert "retry with the id" in listed["cancel_generation"].description
             assert "every client" in listed["cancel_generation"].description
             assert {"generation_id", "feature", "all"} <= set(
@@ -249,7 +250,10 @@ def test_cancel_generation_finished_unknown_and_all(emulator: Emulator, workdir)
 
             nothing = await session.call_tool("cancel_generation", {})
             assert nothing.structured_content["was_active"] is False
-            assert nothing.structured_content["message"].startswith("no active generation")
+            said = nothing.structured_content["message"]
+            assert said.startswith("no active generation")
+            # The reach of all, in the tool's words (an agent has no `cancel --all` to run).
+            assert "cancel_generation with all: true" in said and "--all" not in said
 
             everything = await session.call_tool("cancel_generation", {"all": True})
             assert everything.is_error is False
@@ -399,7 +403,9 @@ def test_missing_extra_names_the_install_command() -> None:
         )
         assert done.returncode == 1
         [line] = done.stderr.splitlines()
-        assert line.startswith("the mcp command needs the MCP SDK (the mcp extra): ")
+        assert line.startswith(
+            "the mcp command needs the MCP SDK (the mcp extra, asset-generator[mcp]): "
+        )
         assert_install_hint(line, "mcp")
         assert "Traceback" not in done.stderr
     assert json.loads(done.stdout)["error"]["code"] == "unavailable"

@@ -248,6 +248,40 @@ def test_work_left_running_is_cancelled_by_its_id(
         assert seen["queued"] is False  # neither running nor pending any more
 
 
+def test_cancel_all_says_how_many_prompts_it_stopped_and_how_many_were_ours(
+    comfy: tuple[str, Any], tmp_path: Path
+) -> None:
+    # cli-contract §7: `--all` says how many running and pending prompts it stopped and how
+    # many were ours; an agent has no stderr to read, so the result carries it.
+    comfy_url, emulator = comfy
+    if emulator is None:
+        pytest.skip("all: true clears a shared real server's whole queue")
+    import httpx
+
+    theirs = {"1": slow_graph(steps=400)["1"], "2": slow_graph()["2"]}
+    answer = httpx.post(f"{comfy_url}/prompt", json={"prompt": theirs, "client_id": "else"})
+    assert answer.status_code == 200, answer.text
+
+    async def scenario(client: Client) -> tuple[Any, Any]:
+        started = await client.call_tool(
+            "generate_image",
+            {"workflow": slow_graph(), "wait": False, "output_dir": str(tmp_path)},
+        )
+        # wait: false returns once the work is recorded; ours is counted once it is queued.
+        with anyio.fail_after(20):
+            while len(emulator.queue()[1]) < 1:
+                await anyio.sleep(0.02)
+        return started, await client.call_tool("cancel_generation", {"all": True})
+
+    started, stopped = with_client(comfy_url, scenario)
+    body = stopped.structured_content
+    assert body["scope"] == "server" and body["was_active"] is True
+    assert [r["id"] for r in body["cancelled"]] == [started.structured_content["generation_id"]]
+    assert "1 running and 1 pending prompts stopped, 1 of them ours" in body["message"]
+    assert "--all" not in body["message"]
+    assert emulator.queue() == ([], [])
+
+
 def test_the_built_in_graph_takes_sampler_and_scheduler_and_says_the_drawn_seed(
     comfy: tuple[str, Any], tmp_path: Path
 ) -> None:

@@ -196,6 +196,8 @@ def test_sampler_scheduler_and_params_reach_swarmui(emulator: Emulator, tmp_path
     ("arguments", "named"),
     [
         ({"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}, "workflow"),
+        # Refused for what it is, whether or not there is such a file (not file_error).
+        ({"workflow": "no-such-workflow.json"}, "workflow"),
         ({"set": {"KSampler.cfg": 7}}, "set"),
     ],
 )
@@ -212,6 +214,24 @@ def test_comfyui_arguments_on_swarmui_are_usage_errors(
     # Named as the tool's argument, with the server type; not as the CLI's --option.
     assert error["message"].startswith(f"{named} is a ComfyUI option"), error
     assert "SwarmUI" in error["message"] and "--" not in error["message"]
+    assert emulator.requests == []
+
+
+def test_run_pipeline_refuses_a_workflow_on_swarmui_readable_or_not(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    spec = {"assets": [{"name": "g", "assets": [{"id": "a", "prompt": "p"}]}]}
+    [refused] = call(
+        emulator.url,
+        (
+            "run_pipeline",
+            {"spec": spec, "workflow": str(tmp_path / "nope.json"), "output_dir": str(tmp_path)},
+        ),
+        server_type="swarmui",
+    )
+    error = error_of(refused)
+    assert error["code"] == "usage_error"
+    assert error["message"].startswith("workflow is a ComfyUI option"), error
     assert emulator.requests == []
 
 
@@ -471,7 +491,7 @@ def test_run_pipeline_inline_spec_reports_assets_done_of_total(
 
 
 def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) -> None:
-    plan, broken, missing, yaml_text = call(
+    plan, broken, missing, yaml_text, one_line, bad_line = call(
         emulator.url,
         ("run_pipeline", {"spec": SPEC, "dry_run": True, "base_seed": 5}),
         ("run_pipeline", {"spec": {"groups": []}}),
@@ -483,6 +503,12 @@ def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) 
                 "dry_run": True,
             },
         ),
+        # YAML text on one line is the spec too, not a file's name; broken, it is bad_spec.
+        (
+            "run_pipeline",
+            {"spec": "assets: [{name: g, assets: [{id: a, prompt: p}]}]", "dry_run": True},
+        ),
+        ("run_pipeline", {"spec": "assets: [{name: g"}),
     )
     document = plan.structured_content
     assert document["dry_run"] is True and document["status"] == "planned"
@@ -490,6 +516,8 @@ def test_run_pipeline_dry_run_and_bad_specs(emulator: Emulator, tmp_path: Path) 
     assert error_of(broken)["code"] == "bad_spec"
     assert error_of(missing)["code"] == "file_error"
     assert yaml_text.structured_content["total"] == 1
+    assert one_line.structured_content["total"] == 1
+    assert error_of(bad_line)["code"] == "bad_spec"
     assert emulator.requests == []
 
 

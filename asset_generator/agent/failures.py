@@ -38,12 +38,14 @@ ARGUMENT_OF_OPTION = {
     "--force": "force",
     "--overwrite": "overwrite",
     "--continue-on-error": "continue_on_error",
+    "--all": "all",
 }
 _PHRASES = (
     (re.compile(r"--set NODE\.INPUT=VALUE"), 'set {"NODE.INPUT": value}'),
     (re.compile(r"--param KEY=VALUE"), 'params {"KEY": value}'),
     (re.compile(r"pass --model NAME"), "pass model"),
     (re.compile(r"`asset-generator models list`"), "list_models"),
+    (re.compile(r"`asset-generator cancel --all`"), "cancel_generation with all: true"),
 )
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 

@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import threading
 import traceback
@@ -239,7 +240,12 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
         check_template(template)
     except ValueError as exc:
         raise ToolFailure("usage_error", f"generate.filename_template: {exc}") from None
-    request = generation_request(app, arguments)
+    try:
+        request = generation_request(app, arguments)
+    except ToolFailure as exc:
+        if exc.code == "file_error" and arguments.get("workflow") is not None:
+            _refuse_workflow_on_swarmui(app, arguments)
+        raise
     # The config's post-processing, as `generate image` applies it (no flags here).
     postprocess = postprocess_of(settings)
     directory = Path(arguments.get("output_dir") or settings["generate.output_dir"])
@@ -265,6 +271,20 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
     )
     run.prepared = server.prepare(request)
     return run
+
+
+def _refuse_workflow_on_swarmui(app: App, arguments: dict[str, Any]) -> None:
+    """An unreadable workflow file on SwarmUI: refused as an option SwarmUI has no use for
+    (usage_error, cli-contract §7), as a readable one is, not as a file of the caller's."""
+    from asset_generator.agent.requests import generation_request
+    from asset_generator.server.errors import ServerError
+
+    try:
+        server = app.server()
+    except ServerError:
+        return
+    if server.type == "swarmui":
+        server.prepare(generation_request(app, {**arguments, "workflow": {}}))
 
 
 def _failure_before_start(exc: Exception, app: App, arguments: dict[str, Any]) -> ToolFailure:
@@ -426,11 +446,16 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
     source: Path | str
     if isinstance(spec, dict):
         source = json.dumps(spec, indent=1, ensure_ascii=False)
-    elif "\n" in spec or spec.lstrip().startswith("{"):
+    elif _spec_text(spec):
         source = spec
     else:
         source = Path(spec).expanduser()
-    defaults, overrides = pipeline_params(app, arguments)
+    try:
+        defaults, overrides = pipeline_params(app, arguments)
+    except ToolFailure as exc:
+        if exc.code == "file_error" and arguments.get("workflow") is not None:
+            _refuse_workflow_on_swarmui(app, arguments)
+        raise
     postprocess = postprocess_of(app.settings)
     try:
         loaded = launch.load(source, options, defaults, overrides, postprocess)
@@ -439,6 +464,14 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
     except SpecError as exc:
         raise ToolFailure("bad_spec", in_tool_words(f"bad spec: {exc}")) from None
     return loaded, options, postprocess
+
+
+def _spec_text(spec: str) -> bool:
+    """``spec`` is the spec itself, not a file's path: YAML on several lines, a JSON object,
+    or one line of flow YAML (``assets: [...]``) that names no file."""
+    if "\n" in spec or spec.lstrip().startswith("{"):
+        return True
+    return re.match(r"\s*assets\s*:", spec) is not None and not Path(spec).expanduser().exists()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from asset_generator.cli.app import App, CommandError
 if TYPE_CHECKING:
     from asset_generator.mcp_tools import Tools
 
-MISSING_EXTRA = "the mcp command needs the MCP SDK (the mcp extra): {hint}"
+# Names the extra as the contract's `pip install 'asset-generator[mcp]'` does, then the command
+# that installs it here (the package is not on PyPI).
+MISSING_EXTRA = "the mcp command needs the MCP SDK (the mcp extra, asset-generator[mcp]): {hint}"
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # Variables a client's `env` must carry for the server to use the same files as the shell.
 SHARED_LOCATIONS = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
