@@ -251,6 +251,18 @@ def test_options_for_the_other_server_are_usage_errors(
     assert "--set" in setting.stderr and "SwarmUI" in setting.stderr
     assert emulator.calls("GenerateText2ImageWS") == []
     assert not out.exists()
+    # A workflow file that cannot be read is still an option SwarmUI has no use for; a dry
+    # run asks no server, so there the missing file is what it says.
+    for command in (["generate", "image", "-p", "x"], ["pipeline", str(spec)]):
+        missing = cli(*command, "--workflow", "nowhere.json", "-f", "json",
+                      "--api-url", emulator.url)  # fmt: skip
+        assert missing.code == 2, missing.stderr
+        assert missing.json()["error"]["code"] == "usage_error"
+        assert "--workflow is a ComfyUI option" in missing.json()["error"]["message"]
+    dry = cli("pipeline", str(spec), "--dry-run", "--workflow", "nowhere.json", "-f", "json",
+              "--api-url", "http://127.0.0.1:9")  # fmt: skip
+    assert dry.code == 1 and dry.json()["error"]["code"] == "file_error", dry.stderr
+    assert emulator.calls("GenerateText2ImageWS") == [] and not out.exists()
 
 
 def test_the_type_is_remembered_and_asked_again_when_another_server_listens_there(

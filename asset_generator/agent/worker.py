@@ -244,7 +244,7 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
         request = generation_request(app, arguments)
     except ToolFailure as exc:
         if exc.code == "file_error" and arguments.get("workflow") is not None:
-            _refuse_workflow_on_swarmui(app, arguments)
+            app.refuse_workflow_file()
         raise
     # The config's post-processing, as `generate image` applies it (no flags here).
     postprocess = postprocess_of(settings)
@@ -271,20 +271,6 @@ def _prepared_run(app: App, arguments: dict[str, Any], events: Events) -> Genera
     )
     run.prepared = server.prepare(request)
     return run
-
-
-def _refuse_workflow_on_swarmui(app: App, arguments: dict[str, Any]) -> None:
-    """An unreadable workflow file on SwarmUI: refused as an option SwarmUI has no use for
-    (usage_error, cli-contract §7), as a readable one is, not as a file of the caller's."""
-    from asset_generator.agent.requests import generation_request
-    from asset_generator.server.errors import ServerError
-
-    try:
-        server = app.server()
-    except ServerError:
-        return
-    if server.type == "swarmui":
-        server.prepare(generation_request(app, {**arguments, "workflow": {}}))
 
 
 def _failure_before_start(exc: Exception, app: App, arguments: dict[str, Any]) -> ToolFailure:
@@ -453,8 +439,10 @@ def _plan(app: App, arguments: dict[str, Any]) -> tuple[Any, Any, Any]:
     try:
         defaults, overrides = pipeline_params(app, arguments)
     except ToolFailure as exc:
-        if exc.code == "file_error" and arguments.get("workflow") is not None:
-            _refuse_workflow_on_swarmui(app, arguments)
+        # (A dry run asks the server nothing.)
+        unreadable = exc.code == "file_error" and arguments.get("workflow") is not None
+        if unreadable and not arguments.get("dry_run"):
+            app.refuse_workflow_file()
         raise
     postprocess = postprocess_of(app.settings)
     try:

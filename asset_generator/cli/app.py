@@ -263,6 +263,22 @@ class App:
             product=product or SERVER_TYPES[name].label,
         )
 
+    def refuse_workflow_file(self) -> None:
+        """A workflow file that cannot be read, where SwarmUI listens: refused as the option
+        SwarmUI has no use for (usage error, cli-contract §7), as a readable one is; anywhere
+        else the caller's ``file_error`` stands."""
+        from pathlib import Path
+
+        from asset_generator.server.errors import ServerError
+        from asset_generator.server.types import Request, Workflow
+
+        try:
+            server = self.server()
+        except ServerError:
+            return
+        if server.type == "swarmui":
+            server.prepare(Request(prompt=None, workflow=Workflow(Path(), {}, "")))
+
     def wrong_type_remembered(self, exc: BaseException) -> bool:
         """``exc`` looks like another kind of server than the one remembered for the URL
         (the command is then run once more, asking afresh; cli.run does that)."""

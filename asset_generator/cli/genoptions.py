@@ -103,9 +103,10 @@ def parse_sets(items: tuple[str, ...]) -> tuple[SetInput, ...]:
         raise click.BadParameter(str(exc), param_hint="--set") from None
 
 
-def read_workflow_option(path: str | None) -> Workflow | None:
+def read_workflow_option(app: App, path: str | None, *, offline: bool = False) -> Workflow | None:
     """``--workflow FILE`` read and parsed; exit 1 (``file_error``) naming the file if it
-    cannot be."""
+    cannot be (exit 2 on SwarmUI, which takes no workflow, unless ``offline``: a dry run
+    asks the server nothing)."""
     if path is None:
         return None
     from pathlib import Path
@@ -116,6 +117,8 @@ def read_workflow_option(path: str | None) -> Workflow | None:
     try:
         return read_workflow(Path(path).expanduser())
     except WorkflowFileError as exc:
+        if not offline:
+            app.refuse_workflow_file()
         raise CommandError(str(exc), "file_error") from None
 
 
@@ -140,7 +143,7 @@ def request_from(
         **{name: options.get(name) for name in names},
         loras=parse_loras(loras),
         params=parse_params(params),
-        workflow=read_workflow_option(workflow),
+        workflow=read_workflow_option(app, workflow),
         sets=parse_sets(sets),
         no_save=no_save,
         defaults=config_defaults(app.settings, names),

@@ -158,7 +158,7 @@ def _run_params(
         parse_params(params),
         options,
         loras=loras,
-        workflow=read_workflow_option(workflow),
+        workflow=read_workflow_option(app, workflow, offline=options["dry_run"]),
         sets=parse_sets(sets),
     )
 
