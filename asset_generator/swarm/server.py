@@ -564,23 +564,18 @@ class SwarmServer:
             summary += f": {rollup['message']}"
         features = list(current.supported_features)
         response_ms = round(elapsed[-1], 1)
-        document = {
-            # As on ComfyUI (cli-contract §7: `server.type`); the flat keys stay for scripts.
-            "server": {
-                "url": self.name,
-                "type": self.type,
-                "reachable": True,
-                "response_ms": response_ms,
-                "version": version,
-                "server_id": server_id,
-                "user": user,
-            },
+        identity = {
             "type": self.type,
             "reachable": True,
             "response_ms": response_ms,
             "version": version,
             "server_id": server_id,
             "user": user,
+        }
+        document = {
+            # As on ComfyUI (cli-contract §7: `server.type`); the flat keys stay for scripts.
+            "server": {"url": self.name, **identity},
+            **identity,
             "backend_status": dict(rollup),
             "backends": (
                 None
