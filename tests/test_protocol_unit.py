@@ -231,6 +231,29 @@ def test_cancel_all_marks_a_generation_registered_while_its_interrupt_was_in_fli
     assert [r.id for r in result.cancelled] == ["gen_late0001"]
 
 
+def record_for(gen_id: str):
+    """A claimer's record maker: a live SwarmUI record of this process named ``gen_id``."""
+    import os
+    import time
+
+    from asset_generator.registry import GenerationRecord
+
+    def record(handle):
+        return GenerationRecord(
+            id=gen_id,
+            server=URL,
+            server_key="k",
+            server_type="swarmui",
+            handle=dict(handle),
+            pid=os.getpid(),
+            host=os.uname().nodename,
+            prompt=gen_id,
+            created=time.time(),
+        )
+
+    return record
+
+
 @pytest.mark.parametrize("claimer", ["generate", "pipeline"])
 def test_a_new_session_is_never_seen_idle_before_its_record(tmp_path, claimer: str) -> None:
     # Two processes start a generation at once with no idle session cached. The session one
@@ -238,10 +261,8 @@ def test_a_new_session_is_never_seen_idle_before_its_record(tmp_path, claimer: s
     # it as idle, and a cancel of either generation would stop both (cli-contract §5).
     import contextlib
     import itertools
-    import os
-    import time
 
-    from asset_generator.registry import GenerationRecord, Registry, ServerLedger
+    from asset_generator.registry import Registry, ServerLedger
     from asset_generator.swarm.server import SwarmServer
 
     numbers = itertools.count(1)
@@ -251,22 +272,6 @@ def test_a_new_session_is_never_seen_idle_before_its_record(tmp_path, claimer: s
         assert request.url.path == "/API/GetNewSession"
         answered.append(f"{next(numbers):040x}")
         return json_reply(200, {"session_id": answered[-1], "user_id": "local"})
-
-    def record_for(gen_id: str):
-        def record(handle):
-            return GenerationRecord(
-                id=gen_id,
-                server=URL,
-                server_key="k",
-                server_type="swarmui",
-                handle=dict(handle),
-                pid=os.getpid(),
-                host=os.uname().nodename,
-                prompt=gen_id,
-                created=time.time(),
-            )
-
-        return record
 
     other_ledger = ServerLedger(Registry(tmp_path), "k")
     other = SwarmServer(URL, other_ledger, transport=httpx.MockTransport(handler))
@@ -322,32 +327,14 @@ def test_a_pipeline_session_another_process_took_is_not_handed_out_twice(tmp_pat
     # Between two assets a pipeline's session is free, and another process's `generate` may
     # take it (it is the newest idle session): the pipeline's next asset must not share it.
     import itertools
-    import os
-    import time
 
-    from asset_generator.registry import GenerationRecord, Registry, ServerLedger
+    from asset_generator.registry import Registry, ServerLedger
     from asset_generator.swarm.server import SwarmServer
 
     numbers = itertools.count(1)
 
     def handler(request: httpx.Request) -> httpx.Response:
         return json_reply(200, {"session_id": f"{next(numbers):040x}", "user_id": "local"})
-
-    def record_for(gen_id: str):
-        def record(handle):
-            return GenerationRecord(
-                id=gen_id,
-                server=URL,
-                server_key="k",
-                server_type="swarmui",
-                handle=dict(handle),
-                pid=os.getpid(),
-                host=os.uname().nodename,
-                prompt=gen_id,
-                created=time.time(),
-            )
-
-        return record
 
     ledger = ServerLedger(Registry(tmp_path), "k")
     server = SwarmServer(URL, ledger, transport=httpx.MockTransport(handler))
